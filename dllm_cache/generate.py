@@ -1,0 +1,274 @@
+"""Samplers for masked diffusion LMs: LLaDA (low-confidence / random remasking, semi-AR blocks,
+CFG, optional confidence-threshold parallel decoding) and Dream (entropy, maskgit_plus,
+topk_margin). They run unchanged with or without the cache, which sees ordinary forwards.
+
+Prompts are LEFT padded; `attention_mask` (batch, prompt_len) marks real tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from dllm_cache.hooks import family_of
+
+from .patch import cache_branch, is_cache_enabled, reset_cache
+
+LLADA_REMASKING = ("low_confidence", "random")
+DREAM_ALGS = ("entropy", "maskgit_plus", "topk_margin", "origin")
+
+
+def _full_mask(attention_mask: torch.Tensor | None, gen_length: int) -> torch.Tensor | None:
+    """Extend a prompt mask (batch, P) over the response (always real tokens)."""
+    if attention_mask is None:
+        return None
+    ones = attention_mask.new_ones(attention_mask.shape[0], gen_length)
+    return torch.cat([attention_mask, ones], dim=1)
+
+
+def _init_sequence(input_ids: torch.Tensor, gen_length: int, mask_id: int) -> torch.Tensor:
+    x = torch.full((input_ids.shape[0], input_ids.shape[1] + gen_length), mask_id, dtype=torch.long, device=input_ids.device)
+    x[:, : input_ids.shape[1]] = input_ids
+    return x
+
+
+def _mask_id(model: nn.Module, mask_id: int | None) -> int:
+    mask_id = mask_id if mask_id is not None else getattr(model.config, "mask_token_id", None)
+    if mask_id is None:
+        raise ValueError("No mask token id: pass mask_id=... or set config.mask_token_id.")
+    return int(mask_id)
+
+
+def tokens_per_step(masked: torch.Tensor, steps: int) -> torch.Tensor:
+    """Spread each row's masked count (batch,) over `steps` as evenly as possible -> (batch, steps)."""
+    base = masked // steps
+    extra = masked % steps
+    out = base[:, None].expand(-1, steps).clone()
+    out += (torch.arange(steps, device=masked.device)[None, :] < extra[:, None]).long()
+    return out
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Argmax of Gumbel-perturbed logits in float64 (LLaDA's sampling); greedy at temperature 0."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.double()
+    noise = torch.rand_like(logits).clamp_min(1e-30)
+    return (logits.exp() / (-noise.log()) ** temperature).argmax(dim=-1)
+
+
+def _topk_rows(confidence: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Boolean (batch, seq): each row's `counts[row]` highest-confidence positions, no Python loop over rows."""
+    kmax = int(counts.max())
+    picked = torch.zeros_like(confidence, dtype=torch.bool)
+    if kmax == 0:
+        return picked
+    idx = confidence.topk(kmax, dim=-1).indices  # (batch, kmax)
+    keep = torch.arange(kmax, device=confidence.device)[None, :] < counts[:, None]
+    picked.scatter_(1, idx, keep)
+    return picked
+
+
+@torch.no_grad()
+def llada_generate(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    gen_length: int = 128,
+    steps: int = 128,
+    block_length: int | None = None,
+    temperature: float = 0.0,
+    cfg_scale: float = 0.0,
+    remasking: str = "low_confidence",
+    threshold: float | None = None,
+    mask_id: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """LLaDA sampling -> (batch, prompt_len + gen_length). With `threshold`, every masked token of the
+    current block whose confidence exceeds it is unmasked at once (at least one per row per step)."""
+    if remasking not in LLADA_REMASKING:
+        raise ValueError(f"remasking must be one of {LLADA_REMASKING}, got {remasking!r}.")
+    block_length = block_length or gen_length
+    if gen_length % block_length:
+        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length}).")
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks ({num_blocks}).")
+    steps_per_block = steps // num_blocks
+    mask_id = _mask_id(model, mask_id)
+    P = input_ids.shape[1]
+    x = _init_sequence(input_ids, gen_length, mask_id)
+    full_mask = _full_mask(attention_mask, gen_length)
+    prompt_region = torch.zeros_like(x, dtype=torch.bool)
+    prompt_region[:, :P] = True
+    if is_cache_enabled(model):
+        reset_cache(model, prompt_length=P)
+
+    def logits_of(seq: torch.Tensor) -> torch.Tensor:
+        logits = model(seq, attention_mask=full_mask).logits
+        if cfg_scale > 0:
+            uncond = seq.masked_fill(prompt_region, mask_id)
+            with cache_branch(model, "uncond"):
+                un_logits = model(uncond, attention_mask=full_mask).logits
+            logits = un_logits + (cfg_scale + 1) * (logits - un_logits)
+        return logits
+
+    bar = tqdm(total=steps if threshold is None else None, disable=not progress, desc="llada", leave=False)
+    for b in range(num_blocks):
+        lo, hi = P + b * block_length, P + (b + 1) * block_length
+        schedule = tokens_per_step((x[:, lo:hi] == mask_id).sum(dim=1), steps_per_block)
+        # Fixed schedule: steps_per_block steps. Threshold mode: until the block is filled,
+        # at most block_length steps since each step unmasks at least one token per row.
+        budget = steps_per_block if threshold is None else block_length
+        for i in range(budget):
+            masked = x == mask_id
+            if threshold is not None and not bool(masked[:, lo:hi].any()):
+                break
+            logits = logits_of(x)
+            logits[..., mask_id] = -math.inf  # never "unmask" into the mask token
+            x0 = gumbel_argmax(logits, temperature)
+            if remasking == "low_confidence":
+                p = F.softmax(logits.float(), dim=-1)
+                conf = p.gather(-1, x0[..., None]).squeeze(-1)
+            else:
+                conf = torch.rand(x0.shape, device=x0.device)
+            conf[:, hi:] = -math.inf
+            conf = torch.where(masked, conf, torch.full_like(conf, -math.inf))
+            x0 = torch.where(masked, x0, x)
+            if threshold is None:
+                picked = _topk_rows(conf, schedule[:, i])
+            else:
+                picked = (conf > threshold) | _topk_rows(conf, masked[:, lo:hi].any(dim=1).long())
+            x = torch.where(picked, x0, x)
+            bar.update(1)
+    bar.close()
+    return x
+
+
+def _filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
+    if top_k is not None and top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum > top_p
+        drop[..., 1:] = drop[..., :-1].clone()
+        drop[..., 0] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), -math.inf)
+    return logits
+
+
+def _dream_sample(logits: torch.Tensor, alg: str, temperature: float, top_p, top_k) -> tuple[torch.Tensor, torch.Tensor]:
+    """(confidence, tokens) for masked positions' logits (n, vocab)."""
+    if temperature > 0:
+        logits = logits / temperature
+    probs = _filter_logits(logits.float(), top_p, top_k).softmax(-1)
+    if temperature > 0:
+        tokens = torch.multinomial(probs, 1).squeeze(-1)
+        conf = probs.gather(-1, tokens[:, None]).squeeze(-1)
+    else:
+        conf, tokens = probs.max(dim=-1)
+    if alg == "topk_margin":
+        top2 = probs.topk(2, dim=-1).values
+        conf = top2[:, 0] - top2[:, 1]
+    elif alg == "entropy":
+        conf = (probs * probs.clamp_min(1e-10).log()).sum(-1)
+    return conf, tokens
+
+
+@torch.no_grad()
+def dream_generate(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    gen_length: int = 128,
+    steps: int = 128,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    alg: str = "entropy",
+    alg_temp: float | None = None,
+    eps: float = 1e-3,
+    mask_id: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Dream sampling -> (batch, prompt_len + gen_length). Dream's logits at i predict token i+1."""
+    if alg not in DREAM_ALGS:
+        raise ValueError(f"alg must be one of {DREAM_ALGS}, got {alg!r}.")
+    mask_id = _mask_id(model, mask_id)
+    P = input_ids.shape[1]
+    x = _init_sequence(input_ids, gen_length, mask_id)
+    full_mask = _full_mask(attention_mask, gen_length)
+    timesteps = torch.linspace(1, eps, steps + 1, device=x.device)
+    if is_cache_enabled(model):
+        reset_cache(model, prompt_length=P)
+    for i in tqdm(range(steps), disable=not progress, desc="dream", leave=False):
+        masked = x == mask_id
+        if not bool(masked.any()):
+            break
+        logits = model(x, attention_mask=full_mask).logits
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # shift: position i predicts i+1
+        logits[..., mask_id] = -math.inf
+        t, s = timesteps[i], timesteps[i + 1]
+        if alg == "origin":
+            p_transfer = 1 - s / t if i < steps - 1 else 1.0
+            take = masked & (torch.rand(x.shape, device=x.device) < p_transfer)
+            if bool(take.any()):
+                _, tokens = _dream_sample(logits[take], "maskgit_plus", temperature, top_p, top_k)
+                x[take] = tokens
+            continue
+        conf, tokens = _dream_sample(logits[masked], alg, temperature, top_p, top_k)
+        full_conf = torch.full(x.shape, -math.inf, device=x.device)
+        full_conf[masked] = conf
+        proposal = torch.full_like(x, mask_id)
+        proposal[masked] = tokens
+        n_masked = masked.sum(dim=1)
+        counts = (n_masked.float() * (1 - s / t)).long() if i < steps - 1 else n_masked
+        if alg_temp:
+            probs = (full_conf / alg_temp).softmax(-1)
+            picked = torch.zeros_like(masked)
+            for row in range(x.shape[0]):  # multinomial draws differ per row in count
+                k = int(counts[row])
+                if k:
+                    picked[row, torch.multinomial(probs[row], k)] = True
+        else:
+            picked = _topk_rows(full_conf, counts)
+        x = torch.where(picked & masked, proposal, x)
+    return x
+
+
+def generate(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    gen_length: int = 128,
+    steps: int = 128,
+    block_length: int | None = None,
+    temperature: float = 0.0,
+    cfg_scale: float = 0.0,
+    remasking: str = "low_confidence",
+    alg: str = "entropy",
+    threshold: float | None = None,
+    mask_id: int | None = None,
+    progress: bool = False,
+    **dream_kwargs,
+) -> torch.Tensor:
+    """Generate with the sampler of the model's family -> (batch, prompt_len + gen_length)."""
+    if family_of(model) == "dream":
+        return dream_generate(
+            model, input_ids, attention_mask, gen_length=gen_length, steps=steps, temperature=temperature,
+            alg=alg, mask_id=mask_id, progress=progress, **dream_kwargs,
+        )
+    return llada_generate(
+        model, input_ids, attention_mask, gen_length=gen_length, steps=steps, block_length=block_length,
+        temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, threshold=threshold,
+        mask_id=mask_id, progress=progress,
+    )

@@ -1,0 +1,52 @@
+"""Small building blocks shared by the LLaDA and Dream implementations."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """RMS norm computed in float32 then cast back, as both official models do."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Bidirectional attention.
+
+    q: (batch, heads, q_len, head_dim); k, v: (batch, kv_heads, k_len, head_dim);
+    key_mask: (batch, k_len) bool, True = attend, or None. Returns (batch, q_len, heads * head_dim).
+    """
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1]
+    )
+    batch, heads, q_len, head_dim = out.shape
+    return out.transpose(1, 2).reshape(batch, q_len, heads * head_dim)
+
+
+def positions_from_mask(attention_mask: torch.Tensor | None, batch: int, seq: int, device) -> torch.Tensor:
+    """Token positions (batch, seq): 0..seq-1, or counted from the first real token under left padding."""
+    if attention_mask is None:
+        return torch.arange(seq, device=device).expand(batch, seq)
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.clamp(min=0)
+
+
+def key_mask_from(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Boolean key mask, or None when nothing is padded (lets SDPA take its fastest path)."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return attention_mask.bool()

@@ -1,0 +1,72 @@
+"""Model factories: tiny random models for tests, and the real 8B/7B shapes for benchmarks."""
+
+from __future__ import annotations
+
+import torch
+
+from .dream import DreamConfig, DreamModel
+from .llada import LLaDAConfig, LLaDAModelLM
+
+TINY_VOCAB = 256
+
+
+def tiny_llada_config(**overrides) -> LLaDAConfig:
+    kw = dict(
+        d_model=64, n_heads=4, n_kv_heads=4, n_layers=3, mlp_hidden_size=160,
+        vocab_size=TINY_VOCAB, embedding_size=TINY_VOCAB, max_sequence_length=512,
+        rope_theta=10000.0, mask_token_id=TINY_VOCAB - 1, pad_token_id=TINY_VOCAB - 2,
+        eos_token_id=TINY_VOCAB - 2,
+    )
+    kw.update(overrides)
+    return LLaDAConfig(**kw)
+
+
+def tiny_dream_config(**overrides) -> DreamConfig:
+    kw = dict(
+        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        rope_theta=10000.0, mask_token_id=TINY_VOCAB - 1, pad_token_id=TINY_VOCAB - 2,
+        eos_token_id=TINY_VOCAB - 2, bos_token_id=TINY_VOCAB - 3,
+    )
+    kw.update(overrides)
+    return DreamConfig(**kw)
+
+
+def _seeded(model_cls, config, seed: int, std: float):
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    # Larger-than-default weights so the tiny model's logits are not flat: tests then
+    # see real differences between tokens, and equality checks cannot pass by accident.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, std)
+            elif name.endswith("bias"):
+                p.normal_(0.0, std)
+    return model.eval()
+
+
+def tiny_llada(seed: int = 0, std: float = 0.15, **overrides) -> LLaDAModelLM:
+    return _seeded(LLaDAModelLM, tiny_llada_config(**overrides), seed, std)
+
+
+def tiny_dream(seed: int = 0, std: float = 0.15, **overrides) -> DreamModel:
+    return _seeded(DreamModel, tiny_dream_config(**overrides), seed, std)
+
+
+def llada_8b_config() -> LLaDAConfig:
+    """LLaDA-8B-Instruct's shape (config.json of the official checkpoint)."""
+    return LLaDAConfig(
+        d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288,
+        vocab_size=126464, embedding_size=126464, max_sequence_length=4096, rope_theta=500000.0,
+        rms_norm_eps=1e-5, mask_token_id=126336, pad_token_id=126081, eos_token_id=126081,
+    )
+
+
+def dream_7b_config() -> DreamConfig:
+    """Dream-v0-Instruct-7B's shape (Qwen2.5-7B backbone)."""
+    return DreamConfig(
+        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+        num_attention_heads=28, num_key_value_heads=4, rope_theta=1000000.0, rms_norm_eps=1e-6,
+        mask_token_id=151666, pad_token_id=151643, eos_token_id=151643, bos_token_id=151643,
+    )

@@ -1,0 +1,183 @@
+"""enable_cache / disable_cache: patch a model's blocks with the cached forward, and undo it exactly.
+
+The model's own forward is wrapped to read the step's input ids, padding mask and positions;
+each block's forward is replaced (as an instance attribute) by the generic cached forward.
+Disabling deletes those attributes, so the class methods (or whatever instance forward was
+there before) are back untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from functools import partial
+
+import torch
+from torch import nn
+
+from dllm_cache.hooks import adapter_for
+from dllm_cache.models.layers import key_mask_from
+from dllm_cache.models.rope import rope_cos_sin
+
+from .config import CacheConfig
+from .layer import cached_block_forward, full_block_forward
+from .state import CacheState, StepContext
+
+_STATE = "_dllm_cache_state"
+_MISSING = object()
+
+
+def _arg(args: tuple, kwargs: dict, pos: int, *names: str):
+    for name in names:
+        if name in kwargs:
+            return kwargs[name]
+    return args[pos] if len(args) > pos else None
+
+
+def _key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(batch, seq) keep-mask from a 2-D 0/1 mask or a 4-D boolean / additive mask."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() == 4:  # (batch, 1, q, k): bidirectional, so any query row will do
+        row = attention_mask[:, 0, -1, :]
+        attention_mask = row if row.dtype == torch.bool else row == 0
+    return key_mask_from(attention_mask)
+
+
+class _Patched:
+    """Everything enable_cache changed, so disable_cache can put it back."""
+
+    def __init__(self, model: nn.Module, state: CacheState, blocks: nn.ModuleList):
+        self.model = model
+        self.state = state
+        self.blocks = blocks
+        self.saved_forwards = [b.__dict__.get("forward", _MISSING) for b in blocks]
+        self.saved_model_forward = model.__dict__.get("forward", _MISSING)
+
+
+def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
+    state = patched.state
+    input_ids = _arg(args, kwargs, 0, "input_ids")
+    if input_ids is None:
+        raise ValueError("dllm-cache needs input_ids in the model call (inputs_embeds is not supported).")
+    attention_mask = _arg(args, kwargs, 1, "attention_mask")
+    branch, plan = state.begin_step(input_ids)
+    batch, seq = input_ids.shape
+    positions = kwargs.get("position_ids")
+    if positions is None:
+        mask2d = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+        positions = adapter.positions(mask2d, batch, seq, input_ids.device)
+    state.ctx = StepContext(
+        plan=plan,
+        prompt_len=branch.prompt_len,
+        rope=rope_cos_sin(positions.expand(batch, seq), dims.head_dim, dims.rope_theta),
+        key_mask=_key_mask(attention_mask),
+        transfer_ratio=state.config.transfer_ratio,
+    )
+    try:
+        with torch.no_grad():
+            return original(*args, **kwargs)
+    finally:
+        state.ctx = None
+
+
+def _block_forward(patched: _Patched, adapter, dims, index: int, parts, original, *args, **kwargs):
+    state = patched.state
+    ctx = state.ctx
+    if ctx is None:  # called outside the model's forward: behave as the plain block
+        return original(*args, **kwargs)
+    x = _arg(args, kwargs, 0, "hidden_states", "x")
+    branch = state.branch()
+    if ctx.plan.refresh_prompt and ctx.plan.refresh_response:
+        store = branch.store_for(index, state.n_layers, x, dims.n_kv_heads, dims.head_dim)
+        out = full_block_forward(parts, dims, store, ctx, x)
+    else:
+        store = branch.layers[index]
+        out = cached_block_forward(parts, dims, store, ctx, x, index == 0, state.stats)
+    return adapter.block_output(out)
+
+
+def enable_cache(model: nn.Module, config: CacheConfig | None = None) -> nn.Module:
+    """Cache `model`'s features between denoising steps. Returns the model (patched in place).
+
+    Enabling an already cached model replaces its config and clears its features.
+    """
+    config = config or CacheConfig()
+    if not isinstance(config, CacheConfig):
+        raise TypeError(f"enable_cache expects a dllm_cache.CacheConfig, got {type(config).__name__}.")
+    if is_cache_enabled(model):
+        disable_cache(model)
+    adapter = adapter_for(model)
+    dims = adapter.dims(model.config)
+    blocks = adapter.blocks(model)
+    state = CacheState(config, len(blocks), getattr(model.config, "mask_token_id", None))
+    patched = _Patched(model, state, blocks)
+    for i, block in enumerate(blocks):
+        block.forward = partial(_block_forward, patched, adapter, dims, i, adapter.parts(block), block.forward)
+    model.forward = partial(_model_forward, patched, adapter, dims, model.forward)
+    model.__dict__[_STATE] = patched
+    return model
+
+
+def disable_cache(model: nn.Module) -> nn.Module:
+    """Undo enable_cache exactly; a no-op on a model that is not cached."""
+    patched = model.__dict__.pop(_STATE, None)
+    if patched is None:
+        return model
+    for block, saved in zip(patched.blocks, patched.saved_forwards):
+        del block.forward
+        if saved is not _MISSING:
+            block.forward = saved
+    del model.forward
+    if patched.saved_model_forward is not _MISSING:
+        model.forward = patched.saved_model_forward
+    return model
+
+
+def is_cache_enabled(model: nn.Module) -> bool:
+    return _STATE in model.__dict__
+
+
+def _state(model: nn.Module) -> CacheState:
+    patched = model.__dict__.get(_STATE)
+    if patched is None:
+        raise ValueError("This model has no dllm-cache enabled; call dllm_cache.enable_cache(model) first.")
+    return patched.state
+
+
+def reset_cache(model: nn.Module, prompt_length: int | None = None) -> None:
+    """Start a new generation at the next forward; optionally say where the prompt ends.
+
+    Without it a new generation is still detected when the prompt tokens or the shape change,
+    and the prompt is taken to end at the first masked column.
+    """
+    _state(model).reset(prompt_length)
+
+
+def cache_stats(model: nn.Module) -> dict:
+    """Step counts by kind and the fraction of response tokens recomputed on partial steps."""
+    return _state(model).stats.as_dict()
+
+
+@contextlib.contextmanager
+def cache_enabled(model: nn.Module, config: CacheConfig | None = None) -> Iterator[nn.Module]:
+    """`with cache_enabled(model, cfg): ...` enables the cache inside the block only."""
+    enable_cache(model, config)
+    try:
+        yield model
+    finally:
+        disable_cache(model)
+
+
+@contextlib.contextmanager
+def cache_branch(model: nn.Module, name: str) -> Iterator[None]:
+    """Route the forwards inside to their own feature store (CFG's "uncond" pass). No-op if uncached."""
+    if not is_cache_enabled(model):
+        yield
+        return
+    state = _state(model)
+    previous, state.active_branch = state.active_branch, name
+    try:
+        yield
+    finally:
+        state.active_branch = previous

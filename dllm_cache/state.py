@@ -1,0 +1,160 @@
+"""Per-model feature store: one instance per cached model, never global.
+
+For each layer it holds the K and V of every token (RoPE applied to K), and the attention
+and FFN outputs (the residual deltas) of every token. Buffers are allocated once per
+generation shape and overwritten in place afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import CacheConfig
+from .schedule import StepPlan, plan_step
+
+
+@dataclass
+class LayerStore:
+    k: torch.Tensor  # (batch, kv_heads, seq, head_dim), RoPE applied
+    v: torch.Tensor  # (batch, kv_heads, seq, head_dim)
+    attn: torch.Tensor  # (batch, seq, d_model): attention output added to the residual
+    ffn: torch.Tensor  # (batch, seq, d_model): FFN output added to the residual
+
+
+@dataclass
+class StepContext:
+    """What every layer of the current forward needs; built once per step."""
+
+    plan: StepPlan
+    prompt_len: int
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin: (batch, seq, head_dim), float32
+    key_mask: torch.Tensor | None  # (batch, seq) bool, None when nothing is padded
+    transfer_ratio: float
+
+
+@dataclass
+class Stats:
+    steps: int = 0
+    full_steps: int = 0
+    response_refresh_steps: int = 0
+    prompt_refresh_steps: int = 0
+    partial_steps: int = 0
+    tokens_recomputed: int = 0
+    tokens_total: int = 0
+    generations: int = 0
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["recompute_fraction"] = self.tokens_recomputed / self.tokens_total if self.tokens_total else None
+        return d
+
+
+@dataclass
+class BranchState:
+    """One stream of denoising steps (the conditional pass, or CFG's unconditional pass)."""
+
+    response_interval: int
+    step: int = 0
+    prompt_len: int = 0
+    prompt_ids: torch.Tensor | None = None
+    layers: list[LayerStore] = field(default_factory=list)
+    started: bool = False
+
+    def is_new_generation(self, input_ids: torch.Tensor) -> bool:
+        if not self.started or self.prompt_ids is None:
+            return True
+        if input_ids.shape[0] != self.prompt_ids.shape[0] or input_ids.shape[1] != self._seq_len():
+            return True
+        return not torch.equal(input_ids[:, : self.prompt_len], self.prompt_ids)
+
+    def _seq_len(self) -> int:
+        return self.layers[0].attn.shape[1] if self.layers and self.layers[0] is not None else -1
+
+    def store_for(self, layer: int, n_layers: int, x: torch.Tensor, kv_heads: int, head_dim: int) -> LayerStore:
+        """The layer's buffers, (re)allocated only when shape, dtype or device changed."""
+        batch, seq, d_model = x.shape
+        if len(self.layers) != n_layers:
+            self.layers = [None] * n_layers  # type: ignore[list-item]
+        store = self.layers[layer]
+        kv_shape = (batch, kv_heads, seq, head_dim)
+        if (
+            store is None
+            or store.attn.shape != x.shape
+            or store.k.shape != kv_shape
+            or store.attn.dtype != x.dtype
+            or store.attn.device != x.device
+        ):
+            kw = dict(dtype=x.dtype, device=x.device)
+            store = LayerStore(
+                k=torch.empty(kv_shape, **kw),
+                v=torch.empty(kv_shape, **kw),
+                attn=torch.empty(batch, seq, d_model, **kw),
+                ffn=torch.empty(batch, seq, d_model, **kw),
+            )
+            self.layers[layer] = store
+        return store
+
+
+class CacheState:
+    """All cache state of one model: config, branches, the current step's context, stats."""
+
+    def __init__(self, config: CacheConfig, n_layers: int, mask_token_id: int | None):
+        self.config = config
+        self.n_layers = n_layers
+        self.mask_token_id = mask_token_id
+        self.branches: dict[str, BranchState] = {}
+        self.active_branch = "cond"
+        self.pending_prompt_len: dict[str, int] = {}
+        self.ctx: StepContext | None = None
+        self.stats = Stats()
+
+    def branch(self, name: str | None = None) -> BranchState:
+        name = name or self.active_branch
+        if name not in self.branches:
+            kr = self.config.uncond_response_interval if name == "uncond" else self.config.response_interval
+            self.branches[name] = BranchState(response_interval=kr)
+        return self.branches[name]
+
+    def reset(self, prompt_length: int | None = None) -> None:
+        """Forget cached features: the next forward of every branch starts a new generation."""
+        for b in self.branches.values():
+            b.started = False
+        self.pending_prompt_len = {}
+        if prompt_length is not None:
+            self.pending_prompt_len = {"cond": prompt_length, "uncond": prompt_length}
+
+    def detect_prompt_len(self, input_ids: torch.Tensor) -> int:
+        """First column holding a mask token in any row: prompts are left padded, responses start masked."""
+        if self.mask_token_id is None:
+            raise ValueError(
+                "Cannot tell where the prompt ends: the model config has no mask_token_id. "
+                "Call dllm_cache.reset_cache(model, prompt_length=P) before each generation."
+            )
+        masked = (input_ids == self.mask_token_id).any(dim=0)
+        cols = masked.nonzero()
+        return int(cols[0]) if len(cols) else input_ids.shape[1]
+
+    def begin_step(self, input_ids: torch.Tensor) -> tuple[BranchState, StepPlan]:
+        """Advance the active branch by one denoising step; start a new generation when needed."""
+        b = self.branch()
+        pending = self.pending_prompt_len.pop(self.active_branch, None)
+        if pending is not None or b.is_new_generation(input_ids):
+            b.prompt_len = pending if pending is not None else self.detect_prompt_len(input_ids)
+            if not 0 <= b.prompt_len <= input_ids.shape[1]:
+                raise ValueError(f"prompt_length={b.prompt_len} is outside the sequence of length {input_ids.shape[1]}.")
+            b.prompt_ids = input_ids[:, : b.prompt_len].clone()
+            b.step = 0
+            b.started = True
+            self.stats.generations += 1
+        plan = plan_step(b.step, self.config, b.response_interval)
+        b.step += 1
+        s = self.stats
+        s.steps += 1
+        kind = plan.kind
+        s.full_steps += kind == "full"
+        s.response_refresh_steps += kind == "response"
+        s.prompt_refresh_steps += kind == "prompt"
+        s.partial_steps += kind == "partial"
+        return b, plan

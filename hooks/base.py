@@ -1,0 +1,63 @@
+"""What the generic cached block forward needs from a model family."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """One transformer block, seen through the operations the cache recomputes.
+
+    attn_norm / ffn_norm: pre-norms; q_proj/k_proj/v_proj/out_proj: attention linears;
+    mlp: FFN applied to already-normalised input (batch, tokens, d_model).
+    """
+
+    attn_norm: Callable[[torch.Tensor], torch.Tensor]
+    q_proj: nn.Linear
+    k_proj: nn.Linear
+    v_proj: nn.Linear
+    out_proj: nn.Linear
+    ffn_norm: Callable[[torch.Tensor], torch.Tensor]
+    mlp: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Dims:
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    rope_theta: float
+
+
+class ModelAdapter:
+    """Base for one model family: how to find its blocks and read their parts (duck-typed)."""
+
+    family: str = ""
+
+    def matches(self, model: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def parts(self, block: nn.Module) -> BlockParts:
+        raise NotImplementedError
+
+    def dims(self, config) -> Dims:
+        raise NotImplementedError
+
+    def positions(self, attention_mask: torch.Tensor | None, batch: int, seq: int, device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def block_output(self, x: torch.Tensor):
+        """Wrap a block's new hidden states in the return format its caller expects."""
+        raise NotImplementedError
+
+
+def has_attrs(obj, names: tuple[str, ...]) -> bool:
+    return all(getattr(obj, n, None) is not None for n in names)
