@@ -1,0 +1,611 @@
+"""lm-eval model class `dllm_cache`: LLaDA / Dream diffusion LMs, with or without dLLM-Cache.
+
+Registered with lm-eval as `--model dllm_cache` when this module is imported (the launcher
+`python -m eval.lm_eval_launch` does that). Every constructor argument arrives from lm-eval's
+`--model_args` as a string or a value lm-eval already parsed, so each one is converted here:
+
+    python -m eval.lm_eval_launch --model dllm_cache --tasks gsm8k_local \
+        --model_args pretrained=/ckpt/llada,dtype=bfloat16,gen_length=256,steps=256,block_length=32,cache=on
+
+Data parallel: under `accelerate launch` (WORLD_SIZE > 1) each process holds a full model on
+`cuda:{local_rank}` and lm-eval shards the requests by rank.
+
+Request types:
+- `generate_until`: batched, prompts left-padded, decoded by `dllm_cache.generate.generate`.
+- `loglikelihood`: Monte-Carlo estimate of the masked-diffusion ELBO (LLaDA paper, eq. for
+  conditional likelihood): mask k of the n continuation tokens (k drawn stratified over 1..n,
+  positions uniform), score the masked tokens with cross entropy weighted by 1/t = n/k, average
+  over `mc_num` draws. It is a lower bound on log p(continuation | context), which is what
+  LLaDA uses to rank multiple-choice answers. `is_greedy` is one forward pass with the whole
+  continuation masked: True when the argmax at every continuation position is the target token.
+- `loglikelihood_rolling`: not defined for diffusion LMs here (raises NotImplementedError).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lm_eval.models  # noqa: F401  (fills the registry first: ours must not hide hf, dummy, ...)
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", "none", ""}
+_STAT_KEYS = ("steps", "full_steps", "response_refresh_steps", "partial_steps", "tokens_recomputed", "tokens_total")
+
+
+# ----------------------------------------------------------------------------- argument parsing
+def parse_bool(value: Any, name: str) -> bool:
+    """Bool-like model arg: True/False, 1/0, "on"/"off", "yes"/"no", "true"/"false"."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if value is None:
+        return False
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"model arg {name}={value!r} is not a boolean; use on/off, true/false or 1/0")
+
+
+def parse_int(value: Any, name: str, *, minimum: int | None = None, optional: bool = False) -> int | None:
+    """Integer model arg; with optional=True, None / "none" / "" give None."""
+    if optional and (value is None or str(value).strip().lower() in ("none", "")):
+        return None
+    try:
+        number = float(value) if not isinstance(value, int) else value
+        if isinstance(value, bool) or number != int(number):
+            raise ValueError
+        result = int(number)
+    except (TypeError, ValueError):
+        raise ValueError(f"model arg {name}={value!r} is not an integer") from None
+    if minimum is not None and result < minimum:
+        raise ValueError(f"model arg {name}={result} must be >= {minimum}")
+    return result
+
+
+def parse_float(value: Any, name: str, *, optional: bool = False) -> float | None:
+    """Float model arg; with optional=True, None / "none" / "" give None."""
+    if optional and (value is None or str(value).strip().lower() in ("none", "")):
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"model arg {name}={value!r} is not a number") from None
+
+
+def parse_dtype(value: Any) -> torch.dtype | str:
+    """"float32" | "bfloat16" | "float16" (also fp32/bf16/fp16, torch.* names) | "auto"."""
+    if isinstance(value, torch.dtype):
+        return value
+    text = str(value).strip().lower().removeprefix("torch.")
+    text = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}.get(
+        text, text
+    )
+    if text == "auto":
+        return "auto"
+    if text not in _DTYPES:
+        raise ValueError(f"model arg dtype={value!r} is not supported; use one of {sorted(_DTYPES)} or auto")
+    return _DTYPES[text]
+
+
+def batched(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def cut_at_stop_strings(text: str, until: Sequence[str]) -> str:
+    """Cut `text` at the earliest stop string. Leading whitespace is kept but never cut on, so an
+    answer that starts with a newline is not emptied by a "\\n\\n" stop."""
+    body_start = len(text) - len(text.lstrip())
+    cut = len(text)
+    for stop in until:
+        if stop:
+            idx = text.find(stop, body_start)
+            if idx != -1:
+                cut = min(cut, idx)
+    return text[:cut]
+
+
+# ----------------------------------------------------------------------------- the model class
+@register_model("dllm_cache")
+class DLLMCacheLM(LM):
+    """lm-eval wrapper around a local LLaDA or Dream checkpoint, optionally with dLLM-Cache.
+
+    Args (all may be strings, as lm-eval passes them):
+        pretrained: local checkpoint directory (config.json + safetensors + tokenizer files).
+        dtype: float32 | bfloat16 | float16 | auto.
+        device: torch device; default cuda if available else cpu; ignored under data parallel.
+        batch_size: prompts per generate call (and default MC rows per forward).
+        gen_length, steps, block_length: diffusion decoding length, denoising steps, semi-AR block.
+        temperature, cfg_scale: sampling temperature and classifier-free guidance scale.
+        remasking: LLaDA's remasking rule (low_confidence | random).
+        alg: Dream's unmasking order (entropy | maskgit_plus | topk_margin).
+        threshold: optional confidence threshold for parallel decoding (None: fixed schedule).
+        cache: on/off; when on, `dllm_cache.enable_cache` with the three intervals below.
+        prompt_interval, response_interval, transfer_ratio, cfg_interval: CacheConfig fields.
+        mc_num, mc_batch_size: Monte-Carlo draws per loglikelihood request, rows per forward.
+        apply_chat_template: wrap each context as one user turn of the tokenizer's chat template.
+        max_length: longest prompt + generation; default from the model config.
+        stats_file: optional path; one JSON line of speed/cache stats is appended per
+            generate_until call (and rank).
+    """
+
+    def __init__(
+        self,
+        pretrained: str,
+        dtype: str = "auto",
+        device: str | None = None,
+        batch_size: int | str = 1,
+        max_batch_size: int | str | None = None,
+        gen_length: int | str = 256,
+        steps: int | str | None = None,
+        block_length: int | str | None = None,
+        temperature: float | str = 0.0,
+        cfg_scale: float | str = 0.0,
+        remasking: str = "low_confidence",
+        alg: str = "entropy",
+        threshold: float | str | None = None,
+        cache: bool | str = False,
+        prompt_interval: int | str = 100,
+        response_interval: int | str = 8,
+        transfer_ratio: float | str = 0.25,
+        cfg_interval: int | str | None = None,
+        mc_num: int | str = 128,
+        mc_batch_size: int | str | None = None,
+        apply_chat_template: bool | str = False,
+        max_length: int | str | None = None,
+        stats_file: str | None = None,
+        trust_remote_code: Any = None,  # accepted for CLI compatibility; our classes need no remote code
+    ) -> None:
+        super().__init__()
+        import transformers
+
+        import dllm_cache  # registers our LLaDA / Dream classes with transformers' Auto classes
+        from dllm_cache.generate import generate
+
+        self._dllm_cache = dllm_cache
+        self._generate = generate
+        path = Path(str(pretrained)).expanduser()
+        if not path.is_dir():
+            raise ValueError(
+                f"model arg pretrained={pretrained!r} is not a local directory. dllm_cache loads "
+                "checkpoints from disk only (no hub downloads): pass the folder holding config.json."
+            )
+
+        self.batch_size = self._parse_batch_size(batch_size)
+        self.gen_length = parse_int(gen_length, "gen_length", minimum=1)
+        self.steps = parse_int(steps, "steps", minimum=1, optional=True) or self.gen_length
+        self.block_length = parse_int(block_length, "block_length", minimum=1, optional=True)
+        self.temperature = parse_float(temperature, "temperature")
+        self.cfg_scale = parse_float(cfg_scale, "cfg_scale")
+        self.remasking = str(remasking)
+        self.alg = str(alg)
+        self.threshold = parse_float(threshold, "threshold", optional=True)
+        self.cache_on = parse_bool(cache, "cache")
+        self.mc_num = parse_int(mc_num, "mc_num", minimum=1)
+        self.mc_batch_size = parse_int(mc_batch_size, "mc_batch_size", minimum=1, optional=True) or min(
+            self.mc_num, max(self.batch_size, 32)
+        )
+        self._wrap_chat = parse_bool(apply_chat_template, "apply_chat_template")
+        self._harness_chat = False  # set when lm-eval applies the chat template itself
+        self.stats_file = str(stats_file) if stats_file else None
+
+        # --- placement: one full replica per process under accelerate (data parallel)
+        self.accelerator = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            try:
+                from accelerate import Accelerator
+            except ImportError as e:
+                raise ImportError(
+                    "WORLD_SIZE > 1 (launched by accelerate/torchrun) but the `accelerate` package is "
+                    "not installed; `pip install accelerate` or run a single process."
+                ) from e
+            on_cpu = str(device or "").startswith("cpu") or not torch.cuda.is_available()
+            self.accelerator = Accelerator(cpu=on_cpu)  # cpu=True: gloo data parallel (tests, no GPU)
+            self._rank = self.accelerator.process_index
+            self._world_size = self.accelerator.num_processes
+            if self._world_size != int(os.environ["WORLD_SIZE"]):
+                raise RuntimeError(
+                    f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate set up {self._world_size} process(es) "
+                    f"({self.accelerator.distributed_type}); every rank would evaluate every request. "
+                    "Launch with `accelerate launch` / `torchrun` on one GPU per process."
+                )
+            self._device = torch.device(self.accelerator.device)
+            if device and not str(device).startswith(("cuda", "cpu")):
+                log.warning("data parallel: device=%s ignored, rank %d uses %s", device, self._rank, self._device)
+        else:
+            device = str(device) if device else ("cuda" if torch.cuda.is_available() else "cpu")
+            if device.startswith("cuda") and not torch.cuda.is_available():
+                log.warning("device=%s requested but CUDA is not available; using cpu", device)
+                device = "cpu"
+            self._device = torch.device(device)
+
+        # --- model and tokenizer, from disk only
+        self.model = transformers.AutoModel.from_pretrained(str(path), dtype=parse_dtype(dtype), local_files_only=True)
+        self.model.to(self._device).eval()
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.config = self.model.config
+        self.family = self._family()
+        self.mask_id = self._config_id("mask_token_id")
+        if self.mask_id is None:
+            raise ValueError(f"{path}/config.json has no mask_token_id; a diffusion LM needs one")
+        self.pad_id = self._pick_pad_id()
+        self.stop_ids = self._collect_stop_ids()
+        limit = parse_int(max_length, "max_length", minimum=2, optional=True)
+        self.max_length = limit or int(
+            getattr(self.config, "max_sequence_length", None) or getattr(self.config, "max_position_embeddings", 4096)
+        )
+
+        if self.cache_on:
+            cfg_kw = dict(
+                prompt_interval=parse_int(prompt_interval, "prompt_interval", minimum=1),
+                response_interval=parse_int(response_interval, "response_interval", minimum=1),
+                transfer_ratio=parse_float(transfer_ratio, "transfer_ratio"),
+            )
+            cfg_int = parse_int(cfg_interval, "cfg_interval", minimum=1, optional=True)
+            if cfg_int is not None:
+                cfg_kw["cfg_interval"] = cfg_int
+            self.cache_config = dllm_cache.CacheConfig(**cfg_kw)
+            dllm_cache.enable_cache(self.model, self.cache_config)
+        else:
+            self.cache_config = None
+
+        self.last_stats: dict[str, Any] = {}
+        log.info(
+            "dllm_cache: %s (%s) on %s, rank %d/%d, cache=%s",
+            path, self.family, self._device, self._rank, self._world_size, self.cache_config or "off",
+        )
+
+    # ------------------------------------------------------------------ construction from lm-eval
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None):
+        """As LM's, except that `--model_args` win over the CLI-wide settings: lm-eval's CLI always
+        sends device (default cuda:0) and batch_size (default 1), which would otherwise clash
+        with `device=` / `batch_size=` given in --model_args."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None):
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    # ------------------------------------------------------------------ setup helpers
+    @staticmethod
+    def _parse_batch_size(value: Any) -> int:
+        if isinstance(value, str) and value.strip().lower().startswith("auto"):
+            log.warning("batch_size=%s: automatic batch sizing is not supported; using 1", value)
+            return 1
+        return parse_int(value, "batch_size", minimum=1)
+
+    def _family(self) -> str:
+        try:
+            from dllm_cache.hooks import family_of
+
+            return family_of(self.model)
+        except Exception:  # noqa: BLE001 - fall back to the config's model_type
+            model_type = str(getattr(self.config, "model_type", "")).lower()
+            return "dream" if model_type == "dream" else "llada"
+
+    def _config_id(self, key: str) -> int | None:
+        value = getattr(self.config, key, None)
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        return None if value is None else int(value)
+
+    def _pick_pad_id(self) -> int:
+        """Left-padding id: never the mask id (the sampler would treat pads as slots to fill)."""
+        for candidate in (self.tokenizer.pad_token_id, self._config_id("pad_token_id"), self.tokenizer.eos_token_id,
+                          self._config_id("eos_token_id")):
+            if candidate is not None and candidate != self.mask_id:
+                return int(candidate)
+        return 0 if self.mask_id != 0 else 1
+
+    def _collect_stop_ids(self) -> set[int]:
+        """Token ids that end a generation: config/tokenizer EOS, chat end-of-turn, mask."""
+        ids: set[int] = {self.mask_id}
+        eos = getattr(self.config, "eos_token_id", None)
+        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        vocab = self.tokenizer.get_vocab()
+        for token in ("<|eot_id|>", "<|im_end|>", "<|endoftext|>"):
+            if token in vocab:
+                ids.add(int(vocab[token]))
+        return ids
+
+    # ------------------------------------------------------------------ lm-eval plumbing
+    @property
+    def eot_token_id(self) -> int:
+        return int(self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else self.pad_id)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(self.tokenizer.name_or_path).replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None) or ""
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        self._harness_chat = True
+        return self.tokenizer.apply_chat_template(
+            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.gather(tensor) if self.accelerator is not None else tensor
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        if self.accelerator is None:
+            return [obj]
+        out = [None] * self._world_size if self._rank == dst else None
+        torch.distributed.gather_object(obj, out, dst=dst)
+        return out
+
+    def barrier(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------ tokenisation
+    def _prompt_text(self, context: str) -> str:
+        if self._wrap_chat:
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": context}], tokenize=False, add_generation_prompt=True
+            )
+        return context
+
+    def _encode(self, text: str) -> list[int]:
+        # A chat template already holds BOS; otherwise let the tokenizer add its specials.
+        add_special = not (self._wrap_chat or self._harness_chat)
+        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+    def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(batch, max_len) ids right-aligned with pad_id in front; mask None when no row is padded."""
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+        ids = ids.to(self._device)
+        return ids, (mask.to(self._device) if bool((mask == 0).any()) else None)
+
+    def _decode_generated(self, ids: list[int]) -> str:
+        for pos, tok in enumerate(ids):
+            if tok in self.stop_ids:
+                ids = ids[:pos]
+                break
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ generation
+    def _cache_stats(self) -> dict[str, float]:
+        if not self.cache_on:
+            return {}
+        stats = self._dllm_cache.cache_stats(self.model)
+        counters = {k: float(v) for k, v in stats.items() if isinstance(v, (int, float)) and k != "recompute_fraction"}
+        return {**dict.fromkeys(_STAT_KEYS, 0.0), **counters}
+
+    def _sync(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+
+    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        if not requests:
+            return []
+        wall0 = time.perf_counter()
+        contexts = [req.args[0] for req in requests]
+        kwargs = [dict(req.args[1] or {}) for req in requests]
+        budget = self.max_length - self.gen_length
+        if budget < 1:
+            raise ValueError(
+                f"gen_length={self.gen_length} leaves no room for a prompt in max_length={self.max_length}"
+            )
+        # An empty prompt (no BOS in this tokenizer) gets one pad token so the sampler has a prompt.
+        prompts = [self._encode(self._prompt_text(ctx)) or [self.pad_id] for ctx in contexts]
+        too_long = [len(ids) for ids in prompts if len(ids) > budget]
+        if too_long:
+            log.warning(
+                "%d of %d prompts (up to %d tokens) left-truncated to %d tokens = max_length %d - gen_length %d",
+                len(too_long), len(prompts), max(too_long), budget, self.max_length, self.gen_length,
+            )
+            prompts = [ids[-budget:] for ids in prompts]
+        ignored = {k for kw in kwargs for k in kw} - {"until", "do_sample", "temperature", "max_gen_toks"}
+        if ignored:
+            log.info("dllm_cache: generation kwargs %s ignored; decoding is set by model args", sorted(ignored))
+
+        # Longest first: similar lengths share a batch (little padding), and an out-of-memory
+        # error shows up on the first batch rather than the last.
+        order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
+        results: list[str | None] = [None] * len(requests)
+        totals: dict[str, float] = dict.fromkeys(_STAT_KEYS, 0.0)
+        gen_seconds, n_batches = 0.0, 0
+        bar = tqdm(total=len(requests), desc=f"dllm_cache generate (rank {self._rank})",
+                   disable=disable_tqdm or self._rank != 0)
+        for chunk in batched(order, self.batch_size):
+            input_ids, attention_mask = self._left_pad([prompts[i] for i in chunk])
+            if self.cache_on:
+                self._dllm_cache.reset_cache(self.model)
+            before = self._cache_stats()
+            self._sync()
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = self._generate(
+                    self.model, input_ids, attention_mask,
+                    gen_length=self.gen_length, steps=self.steps, block_length=self.block_length,
+                    temperature=self.temperature, cfg_scale=self.cfg_scale, remasking=self.remasking,
+                    alg=self.alg, threshold=self.threshold, mask_id=self.mask_id,
+                )  # (batch, prompt_len + gen_length)
+            self._sync()
+            gen_seconds += time.perf_counter() - t0
+            n_batches += 1
+            after = self._cache_stats()
+            for key, value in after.items():
+                totals[key] = totals.get(key, 0.0) + value - before.get(key, 0.0)
+            generated = out[:, input_ids.shape[1] :].tolist()
+            for row, i in enumerate(chunk):
+                until = kwargs[i].get("until") or []
+                until = [until] if isinstance(until, str) else list(until)
+                text = cut_at_stop_strings(self._decode_generated(generated[row]), until)
+                results[i] = text
+                self.cache_hook.add_partial("generate_until", requests[i].args, text)
+            bar.update(len(chunk))
+        bar.close()
+        self._report(len(requests), n_batches, gen_seconds, time.perf_counter() - wall0, totals)
+        return [r if r is not None else "" for r in results]
+
+    def _report(self, n_requests: int, n_batches: int, gen_seconds: float, wall_seconds: float,
+                totals: dict[str, float]) -> None:
+        tokens = n_requests * self.gen_length
+        stats: dict[str, Any] = {
+            "rank": self._rank,
+            "requests": n_requests,
+            "batches": n_batches,
+            "batch_size": self.batch_size,
+            "gen_length": self.gen_length,
+            "steps": self.steps,
+            "block_length": self.block_length,
+            "cache": self.cache_on,
+            "generate_seconds": gen_seconds,
+            "wall_seconds": wall_seconds,
+            "tokens_per_second": tokens / gen_seconds if gen_seconds > 0 else float("nan"),
+        }
+        line = (
+            f"[dllm_cache rank {self._rank}] {n_requests} requests, {n_batches} batches, "
+            f"generate {gen_seconds:.2f}s (wall {wall_seconds:.2f}s), "
+            f"{stats['tokens_per_second']:.1f} gen tok/s, cache={'on' if self.cache_on else 'off'}"
+        )
+        if self.cache_on:
+            cfg = self.cache_config
+            stats["cache_config"] = {
+                "prompt_interval": cfg.prompt_interval,
+                "response_interval": cfg.response_interval,
+                "transfer_ratio": cfg.transfer_ratio,
+            }
+            stats["cache_stats"] = {k: int(v) for k, v in totals.items()}
+            frac = totals["tokens_recomputed"] / totals["tokens_total"] if totals["tokens_total"] else float("nan")
+            stats["recompute_fraction"] = frac
+            line += (
+                f" (Kp={cfg.prompt_interval} Kr={cfg.response_interval} ratio={cfg.transfer_ratio}): "
+                f"steps={int(totals['steps'])} full={int(totals['full_steps'])} "
+                f"prompt_refresh={int(totals.get('prompt_refresh_steps', 0))} "
+                f"response_refresh={int(totals['response_refresh_steps'])} partial={int(totals['partial_steps'])}, "
+                f"recomputed {frac:.1%} of response tokens on partial steps"
+            )
+        self.last_stats = stats
+        print(line, flush=True)
+        if self.stats_file:
+            Path(self.stats_file).parent.mkdir(parents=True, exist_ok=True)
+            with open(self.stats_file, "a", encoding="utf-8") as f:
+                f.write(json.dumps(stats) + "\n")
+
+    # ------------------------------------------------------------------ likelihood
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Token ids of context and continuation, split so that their concatenation is the
+        tokenisation of the joined text (trailing context spaces move to the continuation)."""
+        n_space = len(context) - len(context.rstrip())
+        if n_space:
+            continuation = context[-n_space:] + continuation
+            context = context[:-n_space]
+        context = self._prompt_text(context)
+        whole = self._encode(context + continuation)
+        prefix = self._encode(context)
+        return whole[: len(prefix)], whole[len(prefix) :]
+
+    def _logits(self, x: torch.Tensor, prefix_len: int) -> torch.Tensor:
+        """Logits (rows, seq, vocab) aligned so position i predicts token i (Dream is shifted)."""
+        if self.cfg_scale > 0:
+            uncond = x.clone()
+            uncond[:, :prefix_len] = self.mask_id
+            both = self.model(torch.cat([x, uncond])).logits
+            cond, unc = both.chunk(2)
+            logits = unc + (self.cfg_scale + 1) * (cond - unc)
+        else:
+            logits = self.model(x).logits
+        if self.family == "dream":
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+    def _mc_loglikelihood(self, prefix: list[int], target: list[int], seed: int) -> float:
+        """-E_t[(1/t) * sum over masked continuation tokens of CE]: the ELBO of log p(target|prefix)."""
+        n, p = len(target), len(prefix)
+        gen = torch.Generator().manual_seed(seed)
+        seq = torch.tensor(prefix + target, dtype=torch.long, device=self._device)  # (p + n,)
+        tgt = seq[p:]
+        total, done = 0.0, 0
+        while done < self.mc_num:
+            rows = min(self.mc_batch_size, self.mc_num - done)
+            # stratified number of masked tokens per row, k in 1..n
+            offset = torch.rand((), generator=gen)
+            k = (((offset + torch.arange(rows)) / rows) * n).floor().long().clamp(0, n - 1) + 1  # (rows,)
+            rank = torch.rand((rows, n), generator=gen).argsort(dim=1).argsort(dim=1)
+            masked = (rank < k[:, None]).to(self._device)  # (rows, n): k True per row, uniform positions
+            x = seq.expand(rows, -1).clone()
+            x[:, p:][masked] = self.mask_id
+            logits = self._logits(x, p)[:, p:].float()  # (rows, n, vocab)
+            ce = F.cross_entropy(logits[masked], tgt.expand(rows, -1)[masked], reduction="none")
+            weight = (n / k.to(self._device).float())[:, None].expand(rows, n)[masked]
+            total += float((ce * weight).sum())
+            done += rows
+        return -total / self.mc_num
+
+    def _is_greedy(self, prefix: list[int], target: list[int]) -> bool:
+        p = len(prefix)
+        x = torch.tensor([prefix + [self.mask_id] * len(target)], dtype=torch.long, device=self._device)
+        pred = self._logits(x, p)[0, p:].argmax(dim=-1)
+        return bool((pred == torch.tensor(target, device=self._device)).all())
+
+    def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        out: list[tuple[float, bool]] = []
+        # The feature cache is built for the denoising loop; scoring uses plain forward passes.
+        if self.cache_on:
+            self._dllm_cache.disable_cache(self.model)
+        try:
+            for req in tqdm(requests, desc=f"dllm_cache loglikelihood (rank {self._rank})",
+                            disable=disable_tqdm or self._rank != 0):
+                context, continuation = req.args
+                prefix, target = self._encode_pair(context, continuation)
+                if not target:
+                    out.append((0.0, True))
+                    continue
+                if len(target) >= self.max_length:
+                    raise ValueError(
+                        f"continuation of {len(target)} tokens does not fit max_length={self.max_length}"
+                    )
+                prefix = prefix[-(self.max_length - len(target)) :] if prefix else prefix
+                seed = int.from_bytes(hashlib.sha256(f"{context}\x00{continuation}".encode()).digest()[:4], "little")
+                with torch.inference_mode():
+                    result = (self._mc_loglikelihood(prefix, target, seed), self._is_greedy(prefix, target))
+                out.append(result)
+                self.cache_hook.add_partial("loglikelihood", (context, continuation), result)
+        finally:
+            if self.cache_on:
+                self._dllm_cache.enable_cache(self.model, self.cache_config)
+        return out
+
+    def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
+        raise NotImplementedError(
+            "dllm_cache: loglikelihood_rolling (perplexity tasks such as wikitext) is not supported. "
+            "A masked diffusion LM has no left-to-right factorisation, so a rolling token-by-token "
+            "likelihood is not defined; use generate_until tasks or loglikelihood (multiple-choice) tasks."
+        )
+
