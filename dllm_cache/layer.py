@@ -59,7 +59,10 @@ def cached_block_forward(
     first_layer: bool,
     stats: Stats,
 ) -> torch.Tensor:
-    """x: (batch, seq, d_model) current layer input -> layer output of the same shape."""
+    """x: (batch, seq, d_model) current layer input -> layer output of the same shape.
+
+    On steps that do not refresh the prompt, x is updated in place (response rows only).
+    """
     plan = ctx.plan
     refresh_response = plan.refresh_response or first_layer  # layer 0's input changes on every unmask
     if plan.refresh_prompt and refresh_response:
@@ -108,22 +111,29 @@ def cached_block_forward(
         elif sel.shape[1]:
             _scatter_tokens(store.attn[:, P:], sel, o_resp)
 
+    if ctx.prompt_rows_dead:
+        # Prompt rows are dead on this step: nothing below reads them and the LM head serves
+        # their cached logits. Update only the response rows, in place on the block input.
+        xr = x[:, P:]
+        xr += store.attn[:, P:]
+        if sel is None:
+            store.ffn[:, P:] = parts.mlp(parts.ffn_norm(xr))
+        elif sel.shape[1]:
+            _scatter_tokens(store.ffn[:, P:], sel, parts.mlp(parts.ffn_norm(_gather_tokens(xr, sel))))
+        xr += store.ffn[:, P:]
+        return x
+
     x = x + store.attn  # cached deltas for every token not recomputed
-    ffn_in = []
-    if n_prompt_q:
-        ffn_in.append(x[:, :P])
+    ffn_in = [x[:, :P]] if n_prompt_q else []
     if sel is None:
         ffn_in.append(x[:, P:])
     elif sel.shape[1]:
         ffn_in.append(_gather_tokens(x[:, P:], sel))
     if ffn_in:
-        h = torch.cat(ffn_in, dim=1) if len(ffn_in) > 1 else ffn_in[0]
-        f = parts.mlp(parts.ffn_norm(h))
-        if n_prompt_q:
-            store.ffn[:, :P] = f[:, :P]
-        f_resp = f[:, n_prompt_q:]
+        f = parts.mlp(parts.ffn_norm(torch.cat(ffn_in, dim=1) if len(ffn_in) > 1 else ffn_in[0]))
+        store.ffn[:, :n_prompt_q] = f[:, :n_prompt_q]
         if sel is None:
-            store.ffn[:, P:] = f_resp
+            store.ffn[:, P:] = f[:, n_prompt_q:]
         elif sel.shape[1]:
-            _scatter_tokens(store.ffn[:, P:], sel, f_resp)
+            _scatter_tokens(store.ffn[:, P:], sel, f[:, n_prompt_q:])
     return x + store.ffn

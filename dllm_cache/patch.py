@@ -53,6 +53,8 @@ class _Patched:
         self.blocks = blocks
         self.saved_forwards = [b.__dict__.get("forward", _MISSING) for b in blocks]
         self.saved_model_forward = model.__dict__.get("forward", _MISSING)
+        self.head: nn.Module | None = None
+        self.saved_head_forward = _MISSING
 
 
 def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
@@ -73,6 +75,7 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
         rope=rope_cos_sin(positions.expand(batch, seq), dims.head_dim, dims.rope_theta),
         key_mask=_key_mask(attention_mask),
         transfer_ratio=state.config.transfer_ratio,
+        head_cached=patched.head is not None,
     )
     try:
         with torch.no_grad():
@@ -97,6 +100,27 @@ def _block_forward(patched: _Patched, adapter, dims, index: int, parts, original
     return adapter.block_output(out)
 
 
+def _head_forward(patched: _Patched, original, h: torch.Tensor, *args, **kwargs):
+    """LM head: prompt rows' logits come from the last prompt refresh (prompt hidden states are
+    reused between refreshes, so these are the logits they would give); response rows are computed.
+    Dream reads row P-1 for the first response token: a cached prompt row, as in the paper's cache."""
+    state = patched.state
+    ctx = state.ctx
+    if ctx is None:
+        return original(h, *args, **kwargs)
+    branch = state.branch()
+    lo = ctx.prompt_len
+    if ctx.plan.refresh_prompt:
+        logits = original(h, *args, **kwargs)
+        branch.prompt_logits = logits[:, :lo].clone()
+        return logits
+    tail = original(h[:, lo:], *args, **kwargs)
+    logits = tail.new_empty(h.shape[0], h.shape[1], tail.shape[-1])
+    logits[:, :lo] = branch.prompt_logits
+    logits[:, lo:] = tail
+    return logits
+
+
 def enable_cache(model: nn.Module, config: CacheConfig | None = None) -> nn.Module:
     """Cache `model`'s features between denoising steps. Returns the model (patched in place).
 
@@ -114,6 +138,10 @@ def enable_cache(model: nn.Module, config: CacheConfig | None = None) -> nn.Modu
     patched = _Patched(model, state, blocks)
     for i, block in enumerate(blocks):
         block.forward = partial(_block_forward, patched, adapter, dims, i, adapter.parts(block), block.forward)
+    head = adapter.lm_head(model)
+    if head is not None:
+        patched.head, patched.saved_head_forward = head, head.__dict__.get("forward", _MISSING)
+        head.forward = partial(_head_forward, patched, head.forward)
     model.forward = partial(_model_forward, patched, adapter, dims, model.forward)
     model.__dict__[_STATE] = patched
     return model
@@ -128,6 +156,10 @@ def disable_cache(model: nn.Module) -> nn.Module:
         del block.forward
         if saved is not _MISSING:
             block.forward = saved
+    if patched.head is not None:
+        del patched.head.forward
+        if patched.saved_head_forward is not _MISSING:
+            patched.head.forward = patched.saved_head_forward
     del model.forward
     if patched.saved_model_forward is not _MISSING:
         model.forward = patched.saved_model_forward

@@ -32,6 +32,11 @@ class StepContext:
     rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin: (batch, seq, head_dim), float32
     key_mask: torch.Tensor | None  # (batch, seq) bool, None when nothing is padded
     transfer_ratio: float
+    head_cached: bool = False  # the LM head serves prompt rows from cache, so layers may skip them
+
+    @property
+    def prompt_rows_dead(self) -> bool:
+        return self.head_cached and not self.plan.refresh_prompt
 
 
 @dataclass
@@ -60,6 +65,7 @@ class BranchState:
     prompt_len: int = 0
     prompt_ids: torch.Tensor | None = None
     layers: list[LayerStore] = field(default_factory=list)
+    prompt_logits: torch.Tensor | None = None  # (batch, prompt_len, vocab) from the last prompt refresh
     started: bool = False
 
     def is_new_generation(self, input_ids: torch.Tensor) -> bool:

@@ -54,6 +54,10 @@ class ModelAdapter:
     def positions(self, attention_mask: torch.Tensor | None, batch: int, seq: int, device) -> torch.Tensor:
         raise NotImplementedError
 
+    def lm_head(self, model: nn.Module) -> nn.Module | None:
+        """The module mapping final hidden states to logits, if it is a separate module."""
+        return None
+
     def block_output(self, x: torch.Tensor):
         """Wrap a block's new hidden states in the return format its caller expects."""
         raise NotImplementedError

@@ -49,5 +49,8 @@ class DreamAdapter(ModelAdapter):
         # Dream's generation counts positions from the first real token under left padding.
         return positions_from_mask(attention_mask, batch, seq, device)
 
+    def lm_head(self, model: nn.Module) -> nn.Module | None:
+        return getattr(model, "lm_head", None)
+
     def block_output(self, x: torch.Tensor):
         return (x,)

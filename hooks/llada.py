@@ -54,5 +54,9 @@ class LLaDAAdapter(ModelAdapter):
         # The official model numbers positions 0..seq-1 regardless of padding.
         return torch.arange(seq, device=device).expand(batch, seq)
 
+    def lm_head(self, model: nn.Module) -> nn.Module | None:
+        tr = self._transformer(model)
+        return tr["ff_out"] if "ff_out" in tr else None  # absent under weight tying
+
     def block_output(self, x: torch.Tensor):
         return x, None
