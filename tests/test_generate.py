@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dllm_cache import CacheConfig, cache_enabled, cache_stats, enable_cache, disable_cache
+from dllm_cache import CacheConfig, cache_enabled, cache_stats, disable_cache, enable_cache
 from dllm_cache.generate import generate, tokens_per_step
 
 
