@@ -129,22 +129,23 @@ def llada_generate(
             masked = x == mask_id
             if threshold is not None and not bool(masked[:, lo:hi].any()):
                 break
-            logits = logits_of(x)
+            # Only the current block can be unmasked: sample and score its columns alone.
+            logits = logits_of(x)[:, lo:hi]
             logits[..., mask_id] = -math.inf  # never "unmask" into the mask token
-            x0 = gumbel_argmax(logits, temperature)
+            x0 = gumbel_argmax(logits, temperature)  # (batch, block_length)
             if remasking == "low_confidence":
                 p = F.softmax(logits.float(), dim=-1)
                 conf = p.gather(-1, x0[..., None]).squeeze(-1)
             else:
                 conf = torch.rand(x0.shape, device=x0.device)
-            conf[:, hi:] = -math.inf
-            conf = torch.where(masked, conf, torch.full_like(conf, -math.inf))
-            x0 = torch.where(masked, x0, x)
+            block = x[:, lo:hi]
+            block_masked = masked[:, lo:hi]
+            conf = torch.where(block_masked, conf, torch.full_like(conf, -math.inf))
             if threshold is None:
                 picked = _topk_rows(conf, schedule[:, i])
             else:
-                picked = (conf > threshold) | _topk_rows(conf, masked[:, lo:hi].any(dim=1).long())
-            x = torch.where(picked, x0, x)
+                picked = (conf > threshold) | _topk_rows(conf, block_masked.any(dim=1).long())
+            x[:, lo:hi] = torch.where(picked & block_masked, x0, block)
             bar.update(1)
     bar.close()
     return x
@@ -210,24 +211,25 @@ def dream_generate(
     if is_cache_enabled(model):
         reset_cache(model, prompt_length=P)
     for i in tqdm(range(steps), disable=not progress, desc="dream", leave=False):
-        masked = x == mask_id
+        resp = x[:, P:]  # (batch, gen_length) view: the only region that changes
+        masked = resp == mask_id
         if not bool(masked.any()):
             break
         logits = model(x, attention_mask=full_mask).logits
-        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # shift: position i predicts i+1
+        # Dream's logits are shifted: row j predicts token j+1 (row 0 stands in for itself).
+        logits = logits[:, P - 1 : -1] if P > 0 else torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         logits[..., mask_id] = -math.inf
         t, s = timesteps[i], timesteps[i + 1]
         if alg == "origin":
             p_transfer = 1 - s / t if i < steps - 1 else 1.0
-            take = masked & (torch.rand(x.shape, device=x.device) < p_transfer)
+            take = masked & (torch.rand(masked.shape, device=x.device) < p_transfer)
             if bool(take.any()):
-                _, tokens = _dream_sample(logits[take], "maskgit_plus", temperature, top_p, top_k)
-                x[take] = tokens
+                resp[take] = _dream_sample(logits[take], "maskgit_plus", temperature, top_p, top_k)[1]
             continue
         conf, tokens = _dream_sample(logits[masked], alg, temperature, top_p, top_k)
-        full_conf = torch.full(x.shape, -math.inf, device=x.device)
+        full_conf = torch.full(masked.shape, -math.inf, device=x.device)
         full_conf[masked] = conf
-        proposal = torch.full_like(x, mask_id)
+        proposal = torch.full_like(resp, mask_id)
         proposal[masked] = tokens
         n_masked = masked.sum(dim=1)
         counts = (n_masked.float() * (1 - s / t)).long() if i < steps - 1 else n_masked
@@ -240,7 +242,7 @@ def dream_generate(
                     picked[row, torch.multinomial(probs[row], k)] = True
         else:
             picked = _topk_rows(full_conf, counts)
-        x = torch.where(picked & masked, proposal, x)
+        x[:, P:] = torch.where(picked & masked, proposal, resp)
     return x
 
 
