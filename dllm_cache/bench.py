@@ -1,0 +1,917 @@
+"""Speed / FLOPs comparison of cached vs uncached generation (`dllm-cache bench`).
+
+For one model and one workload, for each batch size: time an uncached generation, then the
+same prompts with each cache configuration, in the same process, and report latency,
+tokens/s, speedup, analytic FLOPs (cross-checked once with FlopCounterMode), achieved
+TFLOP/s, a roofline bound, token agreement with the uncached output and the cache's stats.
+Writes `<tag>.json`, `<tag>.md` and `<tag>.png` to `--out-dir`; prints the table last.
+
+Random-weight models (`--shape llada-8b|dream-7b`) are built directly on the device: compute
+does not depend on weight values, so they time like the real checkpoints.
+
+    PYTHONPATH=. python -m dllm_cache.bench --shape llada-8b --workload gsm8k \
+        --batch-size 1 8 --transfer-ratio 0.25 --response-interval 8 --max-steps 33
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dllm_cache.flops import (
+    STEP_KINDS,
+    ModelDims,
+    count_forward_flops,
+    generation_cost,
+    schedule_counts,
+    step_flops,
+    step_kind,
+)
+from dllm_cache.generate import generate
+from dllm_cache.hooks import adapter_for
+from dllm_cache.patch import cache_stats, disable_cache, enable_cache, reset_cache
+
+WORKLOADS: dict[str, dict[str, int]] = {
+    "gsm8k": {"prompt_len": 700, "gen_len": 256, "steps": 256, "block_length": 32},
+    "hotpotqa": {"prompt_len": 4000, "gen_len": 32, "steps": 32, "block_length": 32},
+}
+SHAPES = ("llada-8b", "dream-7b", "tiny-llada", "tiny-dream")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+TASKS = ("gsm8k_local", "arith", "hotpot")
+
+
+@dataclass(frozen=True)
+class Workload:
+    prompt_len: int
+    gen_len: int
+    steps: int
+    block_length: int | None
+
+
+@dataclass(frozen=True)
+class CacheSetting:
+    prompt_interval: int
+    response_interval: int
+    transfer_ratio: float
+
+    @property
+    def label(self) -> str:
+        return f"Kp={self.prompt_interval} Kr={self.response_interval} r={self.transfer_ratio:g}"
+
+    def to_config(self) -> Any:
+        from dllm_cache.config import CacheConfig
+
+        return CacheConfig(
+            prompt_interval=self.prompt_interval,
+            response_interval=self.response_interval,
+            transfer_ratio=self.transfer_ratio,
+        )
+
+
+@dataclass
+class TimedRun:
+    """One (possibly truncated) generation. Times in seconds."""
+
+    state: torch.Tensor  # (batch, prompt + gen) ids: output, or x before step `n_steps`
+    total_s: float  # from the call to the end (truncated: to the start of step n_steps)
+    setup_s: float  # from the call to the start of step 0
+    step_s: list[float]  # one per denoising step run (forward + sampler work)
+    truncated: bool
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.step_s)
+
+
+@dataclass
+class Row:
+    batch_size: int
+    label: str
+    cache: dict[str, Any] | None
+    latency_s: float
+    latencies_s: list[float]
+    timed_steps: int
+    extrapolated: bool
+    tokens_per_s: float
+    speedup: float | None
+    flops: int
+    flop_reduction: float | None
+    achieved_tflops: float
+    roofline_s: float | None
+    measured_over_roofline: float | None
+    agreement: float
+    step_counts: dict[str, int]
+    step_ms: dict[str, float | None]
+    roofline_step_ms: dict[str, float] | None
+    cache_stats: dict[str, Any] | None = None
+    recomputed_fraction: float | None = None
+    peak_mem_gb: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class _Truncate(Exception):
+    """Raised from the forward pre-hook to stop a generation after `max_steps` steps."""
+
+
+class _Clock:
+    """Timestamps that are correct on CUDA (events) and CPU (perf_counter)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> list[float]:
+        """Durations between consecutive marks."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def timed_generate(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    workload: Workload,
+    device: torch.device,
+    max_steps: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> TimedRun:
+    """Run `generate`, timing every denoising step (one model forward + its sampler work).
+
+    Steps are delimited by a forward pre-hook on `model`; with `max_steps`, the hook stops
+    the generation at the start of step `max_steps` and keeps the ids it was called with.
+    """
+    clock = _Clock(device)
+    calls = 0
+    captured: list[torch.Tensor] = []
+
+    def pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        nonlocal calls
+        clock.mark()
+        if max_steps is not None and calls >= max_steps:
+            ids = args[0] if args else kwargs.get("input_ids")
+            captured.append(ids.detach().clone())
+            raise _Truncate
+        calls += 1
+
+    handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    truncated = False
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    clock.mark()
+    try:
+        with torch.no_grad():
+            out = generate(
+                model,
+                input_ids,
+                gen_length=workload.gen_len,
+                steps=workload.steps,
+                block_length=workload.block_length,
+                temperature=0.0,
+                progress=progress,
+            )
+        clock.mark()
+    except _Truncate:
+        truncated = True
+        out = captured[0]
+    finally:
+        handle.remove()
+    durations = clock.seconds()
+    # marks: [call, step0, step1, ..., end]; durations[0] = setup, the rest = steps
+    return TimedRun(
+        state=out,
+        total_s=sum(durations),
+        setup_s=durations[0] if durations else 0.0,
+        step_s=durations[1:],
+        truncated=truncated,
+    )
+
+
+def _step_kinds(n: int, config: Any | None) -> list[str]:
+    return [step_kind(s, config) for s in range(n)]
+
+
+def per_kind_ms(run: TimedRun, config: Any | None) -> dict[str, float | None]:
+    """Mean measured time of each step kind (ms), None if the kind was not run."""
+    by_kind: dict[str, list[float]] = {k: [] for k in STEP_KINDS}
+    for kind, seconds in zip(_step_kinds(run.n_steps, config), run.step_s):
+        by_kind[kind].append(seconds)
+    return {k: (1e3 * statistics.fmean(v) if v else None) for k, v in by_kind.items()}
+
+
+def estimate_latency(run: TimedRun, config: Any | None, steps: int) -> float:
+    """Whole-generation latency: measured, or extrapolated from a truncated run.
+
+    The schedule is periodic, so the cost is linear in steps: setup + sum over the full
+    schedule of the mean measured time of each step's kind.
+    """
+    if not run.truncated:
+        return run.total_s
+    means = per_kind_ms(run, config)
+    # A kind missing from the window: a prompt refresh costs about a full step; else the mean.
+    fallback = {k: 1e3 * statistics.fmean(run.step_s) for k in STEP_KINDS}
+    if means["full"] is not None:
+        fallback["prompt"] = means["full"]
+    total_ms = sum(means[k] if means[k] is not None else fallback[k] for k in _step_kinds(steps, config))
+    return run.setup_s + total_ms / 1e3
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor, prompt_len: int, mask_id: int | None) -> float:
+    """Fraction of generated positions where `a` and `b` hold the same token.
+
+    Positions still masked in both (truncated runs) are left out.
+    """
+    ga, gb = a[:, prompt_len:], b[:, prompt_len:]
+    decided = torch.ones_like(ga, dtype=torch.bool)
+    if mask_id is not None:
+        decided = (ga != mask_id) | (gb != mask_id)
+    n = int(decided.sum())
+    if n == 0:
+        return 1.0
+    return float((ga == gb)[decided].float().mean())
+
+
+# ----------------------------------------------------------------------------- model setup
+
+
+def _shape_config(shape: str) -> Any:
+    from dllm_cache.models import tiny
+
+    if shape == "llada-8b":
+        return tiny.llada_8b_config()
+    if shape == "dream-7b":
+        return tiny.dream_7b_config()
+    return (tiny.tiny_llada() if shape == "tiny-llada" else tiny.tiny_dream()).config
+
+
+def _model_class(config: Any) -> type:
+    if str(getattr(config, "model_type", "")).lower() == "llada":
+        from dllm_cache.models.llada import LLaDAModelLM
+
+        return LLaDAModelLM
+    from dllm_cache.models.dream import DreamModel
+
+    return DreamModel
+
+
+@torch.no_grad()
+def random_init_(model: torch.nn.Module, std: float, seed: int) -> None:
+    """Matrices ~ N(0, std), norm weights 1, biases 0, on the parameters' own device."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for name, p in model.named_parameters():
+        if p.ndim >= 2:
+            p.normal_(0.0, std, generator=gen)
+        elif name.endswith("bias"):
+            p.zero_()
+        else:
+            p.fill_(1.0)
+
+
+def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Any:
+    """The model to bench, in eval mode on `device` in `dtype`.
+
+    `--model`: AutoModel works because importing dllm_cache registered LLaDA and Dream.
+    """
+    if args.model:
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(args.model, dtype=dtype)
+        return model.to(device).eval()
+    if args.shape in ("tiny-llada", "tiny-dream"):
+        from dllm_cache.models import tiny
+
+        build = tiny.tiny_llada if args.shape == "tiny-llada" else tiny.tiny_dream
+        return build(seed=args.seed).to(device=device, dtype=dtype).eval()
+    config = _shape_config(args.shape)
+    if device.type != "cuda":
+        raise SystemExit(
+            f"--shape {args.shape} builds a multi-billion-parameter model; run it on a CUDA "
+            "device (use --shape tiny-llada or tiny-dream on CPU)"
+        )
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        # Shapes only (meta), then uninitialised storage on the GPU, then our own fast init:
+        # skips the model's own init, which would fill 8B parameters once more for nothing.
+        with torch.device("meta"):
+            model = _model_class(config)(config)
+        if any(True for _ in model.buffers()):  # buffers would need their real values
+            with torch.device(device):
+                model = _model_class(config)(config)
+        else:
+            model = model.to_empty(device=device)
+    finally:
+        torch.set_default_dtype(previous)
+    random_init_(model, args.init_std, args.seed)
+    return model.to(dtype).eval()
+
+
+def _special_ids(config: Any) -> set[int]:
+    ids = set()
+    for key in ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(v for v in value if isinstance(v, int))
+    return ids
+
+
+def random_prompts(config: Any, batch: int, prompt_len: int, seed: int) -> torch.Tensor:
+    """(batch, prompt_len) random token ids that avoid the mask/eos/pad ids."""
+    vocab = ModelDims.from_config(config).vocab
+    if getattr(config, "vocab_size", None):
+        vocab = min(vocab, int(config.vocab_size))
+    high = min(vocab, 32000)
+    special = _special_ids(config)
+    safe = next(i for i in range(high) if i not in special)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, high, (batch, prompt_len), generator=gen)
+    for s in special:
+        ids[ids == s] = safe
+    return ids
+
+
+# ----------------------------------------------------------------------------- the bench
+
+
+def _settings(args: argparse.Namespace) -> list[CacheSetting]:
+    """Cache configurations to run: the full product, or one axis at a time ("axes")."""
+    ratios, krs, kps = args.transfer_ratio, args.response_interval, args.prompt_interval
+    if args.grid == "product":
+        combos = [(kp, kr, r) for kp in kps for kr in krs for r in ratios]
+    else:
+        r0, kr0, kp0 = _reference(ratios, 0.25), _reference(krs, 8), _reference(kps, 100)
+        combos = [(kp0, kr0, r) for r in ratios]
+        combos += [(kp0, kr, r0) for kr in krs if kr != kr0]
+        combos += [(kp, kr0, r0) for kp in kps if kp != kp0]
+    seen: list[CacheSetting] = []
+    for kp, kr, r in combos:
+        setting = CacheSetting(kp, kr, r)
+        if setting not in seen:
+            seen.append(setting)
+    return seen
+
+
+def _reference(values: list, default: Any) -> Any:
+    """The value the other axes are held at in plots and "axes" grids."""
+    return default if default in values else values[0]
+
+
+def _workload(args: argparse.Namespace) -> Workload:
+    base = dict(WORKLOADS[args.workload]) if args.workload else {}
+    for key in ("prompt_len", "gen_len", "steps", "block_length"):
+        value = getattr(args, key)
+        if value is not None:
+            base[key] = value
+    missing = [k for k in ("prompt_len", "gen_len", "steps") if k not in base]
+    if missing:
+        raise SystemExit(
+            f"workload incomplete, missing {missing}: pass --workload gsm8k|hotpotqa or all of "
+            "--prompt-len --gen-len --steps"
+        )
+    return Workload(base["prompt_len"], base["gen_len"], base["steps"], base.get("block_length"))
+
+
+def _window(args: argparse.Namespace, settings: list[CacheSetting], steps: int) -> int | None:
+    """Steps to time (None = all): at least one full Kr period after step 0."""
+    if args.max_steps is None or args.max_steps >= steps:
+        return None
+    need = max(s.response_interval for s in settings) + 1 if settings else 1
+    window = max(args.max_steps, need)
+    if window != args.max_steps:
+        print(
+            f"[bench] --max-steps {args.max_steps} raised to {window} so the timed window holds "
+            "step 0 and a full Kr period",
+            file=sys.stderr,
+        )
+    return None if window >= steps else window
+
+
+def _warmup_steps(args: argparse.Namespace, setting: CacheSetting | None, steps: int) -> int:
+    """Untimed steps before each timed run: enough to run every step kind once (Kr + 1)."""
+    if args.warmup_steps is not None:
+        return min(args.warmup_steps, steps)
+    return min(steps, 2 if setting is None else setting.response_interval + 1)
+
+
+def _stats_dict(stats: Any) -> dict[str, Any]:
+    if hasattr(stats, "__dataclass_fields__"):
+        stats = asdict(stats)
+    return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
+            for k, v in dict(stats).items()}
+
+
+def _stats_delta(after: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any]:
+    """Counters accumulated between two `cache_stats` snapshots; ratios recomputed."""
+    before = before or {}
+    delta = {
+        k: v - before.get(k, 0) if isinstance(v, int) and not isinstance(v, bool) else v
+        for k, v in after.items()
+    }
+    if "recompute_fraction" in delta and delta.get("tokens_total"):
+        delta["recompute_fraction"] = delta["tokens_recomputed"] / delta["tokens_total"]
+    return delta
+
+
+def _timed_runs(
+    model: torch.nn.Module,
+    setting: CacheSetting | None,
+    prompts: torch.Tensor,
+    workload: Workload,
+    device: torch.device,
+    window: int | None,
+    warmup: int,
+    args: argparse.Namespace,
+) -> tuple[list[TimedRun], dict[str, Any] | None]:
+    """Warm-up, then `args.repeats` timed runs of one configuration (None = uncached).
+
+    The cache is reset before every run (the same prompts would otherwise look like the
+    continuation of the previous generation) and disabled afterwards.
+    """
+    run_model = model
+    if setting is not None:
+        run_model = enable_cache(model, setting.to_config()) or model
+    try:
+        def once(max_steps: int | None) -> TimedRun:
+            if setting is not None:
+                reset_cache(run_model)
+            return timed_generate(
+                run_model, prompts, workload, device, max_steps, args.seed, args.step_progress
+            )
+
+        if warmup:
+            once(warmup)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        runs, stats = [], None
+        for _ in range(args.repeats):
+            before = _stats_dict(cache_stats(run_model)) if setting is not None else None
+            runs.append(once(window))
+            if setting is not None:  # the model's stats accumulate: keep the last run's share
+                stats = _stats_delta(_stats_dict(cache_stats(run_model)), before)
+    finally:
+        if setting is not None:
+            disable_cache(run_model)
+    return runs, stats
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every (batch size, configuration); return the JSON-ready report."""
+    from tqdm import tqdm
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    workload = _workload(args)
+    settings = _settings(args)
+    window = _window(args, settings, workload.steps)
+    on_gpu = device.type == "cuda"
+    peak_tflops = args.peak_tflops if on_gpu else None
+    peak_tbps = args.peak_tbps if on_gpu else None
+    dtype_bytes = torch.finfo(dtype).bits // 8
+
+    t0 = time.perf_counter()
+    model = build_model(args, device, dtype)
+    build_s = time.perf_counter() - t0
+    config = model.config
+    dims = ModelDims.from_config(config)
+    mask_id = getattr(config, "mask_token_id", None)
+
+    notes = []
+    if window is not None:
+        notes.append(
+            f"timed the first {window} of {workload.steps} denoising steps per run (step 0 "
+            "and at least one full Kr period); whole-generation latency = setup + sum over "
+            "the full schedule of the mean measured time per step kind (full/response/"
+            "partial): the schedule is periodic, so cost is linear in steps"
+        )
+    if not on_gpu:
+        notes.append("roofline skipped on CPU")
+    # The cache runs the LM head on the response rows only between prompt refreshes, unless
+    # the model has no separate head module to patch (weight-tied LLaDA).
+    head_all_rows = adapter_for(model).lm_head(model) is None
+    logits_tokens = workload.prompt_len + workload.gen_len if head_all_rows else None
+    notes.append(
+        "FLOPs: analytic (dllm_cache.flops), matmuls + attention, multiply-add = 2; LM head on "
+        + ("all P + R rows on every step (no separate head module: weight tying)" if head_all_rows else
+           "P + R rows on prompt refreshes (full/prompt steps), R response rows otherwise")
+    )
+
+    rows: list[Row] = []
+    flop_checks: list[dict[str, Any]] = []
+    n_runs = len(args.batch_size) * (1 + len(settings))
+    bar = tqdm(total=n_runs, desc="bench", file=sys.stderr, disable=args.no_progress)
+    for batch in args.batch_size:
+        prompts = random_prompts(config, batch, workload.prompt_len, args.seed).to(device)
+        fill = mask_id if mask_id is not None else 0
+        # FlopCounterMode cross-check on one uncached step (prompt + all-mask response).
+        x0 = torch.cat(
+            [prompts, torch.full((batch, workload.gen_len), fill, device=device)], dim=1
+        )
+        measured, output = count_forward_flops(model, x0)
+        analytic = step_flops(dims, batch, workload.prompt_len, workload.gen_len, "full")
+        finite = bool(torch.isfinite(output.logits).all())
+        del output
+        flop_checks.append({
+            "batch_size": batch,
+            "analytic_full_step": analytic,
+            "flop_counter_full_step": measured,
+            "relative_diff": (analytic - measured) / measured if measured else None,
+            "logits_finite": finite,
+        })
+        if not finite:
+            print(f"[bench] warning: non-finite logits at batch {batch}", file=sys.stderr)
+
+        baseline: Row | None = None
+        baseline_state: torch.Tensor | None = None
+        for setting in [None, *settings]:
+            cache_config = setting.to_config() if setting is not None else None
+            bar.set_postfix_str(f"b={batch} {setting.label if setting else 'uncached'}")
+            runs, stats = _timed_runs(
+                model, setting, prompts, workload, device, window,
+                _warmup_steps(args, setting, workload.steps), args
+            )
+            latencies = [estimate_latency(r, cache_config, workload.steps) for r in runs]
+            latency = statistics.median(latencies)
+            run = runs[0]
+            cost = generation_cost(
+                dims, batch, workload.prompt_len, workload.gen_len, workload.steps,
+                cache_config, workload.block_length, logits_tokens=logits_tokens,
+                dtype_bytes=dtype_bytes, peak_tflops=peak_tflops, peak_tbps=peak_tbps,
+            )
+            roof_step = None
+            if peak_tflops and peak_tbps:
+                roof_step = {
+                    k: 1e3 * max(cost.flops_per_kind[k] / (peak_tflops * 1e12),
+                                 cost.bytes_per_kind[k] / (peak_tbps * 1e12))
+                    for k in STEP_KINDS
+                }
+            row = Row(
+                batch_size=batch,
+                label=setting.label if setting else "uncached",
+                cache=asdict(setting) if setting else None,
+                latency_s=latency,
+                latencies_s=latencies,
+                timed_steps=run.n_steps,
+                extrapolated=run.truncated,
+                tokens_per_s=batch * workload.gen_len / latency,
+                speedup=None,
+                flops=cost.flops,
+                flop_reduction=None,
+                achieved_tflops=cost.flops / latency / 1e12,
+                roofline_s=cost.roofline_s,
+                measured_over_roofline=(latency / cost.roofline_s) if cost.roofline_s else None,
+                agreement=1.0,
+                step_counts=cost.step_counts,
+                step_ms=per_kind_ms(run, cache_config),
+                roofline_step_ms=roof_step,
+                peak_mem_gb=(torch.cuda.max_memory_allocated(device) / 2**30) if on_gpu else None,
+            )
+            if setting is None:
+                baseline, baseline_state = row, run.state
+            else:
+                assert baseline is not None and baseline_state is not None
+                row.speedup = baseline.latency_s / latency
+                row.flop_reduction = baseline.flops / cost.flops
+                row.agreement = agreement(run.state, baseline_state, workload.prompt_len, mask_id)
+                row.cache_stats = stats
+                if stats and stats.get("tokens_total"):
+                    row.recomputed_fraction = stats["tokens_recomputed"] / stats["tokens_total"]
+                expected = schedule_counts(run.n_steps, cache_config)
+                got = {
+                    "full": stats.get("full_steps"),
+                    "response": stats.get("response_refresh_steps"),
+                    "prompt": stats.get("prompt_refresh_steps", 0),
+                    "partial": stats.get("partial_steps"),
+                } if stats else {}
+                if got and got != expected:
+                    row.notes.append(f"cache_stats step counts {got} != schedule {expected}")
+            if setting is None:
+                row.speedup = 1.0
+                row.flop_reduction = 1.0
+            rows.append(row)
+            bar.update(1)
+    bar.close()
+
+    return {
+        "meta": {
+            "tag": args.tag,
+            "model": args.model or args.shape,
+            "family": str(getattr(config, "model_type", "")),
+            "dims": dims.to_dict(),
+            "dtype": str(dtype).replace("torch.", ""),
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if on_gpu else platform.processor()
+            or platform.machine(),
+            "torch": torch.__version__,
+            "workload": {"name": args.workload, **asdict(workload)},
+            "batch_sizes": list(args.batch_size),
+            "timed_steps": window or workload.steps,
+            "warmup_steps": args.warmup_steps if args.warmup_steps is not None else "2 uncached, Kr + 1 cached",
+            "repeats": args.repeats,
+            "peak_tflops": peak_tflops,
+            "peak_tbps": peak_tbps,
+            "model_build_s": build_s,
+            "wall_s": time.perf_counter() - t0,
+            "reference": {
+                "transfer_ratio": _reference(args.transfer_ratio, 0.25),
+                "response_interval": _reference(args.response_interval, 8),
+                "prompt_interval": _reference(args.prompt_interval, 100),
+            },
+            "notes": notes,
+        },
+        "flop_check": flop_checks,
+        "results": [asdict(r) for r in rows],
+    }
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else (
+        format(value, spec)
+    )
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    meta = report["meta"]
+    w = meta["workload"]
+    lines = [
+        f"### {meta['tag']}: {meta['model']} ({meta['family']}, {meta['dtype']}, "
+        f"{meta['device_name']})",
+        "",
+        f"Workload {w['name'] or 'custom'}: prompt {w['prompt_len']}, gen {w['gen_len']}, "
+        f"steps {w['steps']}, block {w['block_length']}; timed steps {meta['timed_steps']}; "
+        f"peaks {meta['peak_tflops']} TFLOP/s, {meta['peak_tbps']} TB/s.",
+        "",
+        "| batch | cache | latency s | tok/s | speedup | TFLOP | FLOP cut | TFLOP/s | "
+        "roofline s | meas/roof | agree | recomputed |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"| {r['batch_size']} | {r['label']} | {_fmt(r['latency_s'], '.3f')} | "
+            f"{_fmt(r['tokens_per_s'], '.1f')} | {_fmt(r['speedup'], '.2f')}x | "
+            f"{_fmt(r['flops'] / 1e12, '.3g')} | {_fmt(r['flop_reduction'], '.2f')}x | "
+            f"{_fmt(r['achieved_tflops'], '.3g')} | {_fmt(r['roofline_s'], '.3f')} | "
+            f"{_fmt(r['measured_over_roofline'], '.2f')} | {_fmt(r['agreement'], '.3f')} | "
+            f"{_fmt(r['recomputed_fraction'], '.2f')} |"
+        )
+    lines += [
+        "",
+        "Mean time per denoising step by kind, ms: measured (roofline).",
+        "",
+        "| batch | cache | " + " | ".join(STEP_KINDS) + " |",
+        "|---:|---|" + "---:|" * len(STEP_KINDS),
+    ]
+    for r in report["results"]:
+        roof = r["roofline_step_ms"] or {}
+        cells = [
+            "-" if r["step_ms"][k] is None else f"{r['step_ms'][k]:.1f}"
+            + (f" ({roof[k]:.1f})" if k in roof else "")
+            for k in STEP_KINDS
+        ]
+        lines.append(f"| {r['batch_size']} | {r['label']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for c in report["flop_check"]:
+        diff = c["relative_diff"]
+        lines.append(
+            f"- FLOP check, batch {c['batch_size']}: analytic full step "
+            f"{c['analytic_full_step']:.4g} vs FlopCounterMode {c['flop_counter_full_step']:.4g}"
+            f" ({_fmt(None if diff is None else 100 * diff, '+.2f')}%)"
+        )
+    for note in meta["notes"]:
+        lines.append(f"- {note}")
+    for r in report["results"]:
+        for note in r["notes"]:
+            lines.append(f"- batch {r['batch_size']} {r['label']}: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Speedup vs transfer ratio and vs Kr (one line per batch size); measured vs roofline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = report["meta"]["reference"]
+    cached = [r for r in report["results"] if r["cache"] is not None]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = [
+        ("transfer_ratio", "response_interval", "transfer ratio", axes[0]),
+        ("response_interval", "transfer_ratio", "Kr (response interval)", axes[1]),
+    ]
+    for x_key, fixed_key, xlabel, ax in panels:
+        for batch in report["meta"]["batch_sizes"]:
+            pts = sorted(
+                (r["cache"][x_key], r["speedup"])
+                for r in cached
+                if r["batch_size"] == batch
+                and r["cache"][fixed_key] == ref[fixed_key]
+                and r["cache"]["prompt_interval"] == ref["prompt_interval"]
+            )
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o", label=f"batch {batch}")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        fixed = f"{fixed_key.replace('_', ' ')} = {ref[fixed_key]}"
+        ax.set(xlabel=xlabel, ylabel="speedup vs uncached", title=f"speedup ({fixed})")
+        ax.legend()
+    ax = axes[2]
+    roof = [r for r in report["results"] if r["roofline_s"]]
+    if roof:
+        for batch in report["meta"]["batch_sizes"]:
+            pts = [(r["roofline_s"], r["latency_s"]) for r in roof if r["batch_size"] == batch]
+            ax.scatter(*zip(*pts), label=f"batch {batch}")
+        lo = min(min(r["roofline_s"], r["latency_s"]) for r in roof) * 0.8
+        hi = max(max(r["roofline_s"], r["latency_s"]) for r in roof) * 1.2
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="roofline")
+        ax.set(xscale="log", yscale="log", xlabel="roofline time (s)", ylabel="measured (s)")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "roofline skipped (CPU)", ha="center", va="center")
+        ax.set_axis_off()
+    ax.set_title("measured vs roofline")
+    meta = report["meta"]
+    fig.suptitle(f"{meta['tag']}: {meta['model']} {meta['dtype']} on {meta['device_name']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(report: dict[str, Any], out_dir: Path, tag: str) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out_dir / f"{tag}.{ext}" for ext in ("json", "md", "png")}
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
+    paths["md"].write_text(markdown_table(report))
+    plot(report, paths["png"])
+    return paths
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def dry_run(args: argparse.Namespace) -> str:
+    """Analytic FLOPs/roofline and a GPU-time estimate, without building a model.
+
+    Estimated step time = max(FLOPs / --assume-tflops, bytes / --assume-tbps) +
+    --assume-overhead-ms (kernel launches, the cache's gathers, the sampler).
+    """
+    if args.model:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(args.model)
+    else:
+        config = _shape_config(args.shape)
+    dims = ModelDims.from_config(config)
+    w = _workload(args)
+    tied = bool(getattr(config, "weight_tying", False))  # LLaDA: no separate head to patch
+    logits_tokens = w.prompt_len + w.gen_len if tied else None
+    settings = _settings(args)
+    window = _window(args, settings, w.steps)
+    timed = window or w.steps
+    dtype_bytes = torch.finfo(DTYPES[args.dtype or "bf16"]).bits // 8
+
+    def step_s(flops: int, nbytes: int) -> float:
+        return max(flops / (args.assume_tflops * 1e12), nbytes / (args.assume_tbps * 1e12)) + (
+            args.assume_overhead_ms / 1e3
+        )
+
+    lines = [
+        f"dry run: {args.model or args.shape} dims {dims.to_dict()}",
+        f"workload {asdict(w)}; timed steps {timed} x {args.repeats} + warm-up per run; estimates at "
+        f"{args.assume_tflops} TFLOP/s, {args.assume_tbps} TB/s, +{args.assume_overhead_ms} ms/step",
+        "| batch | cache | TFLOP (whole gen) | FLOP cut | roofline s | est. gen s | est. GPU s in bench |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    total = 0.0
+    for batch in args.batch_size:
+        base = None
+        for setting in [None, *settings]:
+            cfg = setting.to_config() if setting else None
+            cost = generation_cost(
+                dims, batch, w.prompt_len, w.gen_len, w.steps, cfg, w.block_length,
+                logits_tokens=logits_tokens, dtype_bytes=dtype_bytes, peak_tflops=args.peak_tflops, peak_tbps=args.peak_tbps,
+            )
+            base = base or cost.flops
+            per_step = {k: step_s(cost.flops_per_kind[k], cost.bytes_per_kind[k]) for k in STEP_KINDS}
+            gen_s = sum(per_step[k] for k in _step_kinds(w.steps, cfg))
+            runs = [_warmup_steps(args, setting, w.steps)] + [timed] * args.repeats
+            bench_s = sum(per_step[k] for n in runs for k in _step_kinds(n, cfg))
+            total += bench_s
+            lines.append(
+                f"| {batch} | {setting.label if setting else 'uncached'} | {cost.flops / 1e12:.1f} | "
+                f"{base / cost.flops:.2f}x | {cost.roofline_s:.2f} | {gen_s:.2f} | {bench_s:.1f} |"
+            )
+        total += step_s(step_flops(dims, batch, w.prompt_len, w.gen_len, "full"), 0)  # FLOP check
+    lines.append(
+        f"estimated GPU compute in timed + warm-up runs + FLOP checks: {total:.0f} s "
+        "(add ~20-30 s for process start, imports and model build)"
+    )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dllm-cache bench",
+        description="Time cached vs uncached diffusion-LM generation; report FLOPs and roofline.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="local model directory (loaded with AutoModel)")
+    src.add_argument("--shape", choices=SHAPES, help="random-weight model of this shape")
+    p.add_argument("--dtype", choices=tuple(DTYPES), help="default bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--device", help="default cuda if available, else cpu")
+    p.add_argument("--init-std", type=float, default=0.02, help="random-weight init std")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workload", choices=tuple(WORKLOADS),
+                   help="gsm8k: prompt 700, gen 256, steps 256, block 32; "
+                        "hotpotqa: prompt 4000, gen 32, steps 32, block 32")
+    p.add_argument("--prompt-len", type=int)
+    p.add_argument("--gen-len", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--block-length", type=int)
+    p.add_argument("--batch-size", type=int, nargs="+", default=[1])
+    p.add_argument("--transfer-ratio", type=float, nargs="+", default=[0.25])
+    p.add_argument("--response-interval", type=int, nargs="+", default=[8])
+    p.add_argument("--prompt-interval", type=int, nargs="+", default=[100])
+    p.add_argument("--grid", choices=("axes", "product"), default="axes",
+                   help="axes: vary one knob at a time around the reference (0.25, Kr 8, Kp 100 "
+                        "or the first value given); product: every combination")
+    p.add_argument("--max-steps", type=int,
+                   help="time only the first N denoising steps (>= max Kr + 1) and extrapolate "
+                        "per step kind; default: whole generations")
+    p.add_argument("--warmup-steps", type=int,
+                   help="steps of the untimed warm-up run per configuration (default max Kr + 1)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per config (median)")
+    p.add_argument("--peak-tflops", type=float, default=790.0,
+                   help="peak dense TFLOP/s for the roofline (H100 bf16 as measured here)")
+    p.add_argument("--peak-tbps", type=float, default=3.0, help="peak HBM TB/s for the roofline")
+    p.add_argument("--task", choices=TASKS,
+                   help="quality eval: not implemented in the bench (see dllm-cache eval)")
+    p.add_argument("--out-dir", type=Path, default=Path("eval/results"))
+    p.add_argument("--tag", help="output file stem (default bench-<model>-<workload>)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print analytic FLOPs and a GPU-time estimate, run nothing")
+    p.add_argument("--assume-tflops", type=float, default=400.0,
+                   help="effective TFLOP/s for --dry-run estimates")
+    p.add_argument("--assume-tbps", type=float, default=2.0, help="effective TB/s for --dry-run estimates")
+    p.add_argument("--assume-overhead-ms", type=float, default=5.0,
+                   help="per-step launch/sampler overhead for --dry-run estimates")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--step-progress", action="store_true", help="per-step bars from generate")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("transfer_ratio",):
+        bad = [v for v in getattr(args, name) if not 0.0 <= v <= 1.0]
+        if bad:
+            raise SystemExit(f"--transfer-ratio values must be in [0, 1], got {bad}")
+    if args.tag is None:
+        stem = (Path(args.model).name if args.model else args.shape) or "model"
+        args.tag = f"bench-{stem}-{args.workload or 'custom'}"
+    if args.task:
+        print(
+            f"[bench] --task {args.task}: quality evaluation is not implemented in the bench "
+            "(it measures speed only); use `dllm-cache eval`. Continuing with the speed run.",
+            file=sys.stderr,
+        )
+    if args.dry_run:
+        print(dry_run(args))
+        return 0
+    report = run_bench(args)
+    paths = write_outputs(report, args.out_dir, args.tag)
+    print(f"[bench] wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    print(markdown_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

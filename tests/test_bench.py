@@ -1,0 +1,112 @@
+"""`dllm-cache bench` end to end on CPU with tiny models: structure, exactness, FLOPs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dllm_cache.bench import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matmuls gain nothing from threads, and on a busy 2-core box threads spin."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+SMALL = ["--prompt-len", "16", "--gen-len", "16", "--steps", "16", "--block-length", "8",
+         "--batch-size", "1", "2", "--warmup-steps", "2", "--no-progress"]
+
+
+def _run(tmp_path, capsys, shape: str, tag: str, *extra: str) -> dict:
+    assert main(["--shape", shape, *SMALL, "--out-dir", str(tmp_path), "--tag", tag, *extra]) == 0
+    for ext in ("json", "md", "png"):
+        assert (tmp_path / f"{tag}.{ext}").stat().st_size > 0
+    printed = capsys.readouterr().out
+    md = (tmp_path / f"{tag}.md").read_text()
+    assert printed.rstrip().endswith(md.rstrip().splitlines()[-1])  # the table is printed last
+    assert "| batch | cache |" in printed
+    return json.loads((tmp_path / f"{tag}.json").read_text())
+
+
+def _check_structure(report: dict, shape: str) -> None:
+    meta = report["meta"]
+    assert meta["model"] == shape and meta["batch_sizes"] == [1, 2]
+    assert meta["workload"]["prompt_len"] == 16 and meta["workload"]["steps"] == 16
+    assert meta["peak_tflops"] is None  # roofline skipped on CPU
+    for check in report["flop_check"]:
+        assert check["flop_counter_full_step"] == check["analytic_full_step"]
+        assert check["logits_finite"]
+    results = report["results"]
+    assert [r["batch_size"] for r in results] == [1, 1, 2, 2]
+    for r in results:
+        assert r["latency_s"] > 0 and r["tokens_per_s"] > 0 and r["speedup"] > 0
+        assert r["timed_steps"] == 16 and not r["extrapolated"]
+        assert sum(r["step_counts"].values()) == 16
+        assert 0.0 <= r["agreement"] <= 1.0
+    uncached = [r for r in results if r["cache"] is None]
+    assert len(uncached) == 2 and all(r["speedup"] == 1.0 and r["cache_stats"] is None for r in uncached)
+    for r in results:
+        if r["cache"] is not None:
+            assert r["cache_stats"]["steps"] == 16
+
+
+@pytest.mark.parametrize("shape", ["tiny-llada", "tiny-dream"])
+def test_bench_exact_config_matches_uncached(tmp_path, capsys, shape):
+    report = _run(tmp_path, capsys, shape, "exact", "--transfer-ratio", "1.0", "--response-interval", "1",
+                  "--prompt-interval", "1")
+    _check_structure(report, shape)
+    for batch in (1, 2):
+        base, cached = [r for r in report["results"] if r["batch_size"] == batch]
+        assert cached["cache"] == {"prompt_interval": 1, "response_interval": 1, "transfer_ratio": 1.0}
+        assert cached["agreement"] == 1.0
+        assert cached["flops"] == base["flops"] and cached["flop_reduction"] == 1.0
+        assert cached["step_counts"]["full"] == 16
+
+
+@pytest.mark.parametrize("shape", ["tiny-llada", "tiny-dream"])
+def test_bench_default_config_saves_flops(tmp_path, capsys, shape):
+    report = _run(tmp_path, capsys, shape, "default")
+    _check_structure(report, shape)
+    for batch in (1, 2):
+        base, cached = [r for r in report["results"] if r["batch_size"] == batch]
+        assert cached["cache"] == {"prompt_interval": 100, "response_interval": 8, "transfer_ratio": 0.25}
+        assert cached["flops"] < base["flops"] and cached["flop_reduction"] > 1.0
+        assert cached["step_counts"] == {"full": 1, "response": 1, "prompt": 0, "partial": 14}
+        stats = cached["cache_stats"]
+        assert stats["full_steps"] == 1 and stats["partial_steps"] == 14
+        assert cached["recomputed_fraction"] == pytest.approx(0.25)
+
+
+def test_bench_max_steps_extrapolates(tmp_path, capsys):
+    report = _run(tmp_path, capsys, "tiny-llada", "trunc", "--max-steps", "3", "--response-interval", "4")
+    meta = report["meta"]
+    assert meta["timed_steps"] == 5  # raised to Kr + 1 so the window holds a response refresh
+    assert any("timed the first 5 of 16" in note for note in meta["notes"])
+    for r in report["results"]:
+        assert r["extrapolated"] and r["timed_steps"] == 5 and r["latency_s"] > 0
+        if r["cache"] is not None:
+            assert r["cache_stats"]["steps"] == 5
+
+
+def test_bench_dry_run_and_task_note(capsys):
+    assert main(["--shape", "llada-8b", "--workload", "gsm8k", "--batch-size", "1", "8", "--dry-run",
+                 "--task", "gsm8k_local"]) == 0
+    captured = capsys.readouterr()
+    assert "not implemented in the bench" in captured.err
+    assert "estimated GPU compute" in captured.out
+
+
+def test_bench_local_model_dir(tmp_path, capsys):
+    from dllm_cache.models.tiny import tiny_dream
+
+    tiny_dream().save_pretrained(tmp_path / "model")
+    assert main(["--model", str(tmp_path / "model"), "--prompt-len", "8", "--gen-len", "8", "--steps", "8",
+                 "--batch-size", "1", "--no-progress", "--out-dir", str(tmp_path), "--tag", "local"]) == 0
+    report = json.loads((tmp_path / "local.json").read_text())
+    assert report["meta"]["family"] == "Dream" and len(report["results"]) == 2
+    assert "Mean time per denoising step" in capsys.readouterr().out

@@ -1,0 +1,152 @@
+"""The analytic FLOPs model: checked by hand on a toy shape and against FlopCounterMode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dllm_cache import CacheConfig, disable_cache, enable_cache, reset_cache
+from dllm_cache.flops import (
+    STEP_KINDS,
+    ModelDims,
+    generation_cost,
+    generation_flops,
+    lm_head_tokens,
+    measure_step_flops,
+    roofline_seconds,
+    schedule_counts,
+    step_bytes,
+    step_flops,
+    step_kind,
+)
+from dllm_cache.models.tiny import dream_7b_config, llada_8b_config, tiny_dream, tiny_llada
+from dllm_cache.schedule import step_kind as core_step_kind
+
+# Toy shape for hand arithmetic: per token and layer q 128, k 64, v 64, o 128, FFN 768.
+TOY = ModelDims(d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=4, d_ff=16, vocab=10)
+P, R = 3, 4  # T = 7
+FULL = 2 * (7 * 1152 + 4 * 7 * 7 * 8) + 7 * 2 * 8 * 10  # 20384
+# Response and partial steps run the LM head on the R response rows only (prompt logits reused).
+RESPONSE = 2 * (4 * 1152 + 4 * 4 * 7 * 8) + 4 * 2 * 8 * 10  # 11648
+PARTIAL_HALF = (4 * 1152 + 4 * 4 * 7 * 8) + (4 * 64 + 2 * (128 + 64 + 128 + 768) + 4 * 2 * 7 * 8) + 640  # 9024
+PROMPT_HALF = (7 * 1152 + 4 * 7 * 7 * 8) + (3 * 1152 + 4 * 3 * 7 * 8) + 2880 + 1120  # 17760
+
+
+def test_toy_counts_by_hand():
+    assert TOY.flops_token_layer == 1152
+    assert step_flops(TOY, 1, P, R, "full") == FULL == 20384
+    assert step_flops(TOY, 1, P, R, "uncached") == FULL
+    assert step_flops(TOY, 1, P, R, "response") == RESPONSE == 11648
+    assert step_flops(TOY, 1, P, R, "partial", transfer_ratio=0.5) == PARTIAL_HALF == 9024
+    assert step_flops(TOY, 1, P, R, "prompt", transfer_ratio=0.5) == PROMPT_HALF == 17760
+    assert step_flops(TOY, 3, P, R, "full") == 3 * FULL
+    # int(4 * 0.3) = 1 selected token; int(4 * 0.2) = 0 leaves only the V projection.
+    assert step_flops(TOY, 1, P, R, "partial", 0.3) - step_flops(TOY, 1, P, R, "partial", 0.0) == (
+        1 * (128 + 64 + 128 + 768) + 4 * 1 * 7 * 8
+    )
+    assert step_flops(TOY, 1, P, R, "partial", 0.2) == (4 * 1152 + 4 * 4 * 7 * 8) + 4 * 64 + 640
+    # Explicit LM-head rows (e.g. a weight-tied LLaDA, whose head the cache cannot patch).
+    assert step_flops(TOY, 1, P, R, "full", logits_tokens=R) == FULL - 3 * 2 * 8 * 10
+    assert step_flops(TOY, 1, P, R, "partial", 0.5, logits_tokens=P + R) == PARTIAL_HALF + 3 * 160
+    assert lm_head_tokens("partial", P, R) == R and lm_head_tokens("prompt", P, R) == P + R
+
+
+def test_ratio_one_partial_equals_response():
+    for dims in (TOY, ModelDims.from_config(llada_8b_config()), ModelDims.from_config(dream_7b_config())):
+        assert step_flops(dims, 2, 700, 256, "partial", 1.0) == step_flops(dims, 2, 700, 256, "response")
+
+
+@pytest.mark.parametrize("config_fn", [llada_8b_config, dream_7b_config])
+@pytest.mark.parametrize("shape", [(700, 256), (4000, 32), (16, 16)])
+def test_ordering_partial_response_full(config_fn, shape):
+    dims = ModelDims.from_config(config_fn())
+    p, r = shape
+    f = {k: step_flops(dims, 1, p, r, k, 0.25) for k in STEP_KINDS}
+    assert f["partial"] < f["response"] < f["full"]
+    assert f["partial"] < f["prompt"] <= f["full"]
+    b = {k: step_bytes(dims, 1, p, r, k, 0.25) for k in STEP_KINDS}
+    # Batch 1: every kind reads all weights once (logits writes aside), so bytes barely move.
+    assert max(b.values()) < 1.10 * min(b.values())
+    roof = {k: roofline_seconds(f[k], b[k], 790, 3.0) for k in STEP_KINDS}
+    assert roof["partial"] <= 1.01 * roof["full"] and roof["response"] <= 1.01 * roof["full"]
+    # Batch 8 GSM8K shape: the full step is compute bound, the partial one memory bound.
+    f8 = {k: step_flops(dims, 8, 700, 256, k, 0.25) for k in ("full", "partial")}
+    b8 = {k: step_bytes(dims, 8, 700, 256, k, 0.25) for k in ("full", "partial")}
+    assert f8["full"] / 790e12 > b8["full"] / 3e12
+    assert roofline_seconds(f8["partial"], b8["partial"], 790, 3.0) < 0.5 * roofline_seconds(
+        f8["full"], b8["full"], 790, 3.0
+    )
+
+
+def test_dims_from_both_config_styles():
+    llada = ModelDims.from_config(llada_8b_config())
+    assert llada == ModelDims(4096, 32, 32, 32, 128, 12288, 126464)
+    dream = ModelDims.from_config(dream_7b_config())
+    assert dream == ModelDims(3584, 28, 28, 4, 128, 18944, 152064)
+    as_dict = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "num_hidden_layers": 3, "intermediate_size": 160, "vocab_size": 256}
+    assert ModelDims.from_config(as_dict) == ModelDims(64, 3, 4, 2, 16, 160, 256)
+    # LLaDA-8B: layers + LM head + input embedding = about 8.0B parameters.
+    params = llada.n_layers * llada.params_layer + 2 * llada.params_lm_head
+    assert 7.9e9 < params < 8.1e9
+    with pytest.raises(ValueError, match="cannot read model dims"):
+        ModelDims.from_config({"vocab_size": 3})
+
+
+def test_bytes_weights_and_roofline():
+    dims = ModelDims.from_config(llada_8b_config())
+    weights = 2 * (dims.n_layers * dims.params_layer + dims.params_lm_head)
+    nbytes = step_bytes(dims, 1, 700, 256, "partial", 0.25)
+    assert weights < nbytes < weights * 1.2  # batch 1: weight reads dominate
+    cost = generation_cost(dims, 1, 700, 256, 256, CacheConfig(), peak_tflops=790, peak_tbps=3.0)
+    assert cost.roofline_s is not None and cost.roofline_s > cost.bytes / 3e12 * 0.99
+
+
+def test_schedule_matches_core_and_generation_totals():
+    cfg = CacheConfig(prompt_interval=100, response_interval=4, transfer_ratio=0.5)
+    for s in range(300):
+        assert step_kind(s, cfg) == core_step_kind(s, cfg)
+    assert schedule_counts(10, cfg) == {"full": 1, "response": 2, "prompt": 0, "partial": 7}
+    assert generation_flops(TOY, 1, P, R, 10, cfg) == FULL + 2 * RESPONSE + 7 * PARTIAL_HALF
+    assert generation_flops(TOY, 1, P, R, 10, None) == 10 * FULL
+    every_step = CacheConfig(prompt_interval=1, response_interval=1, transfer_ratio=1.0)
+    assert generation_flops(TOY, 2, P, R, 10, every_step) == generation_flops(TOY, 2, P, R, 10, None)
+    # Kp=6, Kr=4: step 6 refreshes the prompt only, step 12 is full again.
+    counts = schedule_counts(13, CacheConfig(prompt_interval=6, response_interval=4))
+    assert counts == {"full": 2, "response": 2, "prompt": 1, "partial": 8}
+
+
+@pytest.mark.parametrize("factory", [tiny_llada, tiny_dream])
+def test_full_step_matches_flop_counter(factory):
+    model = factory()
+    dims = ModelDims.from_config(model.config)
+    ids = torch.randint(0, 200, (2, 24))
+    measured = measure_step_flops(model, ids)
+    analytic = step_flops(dims, 2, 16, 8, "full")
+    assert abs(analytic - measured) <= 0.02 * measured
+    assert analytic == measured  # same matmuls + attention counted: exact in fact
+
+
+@pytest.mark.parametrize("factory", [tiny_llada, tiny_dream, lambda: tiny_llada(weight_tying=True)])
+def test_cached_step_kinds_match_flop_counter(factory):
+    """Every kind of cached forward runs exactly the matmuls the formula charges."""
+    model = factory()
+    dims = ModelDims.from_config(model.config)
+    batch, p, r = 2, 12, 8
+    # A weight-tied LLaDA has no head module for the cache to patch: logits on every row.
+    logits = p + r if getattr(model.config, "weight_tying", False) else None
+    cfg = CacheConfig(prompt_interval=6, response_interval=4, transfer_ratio=0.25)
+    ids = torch.randint(0, 200, (batch, p + r))
+    ids[:, p:] = model.config.mask_token_id
+    enable_cache(model, cfg)
+    try:
+        reset_cache(model, prompt_length=p)
+        seen = set()
+        for s in range(8):  # full, partial x3, response, partial, prompt, partial
+            kind = step_kind(s, cfg)
+            seen.add(kind)
+            assert measure_step_flops(model, ids) == step_flops(dims, batch, p, r, kind, 0.25, logits), (s, kind)
+            ids[:, p + s] = 7  # unmask one token per step
+    finally:
+        disable_cache(model)
+    assert seen == set(STEP_KINDS)
