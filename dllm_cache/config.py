@@ -16,12 +16,16 @@ class CacheConfig:
         Value vectors drifted most, by cosine similarity) is recomputed; int(R * ratio) per row.
     cfg_interval: response interval for the unconditional branch of classifier-free
         guidance; None means the same as response_interval.
+    cuda_graphs: on CUDA, replay cached (non-prompt-refresh) steps as CUDA graphs. Those steps
+        do little arithmetic, so in eager mode Python and kernel launches dominate. Outputs are
+        the same; the returned logits then live in a buffer the next such step overwrites.
     """
 
     prompt_interval: int = 100
     response_interval: int = 8
     transfer_ratio: float = 0.25
     cfg_interval: int | None = None
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         for name in ("prompt_interval", "response_interval", "cfg_interval"):

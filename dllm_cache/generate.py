@@ -23,8 +23,8 @@ DREAM_ALGS = ("entropy", "maskgit_plus", "topk_margin", "origin")
 
 
 def _full_mask(attention_mask: torch.Tensor | None, gen_length: int) -> torch.Tensor | None:
-    """Extend a prompt mask (batch, P) over the response (always real tokens)."""
-    if attention_mask is None:
+    """Extend a prompt mask (batch, P) over the response (always real tokens); None if nothing is padded."""
+    if attention_mask is None or bool(attention_mask.all()):
         return None
     ones = attention_mask.new_ones(attention_mask.shape[0], gen_length)
     return torch.cat([attention_mask, ones], dim=1)

@@ -14,7 +14,7 @@ from dllm_cache.models.layers import attend
 from dllm_cache.models.rope import apply_rope
 
 from .select import select_drifted
-from .state import LayerStore, Stats, StepContext
+from .state import LayerStore, StepContext
 
 
 def _heads(t: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -57,7 +57,6 @@ def cached_block_forward(
     ctx: StepContext,
     x: torch.Tensor,
     first_layer: bool,
-    stats: Stats,
 ) -> torch.Tensor:
     """x: (batch, seq, d_model) current layer input -> layer output of the same shape.
 
@@ -91,8 +90,6 @@ def cached_block_forward(
         v_new = _heads(parts.v_proj(hr), hd)  # (batch, kv_heads, R, hd): needed for the drift test
         sel = select_drifted(v_new, store.v[:, :, P:], ctx.transfer_ratio)  # (batch, k)
         store.v[:, :, P:] = v_new  # computed anyway: every response V is refreshed
-        stats.tokens_recomputed += sel.numel()
-        stats.tokens_total += hr.shape[0] * hr.shape[1]
         if sel.shape[1]:
             hs = _gather_tokens(hr, sel)
             cs, ss = _gather_tokens(cos[:, P:], sel), _gather_tokens(sin[:, P:], sel)

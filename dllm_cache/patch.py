@@ -20,6 +20,7 @@ from dllm_cache.models.layers import key_mask_from
 from dllm_cache.models.rope import rope_cos_sin
 
 from .config import CacheConfig
+from .graphs import graphable, run_step
 from .layer import cached_block_forward, full_block_forward
 from .state import CacheState, StepContext
 
@@ -41,6 +42,8 @@ def _key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     if attention_mask.dim() == 4:  # (batch, 1, q, k): bidirectional, so any query row will do
         row = attention_mask[:, 0, -1, :]
         attention_mask = row if row.dtype == torch.bool else row == 0
+    if bool(attention_mask.all()):  # host sync, but only on prompt refreshes (never inside a graph)
+        return None
     return key_mask_from(attention_mask)
 
 
@@ -64,22 +67,37 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
         raise ValueError("dllm-cache needs input_ids in the model call (inputs_embeds is not supported).")
     attention_mask = _arg(args, kwargs, 1, "attention_mask")
     branch, plan = state.begin_step(input_ids)
-    batch, seq = input_ids.shape
-    positions = kwargs.get("position_ids")
-    if positions is None:
-        mask2d = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
-        positions = adapter.positions(mask2d, batch, seq, input_ids.device)
+    if plan.refresh_prompt or branch.rope is None:
+        # Positions and padding are fixed within a generation: computed on prompt refreshes only,
+        # into persistent buffers that captured graphs read.
+        batch, seq = input_ids.shape
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            mask2d = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+            positions = adapter.positions(mask2d, batch, seq, input_ids.device)
+        cos, sin = rope_cos_sin(positions.expand(batch, seq), dims.head_dim, dims.rope_theta)
+        branch.rope = (branch.persist("_rope_cos", cos), branch.persist("_rope_sin", sin))
+        branch.key_mask = branch.persist("_key_mask", _key_mask(attention_mask))
     state.ctx = StepContext(
         plan=plan,
         prompt_len=branch.prompt_len,
-        rope=rope_cos_sin(positions.expand(batch, seq), dims.head_dim, dims.rope_theta),
-        key_mask=_key_mask(attention_mask),
+        rope=branch.rope,
+        key_mask=branch.key_mask,
         transfer_ratio=state.config.transfer_ratio,
         head_cached=patched.head is not None,
     )
+    rest = {k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask")}
+
+    def forward(ids, mask):
+        return original(ids, attention_mask=mask, **rest)
+
     try:
         with torch.no_grad():
-            return original(*args, **kwargs)
+            if args[2:]:  # unusual positional arguments: keep the plain call
+                return original(*args, **kwargs)
+            if graphable(state.config, plan.kind, input_ids, branch, state.graphs_disabled):
+                return run_step(branch, plan.kind, forward, input_ids, attention_mask, state.disable_graphs)
+            return forward(input_ids, attention_mask)
     finally:
         state.ctx = None
 
@@ -96,7 +114,7 @@ def _block_forward(patched: _Patched, adapter, dims, index: int, parts, original
         out = full_block_forward(parts, dims, store, ctx, x)
     else:
         store = branch.layers[index]
-        out = cached_block_forward(parts, dims, store, ctx, x, index == 0, state.stats)
+        out = cached_block_forward(parts, dims, store, ctx, x, index == 0)
     return adapter.block_output(out)
 
 
@@ -112,7 +130,7 @@ def _head_forward(patched: _Patched, original, h: torch.Tensor, *args, **kwargs)
     lo = ctx.prompt_len
     if ctx.plan.refresh_prompt:
         logits = original(h, *args, **kwargs)
-        branch.prompt_logits = logits[:, :lo].clone()
+        branch.persist("prompt_logits", logits[:, :lo])
         return logits
     tail = original(h[:, lo:], *args, **kwargs)
     logits = tail.new_empty(h.shape[0], h.shape[1], tail.shape[-1])

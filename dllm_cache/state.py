@@ -13,6 +13,7 @@ import torch
 
 from .config import CacheConfig
 from .schedule import StepPlan, plan_step
+from .select import num_selected
 
 
 @dataclass
@@ -66,7 +67,30 @@ class BranchState:
     prompt_ids: torch.Tensor | None = None
     layers: list[LayerStore] = field(default_factory=list)
     prompt_logits: torch.Tensor | None = None  # (batch, prompt_len, vocab) from the last prompt refresh
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # persistent: CUDA graphs read these addresses
+    key_mask: torch.Tensor | None = None
+    _rope_cos: torch.Tensor | None = None
+    _rope_sin: torch.Tensor | None = None
+    _key_mask: torch.Tensor | None = None
+    graphs: dict = field(default_factory=dict)  # (kind, shape key) -> captured step
+    seen_kinds: set = field(default_factory=set)  # kinds run eagerly once (warm-up) in this layout
     started: bool = False
+
+    def persist(self, name: str, value: torch.Tensor | None) -> torch.Tensor | None:
+        """Keep `value` in the branch's buffer of that name, in place when the layout allows,
+        so captured graphs keep reading valid memory; a new layout drops the graphs."""
+        old = getattr(self, name)
+        if value is None or old is None or old.shape != value.shape or old.dtype != value.dtype or old.device != value.device:
+            if old is not None or value is not None:
+                self.drop_graphs()
+            setattr(self, name, None if value is None else value.clone())
+        else:
+            old.copy_(value)
+        return getattr(self, name)
+
+    def drop_graphs(self) -> None:
+        self.graphs.clear()
+        self.seen_kinds.clear()
 
     def is_new_generation(self, input_ids: torch.Tensor) -> bool:
         if not self.started or self.prompt_ids is None:
@@ -92,6 +116,7 @@ class BranchState:
             or store.attn.dtype != x.dtype
             or store.attn.device != x.device
         ):
+            self.drop_graphs()
             kw = dict(dtype=x.dtype, device=x.device)
             store = LayerStore(
                 k=torch.empty(kv_shape, **kw),
@@ -115,6 +140,12 @@ class CacheState:
         self.pending_prompt_len: dict[str, int] = {}
         self.ctx: StepContext | None = None
         self.stats = Stats()
+        self.graphs_disabled = False
+
+    def disable_graphs(self) -> None:
+        self.graphs_disabled = True
+        for b in self.branches.values():
+            b.drop_graphs()
 
     def branch(self, name: str | None = None) -> BranchState:
         name = name or self.active_branch
@@ -163,4 +194,9 @@ class CacheState:
         s.response_refresh_steps += kind == "response"
         s.prompt_refresh_steps += kind == "prompt"
         s.partial_steps += kind == "partial"
+        if not plan.refresh_response:  # V-verify on every layer but the first
+            resp = input_ids.shape[1] - b.prompt_len
+            rows_layers = input_ids.shape[0] * (self.n_layers - 1)
+            s.tokens_recomputed += rows_layers * num_selected(resp, self.config.transfer_ratio)
+            s.tokens_total += rows_layers * resp
         return b, plan

@@ -46,7 +46,6 @@ def positions_from_mask(attention_mask: torch.Tensor | None, batch: int, seq: in
 
 
 def key_mask_from(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """Boolean key mask, or None when nothing is padded (lets SDPA take its fastest path)."""
-    if attention_mask is None or bool(attention_mask.all()):
-        return None
-    return attention_mask.bool()
+    """Boolean key mask. No host sync here (forwards must be CUDA-graph capturable): callers
+    with unpadded batches pass None, which lets SDPA take its fastest kernels."""
+    return None if attention_mask is None else attention_mask.bool()
