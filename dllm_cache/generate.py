@@ -61,9 +61,11 @@ def gumbel_argmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return (logits.exp() / (-noise.log()) ** temperature).argmax(dim=-1)
 
 
-def _topk_rows(confidence: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Boolean (batch, seq): each row's `counts[row]` highest-confidence positions, no Python loop over rows."""
-    kmax = int(counts.max())
+def _topk_rows(confidence: torch.Tensor, counts: torch.Tensor, kmax: int | None = None) -> torch.Tensor:
+    """Boolean (batch, seq): each row's `counts[row]` highest-confidence positions, no Python loop over rows.
+
+    `kmax` (an upper bound on counts, known on the host) avoids a device->host sync."""
+    kmax = int(counts.max()) if kmax is None else min(kmax, confidence.shape[-1])
     picked = torch.zeros_like(confidence, dtype=torch.bool)
     if kmax == 0:
         return picked
@@ -122,6 +124,7 @@ def llada_generate(
     for b in range(num_blocks):
         lo, hi = P + b * block_length, P + (b + 1) * block_length
         schedule = tokens_per_step((x[:, lo:hi] == mask_id).sum(dim=1), steps_per_block)
+        schedule_max = schedule.max(dim=0).values.tolist()  # one host sync per block, not per step
         # Fixed schedule: steps_per_block steps. Threshold mode: until the block is filled,
         # at most block_length steps since each step unmasks at least one token per row.
         budget = steps_per_block if threshold is None else block_length
@@ -142,9 +145,9 @@ def llada_generate(
             block_masked = masked[:, lo:hi]
             conf = torch.where(block_masked, conf, torch.full_like(conf, -math.inf))
             if threshold is None:
-                picked = _topk_rows(conf, schedule[:, i])
+                picked = _topk_rows(conf, schedule[:, i], schedule_max[i])
             else:
-                picked = (conf > threshold) | _topk_rows(conf, block_masked.any(dim=1).long())
+                picked = (conf > threshold) | _topk_rows(conf, block_masked.any(dim=1).long(), 1)
             x[:, lo:hi] = torch.where(picked & block_masked, x0, block)
             bar.update(1)
     bar.close()

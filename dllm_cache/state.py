@@ -72,6 +72,7 @@ class BranchState:
     _rope_cos: torch.Tensor | None = None
     _rope_sin: torch.Tensor | None = None
     _key_mask: torch.Tensor | None = None
+    declared: bool = False  # set by reset_cache(prompt_length=...): skip the per-step prompt check
     graphs: dict = field(default_factory=dict)  # (kind, shape key) -> captured step
     seen_kinds: set = field(default_factory=set)  # kinds run eagerly once (warm-up) in this layout
     started: bool = False
@@ -97,6 +98,8 @@ class BranchState:
             return True
         if input_ids.shape[0] != self.prompt_ids.shape[0] or input_ids.shape[1] != self._seq_len():
             return True
+        if self.declared:  # the caller declared this generation; comparing would cost a host sync per step
+            return False
         return not torch.equal(input_ids[:, : self.prompt_len], self.prompt_ids)
 
     def _seq_len(self) -> int:
@@ -184,6 +187,7 @@ class CacheState:
             b.prompt_ids = input_ids[:, : b.prompt_len].clone()
             b.step = 0
             b.started = True
+            b.declared = pending is not None
             self.stats.generations += 1
         plan = plan_step(b.step, self.config, b.response_interval)
         b.step += 1

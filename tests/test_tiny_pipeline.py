@@ -1,0 +1,264 @@
+"""The small-model pipeline on CPU: synthetic data, tokenizer, a few training steps with resume,
+and the quality evaluation on a micro model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `eval/` is a folder of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
+
+import eval.tiny  # noqa: E402, F401  (also lets dllm_cache.hooks resolve from a source checkout)
+from eval.tiny import tasks  # noqa: E402
+from eval.tiny.tokenizer import EOS, MASK, PAD, UNK, build_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+# ----------------------------------------------------------------------------- data
+def test_generators_are_deterministic():
+    assert tasks.test_examples("arith", 30) == tasks.test_examples("arith", 30)
+    assert tasks.test_examples("hotpot", 3) == tasks.test_examples("hotpot", 3)
+    a = tasks.make_arith(tasks.example_rng("arith", "train", 1, 7))
+    b = tasks.make_arith(tasks.example_rng("arith", "train", 1, 7))
+    assert a == b
+    assert a != tasks.make_arith(tasks.example_rng("arith", "train", 1, 8))
+
+
+def test_examples_are_well_formed():
+    for ex in tasks.test_examples("arith", 50):
+        steps, final = ex["answer"].split("\n#### ")
+        assert 2 <= steps.count("=") <= 5
+        assert 0 <= int(final) < 100
+        # every step is right
+        for step in steps.split(". "):
+            lhs, rhs = step.rstrip(".").split(" = ")
+            a, op, b = lhs.split()
+            ops = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__, "/": int.__floordiv__}
+            assert ops[op](int(a), int(b)) == int(rhs), step
+            assert op != "/" or int(a) % int(b) == 0
+    hot = tasks.test_examples("hotpot", 20)
+    for ex in hot:
+        assert set(ex) >= {"context", "question", "answer"}
+        assert len(ex["answer"].split()) == 1
+        assert ex["answer"] in ex["context"] or ex["answer"] in ex["question"]
+        lo, hi = tasks.TEST_CONTEXT_TOKENS
+        assert lo <= tasks.count_tokens(ex["context"]) <= hi
+    # distractor count is a parameter: more distractors, longer context
+    rng_a, rng_b = tasks.example_rng("hotpot", "x", 0, 0), tasks.example_rng("hotpot", "x", 0, 0)
+    short, long = tasks.make_hotpot(rng_a, 2), tasks.make_hotpot(rng_b, 60)
+    assert tasks.count_tokens(long["context"]) > 4 * tasks.count_tokens(short["context"])
+    assert long["context"].count("Paragraph ") == 62
+
+
+def test_written_test_files_match_the_generators():
+    for family, folder, fields in (
+        ("arith", tasks.ARITH_DIR, {"question", "answer"}),
+        ("hotpot", tasks.HOTPOT_DIR, {"context", "question", "answer"}),
+    ):
+        lines = (folder / "test.jsonl").read_text(encoding="utf-8").splitlines()
+        assert len(lines) == tasks.N_TEST
+        rows = [json.loads(line) for line in lines[:5]]
+        assert all(set(r) == fields for r in rows)
+        expected = tasks.test_examples(family, 5)
+        assert rows == [{k: e[k] for k in fields} for e in expected]
+        readme = (folder / "README.md").read_text()
+        assert "SYNTHETIC" in readme and "python -m eval.tiny.tasks --write" in readme
+
+
+def test_train_stream_is_disjoint_from_test(tok):
+    from eval.tiny.train import BatchMaker
+
+    test_filter = tasks.TestPromptFilter()
+    test_prompts = [tasks.prompt_and_target("arith", ex)[0] for ex in tasks.test_examples("arith")]
+    assert all(p in test_filter for p in test_prompts)
+    # different seed streams: the raw training stream starts elsewhere
+    stream = tasks.train_examples("arith")
+    first = [next(stream) for _ in range(200)]
+    assert first[:20] != tasks.test_examples("arith", 20)
+    # and the batches never contain a test prompt
+    maker = BatchMaker(tok, seed=tasks.TRAIN_SEED, seq_len=256, batch_size=4, hotpot_frac=0.3, max_rows=64)
+    assert maker.test_filter.keys == test_filter.keys
+    seen_rows = 0
+    for step in range(12):
+        batch = maker.make(step)
+        R = batch.response_len
+        for row, mask in zip(batch.input_ids, batch.attention_mask):
+            prompt_ids = row[: len(row) - R][mask[: len(row) - R].bool()].tolist()
+            prompt = tok.decode(prompt_ids)
+            assert prompt not in test_filter
+            assert prompt.endswith("Answer:")
+            seen_rows += 1
+        # the response region: answer then eos padding, no pads or masks
+        response = batch.input_ids[:, -R:]
+        assert (response != tok.pad_token_id).all() and (response != tok.mask_token_id).all()
+        assert (response[:, -1] == tok.eos_token_id).all()
+    assert seen_rows > 12
+    # a forced duplicate of a test question is dropped by the filter
+    assert tasks.prompt_and_target("arith", tasks.test_examples("arith", 1)[0])[0] in maker.test_filter
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def test_tokenizer_round_trips(tok, tmp_path):
+    assert 300 <= len(tok) <= 2100
+    ids = {tok.convert_tokens_to_ids(t) for t in (PAD, EOS, MASK, UNK)}
+    assert len(ids) == 4 and max(ids) < 4
+    assert (tok.pad_token, tok.eos_token, tok.mask_token) == (PAD, EOS, MASK)
+
+    arith = tasks.test_examples("arith", 1)[0]
+    prompt, target = tasks.prompt_and_target("arith", arith)
+    ids = tok(prompt + target, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids) == prompt + target
+    assert "#### " in target and "\n" in target
+    # digits are single tokens: "#### 93" -> "▁####", "▁9", "3"
+    assert tok.tokenize(" #### 93") == ["\u2581####", "\u25819", "3"]
+    gen = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] * 5
+    decoded = tok.decode(gen, skip_special_tokens=True)
+    assert decoded == target and tasks.is_correct("arith", decoded, arith["answer"])
+
+    hot = tasks.test_examples("hotpot", 1)[0]
+    prompt, target = tasks.prompt_and_target("hotpot", hot)
+    ids = tok(prompt + target, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert len(ids) == tasks.count_tokens(prompt + target)
+    assert tok.decode(ids) == prompt + target
+    answer_ids = tok(target, add_special_tokens=False)["input_ids"]
+    assert len(answer_ids) == 1  # one-word answers are one token
+    decoded = tok.decode(answer_ids + [tok.eos_token_id] * 3, skip_special_tokens=True)
+    assert decoded.strip() == hot["answer"] and tasks.is_correct("hotpot", decoded, hot["answer"])
+
+    from transformers import AutoTokenizer
+
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert again(prompt, add_special_tokens=False)["input_ids"] == tok(prompt, add_special_tokens=False)["input_ids"]
+    assert again.mask_token_id == tok.mask_token_id and again.padding_side == "left"
+
+
+def test_vocabulary_is_closed(tok):
+    for family in ("arith", "hotpot"):
+        stream = tasks.train_examples(family, seed=987, distractors=(1, 10))
+        texts = ["".join(tasks.prompt_and_target(family, next(stream))) for _ in range(100)]
+        for ids in tok(texts, add_special_tokens=False)["input_ids"]:
+            assert tok.unk_token_id not in ids
+
+
+# ----------------------------------------------------------------------------- train + evaluate
+def test_train_resume_and_evaluate(tmp_path):
+    from eval.tiny import evaluate, train
+
+    common = [
+        "--out",
+        str(tmp_path / "run"),
+        "--tiny-config",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "256",
+        "--workers",
+        "0",
+        "--log-every",
+        "1",
+        "--no-final-eval",
+        "--warmup",
+        "2",
+    ]
+    first = train.main(common + ["--steps", "3", "--export-dir", str(tmp_path / "export")])
+    assert first["step"] == 3 and first["tokens"] > 0
+    state = json.loads((tmp_path / "run" / "checkpoint" / "train_state.json").read_text())
+    assert state["step"] == 3
+    second = train.main(common + ["--steps", "5", "--resume"])
+    assert second["step"] == 5
+    assert second["tokens"] > first["tokens"] and second["examples"] > first["examples"]
+    state = json.loads((tmp_path / "run" / "checkpoint" / "train_state.json").read_text())
+    assert state["step"] == 5
+
+    export = tmp_path / "export"
+    names = {p.name for p in export.iterdir()}
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert any(n.endswith(".safetensors") for n in names)
+    assert all(p.stat().st_size <= 15_000_000 for p in export.iterdir())
+
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    import dllm_cache  # noqa: F401
+
+    model = AutoModel.from_pretrained(str(export))
+    tok = AutoTokenizer.from_pretrained(str(export))
+    assert type(model).__name__ == "LLaDAModelLM"
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert model.config.mask_token_id == tok.mask_token_id
+    assert model.config.embedding_size % 64 == 0 and model.config.vocab_size == len(tok)
+
+    out = tmp_path / "results" / "tiny_quality.json"
+    report = evaluate.main(
+        [
+            "--model",
+            str(export),
+            "--n",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--arith-gen",
+            "16,16,8",
+            "--hotpot-gen",
+            "8,8,8",
+            "--hotpot-distractors",
+            "3",
+        ]
+    )
+    saved = json.loads(out.read_text())
+    assert saved["n"] == 2 and saved["families"] == ["arith", "hotpot"]
+    assert saved["generation"]["arith"] == {"gen_length": 16, "steps": 16, "block_length": 8}
+    assert set(saved["summary"]) == {"arith", "hotpot"}
+    names = [name for name, _ in evaluate.cache_configs()]
+    assert names[:2] == ["uncached", "default"] and len(names) == len(set(names)) == 8
+    assert len(saved["results"]) == 2 * len(names)
+    for row in saved["results"]:
+        assert {
+            "config",
+            "task",
+            "accuracy",
+            "n",
+            "agreement_with_uncached",
+            "seconds",
+            "recompute_fraction",
+            "cache_stats",
+            "flops_per_example",
+            "flops_vs_uncached",
+            "transfer_ratio",
+            "response_interval",
+            "prompt_interval",
+        } <= set(row)
+        assert row["n"] == 2 and 0.0 <= row["accuracy"] <= 1.0
+        if row["config"] == "uncached":
+            assert row["cache_stats"] is None and row["agreement_with_uncached"] == 1.0
+        else:
+            assert row["cache_stats"]["steps"] > 0 and 0.0 <= row["recompute_fraction"] <= 1.0
+            if row["config"] in ("default", "ratio=1.0"):
+                assert row["recompute_fraction"] == pytest.approx(row["transfer_ratio"])
+    default = next(r for r in saved["results"] if r["config"] == "default" and r["task"] == "hotpot")
+    assert default["flops_vs_uncached"] is None or default["flops_vs_uncached"] < 1.0
+    assert out.with_suffix(".md").read_text().count("\n| ") >= 8
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert report["summary"] == saved["summary"]
+    # tables and plots can be re-rendered from the JSON alone (GPU runs return few files)
+    again = tmp_path / "again" / "q.json"
+    evaluate.main(["--from-json", str(out), "--out", str(again)])
+    assert again.with_suffix(".md").read_text() == out.with_suffix(".md").read_text()
+    assert again.with_suffix(".png").is_file() and json.loads(again.read_text()) == saved
