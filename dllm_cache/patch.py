@@ -67,7 +67,7 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
         raise ValueError("dllm-cache needs input_ids in the model call (inputs_embeds is not supported).")
     attention_mask = _arg(args, kwargs, 1, "attention_mask")
     branch, plan = state.begin_step(input_ids)
-    if plan.refresh_prompt or branch.rope is None:
+    if plan.refresh_prompt or branch.rope_cos is None:
         # Positions and padding are fixed within a generation: computed on prompt refreshes only,
         # into persistent buffers that captured graphs read.
         batch, seq = input_ids.shape
@@ -76,12 +76,13 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
             mask2d = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
             positions = adapter.positions(mask2d, batch, seq, input_ids.device)
         cos, sin = rope_cos_sin(positions.expand(batch, seq), dims.head_dim, dims.rope_theta)
-        branch.rope = (branch.persist("_rope_cos", cos), branch.persist("_rope_sin", sin))
-        branch.key_mask = branch.persist("_key_mask", _key_mask(attention_mask))
+        branch.persist("rope_cos", cos)
+        branch.persist("rope_sin", sin)
+        branch.persist("key_mask", _key_mask(attention_mask))
     state.ctx = StepContext(
         plan=plan,
         prompt_len=branch.prompt_len,
-        rope=branch.rope,
+        rope=(branch.rope_cos, branch.rope_sin),
         key_mask=branch.key_mask,
         transfer_ratio=state.config.transfer_ratio,
         head_cached=patched.head is not None,

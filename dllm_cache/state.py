@@ -67,11 +67,10 @@ class BranchState:
     prompt_ids: torch.Tensor | None = None
     layers: list[LayerStore] = field(default_factory=list)
     prompt_logits: torch.Tensor | None = None  # (batch, prompt_len, vocab) from the last prompt refresh
-    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # persistent: CUDA graphs read these addresses
+    # Persistent per generation (CUDA graphs read these addresses): RoPE tables and key mask.
+    rope_cos: torch.Tensor | None = None
+    rope_sin: torch.Tensor | None = None
     key_mask: torch.Tensor | None = None
-    _rope_cos: torch.Tensor | None = None
-    _rope_sin: torch.Tensor | None = None
-    _key_mask: torch.Tensor | None = None
     declared: bool = False  # set by reset_cache(prompt_length=...): skip the per-step prompt check
     graphs: dict = field(default_factory=dict)  # (kind, shape key) -> captured step
     seen_kinds: set = field(default_factory=set)  # kinds run eagerly once (warm-up) in this layout

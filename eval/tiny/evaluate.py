@@ -15,6 +15,7 @@ Writes the JSON, a markdown table (same name, .md) and a plot (same name, .png).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -183,7 +184,7 @@ def run(
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.time()
-            if cfg is None:
+            with contextlib.nullcontext() if cfg is None else cache_enabled(model, cfg):
                 acc, texts = accuracy_of(
                     model,
                     tok,
@@ -195,20 +196,9 @@ def run(
                     progress=progress,
                     desc=f"{name}/{family}",
                 )
-                uncached_texts[family] = texts
-            else:
-                with cache_enabled(model, cfg):
-                    acc, texts = accuracy_of(
-                        model,
-                        tok,
-                        family,
-                        data[family],
-                        device=device,
-                        settings=settings,
-                        batch_size=bs,
-                        progress=progress,
-                        desc=f"{name}/{family}",
-                    )
+                if cfg is None:
+                    uncached_texts[family] = texts
+                else:
                     stats = cache_stats(model)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
