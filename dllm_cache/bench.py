@@ -63,10 +63,12 @@ class CacheSetting:
     prompt_interval: int
     response_interval: int
     transfer_ratio: float
+    compile: bool = False
 
     @property
     def label(self) -> str:
-        return f"Kp={self.prompt_interval} Kr={self.response_interval} r={self.transfer_ratio:g}"
+        label = f"Kp={self.prompt_interval} Kr={self.response_interval} r={self.transfer_ratio:g}"
+        return label + " compiled" if self.compile else label
 
     def to_config(self) -> Any:
         from dllm_cache.config import CacheConfig
@@ -75,6 +77,7 @@ class CacheSetting:
             prompt_interval=self.prompt_interval,
             response_interval=self.response_interval,
             transfer_ratio=self.transfer_ratio,
+            compile=self.compile,
         )
 
 
@@ -366,11 +369,13 @@ def _settings(args: argparse.Namespace) -> list[CacheSetting]:
         combos = [(kp0, kr0, r) for r in ratios]
         combos += [(kp0, kr, r0) for kr in krs if kr != kr0]
         combos += [(kp, kr0, r0) for kp in kps if kp != kp0]
+    compiles = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
     seen: list[CacheSetting] = []
     for kp, kr, r in combos:
-        setting = CacheSetting(kp, kr, r)
-        if setting not in seen:
-            seen.append(setting)
+        for compiled in compiles:
+            setting = CacheSetting(kp, kr, r, compiled)
+            if setting not in seen:
+                seen.append(setting)
     return seen
 
 
@@ -451,6 +456,8 @@ def _timed_runs(
     continuation of the previous generation) and disabled afterwards.
     """
     run_model = model
+    if setting is not None and setting.compile:
+        torch._dynamo.reset()  # compile this layout from scratch: results independent of sweep order
     if setting is not None:
         run_model = enable_cache(model, setting.to_config()) or model
     try:
@@ -638,6 +645,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "transfer_ratio": _reference(args.transfer_ratio, 0.25),
                 "response_interval": _reference(args.response_interval, 8),
                 "prompt_interval": _reference(args.prompt_interval, 100),
+                "compile": args.compile != "off",
             },
             "notes": notes,
         },
@@ -732,6 +740,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
                 if r["batch_size"] == batch
                 and r["cache"][fixed_key] == ref[fixed_key]
                 and r["cache"]["prompt_interval"] == ref["prompt_interval"]
+                and r["cache"].get("compile", False) == ref.get("compile", False)
             )
             if pts:
                 xs, ys = zip(*pts)
@@ -860,6 +869,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transfer-ratio", type=float, nargs="+", default=[0.25])
     p.add_argument("--response-interval", type=int, nargs="+", default=[8])
     p.add_argument("--prompt-interval", type=int, nargs="+", default=[100])
+    p.add_argument("--compile", choices=("off", "on", "both"), default="off",
+                   help="run cached configs with CacheConfig(compile=True) (torch.compile of the cached layer)")
     p.add_argument("--grid", choices=("axes", "product"), default="axes",
                    help="axes: vary one knob at a time around the reference (0.25, Kr 8, Kp 100 "
                         "or the first value given); product: every combination")

@@ -19,6 +19,9 @@ class CacheConfig:
     cuda_graphs: on CUDA, replay cached (non-prompt-refresh) steps as CUDA graphs. Those steps
         do little arithmetic, so in eager mode Python and kernel launches dominate. Outputs are
         the same; the returned logits then live in a buffer the next such step overwrites.
+    compile: run the cached layer through torch.compile, which fuses its many small kernels
+        (norms, RoPE, V-verify). Costs compile time (tens of seconds per new layout on a GPU);
+        float32 sums may be reordered, so logits can differ in the last bits. Off by default.
     """
 
     prompt_interval: int = 100
@@ -26,6 +29,7 @@ class CacheConfig:
     transfer_ratio: float = 0.25
     cfg_interval: int | None = None
     cuda_graphs: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("prompt_interval", "response_interval", "cfg_interval"):
@@ -37,6 +41,9 @@ class CacheConfig:
                     f"CacheConfig.{name} must be an integer >= 1 (refresh every N steps; 1 = every step), "
                     f"got {value!r}."
                 )
+        for name in ("cuda_graphs", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"CacheConfig.{name} must be True or False, got {getattr(self, name)!r}.")
         ratio = self.transfer_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
             raise ValueError(

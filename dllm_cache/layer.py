@@ -6,6 +6,8 @@ recomputed this step reuse their cached deltas on top of the *current* residual 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from einops import rearrange
 
@@ -50,6 +52,58 @@ def full_block_forward(parts: BlockParts, dims: Dims, store: LayerStore, ctx: St
     return x + store.ffn
 
 
+def _response_queries(
+    parts: BlockParts, dims: Dims, store: LayerStore, ctx: StepContext, hr: torch.Tensor, refresh: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Response side of attention: refresh every response token's K/V, or V-verify and refresh
+    the drifted ones. hr: normed response rows (batch, R, d_model).
+
+    Returns (sel, q): selected indices (batch, k) or None for all, and their queries or None.
+    """
+    P, hd = ctx.prompt_len, dims.head_dim
+    cos, sin = ctx.rope
+    if refresh:
+        cr, sr = cos[:, P:], sin[:, P:]
+        q = apply_rope(_heads(parts.q_proj(hr), hd), cr, sr)
+        store.k[:, :, P:] = apply_rope(_heads(parts.k_proj(hr), hd), cr, sr)
+        store.v[:, :, P:] = _heads(parts.v_proj(hr), hd)
+        return None, q
+    v_new = _heads(parts.v_proj(hr), hd)  # (batch, kv_heads, R, hd): needed for the drift test
+    sel = select_drifted(v_new, store.v[:, :, P:], ctx.transfer_ratio)  # (batch, k)
+    store.v[:, :, P:] = v_new  # computed anyway: every response V is refreshed
+    if not sel.shape[1]:
+        return sel, None
+    hs = _gather_tokens(hr, sel)
+    cs, ss = _gather_tokens(cos[:, P:], sel), _gather_tokens(sin[:, P:], sel)
+    _scatter_heads(store.k[:, :, P:], sel, apply_rope(_heads(parts.k_proj(hs), hd), cs, ss))
+    return sel, apply_rope(_heads(parts.q_proj(hs), hd), cs, ss)
+
+
+def _store_rows(dst: torch.Tensor, sel: torch.Tensor | None, src: torch.Tensor) -> None:
+    """dst (batch, R, d) response rows: all of them (sel None) or the selected ones."""
+    if sel is None:
+        dst.copy_(src)
+    else:
+        _scatter_tokens(dst, sel, src)
+
+
+def response_rows_forward(
+    parts: BlockParts, dims: Dims, store: LayerStore, ctx: StepContext, xr: torch.Tensor, first_layer: bool
+) -> None:
+    """A step that refreshes no prompt row while the LM head serves prompt logits from cache:
+    nothing reads the prompt rows, so only the response rows xr (batch, R, d_model) of the
+    block input are updated, in place. The common cached step; torch.compile targets this."""
+    P = ctx.prompt_len
+    sel, q = _response_queries(parts, dims, store, ctx, parts.attn_norm(xr), ctx.plan.refresh_response or first_layer)
+    if q is not None:
+        _store_rows(store.attn[:, P:], sel, parts.out_proj(attend(q, store.k, store.v, ctx.key_mask)))
+    xr += store.attn[:, P:]
+    if sel is None or sel.shape[1]:
+        rows = xr if sel is None else _gather_tokens(xr, sel)
+        _store_rows(store.ffn[:, P:], sel, parts.mlp(parts.ffn_norm(rows)))
+    xr += store.ffn[:, P:]
+
+
 def cached_block_forward(
     parts: BlockParts,
     dims: Dims,
@@ -57,68 +111,42 @@ def cached_block_forward(
     ctx: StepContext,
     x: torch.Tensor,
     first_layer: bool,
+    response_rows: Callable = response_rows_forward,
 ) -> torch.Tensor:
     """x: (batch, seq, d_model) current layer input -> layer output of the same shape.
 
-    On steps that do not refresh the prompt, x is updated in place (response rows only).
+    On steps whose prompt rows are dead, x is updated in place (response rows only) by
+    `response_rows` (response_rows_forward, or its compiled version).
     """
     plan = ctx.plan
     refresh_response = plan.refresh_response or first_layer  # layer 0's input changes on every unmask
     if plan.refresh_prompt and refresh_response:
         return full_block_forward(parts, dims, store, ctx, x)
-
     P = ctx.prompt_len
+    if ctx.prompt_rows_dead:
+        response_rows(parts, dims, store, ctx, x[:, P:], first_layer)
+        return x
+
     hd = dims.head_dim
     cos, sin = ctx.rope
     queries = []  # recomputed query groups, in order: prompt (if refreshed), then response
-
     if plan.refresh_prompt:
         hp = parts.attn_norm(x[:, :P])
         cp, sp = cos[:, :P], sin[:, :P]
         queries.append(apply_rope(_heads(parts.q_proj(hp), hd), cp, sp))
         store.k[:, :, :P] = apply_rope(_heads(parts.k_proj(hp), hd), cp, sp)
         store.v[:, :, :P] = _heads(parts.v_proj(hp), hd)
-
-    hr = parts.attn_norm(x[:, P:])  # (batch, R, d_model)
-    sel = None  # None = all response tokens
-    if refresh_response:
-        cr, sr = cos[:, P:], sin[:, P:]
-        queries.append(apply_rope(_heads(parts.q_proj(hr), hd), cr, sr))
-        store.k[:, :, P:] = apply_rope(_heads(parts.k_proj(hr), hd), cr, sr)
-        store.v[:, :, P:] = _heads(parts.v_proj(hr), hd)
-    else:
-        v_new = _heads(parts.v_proj(hr), hd)  # (batch, kv_heads, R, hd): needed for the drift test
-        sel = select_drifted(v_new, store.v[:, :, P:], ctx.transfer_ratio)  # (batch, k)
-        store.v[:, :, P:] = v_new  # computed anyway: every response V is refreshed
-        if sel.shape[1]:
-            hs = _gather_tokens(hr, sel)
-            cs, ss = _gather_tokens(cos[:, P:], sel), _gather_tokens(sin[:, P:], sel)
-            queries.append(apply_rope(_heads(parts.q_proj(hs), hd), cs, ss))
-            _scatter_heads(store.k[:, :, P:], sel, apply_rope(_heads(parts.k_proj(hs), hd), cs, ss))
+    sel, q_resp = _response_queries(parts, dims, store, ctx, parts.attn_norm(x[:, P:]), refresh_response)
+    if q_resp is not None:
+        queries.append(q_resp)
 
     n_prompt_q = P if plan.refresh_prompt else 0
     if queries:
         q = torch.cat(queries, dim=2) if len(queries) > 1 else queries[0]
         o = parts.out_proj(attend(q, store.k, store.v, ctx.key_mask))  # (batch, n_queries, d_model)
-        if n_prompt_q:
-            store.attn[:, :P] = o[:, :P]
-        o_resp = o[:, n_prompt_q:]
-        if sel is None:
-            store.attn[:, P:] = o_resp
-        elif sel.shape[1]:
-            _scatter_tokens(store.attn[:, P:], sel, o_resp)
-
-    if ctx.prompt_rows_dead:
-        # Prompt rows are dead on this step: nothing below reads them and the LM head serves
-        # their cached logits. Update only the response rows, in place on the block input.
-        xr = x[:, P:]
-        xr += store.attn[:, P:]
-        if sel is None:
-            store.ffn[:, P:] = parts.mlp(parts.ffn_norm(xr))
-        elif sel.shape[1]:
-            _scatter_tokens(store.ffn[:, P:], sel, parts.mlp(parts.ffn_norm(_gather_tokens(xr, sel))))
-        xr += store.ffn[:, P:]
-        return x
+        store.attn[:, :n_prompt_q] = o[:, :n_prompt_q]
+        if q_resp is not None:
+            _store_rows(store.attn[:, P:], sel, o[:, n_prompt_q:])
 
     x = x + store.attn  # cached deltas for every token not recomputed
     ffn_in = [x[:, :P]] if n_prompt_q else []
@@ -129,8 +157,6 @@ def cached_block_forward(
     if ffn_in:
         f = parts.mlp(parts.ffn_norm(torch.cat(ffn_in, dim=1) if len(ffn_in) > 1 else ffn_in[0]))
         store.ffn[:, :n_prompt_q] = f[:, :n_prompt_q]
-        if sel is None:
-            store.ffn[:, P:] = f[:, n_prompt_q:]
-        elif sel.shape[1]:
-            _scatter_tokens(store.ffn[:, P:], sel, f[:, n_prompt_q:])
+        if sel is None or sel.shape[1]:
+            _store_rows(store.ffn[:, P:], sel, f[:, n_prompt_q:])
     return x + store.ffn

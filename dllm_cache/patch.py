@@ -19,6 +19,7 @@ from dllm_cache.hooks import adapter_for
 from dllm_cache.models.layers import key_mask_from
 from dllm_cache.models.rope import rope_cos_sin
 
+from .compiled import compiled_block_forward
 from .config import CacheConfig
 from .graphs import graphable, run_step
 from .layer import cached_block_forward, full_block_forward
@@ -58,6 +59,7 @@ class _Patched:
         self.saved_model_forward = model.__dict__.get("forward", _MISSING)
         self.head: nn.Module | None = None
         self.saved_head_forward = _MISSING
+        self.layer_forward = compiled_block_forward() if state.config.compile else cached_block_forward
 
 
 def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
@@ -115,7 +117,7 @@ def _block_forward(patched: _Patched, adapter, dims, index: int, parts, original
         out = full_block_forward(parts, dims, store, ctx, x)
     else:
         store = branch.layers[index]
-        out = cached_block_forward(parts, dims, store, ctx, x, index == 0)
+        out = patched.layer_forward(parts, dims, store, ctx, x, index == 0)
     return adapter.block_output(out)
 
 
@@ -131,11 +133,16 @@ def _head_forward(patched: _Patched, original, h: torch.Tensor, *args, **kwargs)
     lo = ctx.prompt_len
     if ctx.plan.refresh_prompt:
         logits = original(h, *args, **kwargs)
-        branch.persist("prompt_logits", logits[:, :lo])
+        branch.persist("logits", logits)
         return logits
     tail = original(h[:, lo:], *args, **kwargs)
+    if h.is_cuda and torch.cuda.is_current_stream_capturing():
+        # A replayed step returns a persistent buffer anyway: let it be the branch's, whose prompt
+        # rows already hold the cached logits, instead of copying (batch, P, vocab) every step.
+        branch.logits[:, lo:] = tail
+        return branch.logits
     logits = tail.new_empty(h.shape[0], h.shape[1], tail.shape[-1])
-    logits[:, :lo] = branch.prompt_logits
+    logits[:, :lo] = branch.logits[:, :lo]
     logits[:, lo:] = tail
     return logits
 

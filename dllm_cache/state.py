@@ -66,7 +66,9 @@ class BranchState:
     prompt_len: int = 0
     prompt_ids: torch.Tensor | None = None
     layers: list[LayerStore] = field(default_factory=list)
-    prompt_logits: torch.Tensor | None = None  # (batch, prompt_len, vocab) from the last prompt refresh
+    # (batch, seq, vocab): logits of the last prompt refresh; its prompt rows serve later steps, and
+    # captured steps write their response rows into it (no per-step copy of the prompt rows).
+    logits: torch.Tensor | None = None
     # Persistent per generation (CUDA graphs read these addresses): RoPE tables and key mask.
     rope_cos: torch.Tensor | None = None
     rope_sin: torch.Tensor | None = None

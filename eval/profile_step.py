@@ -1,5 +1,8 @@
-"""Where the time of one cached denoising step goes: torch.profiler on LLaDA-8B-shaped bf16,
-one partial step eager and one replayed as a CUDA graph, plus one uncached step.
+"""Where the time of one cached denoising step goes: torch.profiler on LLaDA-8B-shaped bf16.
+
+Times a partial step and a response-refresh step for each variant (eager, CUDA graph,
+torch.compile + CUDA graph), profiles the partial step, and checks that the variants'
+logits after the same step sequence agree.
 
     PYTHONPATH=. python -m eval.profile_step --workload gsm8k --batch-size 1 --out eval/results/profile_gsm8k_b1.txt
 """
@@ -7,6 +10,7 @@ one partial step eager and one replayed as a CUDA graph, plus one uncached step.
 from __future__ import annotations
 
 import argparse
+import time
 import types
 from pathlib import Path
 
@@ -18,6 +22,11 @@ from dllm_cache import CacheConfig
 from dllm_cache.bench import build_model, random_prompts
 
 WORKLOADS = {"gsm8k": (700, 256), "hotpotqa": (4000, 32)}
+VARIANTS = {  # name -> CacheConfig keywords
+    "eager": dict(cuda_graphs=False),
+    "graph": dict(cuda_graphs=True),
+    "compiled+graph": dict(cuda_graphs=True, compile=True),
+}
 
 
 def _cuda_ms(fn, n: int = 5) -> float:
@@ -31,11 +40,30 @@ def _cuda_ms(fn, n: int = 5) -> float:
     return start.elapsed_time(end) / n
 
 
+def _steps_of_kind(model, step, prompt_len: int, kind: str, variant: str) -> tuple[float, torch.Tensor, float]:
+    """Fill the cache, warm up (eager run, compile, capture), then time steps of one kind.
+
+    Returns (ms per step, logits of the 4th step after the fill, warm-up seconds)."""
+    kr = 1 if kind == "response" else 10_000
+    dllm_cache.enable_cache(model, CacheConfig(prompt_interval=10_000, response_interval=kr, **VARIANTS[variant]))
+    dllm_cache.reset_cache(model, prompt_length=prompt_len)
+    step()  # full step fills the cache
+    t0 = time.perf_counter()
+    for _ in range(3):  # eager warm-up (compiles), capture, first replay
+        step()
+    torch.cuda.synchronize()
+    warm_s = time.perf_counter() - t0
+    logits = step().float().clone()
+    return _cuda_ms(step, 10), logits, warm_s
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--shape", default="llada-8b")
     p.add_argument("--workload", default="gsm8k", choices=sorted(WORKLOADS))
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--no-profile", action="store_true", help="timings only, no profiler tables")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     prompt_len, gen_len = WORKLOADS[args.workload]
@@ -49,27 +77,30 @@ def main(argv: list[str] | None = None) -> int:
     def step():
         return model(x).logits
 
+    tables = []
+    reference = {}
     with torch.no_grad():
-        uncached_ms = _cuda_ms(step, 3)
-        lines.append(f"uncached full step: {uncached_ms:.2f} ms")
-        for graphs in (False, True):
-            dllm_cache.enable_cache(model, CacheConfig(prompt_interval=10_000, response_interval=10_000,
-                                                       cuda_graphs=graphs))
-            dllm_cache.reset_cache(model, prompt_length=prompt_len)
-            step()  # full step fills the cache
-            for _ in range(3):  # warm-up, capture
-                step()
-            ms = _cuda_ms(step, 10)
-            label = "partial step, CUDA graph" if graphs else "partial step, eager"
-            lines.append(f"{label}: {ms:.2f} ms")
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                step()
-                torch.cuda.synchronize()
-            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60)
-            kernels = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
-            lines += ["", f"== {label}: {kernels} GPU kernels/copies per step", table]
-            dllm_cache.disable_cache(model)
-    text = "\n".join(lines)
+        step()  # first-call warm-up of the uncached model
+        lines.append(f"uncached full step: {_cuda_ms(step, 3):.2f} ms")
+        for variant in args.variants:
+            for kind in ("response", "partial"):
+                ms, logits, warm_s = _steps_of_kind(model, step, prompt_len, kind, variant)
+                line = f"{kind} step, {variant}: {ms:.2f} ms (warm-up incl. compile/capture {warm_s:.1f} s)"
+                ref = reference.setdefault(kind, (variant, logits))
+                if ref[0] != variant:
+                    a, b = ref[1][:, prompt_len:], logits[:, prompt_len:]
+                    line += (f"; vs {ref[0]}: max |dlogit| {(a - b).abs().max().item():.3g}, "
+                             f"argmax agree {(a.argmax(-1) == b.argmax(-1)).float().mean().item():.4f}")
+                lines.append(line)
+                if kind == "partial" and not args.no_profile:
+                    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                        step()
+                        torch.cuda.synchronize()
+                    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60)
+                    kernels = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+                    tables += ["", f"== partial step, {variant}: {kernels} GPU kernels/copies per step", table]
+                dllm_cache.disable_cache(model)
+    text = "\n".join(lines + tables)
     print(text)
     if args.out:
         Path(args.out).write_text(text)

@@ -77,6 +77,8 @@ def test_unknown_model_error_lists_families():
         (dict(transfer_ratio=1.5), r"transfer_ratio must be a number in \[0, 1\]"),
         (dict(transfer_ratio=-0.1), "transfer_ratio"),
         (dict(cfg_interval=0), "cfg_interval"),
+        (dict(compile="yes"), "compile must be True or False"),
+        (dict(cuda_graphs=1), "cuda_graphs must be True or False"),
     ],
 )
 def test_bad_config_values(kwargs, match):

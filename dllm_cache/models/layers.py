@@ -30,9 +30,8 @@ def attend(
     key_mask: (batch, k_len) bool, True = attend, or None. Returns (batch, q_len, heads * head_dim).
     """
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1]
-    )
+    gqa = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}  # a Python branch: traceable with symbolic shapes
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
     batch, heads, q_len, head_dim = out.shape
     return out.transpose(1, 2).reshape(batch, q_len, heads * head_dim)
 
