@@ -97,7 +97,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     special = {i for i in (cfg.mask_token_id, cfg.pad_token_id, getattr(cfg, "eos_token_id", None)) if i is not None}
     ids, mask, examples = _prompts(tok, args, cfg.vocab_size, special)
     ids, mask = ids.to(args.device), mask.to(args.device)
-    cache_cfg = dllm_cache.CacheConfig(args.prompt_interval, args.response_interval, args.transfer_ratio)
+    cache_cfg = dllm_cache.CacheConfig(args.prompt_interval, args.response_interval, args.transfer_ratio,
+                                       compile=args.compile)
     kw = dict(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length, progress=True)
 
     print(f"model: {where}  ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {args.dtype}, {args.device})")
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-interval", type=int, default=100)
     g.add_argument("--response-interval", type=int, default=8)
     g.add_argument("--transfer-ratio", type=float, default=0.25)
+    g.add_argument("--compile", action="store_true", help="CacheConfig(compile=True): torch.compile the cached layer")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     g.add_argument("--show", type=int, default=3, help="print this many prompts with both outputs")

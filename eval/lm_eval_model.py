@@ -142,6 +142,7 @@ class DLLMCacheLM(LM):
         threshold: optional confidence threshold for parallel decoding (None: fixed schedule).
         cache: on/off; when on, `dllm_cache.enable_cache` with the three intervals below.
         prompt_interval, response_interval, transfer_ratio, cfg_interval: CacheConfig fields.
+        compile: CacheConfig(compile=True): torch.compile the cached layer (GPU; pays on long runs).
         mc_num, mc_batch_size: Monte-Carlo draws per loglikelihood request, rows per forward.
         apply_chat_template: wrap each context as one user turn of the tokenizer's chat template.
         max_length: longest prompt + generation; default from the model config.
@@ -169,6 +170,7 @@ class DLLMCacheLM(LM):
         response_interval: int | str = 8,
         transfer_ratio: float | str = 0.25,
         cfg_interval: int | str | None = None,
+        compile: bool | str = False,
         mc_num: int | str = 128,
         mc_batch_size: int | str | None = None,
         apply_chat_template: bool | str = False,
@@ -260,6 +262,7 @@ class DLLMCacheLM(LM):
                 prompt_interval=parse_int(prompt_interval, "prompt_interval", minimum=1),
                 response_interval=parse_int(response_interval, "response_interval", minimum=1),
                 transfer_ratio=parse_float(transfer_ratio, "transfer_ratio"),
+                compile=parse_bool(compile, "compile"),
             )
             cfg_int = parse_int(cfg_interval, "cfg_interval", minimum=1, optional=True)
             if cfg_int is not None:

@@ -97,22 +97,29 @@ def accuracy_of(
     return sum(correct) / max(1, len(correct)), texts
 
 
-def cache_configs() -> list[tuple[str, object]]:
-    """(name, CacheConfig or None) for uncached, default and both sweeps, without duplicates."""
+def cache_configs(sweep: bool = True, thresholds: tuple[float, ...] = ()) -> list[tuple[str, object, float | None]]:
+    """(name, CacheConfig or None, sampler threshold or None): uncached, default, both sweeps
+    (unless `sweep` is False) and, per confidence threshold (parallel decoding), uncached,
+    default cache and Kr=2 with that threshold."""
     from dllm_cache import CacheConfig
 
     default = CacheConfig()
-    configs: list[tuple[str, object]] = [("uncached", None), ("default", default)]
+    configs: list[tuple[str, object, float | None]] = [("uncached", None, None), ("default", default, None)]
+    for t in thresholds:
+        configs += [(f"uncached thr={t}", None, t), (f"default thr={t}", default, t),
+                    (f"Kr=2 thr={t}", CacheConfig(response_interval=2), t)]
+    if not sweep:
+        return configs
     seen = {default}
     for r in RATIOS:
         cfg = CacheConfig(prompt_interval=default.prompt_interval, response_interval=default.response_interval, transfer_ratio=r)
         if cfg not in seen:
-            configs.append((f"ratio={r}", cfg))
+            configs.append((f"ratio={r}", cfg, None))
             seen.add(cfg)
     for kr in INTERVALS:
         cfg = CacheConfig(prompt_interval=default.prompt_interval, response_interval=kr, transfer_ratio=default.transfer_ratio)
         if cfg not in seen:
-            configs.append((f"Kr={kr}", cfg))
+            configs.append((f"Kr={kr}", cfg, None))
             seen.add(cfg)
     return configs
 
@@ -167,6 +174,8 @@ def run(
     progress: bool = True,
     settings: dict | None = None,
     hotpot_distractors: int | None = None,
+    sweep: bool = True,
+    thresholds: tuple[float, ...] = (),
 ) -> dict:
     """Accuracy of every cache configuration on every family -> report dict (see module docstring)."""
     from dllm_cache import cache_enabled, cache_stats
@@ -175,10 +184,11 @@ def run(
     data = {f: load_examples(f, n, hotpot_distractors) for f in families}
     results = []
     uncached_texts: dict[str, list[str]] = {}
-    configs = cache_configs()
-    for name, cfg in tqdm(configs, desc="configs", disable=not progress):
+    configs = cache_configs(sweep, thresholds)
+    for name, cfg, threshold in tqdm(configs, desc="configs", disable=not progress):
         for family in families:
-            settings = gen_settings[family]
+            settings = dict(gen_settings[family], threshold=threshold) if threshold is not None else gen_settings[family]
+            forwards = _count_forwards(model)
             bs = batch_size or (64 if family == "arith" else 16)
             stats = None
             if device.startswith("cuda"):
@@ -196,13 +206,14 @@ def run(
                     progress=progress,
                     desc=f"{name}/{family}",
                 )
-                if cfg is None:
+                if cfg is None and threshold is None:
                     uncached_texts[family] = texts
-                else:
+                if cfg is not None:
                     stats = cache_stats(model)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = time.time() - t0
+            n_forwards = forwards.finish()
             base = uncached_texts.get(family)
             agree = (
                 None
@@ -215,18 +226,24 @@ def run(
                 "prompt_interval": None if cfg is None else cfg.prompt_interval,
                 "response_interval": None if cfg is None else cfg.response_interval,
                 "transfer_ratio": None if cfg is None else cfg.transfer_ratio,
+                "threshold": threshold,
                 "accuracy": acc,
                 "n": len(texts),
                 "agreement_with_uncached": agree,
                 "seconds": round(seconds, 3),
                 "recompute_fraction": None if stats is None else stats.get("recompute_fraction"),
                 "cache_stats": stats,
-                "flops_per_example": analytic_flops(model, tok, family, data[family], settings, cfg),
+                # steps per generation: fixed without a threshold; with one, as many as decoding needed
+                "steps_per_generation": n_forwards / max(1, -(-len(texts) // bs)),
+                # analytic FLOPs assume the fixed schedule: not defined under threshold decoding
+                "flops_per_example": None if threshold is not None else analytic_flops(
+                    model, tok, family, data[family], settings, cfg),
                 "samples": [{"generated": t, "answer": ex["answer"]} for t, ex in zip(texts[:3], data[family][:3])],
             }
             results.append(row)
     for row in results:  # FLOPs relative to the uncached run of the same task
         ref = next(r for r in results if r["task"] == row["task"] and r["config"] == "uncached")
+        row["steps_vs_uncached"] = row["steps_per_generation"] / ref["steps_per_generation"]
         f, f0 = row["flops_per_example"], ref["flops_per_example"]
         row["flops_vs_uncached"] = None if f is None or not f0 else f / f0
     summary = {f: {r["config"]: r["accuracy"] for r in results if r["task"] == f} for f in families}
@@ -240,6 +257,21 @@ def run(
     }
 
 
+class _count_forwards:
+    """Counts the model's forward calls (denoising steps, times 2 under CFG) until finish()."""
+
+    def __init__(self, model):
+        self.n = 0
+        self.handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.n += 1
+
+    def finish(self) -> int:
+        self.handle.remove()
+        return self.n
+
+
 def _fmt(x, pct: bool = False) -> str:
     if x is None:
         return "-"
@@ -250,18 +282,21 @@ def _fmt(x, pct: bool = False) -> str:
 
 def markdown(report: dict) -> str:
     fams = report["families"]
-    head = ["config", "Kp", "Kr", "ratio"]
+    head = ["config", "Kp", "Kr", "ratio", "threshold"]
     head += [f"{f} acc" for f in fams] + [f"{f} agree" for f in fams]
-    head += [f"{f} FLOPs vs uncached" for f in fams] + [f"{f} recomputed" for f in fams] + [f"{f} s" for f in fams]
+    head += [f"{f} FLOPs vs uncached" for f in fams] + [f"{f} steps" for f in fams]
+    head += [f"{f} recomputed" for f in fams] + [f"{f} s" for f in fams]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     configs = list(dict.fromkeys(r["config"] for r in report["results"]))
     for name in configs:
         rows = {r["task"]: r for r in report["results"] if r["config"] == name}
         first = next(iter(rows.values()))
-        cells = [name, _fmt(first["prompt_interval"]), _fmt(first["response_interval"]), _fmt(first["transfer_ratio"])]
+        cells = [name, _fmt(first["prompt_interval"]), _fmt(first["response_interval"]), _fmt(first["transfer_ratio"]),
+                 _fmt(first.get("threshold"))]
         cells += [_fmt(rows[f]["accuracy"], True) for f in fams]
         cells += [_fmt(rows[f]["agreement_with_uncached"], True) for f in fams]
         cells += [_fmt(rows[f]["flops_vs_uncached"]) for f in fams]
+        cells += [_fmt(rows[f].get("steps_per_generation")) for f in fams]
         cells += [_fmt(rows[f]["recompute_fraction"], True) for f in fams]
         cells += [_fmt(rows[f]["seconds"]) for f in fams]
         lines.append("| " + " | ".join(cells) + " |")
@@ -274,7 +309,9 @@ def markdown(report: dict) -> str:
         meta += f" Hotpot: generated examples with {report['hotpot_distractors']} distractors (not the test file)."
     note = (
         "`agree`: share of answers equal to the uncached run's; `recomputed`: response tokens x layers "
-        "recomputed on partial steps / all (cache_stats); FLOPs are analytic (dllm_cache.flops), batch 1."
+        "recomputed on partial steps / all (cache_stats); FLOPs are analytic (dllm_cache.flops), batch 1, "
+        "for the fixed schedule (not defined with a threshold); `steps`: model forwards per generation "
+        "(a threshold unmasks every token above it per step, so fewer steps)."
     )
     return "\n".join([meta, "", *lines, "", note, ""])
 
@@ -293,7 +330,8 @@ def plot(report: dict, path: Path) -> None:
         (axes[1], "response_interval", "transfer_ratio", 0.25, INTERVALS, "response_interval Kr (ratio = 0.25)"),
     ):
         for fam in report["families"]:
-            pts = sorted((r[key], r["accuracy"]) for r in res if r["task"] == fam and r[key] in values and r[fixed_key] == fixed)
+            pts = sorted((r[key], r["accuracy"]) for r in res if r["task"] == fam and r[key] in values
+                         and r[fixed_key] == fixed and r.get("threshold") is None)
             if pts:
                 ax.plot(*zip(*pts), marker="o", color=colors.get(fam), label=f"{fam} cached")
             base = next(r["accuracy"] for r in res if r["task"] == fam and r["config"] == "uncached")
@@ -346,6 +384,9 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help="use generated test-seed hotpot examples with this many distractors instead of the file",
     )
+    p.add_argument("--threshold", type=float, nargs="+", default=[],
+                   help="also run parallel decoding (LLaDA sampler threshold) uncached, default cache and Kr=2")
+    p.add_argument("--no-sweep", action="store_true", help="skip the ratio / Kr sweeps (uncached, default, thresholds)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -373,6 +414,8 @@ def main(argv: list[str] | None = None) -> dict:
         progress=not args.no_progress,
         settings=settings,
         hotpot_distractors=args.hotpot_distractors,
+        sweep=not args.no_sweep,
+        thresholds=tuple(args.threshold),
     )
     report.update(
         model=args.model,
