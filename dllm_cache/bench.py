@@ -733,6 +733,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ("transfer_ratio", "response_interval", "transfer ratio", axes[0]),
         ("response_interval", "transfer_ratio", "Kr (response interval)", axes[1]),
     ]
+    if all(len({r["cache"][key] for r in cached}) < 2 for key, *_ in panels):  # no sweep: compare configs
+        _config_bars(report, axes[0], "speedup", "speedup vs uncached")
+        _config_bars(report, axes[1], "measured_over_roofline", "measured / roofline time")
+        panels = []
     for x_key, fixed_key, xlabel, ax in panels:
         for batch in report["meta"]["batch_sizes"]:
             pts = sorted(
@@ -770,6 +774,21 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _config_bars(report: dict[str, Any], ax, key: str, ylabel: str) -> None:
+    """Grouped bars: one group per batch size, one bar per configuration (uncached included)."""
+    labels = list(dict.fromkeys(r["label"] for r in report["results"]))
+    batches = report["meta"]["batch_sizes"]
+    width = 0.8 / len(labels)
+    for i, label in enumerate(labels):
+        vals = [next((r[key] for r in report["results"] if r["label"] == label and r["batch_size"] == b), None) or 0
+                for b in batches]
+        bars = ax.bar([j + i * width for j in range(len(batches))], vals, width, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(batches))], [f"batch {b}" for b in batches])
+    ax.set(ylabel=ylabel, title=ylabel)
+    ax.legend(fontsize=7)
 
 
 def write_outputs(report: dict[str, Any], out_dir: Path, tag: str) -> dict[str, Path]:

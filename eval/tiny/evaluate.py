@@ -322,6 +322,8 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if any(r.get("threshold") is not None for r in report["results"]):
+        return plot_thresholds(report, path, plt)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     colors = {"arith": "tab:blue", "hotpot": "tab:orange"}
     res = report["results"]
@@ -345,6 +347,31 @@ def plot(report: dict, path: Path) -> None:
     axes[0].set_ylabel("exact-match accuracy")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Tiny LLaDA: accuracy with dLLM-Cache (n = {report['n']} per task)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_thresholds(report: dict, path: Path, plt) -> None:
+    """Parallel decoding: accuracy against denoising steps per generation, one line per cache
+    setting (the point at 'steps' = the fixed schedule is the run without a threshold)."""
+    fams = report["families"]
+    fig, axes = plt.subplots(1, len(fams), figsize=(7 * len(fams), 4.5), squeeze=False)
+    for ax, fam in zip(axes[0], fams):
+        rows = [r for r in report["results"] if r["task"] == fam]
+        for setting in dict.fromkeys(r["config"].split(" thr=")[0] for r in rows):
+            pts = sorted((r["steps_per_generation"], r["accuracy"], r.get("threshold")) for r in rows
+                         if r["config"].split(" thr=")[0] == setting)
+            if len(pts) < 2:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=setting)
+            for steps, acc, thr in pts:
+                ax.annotate("fixed" if thr is None else f"thr {thr:g}", (steps, acc), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+        ax.set(xlabel="denoising steps per generation", ylabel="exact-match accuracy", title=fam, ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Tiny LLaDA: threshold decoding, with and without cache (n = {report['n']})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
