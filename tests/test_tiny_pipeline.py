@@ -226,7 +226,7 @@ def test_train_resume_and_evaluate(tmp_path):
     assert saved["n"] == 2 and saved["families"] == ["arith", "hotpot"]
     assert saved["generation"]["arith"] == {"gen_length": 16, "steps": 16, "block_length": 8}
     assert set(saved["summary"]) == {"arith", "hotpot"}
-    names = [name for name, _ in evaluate.cache_configs()]
+    names = [name for name, _, _ in evaluate.cache_configs()]
     assert names[:2] == ["uncached", "default"] and len(names) == len(set(names)) == 8
     assert len(saved["results"]) == 2 * len(names)
     for row in saved["results"]:
@@ -262,3 +262,16 @@ def test_train_resume_and_evaluate(tmp_path):
     evaluate.main(["--from-json", str(out), "--out", str(again)])
     assert again.with_suffix(".md").read_text() == out.with_suffix(".md").read_text()
     assert again.with_suffix(".png").is_file() and json.loads(again.read_text()) == saved
+
+    # Parallel decoding: threshold 0 unmasks a whole block per step -> 2 forwards for 2 blocks,
+    # with and without the cache; the fixed schedule takes all 16 steps.
+    thr = tmp_path / "results" / "thr.json"
+    evaluate.main(["--model", str(export), "--n", "2", "--device", "cpu", "--out", str(thr), "--no-progress",
+                   "--families", "arith", "--arith-gen", "16,16,8", "--threshold", "0", "--no-sweep"])
+    rows = {r["config"]: r for r in json.loads(thr.read_text())["results"]}
+    assert set(rows) == {"uncached", "default", "uncached thr=0.0", "default thr=0.0", "Kr=2 thr=0.0"}
+    assert rows["uncached"]["steps_per_generation"] == rows["default"]["steps_per_generation"] == 16
+    for name in ("uncached thr=0.0", "default thr=0.0", "Kr=2 thr=0.0"):
+        assert rows[name]["threshold"] == 0.0 and rows[name]["steps_per_generation"] == 2
+        assert rows[name]["flops_per_example"] is None  # analytic FLOPs assume the fixed schedule
+    assert rows["default thr=0.0"]["cache_stats"]["steps"] == 2  # both examples in one batch
