@@ -122,6 +122,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"speedup: {t_ref / t_cache:.2f}x wall clock, {f_ref / f_cache:.2f}x FLOPs "
           f"(response tokens recomputed on partial steps: {stats['recompute_fraction']:.0%})")
     print(f"agreement: {agree:.1%} of generated tokens identical to the uncached run")
+    if args.compile:
+        print("note: the cached time includes compiling the cached layer (once per layout); --compile pays on long runs")
     if tok is not None and _source_checkout_on_path():
         from eval.tiny.tasks import is_correct
 
