@@ -7,11 +7,12 @@ against every key), next to the uncached full-sequence shape. GPU only.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from eval.gpu_timing import cuda_time_ms, emit
 
 # name -> (batch, heads, queries, keys); LLaDA-8B: 32 heads of 128
 SHAPES = {
@@ -31,19 +32,7 @@ BACKENDS = {
 
 
 def time_us(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n: int = 50) -> float:
-    def fn():
-        return F.scaled_dot_product_attention(q, k, v)
-
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(n):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return 1e3 * start.elapsed_time(end) / n
+    return 1e3 * cuda_time_ms(lambda: F.scaled_dot_product_attention(q, k, v), n, warmup=3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         kv_us = 2 * kt.numel() * 2 / 3e12 * 1e6
         lines.append(f"| {name} ({b}, {h}, {q}, {k}) | " + " | ".join(cells) + f" | {kv_us:.1f} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(text, args.out)
     return 0
 
 

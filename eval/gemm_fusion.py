@@ -8,35 +8,18 @@ shapes, bf16. GPU only.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from eval.gpu_timing import cuda_time_ms, emit
 
 D, FFN = 4096, 12288  # LLaDA-8B d_model, mlp hidden
 
 
 def time_us(fn, n: int = 20, reps: int = 10) -> float:
     """GPU time per call: n calls captured in one CUDA graph (no launch overhead), replayed."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(n):
-            fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return 1e3 * start.elapsed_time(end) / (n * reps)
+    return 1e3 * cuda_time_ms(fn, n, warmup=3, graph_reps=reps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         saved_ms = 32 * (qk_sep - qk_fus + gu_sep - gu_fus) / 1e3
         lines.append(f"| {m} | {qk_sep:.1f} | {qk_fus:.1f} | {gu_sep:.1f} | {gu_fus:.1f} | {saved_ms:.2f} ms |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(text, args.out)
     return 0
 
 

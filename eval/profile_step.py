@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import time
 import types
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -20,6 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 import dllm_cache
 from dllm_cache import CacheConfig
 from dllm_cache.bench import build_model, random_prompts
+from eval.gpu_timing import cuda_time_ms, emit
 
 WORKLOADS = {"gsm8k": (700, 256), "hotpotqa": (4000, 32)}
 VARIANTS = {  # name -> CacheConfig keywords
@@ -27,17 +27,6 @@ VARIANTS = {  # name -> CacheConfig keywords
     "graph": dict(cuda_graphs=True),
     "compiled+graph": dict(cuda_graphs=True, compile=True),
 }
-
-
-def _cuda_ms(fn, n: int = 5) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(n):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / n
 
 
 def _steps_of_kind(model, step, prompt_len: int, kind: str, variant: str) -> tuple[float, torch.Tensor, float]:
@@ -54,7 +43,7 @@ def _steps_of_kind(model, step, prompt_len: int, kind: str, variant: str) -> tup
     torch.cuda.synchronize()
     warm_s = time.perf_counter() - t0
     logits = step().float().clone()
-    return _cuda_ms(step, 10), logits, warm_s
+    return cuda_time_ms(step, 10), logits, warm_s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = {}
     with torch.no_grad():
         step()  # first-call warm-up of the uncached model
-        lines.append(f"uncached full step: {_cuda_ms(step, 3):.2f} ms")
+        lines.append(f"uncached full step: {cuda_time_ms(step, 3):.2f} ms")
         for variant in args.variants:
             for kind in ("response", "partial"):
                 ms, logits, warm_s = _steps_of_kind(model, step, prompt_len, kind, variant)
@@ -101,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     tables += ["", f"== partial step, {variant}: {kernels} GPU kernels/copies per step", table]
                 dllm_cache.disable_cache(model)
     text = "\n".join(lines + tables)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(text, args.out)
     return 0
 
 
