@@ -20,7 +20,7 @@ class CacheConfig:
         do little arithmetic, so in eager mode Python and kernel launches dominate. Outputs are
         the same; the returned logits then live in a buffer the next such step overwrites.
     compile: run the cached layer through torch.compile, which fuses its many small kernels
-        (norms, RoPE, V-verify). Costs compile time (tens of seconds per new layout on a GPU);
+        (norms, RoPE, V-verify). Costs compile time (5-10 s per step kind on an H100, once per layout);
         float32 sums may be reordered, so logits can differ in the last bits. Off by default.
     """
 

@@ -44,18 +44,17 @@ def main() -> int:
             eager, _ = _run(model, ids, mask, CacheConfig(cuda_graphs=False), **kw)
             graph, stats = _run(model, ids, mask, CacheConfig(cuda_graphs=True), **kw)
             compiled, _ = _run(model, ids, mask, CacheConfig(cuda_graphs=True, compile=True), **kw)
-            compiled_exact, _ = _run(model, ids, mask, CacheConfig(1, 8, 1.0, compile=True), **kw)
             same_exact = torch.equal(exact, ref)
             same_graph = torch.equal(eager, graph)
             agree = (graph[:, 40:] == ref[:, 40:]).float().mean().item()
             print(f"{name} {str(dtype):15s} refresh-every-step == uncached: {same_exact}; "
                   f"graph == eager (default schedule): {same_graph}; default vs uncached agreement {agree:.3f}; "
                   f"steps {stats['steps']}")
-            # torch.compile may reorder float32 sums: report its agreement, require it only when exact.
+            # torch.compile may reorder float32 sums: report its agreement with the uncompiled cache.
+            # (Refresh-every-step never reaches the compiled layer: with Kp=1 every step is a full step.)
             c_agree = (compiled[:, 40:] == graph[:, 40:]).float().mean().item()
-            c_exact = torch.equal(compiled_exact, ref)
             print(f"    compiled+graph vs graph (default schedule): identical {torch.equal(compiled, graph)}, "
-                  f"agreement {c_agree:.3f}; compiled refresh-every-step == uncached: {c_exact}")
+                  f"agreement {c_agree:.3f}")
             ok &= same_graph and (same_exact or dtype != torch.float32)
     print("CUDA graph check:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
