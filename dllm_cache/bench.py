@@ -457,9 +457,9 @@ def _timed_runs(
     continuation of the previous generation) and disabled afterwards.
     """
     run_model = model
-    if setting is not None and setting.compile:
-        torch._dynamo.reset()  # compile this layout from scratch: results independent of sweep order
     if setting is not None:
+        if setting.compile:
+            torch._dynamo.reset()  # compile this layout from scratch: results independent of sweep order
         run_model = enable_cache(model, setting.to_config()) or model
     try:
         def once(max_steps: int | None) -> TimedRun:
