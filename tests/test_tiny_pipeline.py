@@ -25,33 +25,59 @@ def tok():
 
 # ----------------------------------------------------------------------------- data
 def test_generators_are_deterministic():
-    assert tasks.test_examples("arith", 30) == tasks.test_examples("arith", 30)
-    assert tasks.test_examples("hotpot", 3) == tasks.test_examples("hotpot", 3)
+    assert tasks.generate_test_examples("arith", 30) == tasks.generate_test_examples("arith", 30)
+    assert tasks.generate_test_examples("hotpot", 3) == tasks.generate_test_examples("hotpot", 3)
     a = tasks.make_arith(tasks.example_rng("arith", "train", 1, 7))
     b = tasks.make_arith(tasks.example_rng("arith", "train", 1, 7))
     assert a == b
     assert a != tasks.make_arith(tasks.example_rng("arith", "train", 1, 8))
 
 
-def test_examples_are_well_formed():
-    for ex in tasks.test_examples("arith", 50):
+_OPS = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__, "/": int.__floordiv__}
+
+
+def test_arith_examples_are_well_formed_and_long():
+    import re
+
+    lo, hi = tasks.ARITH_SOLUTION_TOKENS
+    for ex in tasks.test_examples("arith", 100):
         steps, final = ex["answer"].split("\n#### ")
-        assert 2 <= steps.count("=") <= 5
-        assert 0 <= int(final) < 100
-        # every step is right
-        for step in steps.split(". "):
-            lhs, rhs = step.rstrip(".").split(" = ")
-            a, op, b = lhs.split()
-            ops = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__, "/": int.__floordiv__}
-            assert ops[op](int(a), int(b)) == int(rhs), step
+        equations = re.findall(r"(\d+) ([-+*/]) (\d+) = (\d+)", steps)
+        assert 4 <= len(equations) <= 14  # 4-7 steps; "packs" steps have two equations
+        for a, op, b, c in equations:  # every step is right, every quantity stays in 0..99
+            assert _OPS[op](int(a), int(b)) == int(c), (a, op, b, c)
             assert op != "/" or int(a) % int(b) == 0
-    hot = tasks.test_examples("hotpot", 20)
-    for ex in hot:
-        assert set(ex) >= {"context", "question", "answer"}
-        assert len(ex["answer"].split()) == 1
-        assert ex["answer"] in ex["context"] or ex["answer"] in ex["question"]
-        lo, hi = tasks.TEST_CONTEXT_TOKENS
+            assert all(0 <= int(v) <= tasks.MAX_VALUE for v in (a, b, c))
+        assert int(final) == int(equations[-1][3])  # the answer is the last result
+        assert lo <= tasks.count_tokens(" " + ex["answer"]) <= hi  # GSM8K-like lengths for gen 256
+        # every amount the question states is used by the solution, in order
+        amounts = [int(v) for v in re.findall(r"\d+", ex["question"])]
+        used = [int(v) for v in re.findall(r"\d+", steps)]
+        it = iter(used)
+        assert all(any(u == a for u in it) for a in amounts), (ex["question"], steps)
+
+
+def test_hotpot_examples_need_two_paragraphs():
+    lo, hi = tasks.TEST_CONTEXT_TOKENS
+    for ex in tasks.test_examples("hotpot", 40):
+        assert set(ex) >= {"context", "question", "answer", "solution", "kind"}
+        assert len(ex["answer"].split()) == 1 and ex["solution"].endswith("\n#### " + ex["answer"])
         assert lo <= tasks.count_tokens(ex["context"]) <= hi
+        paragraphs = ex["context"].split("\n")
+        facts = ex["solution"].split("\n")[0].rstrip(".").split(". ")
+        assert len(facts) == 2
+        if ex["kind"] == "comparison":
+            (a, ya), (b, yb) = [(f.split()[0], f.split()[-1]) for f in facts]
+            assert ex["answer"] in (a, b) and ya != yb
+            for person, year in ((a, ya), (b, yb)):  # each year is stated in that person's own paragraph
+                own = [p for p in paragraphs if p.split(": ", 1)[1].startswith(person + " is ")]
+                assert len(own) == 1 and f"{person} was born" in own[0] and year in own[0]
+        else:
+            person, city = facts[0].split(" was born in ")
+            person_par = [p for p in paragraphs if p.split(": ", 1)[1].startswith(person + " is ")]
+            city_par = [p for p in paragraphs if p.split(": ", 1)[1].startswith(city + " is ")]
+            assert len(person_par) == 1 and len(city_par) == 1 and person_par != city_par
+            assert city in person_par[0] and ex["answer"] in city_par[0] and ex["answer"] not in person_par[0]
     # distractor count is a parameter: more distractors, longer context
     rng_a, rng_b = tasks.example_rng("hotpot", "x", 0, 0), tasks.example_rng("hotpot", "x", 0, 0)
     short, long = tasks.make_hotpot(rng_a, 2), tasks.make_hotpot(rng_b, 60)
@@ -59,18 +85,25 @@ def test_examples_are_well_formed():
     assert long["context"].count("Paragraph ") == 62
 
 
+def test_scoring():
+    assert tasks.is_correct("arith", "... = 24.\n#### 24", "x\n#### 24")
+    assert not tasks.is_correct("arith", "#### 25", "#### 24")
+    assert tasks.is_correct("hotpot", "Xa was born in Bo. Bo is in Kelia.\n#### kelia", "Kelia")
+    assert not tasks.is_correct("hotpot", "Xa was born in Kelia.\n#### Bo", "Kelia")
+    assert tasks.is_correct("hotpot", "Kelia", "Kelia")  # a bare answer still counts
+
+
 def test_written_test_files_match_the_generators():
-    for family, folder, fields in (
-        ("arith", tasks.ARITH_DIR, {"question", "answer"}),
-        ("hotpot", tasks.HOTPOT_DIR, {"context", "question", "answer"}),
+    for family, path, fields in (
+        ("arith", tasks.ARITH_FILE, {"question", "answer"}),
+        ("hotpot", tasks.HOTPOT_FILE, {"context", "question", "answer", "solution", "kind"}),
     ):
-        lines = (folder / "test.jsonl").read_text(encoding="utf-8").splitlines()
-        assert len(lines) == tasks.N_TEST
-        rows = [json.loads(line) for line in lines[:5]]
-        assert all(set(r) == fields for r in rows)
-        expected = tasks.test_examples(family, 5)
-        assert rows == [{k: e[k] for k in fields} for e in expected]
-        readme = (folder / "README.md").read_text()
+        rows = tasks.read_jsonl(path)
+        assert len(rows) == tasks.N_TEST >= 500
+        assert all(set(r) == fields for r in rows[:5])
+        expected = tasks.generate_test_examples(family, 5)
+        assert rows[:5] == [{k: e[k] for k in fields} for e in expected]
+        readme = (path.parent / "README.md").read_text()
         assert "SYNTHETIC" in readme and "python -m eval.tiny.tasks --write" in readme
 
 
@@ -131,10 +164,11 @@ def test_tokenizer_round_trips(tok, tmp_path):
     assert tok.unk_token_id not in ids
     assert len(ids) == tasks.count_tokens(prompt + target)
     assert tok.decode(ids) == prompt + target
-    answer_ids = tok(target, add_special_tokens=False)["input_ids"]
-    assert len(answer_ids) == 1  # one-word answers are one token
-    decoded = tok.decode(answer_ids + [tok.eos_token_id] * 3, skip_special_tokens=True)
-    assert decoded.strip() == hot["answer"] and tasks.is_correct("hotpot", decoded, hot["answer"])
+    assert len(tok(" " + hot["answer"], add_special_tokens=False)["input_ids"]) == 1  # one-word answers: one token
+    target_ids = tok(target, add_special_tokens=False)["input_ids"]
+    assert len(target_ids) <= 24  # the chain and the answer fit the gen-32 window
+    decoded = tok.decode(target_ids + [tok.eos_token_id] * 3, skip_special_tokens=True)
+    assert decoded == target and tasks.is_correct("hotpot", decoded, hot["answer"])
 
     from transformers import AutoTokenizer
 

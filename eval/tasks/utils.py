@@ -11,6 +11,7 @@ Environment variables override the data files:
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -21,7 +22,7 @@ from typing import Any
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 GSM8K_FILE = DATA_DIR / "gsm8k" / "test.jsonl"
-HOTPOTQA_FILE = DATA_DIR / "hotpotqa_synth" / "test.jsonl"
+HOTPOTQA_FILE = DATA_DIR / "hotpotqa_synth" / "test.jsonl.gz"
 GSM8K_ENV = "DLLM_CACHE_GSM8K_FILE"
 HOTPOTQA_ENV = "DLLM_CACHE_HOTPOTQA_FILE"
 
@@ -40,7 +41,8 @@ def _resolve(env: str, default: Path) -> Path:
 def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
     """Read a jsonl file, checking that every record has the `required` fields."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

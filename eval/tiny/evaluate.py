@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import sys
 import time
 from dataclasses import asdict
@@ -28,12 +27,21 @@ from tqdm.auto import tqdm
 
 from . import tasks
 
-# Generation settings per family: response length, denoising steps, semi-AR block length.
+# Generation settings per family (GSM8K's and HotpotQA's in dLLM-Cache's LLaDA-Instruct runs):
+# response length, denoising steps, semi-AR block length (LLaDA only: Dream's sampler has no blocks).
 GEN_SETTINGS = {
-    "arith": {"gen_length": 64, "steps": 64, "block_length": 32},
-    "hotpot": {"gen_length": 16, "steps": 16, "block_length": 16},
+    "arith": {"gen_length": 256, "steps": 256, "block_length": 8},
+    "hotpot": {"gen_length": 32, "steps": 32, "block_length": 32},
 }
-DATA_FILES = {"arith": tasks.ARITH_DIR / "test.jsonl", "hotpot": tasks.HOTPOT_DIR / "test.jsonl"}
+
+
+def sampler_settings(model, settings: dict) -> dict:
+    """`settings` as the model's sampler takes them (Dream's has no semi-AR blocks)."""
+    from dllm_cache.hooks import family_of
+
+    if family_of(model) == "dream":
+        return {k: v for k, v in settings.items() if k != "block_length"}
+    return dict(settings)
 RATIOS = (0.1, 0.25, 0.5, 1.0)
 INTERVALS = (2, 4, 8, 16)
 
@@ -49,12 +57,7 @@ def load_examples(family: str, n: int, hotpot_distractors: int | None = None) ->
             tasks.make_hotpot(tasks.example_rng("hotpot", f"test-d{hotpot_distractors}", tasks.TEST_SEED, i), hotpot_distractors)
             for i in range(n)
         ]
-    path = DATA_FILES[family]
-    if path.is_file():
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        rows = tasks.test_examples(family, n)
-    return rows[:n]
+    return tasks.test_examples(family, n)
 
 
 @torch.no_grad()
@@ -71,7 +74,7 @@ def generate_texts(
     for idx in tqdm(batches, disable=not progress, desc=desc, leave=False):
         enc = tok([prompts[i] for i in idx], padding=True, return_tensors="pt", add_special_tokens=False)
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        out = generate(model, ids, mask, temperature=0.0, **settings)  # (batch, P + gen_length)
+        out = generate(model, ids, mask, temperature=0.0, **sampler_settings(model, settings))  # (batch, P + gen)
         for row, i in enumerate(idx):
             texts[i] = tok.decode(out[row, ids.shape[1] :].tolist(), skip_special_tokens=True)
     return texts
@@ -155,12 +158,7 @@ def load_model(path: str, device: str, dtype: torch.dtype):
     return model, load_or_build(path)
 
 
-def answer_key(family: str, text: str) -> str | None:
-    """What exact match compares: the final number (arith) or the first word, lower-cased (hotpot)."""
-    if family == "arith":
-        return tasks.arith_number(text)
-    words = re.findall(r"[A-Za-z0-9]+", text)
-    return words[0].lower() if words else None
+answer_key = tasks.answer_key
 
 
 def run(

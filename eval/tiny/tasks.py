@@ -1,25 +1,33 @@
-"""Synthetic tasks for the small LLaDA-architecture model: GSM8K-style arithmetic and
-HotpotQA-style multi-hop QA over long contexts.
+"""Proxy tasks for the small trained models: GSM8K-style word problems with worked solutions and
+HotpotQA-style two-hop questions over long contexts of distractor paragraphs.
 
-Everything is generated from seeded `random.Random` streams, so the same split and index always
-give the same example; the vocabulary is closed (fixed word lists), which lets
-`eval.tiny.tokenizer` build a small word-level tokenizer from the lists and a sample.
+They exist so the cache's effect on answers can be measured on models trained here (no weights
+can be downloaded). Both are built to behave like the real workloads where the cache cares:
 
-Splits use different seed streams (``"<family>/<split>/<seed>/<index>"``) and the training
-stream additionally drops any example whose prompt text equals a test prompt (see
-`TestPromptFilter`).
+- arith: 4-7 step word problems; the solution restates every step and writes its arithmetic
+  ("She buys 15 more: 23 + 15 = 38. Now she has 38 apples.") and ends in ``#### <n>``; solutions are
+  100-250 tokens, so generation uses GSM8K's gen 256 with semi-autoregressive blocks.
+- hotpot: a question whose answer needs two facts from two different paragraphs (person ->
+  birthplace city -> country or river; or two people's birth years compared), hidden among
+  distractor paragraphs about other people and cities; contexts of 1k-4k tokens; the answer is one
+  word, given after a one-line chain ("X was born in C. C is in K.\\n#### K"), gen 32.
 
-Prompts match the local lm-eval tasks in ``eval/tasks/`` (``gsm8k_local``, ``hotpotqa_local``):
+Every example is a pure function of a seeded `random.Random` stream ("<family>/<split>/<seed>/<i>"),
+so splits are fixed; training examples whose prompt equals a held-out prompt are dropped
+(`TestPromptFilter`). The vocabulary is closed (fixed word lists) and digits are single tokens
+(see `eval.tiny.tokenizer`), so arithmetic is learnable digit by digit.
 
-- arith:  ``"Question: {question}\\nAnswer:"`` -> ``" {answer}"`` (answer ends in ``#### <n>``)
-- hotpot: ``HOTPOT_INSTRUCTION + "\\n\\n{context}\\n\\nQuestion: {question}\\nAnswer:"`` -> ``" {answer}"``
+Prompts (also used by the local lm-eval tasks):
+- arith:  ``"Question: {question}\\nAnswer:"`` -> ``" {answer}"``
+- hotpot: ``HOTPOT_INSTRUCTION + "\\n\\n{context}\\n\\nQuestion: {question}\\nAnswer:"`` -> ``" {solution}"``
 
-Write the held-out test files with ``python -m eval.tiny.tasks --write``.
+Write the held-out files with ``python -m eval.tiny.tasks --write``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import random
 import re
@@ -30,12 +38,16 @@ from pathlib import Path
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 ARITH_DIR = DATA_DIR / "arith_synth"
 HOTPOT_DIR = DATA_DIR / "hotpotqa_synth"
+ARITH_FILE = ARITH_DIR / "test.jsonl"
+HOTPOT_FILE = HOTPOT_DIR / "test.jsonl.gz"
 
 TRAIN_SEED = 1234
-TEST_SEED = 20240531
-N_TEST = 200
-# Test contexts are kept between these sizes in tokens of `eval.tiny.tokenizer`.
-TEST_CONTEXT_TOKENS = (1000, 2000)
+TEST_SEED = 20251125
+N_TEST = 500
+# Held-out contexts are kept between these sizes, in tokens of `eval.tiny.tokenizer`.
+TEST_CONTEXT_TOKENS = (1000, 4000)
+# Worked arithmetic solutions are kept between these sizes (tokens, without the eos padding).
+ARITH_SOLUTION_TOKENS = (100, 250)
 
 HOTPOT_INSTRUCTION = "Answer the question based on the given passages. Only give me the answer and do not output any other words."
 
@@ -58,65 +70,18 @@ def count_tokens(text: str) -> int:
 
 # ----------------------------------------------------------------------------- word lists
 ARITH_PEOPLE = [
-    ("Mia", "she"),
-    ("Sam", "he"),
-    ("Leo", "he"),
-    ("Emma", "she"),
-    ("Noah", "he"),
-    ("Ava", "she"),
-    ("Liam", "he"),
-    ("Zoe", "she"),
-    ("Omar", "he"),
-    ("Lily", "she"),
-    ("Ben", "he"),
-    ("Nora", "she"),
-    ("Jack", "he"),
-    ("Ella", "she"),
-    ("Ravi", "he"),
-    ("Grace", "she"),
-    ("Tom", "he"),
-    ("Ruby", "she"),
-    ("Max", "he"),
-    ("Chloe", "she"),
-    ("Ivan", "he"),
-    ("Sara", "she"),
-    ("Luke", "he"),
-    ("Anna", "she"),
-    ("Finn", "he"),
-    ("Maya", "she"),
-    ("Kai", "he"),
-    ("Lucy", "she"),
-    ("Eli", "he"),
-    ("Hana", "she"),
-]
+    ("Mia", "she"), ("Sam", "he"), ("Leo", "he"), ("Emma", "she"), ("Noah", "he"), ("Ava", "she"),
+    ("Liam", "he"), ("Zoe", "she"), ("Omar", "he"), ("Lily", "she"), ("Ben", "he"), ("Nora", "she"),
+    ("Jack", "he"), ("Ella", "she"), ("Ravi", "he"), ("Grace", "she"), ("Tom", "he"), ("Ruby", "she"),
+    ("Max", "he"), ("Chloe", "she"), ("Ivan", "he"), ("Sara", "she"), ("Luke", "he"), ("Anna", "she"),
+    ("Finn", "he"), ("Maya", "she"), ("Kai", "he"), ("Lucy", "she"), ("Eli", "he"), ("Hana", "she"),
+]  # fmt: skip
 ARITH_OBJECTS = [
-    "apples",
-    "marbles",
-    "stickers",
-    "pencils",
-    "cookies",
-    "books",
-    "coins",
-    "cards",
-    "shells",
-    "stamps",
-    "balloons",
-    "crayons",
-    "beads",
-    "buttons",
-    "candies",
-    "eggs",
-    "flowers",
-    "rocks",
-    "toys",
-    "cupcakes",
-    "oranges",
-    "lemons",
-    "feathers",
-    "ribbons",
-    "puzzles",
-    "erasers",
-]
+    "apples", "marbles", "stickers", "pencils", "cookies", "books", "coins", "cards", "shells", "stamps",
+    "balloons", "crayons", "beads", "buttons", "candies", "eggs", "flowers", "rocks", "toys", "cupcakes",
+    "oranges", "lemons", "feathers", "ribbons", "puzzles", "erasers",
+]  # fmt: skip
+CONTAINERS = ["bags", "boxes", "packs", "jars", "baskets"]
 # (noun, place, add sentence, remove sentence); {n} is the amount.
 ARITH_SCENES = [
     ("birds", "on the tree", "{n} more birds land on the tree.", "{n} birds fly away."),
@@ -128,52 +93,11 @@ ARITH_SCENES = [
     ("chairs", "in the hall", "{n} more chairs are carried in.", "{n} chairs are carried out."),
 ]
 THEN = ["Then", "After that", "Later", "Next"]
-GAIN = [
-    "{s} buys {n} more.",
-    "{s} finds {n} more.",
-    "{s} gets {n} more from {o}.",
-    "{o} gives {p} {n} more.",
-    "{s} picks up {n} more.",
-    "{s} wins {n} more.",
-]
-LOSE = ["{s} gives {n} to {o}.", "{s} loses {n}.", "{s} sells {n}.", "{s} uses {n}.", "{s} gives away {n}."]
-MUL = {
-    2: ["{s} doubles the number of {obj}.", "{s} ends up with twice as many {obj}."],
-    3: ["{s} triples the number of {obj}.", "{s} ends up with three times as many {obj}."],
-}
 
 
 def _syllable_names(rng: random.Random, count: int, taken: set[str], syllables: tuple[int, int], endings: list[str]) -> list[str]:
-    onsets = [
-        "b",
-        "br",
-        "c",
-        "d",
-        "dr",
-        "f",
-        "g",
-        "gr",
-        "h",
-        "j",
-        "k",
-        "kr",
-        "l",
-        "m",
-        "n",
-        "p",
-        "r",
-        "s",
-        "st",
-        "t",
-        "tr",
-        "v",
-        "z",
-        "th",
-        "sh",
-        "qu",
-        "w",
-        "y",
-    ]
+    onsets = ["b", "br", "c", "d", "dr", "f", "g", "gr", "h", "j", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t",
+              "tr", "v", "z", "th", "sh", "qu", "w", "y"]  # fmt: skip
     vowels = ["a", "e", "i", "o", "u", "ae", "ia", "ou", "ei", "y"]
     names: list[str] = []
     while len(names) < count:
@@ -187,6 +111,7 @@ def _syllable_names(rng: random.Random, count: int, taken: set[str], syllables: 
 
 
 def _entity_lists() -> dict[str, list[str]]:
+    """Invented names (one token each under the word-level tokenizer), fixed by a constant seed."""
     rng = random.Random("eval.tiny.tasks/entities/v1")
     taken = {w.capitalize() for w in string.ascii_letters}
     taken |= {name for name, _ in ARITH_PEOPLE}
@@ -200,184 +125,141 @@ def _entity_lists() -> dict[str, list[str]]:
 
 ENTITIES = _entity_lists()
 OCCUPATIONS = [
-    "painter",
-    "poet",
-    "chemist",
-    "singer",
-    "farmer",
-    "sailor",
-    "teacher",
-    "doctor",
-    "writer",
-    "baker",
-    "pilot",
-    "judge",
-    "dancer",
-    "builder",
-    "architect",
-    "composer",
-    "engineer",
-    "historian",
-    "actor",
-    "merchant",
-]
-TOPICS = [
-    "bridges",
-    "birds",
-    "old maps",
-    "glass",
-    "music",
-    "rivers",
-    "stars",
-    "trains",
-    "coins",
-    "gardens",
-    "ships",
-    "clocks",
-    "poems",
-    "salt",
-    "silk",
-    "paper",
-    "wine",
-    "tea",
-]
-PRODUCTS = [
-    "glass",
-    "silk",
-    "olives",
-    "clocks",
-    "cheese",
-    "paper",
-    "wool",
-    "pottery",
-    "bread",
-    "boats",
-    "carpets",
-    "honey",
-    "salt",
-    "lamps",
-    "tea",
-    "copper",
-]
+    "painter", "poet", "chemist", "singer", "farmer", "sailor", "teacher", "doctor", "writer", "baker",
+    "pilot", "judge", "dancer", "builder", "architect", "composer", "engineer", "historian", "actor", "merchant",
+]  # fmt: skip
+TOPICS = ["bridges", "birds", "old maps", "glass", "music", "rivers", "stars", "trains", "coins", "gardens", "ships",
+          "clocks", "poems", "salt", "silk", "paper", "wine", "tea"]  # fmt: skip
+PRODUCTS = ["glass", "silk", "olives", "clocks", "cheese", "paper", "wool", "pottery", "bread", "boats", "carpets",
+            "honey", "salt", "lamps", "tea", "copper"]  # fmt: skip
 CITY_KINDS = ["city", "town", "port city", "small town", "large city", "market town"]
 REGIONS = ["north", "south", "east", "west", "center"]
+WEEKDAYS = ["Monday", "Tuesday", "Friday", "Saturday", "Sunday"]
 
 
 # ----------------------------------------------------------------------------- arithmetic
-def make_arith(rng: random.Random, n_ops: int | None = None) -> dict[str, str]:
-    """A GSM8K-style word problem with 2-4 arithmetic steps, every value in 0..99.
+MAX_VALUE = 99  # every quantity stays in 0..99: two digits, so each step is learnable digit by digit
 
-    Returns {"question", "answer"}; the answer shows each step ("a + b = c.") then "#### c".
+
+def make_arith(rng: random.Random, n_ops: int | None = None) -> dict[str, str]:
+    """A GSM8K-style word problem with `n_ops` (default 4-7) steps, every quantity in 0..99.
+
+    The solution restates each step, writes its arithmetic and the new total, and ends in
+    ``"\\n#### <n>"``; it is 100-250 tokens long (the ops count is redrawn until it is).
+    Returns {"question", "answer"}.
     """
-    n_ops = n_ops or rng.randint(2, 4)
-    if rng.random() < 0.65:
-        return _arith_person(rng, n_ops)
-    return _arith_scene(rng, n_ops)
+    lo, hi = ARITH_SOLUTION_TOKENS
+    while True:
+        k = n_ops or rng.randint(4, 7)
+        example = _arith_person(rng, k) if rng.random() < 0.7 else _arith_scene(rng, k)
+        if lo <= count_tokens(" " + example["answer"]) <= hi:
+            return example
 
 
 def _add_amount(rng: random.Random, value: int) -> int | None:
-    return rng.randint(1, min(30, 99 - value)) if value < 99 else None
+    return rng.randint(1, min(40, MAX_VALUE - value)) if value < MAX_VALUE else None
 
 
 def _sub_amount(rng: random.Random, value: int) -> int | None:
-    return rng.randint(1, min(30, value - 1)) if value > 1 else None
-
-
-def _divisor(rng: random.Random, value: int) -> int | None:
-    options = [k for k in range(2, 7) if value % k == 0 and value // k >= 1]
-    return rng.choice(options) if options else None
+    return rng.randint(1, min(40, value - 1)) if value > 1 else None
 
 
 def _arith_person(rng: random.Random, n_ops: int) -> dict[str, str]:
     (name, pron), (other, _) = rng.sample(ARITH_PEOPLE, 2)
     obj = rng.choice(ARITH_OBJECTS)
     obj_pron = "her" if pron == "she" else "him"
-    value = rng.randint(2, 40)
-    sentences = [f"{name} has {value} {obj}."]
-    steps: list[str] = []
-    question = rng.choice(
-        [
-            f"How many {obj} does {name} have now?",
-            f"How many {obj} does {name} have in the end?",
-            f"How many {obj} does {pron} have now?",
-        ]
-    )
-    ops_left = n_ops
-    while ops_left > 0:
+    value = rng.randint(10, 60)
+    question_lines = [f"{name} has {value} {obj}."]
+    steps = [f"{name} starts with {value} {obj}."]
+    ask = f"How many {obj} does {name} have now?"
+    done = 0
+    while done < n_ops:
+        last = done == n_ops - 1
         subject = pron.capitalize() if rng.random() < 0.6 else name
-        if len(sentences) > 1 and rng.random() < 0.4:
-            subject = f"{rng.choice(THEN)} {subject.lower() if subject == pron.capitalize() else subject}"
-        kind = rng.choice(["gain", "gain", "lose", "lose", "mul", "packs", "div"])
-        if kind == "div" and ops_left == 1 and (k := _divisor(rng, value)):
-            sentences.append(f"{subject} shares them equally among {k} friends.")
-            question = f"How many {obj} does each friend get?"
-            steps.append(f"{value} / {k} = {value // k}.")
+        lead = subject
+        if len(question_lines) > 1 and rng.random() < 0.4:
+            lead = f"{rng.choice(THEN)} {subject if subject == name else pron}"
+        kind = rng.choice(["gain", "gain", "lose", "lose", "packs", "mul", "half", "share"])
+        if kind == "share" and last and value >= 4 and (ks := [k for k in range(2, 7) if value % k == 0]):
+            k = rng.choice(ks)
+            question_lines.append(f"{lead} shares them equally among {k} friends.")
+            steps.append(f"{pron.capitalize()} shares {value} {obj} among {k} friends: {value} / {k} = {value // k}. "
+                         f"Each friend gets {value // k} {obj}.")
+            ask = f"How many {obj} does each friend get?"
             value //= k
-        elif kind == "packs" and ops_left >= 2:
-            k, m = rng.randint(2, 5), rng.randint(2, 9)
-            if value + k * m > 99:
-                continue
-            container = rng.choice(["bags", "boxes", "packs", "jars"])
-            sentences.append(f"{subject} buys {k} {container} with {m} {obj} in each.")
-            steps.append(f"{k} * {m} = {k * m}.")
-            steps.append(f"{value} + {k * m} = {value + k * m}.")
+        elif kind == "packs" and (k := rng.randint(2, 6)) * (m := rng.randint(2, 9)) <= MAX_VALUE - value:
+            box = rng.choice(CONTAINERS)
+            question_lines.append(f"{lead} buys {k} {box} with {m} {obj} in each.")
+            steps.append(f"{pron.capitalize()} buys {k} {box} of {m}: {k} * {m} = {k * m}. "
+                         f"Then {value} + {k * m} = {value + k * m}. Now {pron} has {value + k * m} {obj}.")
             value += k * m
-            ops_left -= 1
-        elif kind == "mul" and value * 2 <= 99:
-            k = 3 if value * 3 <= 99 and rng.random() < 0.4 else 2
-            sentences.append(rng.choice(MUL[k]).format(s=subject, obj=obj))
-            steps.append(f"{value} * {k} = {value * k}.")
+        elif kind == "mul" and value * 2 <= MAX_VALUE:
+            k = 3 if value * 3 <= MAX_VALUE and rng.random() < 0.4 else 2
+            word = {2: "doubles", 3: "triples"}[k]
+            question_lines.append(f"{lead} {word} the number of {obj}.")
+            steps.append(f"{pron.capitalize()} {word} them: {value} * {k} = {value * k}. Now {pron} has {value * k} {obj}.")
             value *= k
+        elif kind == "half" and value % 2 == 0 and value >= 4:
+            question_lines.append(f"{lead} gives half of them to {other}.")
+            steps.append(f"{pron.capitalize()} gives away half: {value} / 2 = {value // 2}. Now {pron} has {value // 2} {obj}.")
+            value //= 2
         elif kind == "lose" and (n := _sub_amount(rng, value)):
-            sentences.append(rng.choice(LOSE).format(s=subject, n=n, o=other))
-            steps.append(f"{value} - {n} = {value - n}.")
+            verb = rng.choice([f"gives {n} to {other}", f"loses {n}", f"sells {n}", f"uses {n}"])
+            question_lines.append(f"{lead} {verb}.")
+            steps.append(
+                f"{pron.capitalize()} {verb.split()[0]} {n}: {value} - {n} = {value - n}. Now {pron} has {value - n} {obj}."
+            )
             value -= n
-        elif kind in ("gain", "mul", "packs", "div") and (n := _add_amount(rng, value)):
-            template = rng.choice(GAIN)
-            if template.startswith("{o}"):
-                sentences.append(template.format(o=other, p=obj_pron, n=n))
+        elif kind in ("gain", "mul", "half") and (n := _add_amount(rng, value)):
+            verb = rng.choice(["buys", "finds", "picks up", "wins"])
+            if rng.random() < 0.3:
+                question_lines.append(f"{other} gives {obj_pron} {n} more.")
+                steps.append(f"{other} gives {obj_pron} {n}: {value} + {n} = {value + n}. Now {pron} has {value + n} {obj}.")
             else:
-                sentences.append(template.format(s=subject, n=n, o=other))
-            steps.append(f"{value} + {n} = {value + n}.")
+                question_lines.append(f"{lead} {verb} {n} more.")
+                steps.append(f"{pron.capitalize()} {verb} {n}: {value} + {n} = {value + n}. Now {pron} has {value + n} {obj}.")
             value += n
         else:
             continue
-        ops_left -= 1
-    return {"question": " ".join(sentences + [question]), "answer": " ".join(steps) + f"\n#### {value}"}
+        done += 1
+    question = " ".join(question_lines + [ask])
+    return {"question": question, "answer": " ".join(steps) + f"\n#### {value}"}
 
 
 def _arith_scene(rng: random.Random, n_ops: int) -> dict[str, str]:
     noun, place, add, remove = rng.choice(ARITH_SCENES)
-    value = rng.randint(5, 50)
-    sentences = [f"There are {value} {noun} {place}."]
-    steps: list[str] = []
-    question = f"How many {noun} are {place} now?"
-    ops_left = n_ops
-    while ops_left > 0:
-        kind = rng.choice(["add", "add", "sub", "sub", "mul", "div"])
+    value = rng.randint(10, 60)
+    question_lines = [f"There are {value} {noun} {place}."]
+    steps = [f"At first there are {value} {noun}."]
+    ask = f"How many {noun} are {place} now?"
+    done = 0
+    while done < n_ops:
+        last = done == n_ops - 1
         prefix = f"{rng.choice(THEN)} " if rng.random() < 0.4 else ""
-        if kind == "div" and ops_left == 1 and (k := _divisor(rng, value)):
-            sentences.append(f"{prefix}the {noun} are split equally into {k} groups.")
-            question = f"How many {noun} are in each group?"
-            steps.append(f"{value} / {k} = {value // k}.")
+        kind = rng.choice(["add", "add", "sub", "sub", "mul", "split"])
+        if kind == "split" and last and value >= 4 and (ks := [k for k in range(2, 7) if value % k == 0]):
+            k = rng.choice(ks)
+            question_lines.append(f"{prefix}the {noun} are split equally into {k} groups.")
+            steps.append(f"They are split into {k} groups: {value} / {k} = {value // k}. Each group has {value // k} {noun}.")
+            ask = f"How many {noun} are in each group?"
             value //= k
-        elif kind == "mul" and value * 2 <= 99:
-            sentences.append(f"{prefix}the number of {noun} {place} doubles.")
-            steps.append(f"{value} * 2 = {value * 2}.")
+        elif kind == "mul" and value * 2 <= MAX_VALUE:
+            question_lines.append(f"{prefix}the number of {noun} {place} doubles.")
+            steps.append(f"The number doubles: {value} * 2 = {value * 2}. Now there are {value * 2} {noun}.")
             value *= 2
         elif kind == "sub" and (n := _sub_amount(rng, value)):
-            sentences.append(prefix + remove.format(n=n))
-            steps.append(f"{value} - {n} = {value - n}.")
+            question_lines.append(prefix + remove.format(n=n))
+            steps.append(f"{n} leave: {value} - {n} = {value - n}. Now there are {value - n} {noun}.")
             value -= n
-        elif kind in ("add", "mul", "div") and (n := _add_amount(rng, value)):
-            sentences.append(prefix + add.format(n=n))
-            steps.append(f"{value} + {n} = {value + n}.")
+        elif kind in ("add", "mul", "split") and (n := _add_amount(rng, value)):
+            question_lines.append(prefix + add.format(n=n))
+            steps.append(f"{n} come: {value} + {n} = {value + n}. Now there are {value + n} {noun}.")
             value += n
         else:
             continue
-        ops_left -= 1
-    sentences = [s[0].upper() + s[1:] for s in sentences]
-    return {"question": " ".join(sentences + [question]), "answer": " ".join(steps) + f"\n#### {value}"}
+        done += 1
+    question_lines = [s[0].upper() + s[1:] for s in question_lines]
+    return {"question": " ".join(question_lines + [ask]), "answer": " ".join(steps) + f"\n#### {value}"}
 
 
 # ----------------------------------------------------------------------------- multi-hop QA
@@ -389,16 +271,16 @@ def _city_paragraph(rng: random.Random, city: str, country: str, river: str, for
         ]
     )
     extra = [
-        f"It was founded in {rng.randint(900, 1900)}.",
-        f"About {rng.randint(2, 900)} thousand people live there.",
+        f"{city} was founded in {rng.randint(900, 1900)}.",
+        f"About {rng.randint(2, 900)} thousand people live in {city}.",
         f"The {rng.choice(['city', 'town'])} is known for its {rng.choice(PRODUCTS)}.",
         f"It has {rng.randint(2, 40)} bridges and {rng.randint(2, 60)} parks.",
-        f"Its market opens every {rng.choice(['Monday', 'Tuesday', 'Friday', 'Saturday', 'Sunday'])}.",
+        f"Its market opens every {rng.choice(WEEKDAYS)}.",
     ]
     rng.shuffle(extra)
     body = [first] + extra[: rng.randint(1, 4)]
     if force_river or rng.random() < 0.6:
-        body.insert(rng.randint(1, len(body)), f"It lies on the {river} river.")
+        body.insert(rng.randint(1, len(body)), f"{city} lies on the {river} river.")
     return " ".join(body)
 
 
@@ -425,26 +307,25 @@ def _person_paragraph(rng: random.Random, person: str, city: str, year: int, cit
 
 
 def make_hotpot(rng: random.Random, n_distractors: int) -> dict[str, str]:
-    """A two-hop question over `n_distractors + 2` short paragraphs (two gold, rest distractors).
+    """A two-hop question over `n_distractors + 2` paragraphs (two gold, the rest distractors).
 
-    Kinds: bridge person -> birthplace city -> country ("In which country was X born?"),
-    bridge person -> city -> river, and comparison of two people's birth years.
-    Every answer is one word from a closed list. Returns {"context", "question", "answer", "kind"}.
+    Kinds: person -> birthplace city -> country ("In which country was X born?"), person -> city
+    -> river, and comparison of two people's birth years. Distractors are paragraphs about other
+    people (born in and moving between the same cities) and other cities (in the same countries,
+    on the same rivers). Returns {"context", "question", "answer" (one word), "solution" (the
+    trained target: the two facts, then "#### answer"), "kind"}.
     """
     n_distractors = max(0, n_distractors)
-    countries = ENTITIES["countries"]
+    countries, rivers = ENTITIES["countries"], ENTITIES["rivers"]
     cities = rng.sample(ENTITIES["cities"], min(len(ENTITIES["cities"]), n_distractors + 8))
     people = rng.sample(ENTITIES["people"], min(len(ENTITIES["people"]), n_distractors + 4))
-    rivers = ENTITIES["rivers"]
     city_country = {c: rng.choice(countries) for c in cities}
     city_river = {c: rng.choice(rivers) for c in cities}
-    years = rng.sample(range(1800, 2000), len(people))
+    born = dict(zip(people, rng.sample(range(1800, 2000), len(people))))
     birth = {p: rng.choice(cities) for p in people}
-    born = dict(zip(people, years))
 
     roll = rng.random()
-    kind = "bridge_country" if roll < 0.5 else "bridge_river" if roll < 0.7 else "comparison"
-    gold: list[str] = []
+    kind = "bridge_country" if roll < 0.45 else "bridge_river" if roll < 0.7 else "comparison"
     used_people: set[str] = set()
     used_cities: set[str] = set()
     if kind == "comparison":
@@ -454,7 +335,8 @@ def make_hotpot(rng: random.Random, n_distractors: int) -> dict[str, str]:
         word = rng.choice(["was born later", "is younger"] if later else ["was born first", "is older"])
         question = f"Who {word}, {a} or {b}?"
         answer = (a if born[a] > born[b] else b) if later else (a if born[a] < born[b] else b)
-        gold += [_person_paragraph(rng, p, birth[p], born[p], cities) for p in (a, b)]
+        chain = f"{a} was born in {born[a]}. {b} was born in {born[b]}."
+        gold = [_person_paragraph(rng, p, birth[p], born[p], cities) for p in (a, b)]
     else:
         person = people[0]
         city = birth[person]
@@ -469,6 +351,7 @@ def make_hotpot(rng: random.Random, n_distractors: int) -> dict[str, str]:
                 ]
             )
             answer = city_country[city]
+            chain = f"{person} was born in {city}. {city} is in {answer}."
         else:
             question = rng.choice(
                 [
@@ -477,8 +360,11 @@ def make_hotpot(rng: random.Random, n_distractors: int) -> dict[str, str]:
                 ]
             )
             answer = city_river[city]
-        gold.append(_person_paragraph(rng, person, city, born[person], cities))
-        gold.append(_city_paragraph(rng, city, city_country[city], city_river[city], kind == "bridge_river"))
+            chain = f"{person} was born in {city}. {city} lies on the {answer} river."
+        gold = [
+            _person_paragraph(rng, person, city, born[person], cities),
+            _city_paragraph(rng, city, city_country[city], city_river[city], kind == "bridge_river"),
+        ]
 
     paragraphs = list(gold)
     free_people = [p for p in people if p not in used_people]
@@ -492,10 +378,10 @@ def make_hotpot(rng: random.Random, n_distractors: int) -> dict[str, str]:
             paragraphs.append(_city_paragraph(rng, c, city_country[c], city_river[c], False))
     rng.shuffle(paragraphs)
     context = "\n".join(f"Paragraph {i}: {text}" for i, text in enumerate(paragraphs, 1))
-    return {"context": context, "question": question, "answer": answer, "kind": kind}
+    return {"context": context, "question": question, "answer": answer, "solution": f"{chain}\n#### {answer}", "kind": kind}
 
 
-# ----------------------------------------------------------------------------- prompts
+# ----------------------------------------------------------------------------- prompts and scoring
 def arith_prompt(question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
@@ -509,7 +395,7 @@ def prompt_and_target(family: str, example: dict[str, str]) -> tuple[str, str]:
     if family == "arith":
         return arith_prompt(example["question"]), " " + example["answer"]
     if family == "hotpot":
-        return hotpot_prompt(example["context"], example["question"]), " " + example["answer"]
+        return hotpot_prompt(example["context"], example["question"]), " " + example["solution"]
     raise ValueError(f"unknown task family {family!r}; expected 'arith' or 'hotpot'")
 
 
@@ -523,13 +409,25 @@ def arith_number(text: str) -> str | None:
     return (found[-1].lstrip("0") or "0") if found else None
 
 
+def hotpot_word(text: str) -> str | None:
+    """The first word after '####' (or, without one, the first word), lower-cased; None if none."""
+    tail = text.split("####", 1)[1] if "####" in text else text
+    words = re.findall(r"[A-Za-z0-9]+", tail)
+    return words[0].lower() if words else None
+
+
+def answer_key(family: str, text: str) -> str | None:
+    """What exact match compares: the final number (arith) or the answer word (hotpot)."""
+    return arith_number(text) if family == "arith" else hotpot_word(text)
+
+
 def is_correct(family: str, generated: str, answer: str) -> bool:
-    """Exact match: the final number for arith, the first word (case-insensitive) for hotpot."""
+    """Exact match of `answer_key` (for hotpot `answer` is the one-word gold answer)."""
     if family == "arith":
         pred = arith_number(generated)
         return pred is not None and pred == arith_number(answer)
-    words = re.findall(r"[A-Za-z0-9]+", generated)
-    return bool(words) and words[0].lower() == answer.strip().lower()
+    pred = hotpot_word(generated)
+    return pred is not None and pred == answer.strip().lower()
 
 
 # ----------------------------------------------------------------------------- splits
@@ -537,13 +435,16 @@ def example_rng(family: str, split: str, seed: int, index: int) -> random.Random
     return random.Random(f"{family}/{split}/{seed}/{index}")
 
 
+PARAGRAPH_TOKENS = 41  # mean tokens of one paragraph including "Paragraph i:" (measured: 40.6)
+
+
 def hotpot_distractors_for_tokens(rng: random.Random, low: int, high: int) -> int:
-    """A distractor count whose context lands roughly in [low, high] tokens (~41 tokens each)."""
-    return max(0, int(rng.uniform(low, high) / 41) - 2)
+    """A distractor count whose context lands roughly in [low, high] tokens."""
+    return max(0, int(rng.uniform(low, high) / PARAGRAPH_TOKENS) - 2)
 
 
-def test_examples(family: str, n: int = N_TEST, seed: int = TEST_SEED) -> list[dict[str, str]]:
-    """The fixed held-out set of a family (what `--write` saves; first n of the 200)."""
+def generate_test_examples(family: str, n: int = N_TEST, seed: int = TEST_SEED) -> list[dict[str, str]]:
+    """The fixed held-out set of a family, regenerated from the test seed (what --write saves)."""
     out: list[dict[str, str]] = []
     seen: set[str] = set()
     index = 0
@@ -567,8 +468,26 @@ def test_examples(family: str, n: int = N_TEST, seed: int = TEST_SEED) -> list[d
     return out
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_examples(family: str, n: int = N_TEST) -> list[dict[str, str]]:
+    """The first n held-out examples: from the committed file when present, else regenerated."""
+    path = {"arith": ARITH_FILE, "hotpot": HOTPOT_FILE}.get(family)
+    if path is None:
+        raise ValueError(f"unknown task family {family!r}; expected 'arith' or 'hotpot'")
+    if path.is_file() and n <= N_TEST:
+        return read_jsonl(path)[:n]
+    return generate_test_examples(family, n)
+
+
 class TestPromptFilter:
     """Set of held-out prompts; training streams drop any example that is in it."""
+
+    __test__ = False  # not a pytest class
 
     def __init__(self, n: int = N_TEST):
         self.keys = {prompt_and_target("arith", ex)[0] for ex in test_examples("arith", n)}
@@ -579,7 +498,7 @@ class TestPromptFilter:
 
 
 def train_examples(
-    family: str, seed: int = TRAIN_SEED, start: int = 0, distractors: tuple[int, int] = (1, 52)
+    family: str, seed: int = TRAIN_SEED, start: int = 0, distractors: tuple[int, int] = (1, 90)
 ) -> Iterator[dict[str, str]]:
     """Endless training stream (no filtering; see `TestPromptFilter`)."""
     index = start
@@ -597,10 +516,10 @@ def vocabulary_sample(n: int = 400) -> list[str]:
     rng = random.Random("eval.tiny.tasks/vocab")
     texts = [HOTPOT_INSTRUCTION, "Question: Answer: Paragraph #### + - * / = . , ? : ! ' \n"]
     for i in range(n):
-        for p, t in (prompt_and_target("arith", make_arith(rng, 2 + i % 3)), prompt_and_target("hotpot", make_hotpot(rng, 6))):
+        for p, t in (prompt_and_target("arith", make_arith(rng, 4 + i % 4)), prompt_and_target("hotpot", make_hotpot(rng, 6))):
             texts += [p, t]
     words = [w for lst in ENTITIES.values() for w in lst]
-    words += [w for w, _ in ARITH_PEOPLE] + ARITH_OBJECTS + OCCUPATIONS + TOPICS + PRODUCTS
+    words += [w for w, _ in ARITH_PEOPLE] + ARITH_OBJECTS + OCCUPATIONS + TOPICS + PRODUCTS + CONTAINERS + WEEKDAYS
     texts.append(" ".join(words))
     return texts
 
@@ -614,63 +533,62 @@ written by
 
     python -m eval.tiny.tasks --write
 
-{n} examples, one JSON object per line, fields {fields}. {details}
+{n} examples, one JSON object per line{gz}, fields {fields}. {details}
 Training examples use a different seed stream, and any training example whose prompt equals a
-test prompt is dropped. Prompt used in training: `{prompt}`.
+test prompt is dropped. Prompt: `{prompt}`; trained target: `{target}`.
 """
 
 
 def write_test_files(n: int = N_TEST) -> list[Path]:
-    written = []
-    arith = test_examples("arith", n)
-    hotpot = test_examples("hotpot", n)
-    for folder, rows, keys in (
-        (ARITH_DIR, arith, ("question", "answer")),
-        (HOTPOT_DIR, hotpot, ("context", "question", "answer")),
-    ):
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "test.jsonl"
-        with open(path, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps({k: row[k] for k in keys}, ensure_ascii=False) + "\n")
-        written.append(path)
-    lengths = sorted(count_tokens(r["context"]) for r in hotpot)
+    arith = generate_test_examples("arith", n)
+    hotpot = generate_test_examples("hotpot", n)
+    ARITH_DIR.mkdir(parents=True, exist_ok=True)
+    HOTPOT_DIR.mkdir(parents=True, exist_ok=True)
+    with open(ARITH_FILE, "w", encoding="utf-8") as f:
+        for row in arith:
+            f.write(json.dumps({k: row[k] for k in ("question", "answer")}, ensure_ascii=False) + "\n")
+    # gzip with a fixed mtime: the same examples always give the same bytes
+    with open(HOTPOT_FILE, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        for row in hotpot:
+            keys = ("context", "question", "answer", "solution", "kind")
+            f.write((json.dumps({k: row[k] for k in keys}, ensure_ascii=False) + "\n").encode())
+    old = HOTPOT_DIR / "test.jsonl"
+    if old.exists():
+        old.unlink()
+    sol = sorted(count_tokens(" " + r["answer"]) for r in arith)
+    ctx = sorted(count_tokens(r["context"]) for r in hotpot)
     kinds = {k: sum(r["kind"] == k for r in hotpot) for k in ("bridge_country", "bridge_river", "comparison")}
     (ARITH_DIR / "README.md").write_text(
         README_TEXT.format(
-            title="arith_synth",
-            real="GSM8K",
-            family="arith",
-            seed=TEST_SEED,
-            n=n,
+            title="arith_synth", real="GSM8K", family="arith", seed=TEST_SEED, n=n, gz="",
             fields="`question`, `answer`",
-            details="GSM8K-style word problems with 2-4 steps (+, -, *, /), every value 0-99; the answer shows "
-            "each step and ends in `#### <number>` like GSM8K.",
-            prompt="Question: {question}\\nAnswer:",
+            details="GSM8K-style word problems with 4-7 steps (+, -, *, /), every quantity 0-99; the answer "
+            f"restates each step with its arithmetic and ends in `#### <number>` like GSM8K; answers are "
+            f"{sol[0]}-{sol[-1]} tokens (median {sol[len(sol) // 2]}) under the project's tokenizer (digits "
+            "are single tokens). Generation setting: gen 256, steps 256, semi-AR block 8 (GSM8K's).",
+            prompt="Question: {question}\\nAnswer:", target=" {answer}",
         )
-    )
+    )  # fmt: skip
     (HOTPOT_DIR / "README.md").write_text(
         README_TEXT.format(
-            title="hotpotqa_synth",
-            real="the real HotpotQA",
-            family="hotpot",
-            seed=TEST_SEED,
-            n=n,
-            fields="`context`, `question`, `answer`",
+            title="hotpotqa_synth", real="the real HotpotQA", family="hotpot", seed=TEST_SEED, n=n,
+            gz=" (gzip)", fields="`context`, `question`, `answer` (one word), `solution` (the trained target), `kind`",
             details=f"HotpotQA-style two-hop questions about invented people, cities, countries and rivers "
             f"({kinds['bridge_country']} person->city->country, {kinds['bridge_river']} person->city->river, "
-            f"{kinds['comparison']} birth-year comparisons); two gold paragraphs among distractors; contexts "
-            f"{lengths[0]}-{lengths[-1]} tokens (median {lengths[len(lengths) // 2]}) under the project's tiny "
-            f"word-level tokenizer; one-word answers.",
+            f"{kinds['comparison']} birth-year comparisons); the two gold paragraphs sit among distractor "
+            f"paragraphs about other people and cities; contexts {ctx[0]}-{ctx[-1]} tokens (median "
+            f"{ctx[len(ctx) // 2]}). Scored by exact match of the word after `####`. Generation setting: "
+            "gen 32, steps 32, block 32 (HotpotQA's).",
             prompt=HOTPOT_INSTRUCTION + "\\n\\n{context}\\n\\nQuestion: {question}\\nAnswer:",
+            target=" {solution}",
         )
-    )
-    return written
+    )  # fmt: skip
+    return [ARITH_FILE, HOTPOT_FILE]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--write", action="store_true", help="write eval/data/{arith,hotpotqa}_synth/test.jsonl")
+    parser.add_argument("--write", action="store_true", help="write eval/data/{arith,hotpotqa}_synth/test.jsonl[.gz]")
     parser.add_argument("--n", type=int, default=N_TEST)
     parser.add_argument("--show", type=int, default=0, help="print this many training examples of each family")
     args = parser.parse_args(argv)
@@ -678,7 +596,7 @@ def main(argv: list[str] | None = None) -> None:
         for path in write_test_files(args.n):
             print(f"wrote {path}")
     for family in ("arith", "hotpot"):
-        stream = train_examples(family)
+        stream = train_examples(family, distractors=(1, 4))
         for _ in range(args.show):
             prompt, target = prompt_and_target(family, next(stream))
             print(f"--- {family} ({count_tokens(prompt)} + {count_tokens(target)} tokens)\n{prompt}{target}\n")

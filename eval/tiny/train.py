@@ -1,19 +1,23 @@
-"""Train the small LLaDA-architecture model on the synthetic tasks (masked diffusion SFT).
+"""Train the proxy models (LLaDA or Dream architecture) on the proxy tasks (masked diffusion SFT).
 
-    PYTHONUNBUFFERED=1 PYTHONPATH=. python -m eval.tiny.train --out /tmp/tiny_run \
-        --max-minutes 8.5 --total-minutes 16 --device cuda --export-dir "$OUT/model"
+    PYTHONUNBUFFERED=1 PYTHONPATH=. python -m eval.tiny.train --arch llada --out /tmp/run_llada \
+        --max-minutes 9.5 --total-minutes 19 --device cuda --export-dir "$OUT/llada"
     # later, on the same machine: add --resume (or --init-from <exported model dir> on a fresh one)
 
-Objective (LLaDA SFT): a sequence is prompt + response, where the response is the answer followed
+Objective (LLaDA SFT): a sequence is prompt + response, where the response is the target followed
 by <|eos|> up to a fixed response length R (the eos padding is supervised). Per sequence,
 t ~ U(0, 1) and p = (1 - eps) t + eps; each response token is replaced by <|mdm_mask|> with
 probability p (the prompt never is); the loss is the cross entropy on masked tokens weighted by
-1/p, divided by R, averaged over the batch.
+1/p, divided by R, averaged over the batch. Dream (`--arch dream`) is trained with the same
+objective through its shifted head: the logits at position i - 1 predict token i.
 
 Batches: one task family per batch (hotpot with probability --hotpot-frac); a batch holds about
---batch-size x --seq-len tokens; hotpot rows share one distractor count, so their lengths are
-alike. Prompts are left padded with <|pad|> and masked out of attention, exactly as at
-generation time. The data stream is a pure function of (seed, step), so --resume continues it.
+--batch-size x --seq-len tokens; R is the evaluation length of the family (arith 256, hotpot 32).
+Hotpot rows share one distractor count: half of the hotpot batches have short contexts (a
+curriculum: retrieval is learnt faster where the answer is a larger share of the tokens; the
+first 17 minutes used a third), the rest have 1k-4k-token contexts like the held-out set. Prompts are left padded with <|pad|> and
+masked out of attention, exactly as at generation time. The data stream is a pure function of
+(seed, step), so --resume continues it.
 
 Time-bounded: the loop stops --max-minutes after start (minus a reserve for saving), writes the
 checkpoint (fp32 weights, optimizer, step, RNG states) to <out>/checkpoint, the bf16 model and
@@ -40,34 +44,54 @@ import torch.nn.functional as F
 from . import tasks
 from .tokenizer import load_or_build
 
-# The model shipped with the project: bf16 safetensors ~29 MB (14.6 M parameters).
-MODEL_CONFIG = dict(d_model=384, n_heads=6, n_kv_heads=6, n_layers=8, mlp_hidden_size=896)
-# Micro model for CPU tests (--tiny-config).
-TINY_CONFIG = dict(d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=128)
+# The proxy models shipped with the project (bf16 safetensors in shards <= 15 MB):
+# LLaDA ~13.3 M parameters (~27 MB), Dream (grouped-query attention like Dream-7B) ~9.4 M (~19 MB).
+MODEL_CONFIGS = {
+    "llada": dict(d_model=384, n_heads=6, n_kv_heads=6, n_layers=8, mlp_hidden_size=768),
+    "dream": dict(hidden_size=384, num_attention_heads=6, num_key_value_heads=2, num_hidden_layers=8, intermediate_size=512),
+}
+# Micro models for CPU tests (--tiny-config).
+TINY_CONFIGS = {
+    "llada": dict(d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=128),
+    "dream": dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=128),
+}
+# Residual output projections, scaled by 1/sqrt(2 n_layers) at initialisation (GPT-2 style).
+RESIDUAL_OUTPUTS = {"llada": ("attn_out", "ff_out"), "dream": ("o_proj", "down_proj")}
 
-# Response lengths R seen in training, with weights; evaluation uses the first of each.
-ARITH_RESPONSE = ((64, 0.6), (96, 0.2), (128, 0.1), (256, 0.1))
-HOTPOT_RESPONSE = ((16, 0.45), (32, 0.3), (64, 0.15), (128, 0.05), (256, 0.05))
+# Response length R per family: the generation length the held-out sets are evaluated with.
+RESPONSE_LENGTH = {"arith": 256, "hotpot": 32}
+SHORT_CONTEXT_FRAC = 0.5  # hotpot batches with 1-20 distractors (curriculum), the rest 1k-4k tokens
 MASK_EPS = 1e-3
 EXPORT_SHARD = "15MB"
+MAX_SEQUENCE_LENGTH = 4608
 
 
-def model_config(tok, tiny: bool = False, max_sequence_length: int = 4096):
+def model_config(tok, arch: str = "llada", tiny: bool = False, max_sequence_length: int = MAX_SEQUENCE_LENGTH):
+    """Config of a fresh proxy model for tokenizer `tok` (special-token ids taken from it)."""
+    vocab = len(tok)
+    sizes = (TINY_CONFIGS if tiny else MODEL_CONFIGS)[arch]
+    special = dict(mask_token_id=tok.mask_token_id, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    if arch == "dream":
+        from dllm_cache.models.dream import DreamConfig
+
+        return DreamConfig(**sizes, vocab_size=vocab, max_position_embeddings=max_sequence_length, rope_theta=10000.0,
+                           rms_norm_eps=1e-5, bos_token_id=tok.eos_token_id, tie_word_embeddings=False, **special)
     from dllm_cache.models.llada import LLaDAConfig
 
-    vocab = len(tok)
-    return LLaDAConfig(
-        **(TINY_CONFIG if tiny else MODEL_CONFIG),
-        vocab_size=vocab,
-        embedding_size=64 * math.ceil(vocab / 64),
-        max_sequence_length=max_sequence_length,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-5,
-        mask_token_id=tok.mask_token_id,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        weight_tying=False,
-    )
+    return LLaDAConfig(**sizes, vocab_size=vocab, embedding_size=64 * math.ceil(vocab / 64),
+                       max_sequence_length=max_sequence_length, rope_theta=10000.0, rms_norm_eps=1e-5,
+                       weight_tying=False, **special)
+
+
+def model_class(arch: str):
+    from dllm_cache.models.dream import DreamModel
+    from dllm_cache.models.llada import LLaDAModelLM
+
+    return {"llada": LLaDAModelLM, "dream": DreamModel}[arch]
+
+
+def arch_of(config) -> str:
+    return "dream" if config.model_type.lower() == "dream" else "llada"
 
 
 # ----------------------------------------------------------------------------- data
@@ -81,11 +105,6 @@ class Batch:
 
     def pin_memory(self) -> Batch:  # called by the DataLoader's pin-memory thread
         return Batch(self.family, self.input_ids.pin_memory(), self.attention_mask.pin_memory(), self.response_len, self.step)
-
-
-def _weighted(rng: random.Random, options) -> int:
-    values, weights = zip(*options)
-    return rng.choices(values, weights=weights)[0]
 
 
 class BatchMaker:
@@ -102,9 +121,16 @@ class BatchMaker:
         self.max_rows = max_rows
         self.test_filter = tasks.TestPromptFilter(n_test)
         self.eos, self.pad = tok.eos_token_id, tok.pad_token_id
-        # Largest distractor count that fits with R = 64: ~41 tokens per paragraph, ~70 for instruction
-        # + question (rows that do not fit a longer R are regenerated with fewer distractors).
-        self.max_distractors = max(0, (seq_len - 64 - 70) // 41 - 2)
+        # Largest distractor count that fits: ~45 tokens per paragraph, ~70 for instruction + question
+        # (rows that do not fit are regenerated with fewer distractors).
+        R = RESPONSE_LENGTH["hotpot"]
+        self.max_distractors = max(1, (seq_len - R - 70) // tasks.PARAGRAPH_TOKENS - 2)
+
+    def _distractors(self, rng: random.Random) -> int:
+        if rng.random() < SHORT_CONTEXT_FRAC:
+            return rng.randint(1, min(20, self.max_distractors))
+        count = tasks.hotpot_distractors_for_tokens(rng, *tasks.TEST_CONTEXT_TOKENS)
+        return max(1, min(count, self.max_distractors))
 
     def _encode(self, family: str, example: dict) -> tuple[list[int], list[int]]:
         prompt, target = tasks.prompt_and_target(family, example)
@@ -114,9 +140,8 @@ class BatchMaker:
     def make(self, step: int) -> Batch:
         rng = random.Random(f"eval.tiny.train/batch/{self.seed}/{step}")
         family = "hotpot" if rng.random() < self.hotpot_frac else "arith"
-        R = _weighted(rng, HOTPOT_RESPONSE if family == "hotpot" else ARITH_RESPONSE)
-        R = min(R, self.seq_len // 2)
-        distractors = rng.randint(1, max(1, self.max_distractors))
+        R = min(RESPONSE_LENGTH[family], self.seq_len // 2)
+        distractors = self._distractors(rng)
         rows: list[tuple[list[int], list[int]]] = []
         target_rows, index = 1, 0
         while len(rows) < target_rows and index < 100_000:
@@ -178,8 +203,10 @@ def collate_identity(x):
 
 
 # ----------------------------------------------------------------------------- objective
-def masked_diffusion_loss(model, batch: Batch, mask_id: int, generator: torch.Generator | None = None):
-    """LLaDA SFT loss of a batch on the model's device -> (loss, masked token count as a tensor)."""
+def masked_diffusion_loss(model, batch: Batch, mask_id: int, generator: torch.Generator | None = None, shifted: bool = False):
+    """LLaDA SFT loss of a batch on the model's device -> (loss, masked token count as a tensor).
+
+    `shifted` (Dream): the logits at position i - 1 predict token i."""
     ids, attn = batch.input_ids, batch.attention_mask
     rows, L = ids.shape
     R = batch.response_len
@@ -191,6 +218,8 @@ def masked_diffusion_loss(model, batch: Batch, mask_id: int, generator: torch.Ge
     masked = response & (draw < p[:, None])  # (rows, L)
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
     logits = model(noisy, attention_mask=attn).logits  # (rows, L, vocab)
+    if shifted:  # masked positions are response positions >= 1, so i - 1 is always in range
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
     token_loss = F.cross_entropy(logits[masked].float(), ids[masked], reduction="none")  # (n_masked,)
     weight = (1.0 / p)[:, None].expand(rows, L)[masked] / R
     loss = (token_loss * weight).sum() / rows
@@ -250,12 +279,10 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, tok, meta: dict) -> None:
 
 def export_model(model, tok, out_dir: Path, summary: dict | None = None) -> list[str]:
     """Write the bf16 model (safetensors shards <= 15 MB), config and tokenizer to `out_dir`."""
-    from dllm_cache.models.llada import LLaDAModelLM
-
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("model*.safetensors*"):
         old.unlink()
-    export = LLaDAModelLM(model.config)
+    export = type(model)(model.config)
     export.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     export = export.to(torch.bfloat16)
     export.save_pretrained(out_dir, safe_serialization=True, max_shard_size=EXPORT_SHARD)
@@ -268,6 +295,7 @@ def export_model(model, tok, out_dir: Path, summary: dict | None = None) -> list
 # ----------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--arch", choices=("llada", "dream"), default="llada", help="model architecture (fresh runs)")
     p.add_argument("--out", required=True, help="run folder: checkpoint/ and model/ go here")
     p.add_argument("--export-dir", default=None, help="also write the final bf16 model + tokenizer here (e.g. $OUT/model)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint (weights, optimizer, step, RNG)")
@@ -285,8 +313,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="training minutes the LR schedule spans over all runs (default: this run's budget)",
     )
     p.add_argument("--steps", type=int, default=None, help="stop at this (global) step; also the schedule length")
-    p.add_argument("--batch-size", type=int, default=32, help="rows of --seq-len tokens per batch (token budget)")
-    p.add_argument("--seq-len", type=int, default=2432, help="longest training sequence (prompt + response)")
+    p.add_argument("--batch-size", type=int, default=24, help="rows of --seq-len tokens per batch (token budget)")
+    p.add_argument("--seq-len", type=int, default=4160, help="longest training sequence (prompt + response)")
     p.add_argument("--max-rows", type=int, default=512, help="cap on rows of a batch of short sequences")
     p.add_argument("--hotpot-frac", type=float, default=0.5, help="fraction of batches from the hotpot family")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -347,8 +375,6 @@ def main(argv: list[str] | None = None) -> dict:
     start_time = time.time()
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from dllm_cache.models.llada import LLaDAModelLM
-
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but torch.cuda.is_available() is False; pass --device cpu.")
@@ -383,9 +409,11 @@ def main(argv: list[str] | None = None) -> dict:
         from safetensors.torch import load_file
         from transformers import AutoConfig
 
+        import dllm_cache  # noqa: F401  (registers the model types with AutoConfig)
+
         src = Path(tok_dir)
         config = AutoConfig.from_pretrained(src)
-        model = LLaDAModelLM(config)
+        model = model_class(arch_of(config))(config)
         files = sorted(src.glob("*.safetensors"))
         state = {}
         for f in files:
@@ -394,13 +422,15 @@ def main(argv: list[str] | None = None) -> dict:
         if missing or unexpected:
             raise SystemExit(f"checkpoint {src} does not match the model: missing {missing}, unexpected {unexpected}")
     else:
-        config = model_config(tok, tiny=args.tiny_config)
-        model = LLaDAModelLM(config)
+        config = model_config(tok, args.arch, tiny=args.tiny_config)
+        model = model_class(args.arch)(config)
         # GPT-2 style: scale the residual output projections by depth.
+        n_layers = config.num_hidden_layers if args.arch == "dream" else config.n_layers
         with torch.no_grad():
-            for block in model.model.transformer.blocks:
-                for lin in (block.attn_out, block.ff_out):
-                    lin.weight.mul_(1 / math.sqrt(2 * config.n_layers))
+            for name, param in model.named_parameters():
+                if name.rsplit(".", 2)[-2] in RESIDUAL_OUTPUTS[args.arch]:
+                    param.mul_(1 / math.sqrt(2 * n_layers))
+    arch = arch_of(model.config)
     model = model.float().to(device).train()
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -441,8 +471,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     train_model = torch.compile(model, dynamic=True) if args.compile else model
     print(
-        f"[train] model {n_params / 1e6:.2f} M params ({2 * n_params / 1e6:.1f} MB bf16), vocab {len(tok)} "
-        f"(embedding {config.embedding_size}), device {device}, workers {workers}, start step {step0}, "
+        f"[train] {arch} model {n_params / 1e6:.2f} M params ({2 * n_params / 1e6:.1f} MB bf16), vocab {len(tok)} "
+        f"(embedding {model.get_input_embeddings().weight.shape[0]}), device {device}, workers {workers}, start step {step0}, "
         f"budget {args.max_minutes} min, schedule {horizon_s / 60:.1f} train-min, "
         f"batch ~{args.batch_size}x{args.seq_len} tokens",
         flush=True,
@@ -474,7 +504,7 @@ def main(argv: list[str] | None = None) -> dict:
             batch.step,
         )
         with torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16, enabled=on_cuda):
-            loss, _ = masked_diffusion_loss(train_model, batch, mask_id)
+            loss, _ = masked_diffusion_loss(train_model, batch, mask_id, shifted=arch == "dream")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -526,7 +556,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {
         **meta,
         "params": n_params,
-        "config": MODEL_CONFIG if not args.tiny_config else TINY_CONFIG,
+        "arch": arch,
+        "config": {k: v for k, v in model.config.to_dict().items() if k in (MODEL_CONFIGS[arch] | TINY_CONFIGS[arch])},
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
         "device": device,
