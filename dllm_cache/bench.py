@@ -58,16 +58,27 @@ class Workload:
     block_length: int | None
 
 
+# --policy names -> CacheConfig selection fields
+POLICIES = {
+    "paper": {"selection": "paper"},
+    "frontier": {"selection": "frontier"},
+    "frontier-only": {"selection": "frontier", "frontier_only": True},
+}
+
+
 @dataclass(frozen=True)
 class CacheSetting:
     prompt_interval: int
     response_interval: int
     transfer_ratio: float
     compile: bool = False
+    policy: str = "paper"
 
     @property
     def label(self) -> str:
         label = f"Kp={self.prompt_interval} Kr={self.response_interval} r={self.transfer_ratio:g}"
+        if self.policy != "paper":
+            label += f" {self.policy}"
         return label + " compiled" if self.compile else label
 
     def to_config(self) -> Any:
@@ -78,6 +89,7 @@ class CacheSetting:
             response_interval=self.response_interval,
             transfer_ratio=self.transfer_ratio,
             compile=self.compile,
+            **POLICIES[self.policy],
         )
 
 
@@ -373,9 +385,10 @@ def _settings(args: argparse.Namespace) -> list[CacheSetting]:
     seen: list[CacheSetting] = []
     for kp, kr, r in combos:
         for compiled in compiles:
-            setting = CacheSetting(kp, kr, r, compiled)
-            if setting not in seen:
-                seen.append(setting)
+            for policy in args.policy:
+                setting = CacheSetting(kp, kr, r, compiled, policy)
+                if setting not in seen:
+                    seen.append(setting)
     return seen
 
 
@@ -891,6 +904,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-interval", type=int, nargs="+", default=[100])
     p.add_argument("--compile", choices=("off", "on", "both"), default="off",
                    help="run cached configs with CacheConfig(compile=True) (torch.compile of the cached layer)")
+    p.add_argument("--policy", nargs="+", choices=tuple(POLICIES), default=["paper"],
+                   help="refresh policies to run (CacheConfig.selection / frontier_only), each with every setting")
     p.add_argument("--grid", choices=("axes", "product"), default="axes",
                    help="axes: vary one knob at a time around the reference (0.25, Kr 8, Kp 100 "
                         "or the first value given); product: every combination")

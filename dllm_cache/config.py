@@ -1,16 +1,24 @@
-"""CacheConfig: the three knobs of the method, validated at construction."""
+"""CacheConfig: the knobs of the method and of the refresh policy, validated at construction."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+SELECTIONS = ("paper", "frontier")
+SHIFTED_ROWS = ("prompt", "response")
+# Decoding window of the frontier selection when the sampler declared no semi-AR block (Dream).
+DEFAULT_FRONTIER_WINDOW = 32
+
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """How often each feature group is refreshed.
+    """How often each feature group is refreshed, and which response tokens are recomputed between.
 
     prompt_interval (Kp): prompt tokens' K/V, attention and FFN outputs are recomputed
-        every Kp denoising steps and reused in between.
+        every Kp denoising steps and reused in between. None: only on the first step of a
+        generation. The prompt tokens never change during a generation; only their attention
+        to the response does, so with a short response and a long prompt refreshing it buys
+        little and costs a full forward.
     response_interval (Kr): all response tokens are recomputed every Kr steps.
     transfer_ratio: on the steps in between, this fraction of response tokens (those whose
         Value vectors drifted most, by cosine similarity) is recomputed; int(R * ratio) per row.
@@ -22,26 +30,51 @@ class CacheConfig:
     compile: run the cached layer through torch.compile, which fuses its many small kernels
         (norms, RoPE, V-verify). Costs compile time (5-10 s per step kind on an H100, once per layout);
         float32 sums may be reordered, so logits can differ in the last bits. Off by default.
+    selection: which response tokens a partial step recomputes.
+        "paper": the int(R * ratio) whose Value vectors drifted most (V-verify), anywhere in the
+        response, as the dLLM-Cache paper does.
+        "frontier": first the tokens being decoded now (the semi-AR block that holds the first
+        masked token, or `frontier_window` tokens from it) and the tokens unmasked since the last
+        response refresh, by drift; the rest of the budget by V-verify over the whole response.
+        Helps semi-autoregressive decoding, where only the current block is sampled and the
+        paper's rule spends much of its budget on future blocks and finished tokens.
+    frontier_window: tokens in the decoding window of the "frontier" selection; None = the
+        block length the sampler declared (`reset_cache(..., block_length=B)`, as our LLaDA sampler
+        does), else DEFAULT_FRONTIER_WINDOW.
+    frontier_only: with "frontier", recompute at most the window's worth of tokens
+        (min(int(R * ratio), window)) instead of filling the budget: fewer FLOPs when the
+        block is smaller than the budget (GSM8K: block 8 of 256).
+    shifted_row: for models whose logits are shifted (Dream: row i predicts token i + 1), where
+        the last prompt row, whose logits predict the first response token, is cached.
+        "prompt": with the prompt, refreshed every Kp steps (as the paper's cache serves it);
+        "response": with the response, so it is refreshed and selected like a response token.
+        No effect on unshifted models (LLaDA).
     """
 
-    prompt_interval: int = 100
+    prompt_interval: int | None = 100
     response_interval: int = 8
     transfer_ratio: float = 0.25
     cfg_interval: int | None = None
     cuda_graphs: bool = True
     compile: bool = False
+    selection: str = "paper"
+    frontier_window: int | None = None
+    frontier_only: bool = False
+    shifted_row: str = "prompt"
 
     def __post_init__(self) -> None:
-        for name in ("prompt_interval", "response_interval", "cfg_interval"):
+        for name in ("prompt_interval", "response_interval", "cfg_interval", "frontier_window"):
             value = getattr(self, name)
-            if value is None and name == "cfg_interval":
+            if value is None and name != "response_interval":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"CacheConfig.{name} must be an integer >= 1 (refresh every N steps; 1 = every step), "
-                    f"got {value!r}."
-                )
-        for name in ("cuda_graphs", "compile"):
+                meaning = "tokens" if name == "frontier_window" else "refresh every N steps; 1 = every step"
+                none = " or None" if name != "response_interval" else ""
+                raise ValueError(f"CacheConfig.{name} must be an integer >= 1{none} ({meaning}), got {value!r}.")
+        for name, allowed in (("selection", SELECTIONS), ("shifted_row", SHIFTED_ROWS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"CacheConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        for name in ("cuda_graphs", "compile", "frontier_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"CacheConfig.{name} must be True or False, got {getattr(self, name)!r}.")
         ratio = self.transfer_ratio
@@ -54,3 +87,15 @@ class CacheConfig:
     @property
     def uncond_response_interval(self) -> int:
         return self.cfg_interval or self.response_interval
+
+    def window(self, block_length: int | None = None) -> int:
+        """Decoding window of the frontier selection, given the sampler's declared block (if any)."""
+        return self.frontier_window or block_length or DEFAULT_FRONTIER_WINDOW
+
+    def selected_count(self, num_response: int, block_length: int | None = None) -> int:
+        """Response tokens recomputed per row and layer on a partial step: int(R * ratio), capped
+        at the decoding window with `frontier_only`."""
+        k = int(num_response * self.transfer_ratio)
+        if self.selection == "frontier" and self.frontier_only:
+            k = min(k, self.window(block_length), num_response)
+        return k

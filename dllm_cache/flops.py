@@ -77,6 +77,7 @@ class ModelDims:
     head_dim: int
     d_ff: int
     vocab: int  # width of the LM head (LLaDA: embedding_size, which pads vocab_size)
+    logit_shift: int = 0  # 1 when logits at row i predict token i + 1 (Dream)
 
     @classmethod
     def from_config(cls, config: Any) -> ModelDims:
@@ -112,6 +113,7 @@ class ModelDims:
             head_dim=int(head_dim),
             d_ff=int(d_ff),
             vocab=int(vocab),
+            logit_shift=int("dream" in str(_get(config, "model_type", default="")).lower()),
         )
 
     @property
@@ -191,7 +193,8 @@ def lm_head_tokens(kind: str, prompt_len: int, resp_len: int) -> int:
 
 
 def selected_tokens(resp_len: int, transfer_ratio: float) -> int:
-    """Response tokens recomputed per row and layer on a partial step: int(R * ratio)."""
+    """Response tokens recomputed per row and layer on a partial step by the paper's selection:
+    int(R * ratio) (`CacheConfig.selected_count` for every selection)."""
     if not 0.0 <= transfer_ratio <= 1.0:
         raise ValueError(f"transfer_ratio must be in [0, 1], got {transfer_ratio}")
     return int(resp_len * transfer_ratio)
@@ -205,13 +208,16 @@ def step_flops(
     kind: str,
     transfer_ratio: float = 0.25,
     logits_tokens: int | None = None,
+    selected: int | None = None,
 ) -> int:
     """Matmul FLOPs of one model forward (one denoising step) of `kind`.
 
     `prompt_len` P and `resp_len` R are per batch row (padding included: padded positions
     are computed like real ones); `logits_tokens` is the number of positions per row that go
-    through the LM head (default `lm_head_tokens(kind, P, R)`, what the cache does). See the
-    module docstring for what each kind recomputes. Returns an exact integer.
+    through the LM head (default `lm_head_tokens(kind, P, R)`, what the cache does); `selected`
+    the tokens recomputed per partial layer (default int(R * transfer_ratio)). A partial layer
+    with nothing selected projects no V either (there is nothing to test). See the module
+    docstring for what each kind recomputes. Returns an exact integer.
     """
     d = _as_dims(dims)
     kind = _normalise_kind(kind)
@@ -226,9 +232,9 @@ def step_flops(
     elif kind == "response":
         layers = d.n_layers * response_layer
     else:
-        k = selected_tokens(resp_len, transfer_ratio)
+        k = selected_tokens(resp_len, transfer_ratio) if selected is None else selected
         partial_layer = (
-            resp_len * d.flops_v
+            (resp_len * d.flops_v if k else 0)
             + k * (d.flops_q + d.flops_k + d.flops_o + d.flops_ffn)
             + d.attention_flops(k, total)
         )
@@ -250,6 +256,7 @@ def step_bytes(
     transfer_ratio: float = 0.25,
     logits_tokens: int | None = None,
     dtype_bytes: int = 2,
+    selected: int | None = None,
 ) -> int:
     """Minimum HBM bytes of one step of `kind`, for a roofline bound.
 
@@ -271,8 +278,9 @@ def step_bytes(
         logits_tokens = lm_head_tokens(kind, prompt_len, resp_len)
 
     weights = d.n_layers * d.params_layer + d.params_lm_head
-    if kind == "partial" and selected_tokens(resp_len, transfer_ratio) == 0:
-        weights = d.params_layer + (d.n_layers - 1) * d.params_v + d.params_lm_head
+    k = selected_tokens(resp_len, transfer_ratio) if selected is None else selected
+    if kind == "partial" and k == 0:  # layers 1.. do nothing at all
+        weights = d.params_layer + d.params_lm_head
     kv_reads = batch * d.n_layers * total * 2 * d.kv_dim
     cached = 0
     if kind in ("partial", "prompt"):
@@ -289,7 +297,8 @@ def roofline_seconds(flops: int, nbytes: int, peak_tflops: float, peak_tbps: flo
 
 def _local_step_kind(step: int, config: CacheConfig) -> str:
     """Fallback schedule rule (same as `dllm_cache.schedule`), used only if that is missing."""
-    prompt = step % config.prompt_interval == 0
+    kp = config.prompt_interval
+    prompt = step == 0 if kp is None else step % kp == 0
     response = step % config.response_interval == 0
     if prompt:
         return "full" if response else "prompt"
@@ -345,21 +354,26 @@ def generation_cost(
     """FLOPs, bytes and (optionally) roofline time of a whole generation.
 
     The response is the whole generated region (R = gen_len) on every step, whatever the
-    semi-autoregressive block: every step runs the full sequence, so `block_length` does not
-    change the count (it is accepted for symmetry with `generate` and validated).
+    semi-autoregressive block: every step runs the full sequence. `block_length` (the sampler's,
+    None for Dream) only sets the "frontier" selection's window, hence its count with
+    `frontier_only`. With `shifted_row="response"` on a shifted model the cache's response
+    region starts one row earlier (P - 1 prompt rows, R + 1 response rows).
     `config` None = uncached (every step "full").
     """
     if block_length is not None and (block_length <= 0 or gen_len % block_length):
         raise ValueError(f"gen_len {gen_len} must be a multiple of block_length {block_length}")
     ratio = config.transfer_ratio if config is not None else 1.0
+    P, R = prompt_len, gen_len
+    if config is not None and config.shifted_row == "response" and P > 0:
+        shift = _as_dims(dims).logit_shift
+        P, R = P - shift, R + shift
+    selected = config.selected_count(R, block_length) if config is not None else None
     counts = schedule_counts(steps, config)
     flops_k: dict[str, int] = {}
     bytes_k: dict[str, int] = {}
     for kind in STEP_KINDS:
-        flops_k[kind] = step_flops(dims, batch, prompt_len, gen_len, kind, ratio, logits_tokens)
-        bytes_k[kind] = step_bytes(
-            dims, batch, prompt_len, gen_len, kind, ratio, logits_tokens, dtype_bytes
-        )
+        flops_k[kind] = step_flops(dims, batch, P, R, kind, ratio, logits_tokens, selected)
+        bytes_k[kind] = step_bytes(dims, batch, P, R, kind, ratio, logits_tokens, dtype_bytes, selected)
     roofline = None
     if peak_tflops and peak_tbps:
         roofline = sum(

@@ -109,7 +109,7 @@ def llada_generate(
     prompt_region = torch.zeros_like(x, dtype=torch.bool)
     prompt_region[:, :P] = True
     if is_cache_enabled(model):
-        reset_cache(model, prompt_length=P)
+        reset_cache(model, prompt_length=P, block_length=block_length)
 
     def logits_of(seq: torch.Tensor) -> torch.Tensor:
         logits = model(seq, attention_mask=full_mask).logits

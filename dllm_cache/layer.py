@@ -82,11 +82,11 @@ def _response_queries(
         store.k[:, :, P:] = apply_rope(_heads(parts.k_proj(hr), hd), cr, sr)
         store.v[:, :, P:] = _heads(parts.v_proj(hr), hd)
         return None, q
+    if ctx.selected == 0:  # nothing to recompute: no drift test, no V (as the paper's code does)
+        return hr.new_empty(hr.shape[0], 0, dtype=torch.long), None
     v_new = _heads(parts.v_proj(hr), hd)  # (batch, kv_heads, R, hd): needed for the drift test
-    sel = select_drifted(v_new, store.v[:, :, P:], ctx.transfer_ratio)  # (batch, k)
+    sel = select_drifted(v_new, store.v[:, :, P:], ctx.selected, ctx.priority)  # (batch, k)
     store.v[:, :, P:] = v_new  # computed anyway: every response V is refreshed
-    if not sel.shape[1]:
-        return sel, None
     hs = _gather_tokens(hr, sel)
     cs, ss = _gather_tokens(cos[:, P:], sel), _gather_tokens(sin[:, P:], sel)
     _scatter_heads(store.k[:, :, P:], sel, apply_rope(_heads(parts.k_proj(hs), hd), cs, ss))

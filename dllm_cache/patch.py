@@ -21,6 +21,7 @@ from dllm_cache.models.rope import rope_cos_sin
 
 from .compiled import compiled_block_forward
 from .config import CacheConfig
+from .frontier import frontier_priority
 from .graphs import graphable, run_step
 from .layer import cached_block_forward, full_block_forward
 from .state import CacheState, StepContext
@@ -86,12 +87,13 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
         prompt_len=branch.prompt_len,
         rope=(branch.rope_cos, branch.rope_sin),
         key_mask=branch.key_mask,
-        transfer_ratio=state.config.transfer_ratio,
+        selected=state.selected_count(branch, input_ids.shape[1]),
         head_cached=patched.head is not None,
     )
     rest = {k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask")}
 
     def forward(ids, mask):
+        _track_frontier(state, branch, plan, ids)
         return original(ids, attention_mask=mask, **rest)
 
     try:
@@ -103,6 +105,24 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
             return forward(input_ids, attention_mask)
     finally:
         state.ctx = None
+
+
+def _track_frontier(state: CacheState, branch, plan, ids: torch.Tensor) -> None:
+    """"frontier" selection: remember the response tokens at each response refresh, and on the
+    other steps mark what to recompute first (ctx.priority). Runs inside the step's forward, so a
+    captured CUDA graph redoes it from each replay's input ids."""
+    config = state.config
+    if config.selection != "frontier" or state.mask_token_id is None:
+        return
+    tokens = ids[:, branch.token_prompt_len :]  # (batch, R) generated region
+    if plan.refresh_response:
+        branch.persist("refresh_tokens", tokens)
+        return
+    aligned = branch.block_length is not None and config.frontier_window is None
+    state.ctx.priority = frontier_priority(
+        tokens, branch.refresh_tokens, state.mask_token_id, config.window(branch.block_length), aligned,
+        row_offset=branch.token_prompt_len - branch.prompt_len, logit_shift=state.logit_shift,
+    )
 
 
 def _block_forward(patched: _Patched, adapter, dims, index: int, parts, original, *args, **kwargs):
@@ -160,7 +180,7 @@ def enable_cache(model: nn.Module, config: CacheConfig | None = None) -> nn.Modu
     adapter = adapter_for(model)
     dims = adapter.dims(model.config)
     blocks = adapter.blocks(model)
-    state = CacheState(config, len(blocks), getattr(model.config, "mask_token_id", None))
+    state = CacheState(config, len(blocks), getattr(model.config, "mask_token_id", None), adapter.logit_shift)
     patched = _Patched(model, state, blocks)
     for i, block in enumerate(blocks):
         block.forward = partial(_block_forward, patched, adapter, dims, i, adapter.parts(block), block.forward)
@@ -203,15 +223,18 @@ def _state(model: nn.Module) -> CacheState:
     return patched.state
 
 
-def reset_cache(model: nn.Module, prompt_length: int | None = None) -> None:
+def reset_cache(model: nn.Module, prompt_length: int | None = None, block_length: int | None = None) -> None:
     """Start a new generation at the next forward; optionally say where the prompt ends.
 
     Without it a new generation is still detected when the prompt tokens or the shape change,
     and the prompt is taken to end at the first masked column. With `prompt_length` the
     generation is declared: until the next reset (or a shape change) the prompt tokens are not
-    re-compared on every step, which saves a host sync per step.
+    re-compared on every step, which saves a host sync per step. `block_length`: the sampler's
+    semi-autoregressive block, the decoding window of the "frontier" selection.
     """
-    _state(model).reset(prompt_length)
+    if block_length is not None and (isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1):
+        raise ValueError(f"block_length must be a positive integer or None, got {block_length!r}.")
+    _state(model).reset(prompt_length, block_length)
 
 
 def cache_stats(model: nn.Module) -> dict:

@@ -22,9 +22,11 @@ class StepPlan:
 
 
 def plan_step(step: int, config: CacheConfig, response_interval: int | None = None) -> StepPlan:
-    """Step 0 of a generation refreshes everything; then prompt every Kp, response every Kr."""
+    """Step 0 of a generation refreshes everything; then prompt every Kp (never with Kp None),
+    response every Kr."""
     kr = response_interval or config.response_interval
-    return StepPlan(refresh_prompt=step % config.prompt_interval == 0, refresh_response=step % kr == 0)
+    kp = config.prompt_interval
+    return StepPlan(refresh_prompt=step == 0 if kp is None else step % kp == 0, refresh_response=step % kr == 0)
 
 
 def step_kind(step: int, config: CacheConfig) -> str:

@@ -16,17 +16,16 @@ def value_similarity(v_new: torch.Tensor, v_old: torch.Tensor) -> torch.Tensor:
     return dot / norms.clamp_min(1e-8)
 
 
-def num_selected(num_response: int, transfer_ratio: float) -> int:
-    """int(R * ratio), as the paper's implementation counts."""
-    return int(num_response * transfer_ratio)
-
-
-def select_drifted(v_new: torch.Tensor, v_old: torch.Tensor, transfer_ratio: float) -> torch.Tensor:
+def select_drifted(v_new: torch.Tensor, v_old: torch.Tensor, k: int, priority: torch.Tensor | None = None) -> torch.Tensor:
     """Indices (batch, k) into the response tokens, lowest similarity first picked, sorted ascending.
 
+    priority: (batch, R) integer levels (or bool) or None. Higher levels are picked first, the most
+    drifted first within a level: cosine similarity lies in [-1, 1], so lowering it by 3 per level
+    puts every token of a level below every token of the levels under it, keeping their order.
     Sorted so gathers and scatters walk memory in order; each row picks its own tokens.
     """
-    k = num_selected(v_new.shape[2], transfer_ratio)
     sim = value_similarity(v_new, v_old)
+    if priority is not None:
+        sim = sim - 3.0 * priority
     idx = sim.topk(k, dim=-1, largest=False).indices
     return idx.sort(dim=-1).values

@@ -13,7 +13,6 @@ import torch
 
 from .config import CacheConfig
 from .schedule import StepPlan, plan_step
-from .select import num_selected
 
 
 @dataclass
@@ -32,8 +31,11 @@ class StepContext:
     prompt_len: int
     rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin: (batch, seq, head_dim), float32
     key_mask: torch.Tensor | None  # (batch, seq) bool, None when nothing is padded
-    transfer_ratio: float
+    selected: int  # response tokens recomputed per row on partial layers (CacheConfig.selected_count)
     head_cached: bool = False  # the LM head serves prompt rows from cache, so layers may skip them
+    # (batch, R) bool: tokens a partial step recomputes first ("frontier" selection), else None.
+    # Set inside the step's forward (so CUDA graphs recompute it from each step's input ids).
+    priority: torch.Tensor | None = None
 
     @property
     def prompt_rows_dead(self) -> bool:
@@ -63,7 +65,13 @@ class BranchState:
 
     response_interval: int
     step: int = 0
-    prompt_len: int = 0
+    prompt_len: int = 0  # where the cached response region starts (see token_prompt_len)
+    # where the generated tokens start; token_prompt_len - prompt_len = 1 when a shifted model's
+    # last prompt row is cached with the response (CacheConfig.shifted_row="response")
+    token_prompt_len: int = 0
+    block_length: int | None = None  # the sampler's semi-AR block, when declared
+    # (batch, token R): response tokens at the last response refresh ("frontier": unmasked since)
+    refresh_tokens: torch.Tensor | None = None
     prompt_ids: torch.Tensor | None = None
     layers: list[LayerStore] = field(default_factory=list)
     # (batch, seq, vocab): logits of the last prompt refresh; its prompt rows serve later steps, and
@@ -135,13 +143,15 @@ class BranchState:
 class CacheState:
     """All cache state of one model: config, branches, the current step's context, stats."""
 
-    def __init__(self, config: CacheConfig, n_layers: int, mask_token_id: int | None):
+    def __init__(self, config: CacheConfig, n_layers: int, mask_token_id: int | None, logit_shift: int = 0):
         self.config = config
         self.n_layers = n_layers
         self.mask_token_id = mask_token_id
+        self.logit_shift = logit_shift  # 1 when logits at row i predict token i + 1 (Dream)
         self.branches: dict[str, BranchState] = {}
         self.active_branch = "cond"
         self.pending_prompt_len: dict[str, int] = {}
+        self.pending_block_length: int | None = None
         self.ctx: StepContext | None = None
         self.stats = Stats()
         self.graphs_disabled = False
@@ -158,11 +168,12 @@ class CacheState:
             self.branches[name] = BranchState(response_interval=kr)
         return self.branches[name]
 
-    def reset(self, prompt_length: int | None = None) -> None:
+    def reset(self, prompt_length: int | None = None, block_length: int | None = None) -> None:
         """Forget cached features: the next forward of every branch starts a new generation."""
         for b in self.branches.values():
             b.started = False
         self.pending_prompt_len = {}
+        self.pending_block_length = block_length
         if prompt_length is not None:
             self.pending_prompt_len = {"cond": prompt_length, "uncond": prompt_length}
 
@@ -182,9 +193,13 @@ class CacheState:
         b = self.branch()
         pending = self.pending_prompt_len.pop(self.active_branch, None)
         if pending is not None or b.is_new_generation(input_ids):
-            b.prompt_len = pending if pending is not None else self.detect_prompt_len(input_ids)
-            if not 0 <= b.prompt_len <= input_ids.shape[1]:
-                raise ValueError(f"prompt_length={b.prompt_len} is outside the sequence of length {input_ids.shape[1]}.")
+            P = pending if pending is not None else self.detect_prompt_len(input_ids)
+            if not 0 <= P <= input_ids.shape[1]:
+                raise ValueError(f"prompt_length={P} is outside the sequence of length {input_ids.shape[1]}.")
+            b.token_prompt_len = P
+            shift = self.logit_shift if self.config.shifted_row == "response" else 0
+            b.prompt_len = max(0, P - shift)
+            b.block_length = self.pending_block_length if pending is not None else None
             b.prompt_ids = input_ids[:, : b.prompt_len].clone()
             b.step = 0
             b.started = True
@@ -202,6 +217,9 @@ class CacheState:
         if not plan.refresh_response:  # V-verify on every layer but the first
             resp = input_ids.shape[1] - b.prompt_len
             rows_layers = input_ids.shape[0] * (self.n_layers - 1)
-            s.tokens_recomputed += rows_layers * num_selected(resp, self.config.transfer_ratio)
+            s.tokens_recomputed += rows_layers * self.selected_count(b, input_ids.shape[1])
             s.tokens_total += rows_layers * resp
         return b, plan
+
+    def selected_count(self, b: BranchState, seq_len: int) -> int:
+        return self.config.selected_count(seq_len - b.prompt_len, b.block_length)

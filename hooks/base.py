@@ -38,6 +38,7 @@ class ModelAdapter:
     """Base for one model family: how to find its blocks and read their parts (duck-typed)."""
 
     family: str = ""
+    logit_shift: int = 0  # 1 when the logits at row i predict token i + 1 (Dream)
 
     def matches(self, model: nn.Module) -> bool:
         raise NotImplementedError

@@ -40,11 +40,13 @@ def test_toy_counts_by_hand():
     assert step_flops(TOY, 1, P, R, "partial", transfer_ratio=0.5) == PARTIAL_HALF == 9024
     assert step_flops(TOY, 1, P, R, "prompt", transfer_ratio=0.5) == PROMPT_HALF == 17760
     assert step_flops(TOY, 3, P, R, "full") == 3 * FULL
-    # int(4 * 0.3) = 1 selected token; int(4 * 0.2) = 0 leaves only the V projection.
+    # int(4 * 0.3) = 1 selected token (and the V of all 4 for the drift test); int(4 * 0.2) = 0
+    # selects nothing, so the layers after the first project nothing at all.
     assert step_flops(TOY, 1, P, R, "partial", 0.3) - step_flops(TOY, 1, P, R, "partial", 0.0) == (
-        1 * (128 + 64 + 128 + 768) + 4 * 1 * 7 * 8
+        4 * 64 + 1 * (128 + 64 + 128 + 768) + 4 * 1 * 7 * 8
     )
-    assert step_flops(TOY, 1, P, R, "partial", 0.2) == (4 * 1152 + 4 * 4 * 7 * 8) + 4 * 64 + 640
+    assert step_flops(TOY, 1, P, R, "partial", 0.2) == (4 * 1152 + 4 * 4 * 7 * 8) + 640
+    assert step_flops(TOY, 1, P, R, "partial", 0.5, selected=1) == step_flops(TOY, 1, P, R, "partial", 0.3)
     # Explicit LM-head rows (e.g. a weight-tied LLaDA, whose head the cache cannot patch).
     assert step_flops(TOY, 1, P, R, "full", logits_tokens=R) == FULL - 3 * 2 * 8 * 10
     assert step_flops(TOY, 1, P, R, "partial", 0.5, logits_tokens=P + R) == PARTIAL_HALF + 3 * 160
@@ -82,7 +84,7 @@ def test_dims_from_both_config_styles():
     llada = ModelDims.from_config(llada_8b_config())
     assert llada == ModelDims(4096, 32, 32, 32, 128, 12288, 126464)
     dream = ModelDims.from_config(dream_7b_config())
-    assert dream == ModelDims(3584, 28, 28, 4, 128, 18944, 152064)
+    assert dream == ModelDims(3584, 28, 28, 4, 128, 18944, 152064, logit_shift=1)
     as_dict = {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
                "num_hidden_layers": 3, "intermediate_size": 160, "vocab_size": 256}
     assert ModelDims.from_config(as_dict) == ModelDims(64, 3, 4, 2, 16, 160, 256)

@@ -24,7 +24,7 @@ def test_select_picks_most_drifted_per_row():
     new[0, :, 6] += 0.5 * torch.randn(2, 4)
     new[1, :, 0] = torch.randn(2, 4)
     new[1, :, 7] = -old[1, :, 7]
-    idx = select_drifted(new, old, 0.25)  # int(8 * 0.25) = 2 per row
+    idx = select_drifted(new, old, 2)  # int(8 * 0.25) = 2 per row
     assert idx.shape == (2, 2)
     assert set(idx[0].tolist()) == {3, 6}
     assert set(idx[1].tolist()) == {0, 7}

@@ -30,7 +30,15 @@ def attend(
     key_mask: (batch, k_len) bool, True = attend, or None. Returns (batch, q_len, heads * head_dim).
     """
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    gqa = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}  # a Python branch: traceable with symbolic shapes
+    gqa = {}
+    if q.shape[1] != k.shape[1]:  # a Python branch: traceable with symbolic shapes
+        if mask is None:
+            gqa = {"enable_gqa": True}  # FlashAttention groups the heads itself
+        else:
+            # With a mask SDPA has no grouped-head kernel but its memory-efficient one (the math
+            # fallback would build (batch, heads, q, k) scores): give every query head its K/V.
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
     batch, heads, q_len, head_dim = out.shape
     return out.transpose(1, 2).reshape(batch, q_len, heads * head_dim)
