@@ -1,0 +1,331 @@
+"""Quality/speed frontier of the cache on the trained proxy models.
+
+For each proxy model (LLaDA, Dream) and proxy task (arith: GSM8K-style, gen 256; multihop:
+HotpotQA-style, gen 32) every refresh setting is run on the whole held-out set: accuracy with a
+95% Wilson interval, agreement with the uncached answers, analytic FLOPs per generation
+(`dllm_cache.flops`, batch 1, each example's own prompt length) and measured GPU seconds per
+generation (batched, wall clock between CUDA synchronisations, divided by n).
+
+    PYTHONPATH=. python -m eval.frontier run --model eval/tiny/model --name llada
+    PYTHONPATH=. python -m eval.frontier run --model eval/tiny/dream_model --name dream
+    PYTHONPATH=. python -m eval.frontier report   # -> eval/results/frontier.{json,md,png}
+
+`run` writes eval/results/frontier_<name>.json (every row, with sample outputs); `report` merges
+those into the summary eval/results/frontier.json, a markdown table and a plot of accuracy
+against measured speedup. CUDA graphs are off for every row (cached and uncached both eager),
+so speedups compare the same execution mode; the LLaDA-8B / Dream-7B-shaped benches
+(`dllm-cache bench`) measure graphs and compile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from eval.tiny import tasks
+from eval.tiny.evaluate import GEN_SETTINGS, accuracy_of, load_model, sampler_settings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TASK_NAMES = {"arith": "arith", "hotpot": "multihop"}  # family -> name in the reports
+BATCH = {"arith": 500, "hotpot": 100}  # rows per generate() call on the GPU (hotpot prompts are 1k-4k tokens)
+Z95 = 1.959964
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (sane at 0% and 100%, unlike the normal one)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def settings_for(family: str, arch: str) -> list[tuple[str, object]]:
+    """(name, CacheConfig or None) for one task: uncached, the paper's default, the official
+    per-task setting, sweeps of Kr, transfer_ratio and Kp around the paper default, the library
+    default and the refresh policies beyond the paper. Duplicates keep the first name."""
+    from dllm_cache import CacheConfig
+
+    paper = CacheConfig(prompt_interval=100, response_interval=8, transfer_ratio=0.25, selection="paper", cuda_graphs=False)
+    rows: list[tuple[str, object]] = [("uncached", None), ("paper-default", paper)]
+    if family == "arith":  # LLaDA-Instruct GSM8K in the dLLM-Cache scripts: Kp 50, Kr 7, ratio 0.25
+        rows.append(("official", replace(paper, prompt_interval=50, response_interval=7)))
+    else:  # HotpotQA: Kp 100, Kr 8, ratio 0.25 (= the paper default)
+        rows.append(("official", paper))
+    rows += [(f"Kr={kr}", replace(paper, response_interval=kr)) for kr in (1, 2, 4, 8, 16)]
+    rows += [(f"ratio={r:g}", replace(paper, transfer_ratio=r)) for r in (0.0, 0.1, 0.25, 0.5, 1.0)]
+    rows += [(f"Kp={kp}", replace(paper, prompt_interval=kp)) for kp in (10, 50, 100)]
+    frontier = replace(paper, selection="frontier")
+    rows += [
+        ("default", replace(CacheConfig(), cuda_graphs=False)),
+        ("frontier", frontier),
+        ("frontier-only", replace(frontier, frontier_only=True)),
+        ("frontier-only Kr=16", replace(frontier, frontier_only=True, response_interval=16)),
+        ("frontier-only no-prompt-refresh", replace(frontier, frontier_only=True, prompt_interval=None)),
+    ]
+    if arch == "dream":  # the row whose logits predict the first response token: cached with the prompt or the response
+        rows += [
+            ("paper shifted-row=response", replace(paper, shifted_row="response")),
+            ("frontier-only shifted-row=response", replace(frontier, frontier_only=True, shifted_row="response")),
+        ]
+    return rows
+
+
+def _config_fields(cfg) -> dict | None:
+    if cfg is None:
+        return None
+    return {k: v for k, v in asdict(cfg).items() if k not in ("cuda_graphs", "compile")}
+
+
+def prompt_lengths(tok, family: str, examples: list[dict]) -> Counter:
+    """How many examples have each prompt length (tokens, unpadded)."""
+    prompts = [tasks.prompt_and_target(family, ex)[0] for ex in examples]
+    return Counter(len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"])
+
+
+def mean_flops(model, lengths: Counter, settings: dict, cfg) -> float:
+    """Mean analytic FLOPs of one generation (batch 1, each example's unpadded prompt length)."""
+    from dllm_cache import flops
+
+    dims = flops.ModelDims.from_config(model.config)
+    block = sampler_settings(model, settings).get("block_length")
+    total = sum(n * flops.generation_flops(dims, 1, P, settings["gen_length"], settings["steps"], cfg, block)
+                for P, n in lengths.items())
+    return total / max(1, sum(lengths.values()))
+
+
+def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpot"), only: list[str] | None = None,
+        batch: dict | None = None, gen: dict | None = None, progress: bool = True) -> dict:
+    """Every setting on every family -> report dict with one row per (setting, family).
+
+    `gen` overrides a family's generation settings (tests use short generations on CPU)."""
+    from dllm_cache import cache_enabled, cache_stats
+    from dllm_cache.hooks import family_of
+
+    arch = family_of(model)
+    batch = {**BATCH, **(batch or {})}
+    rows = []
+    for family in families:
+        examples = tasks.test_examples(family, n)
+        settings = {**GEN_SETTINGS[family], **(gen or {}).get(family, {})}
+        lengths = prompt_lengths(tok, family, examples)
+        # warm-up: CUDA context, kernels and allocator, so the first timed row pays none of it
+        accuracy_of(model, tok, family, examples[:2], device=device, settings=settings, batch_size=2)
+        base_texts: list[str] | None = None
+        base_seconds = None
+        done: dict = {}
+        todo = settings_for(family, arch)
+        if only:
+            todo = [(s, c) for s, c in todo if s in only or s == "uncached"]
+        for setting, cfg in tqdm(todo, desc=f"{name}/{TASK_NAMES[family]}", disable=not progress):
+            if cfg is not None and cfg in done:  # same configuration under another name
+                rows.append({**done[cfg], "name": setting})
+                continue
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            stats = None
+            with cache_enabled(model, cfg) if cfg is not None else contextlib.nullcontext():
+                acc, texts = accuracy_of(model, tok, family, examples, device=device, settings=settings,
+                                         batch_size=batch[family])
+                if cfg is not None:
+                    stats = cache_stats(model)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            if cfg is None:
+                base_texts, base_seconds = texts, seconds
+            correct = round(acc * len(examples))
+            keys = [tasks.answer_key(family, t) for t in texts]
+            row = {
+                "name": setting,
+                "model": name,
+                "task": TASK_NAMES[family],
+                "config": _config_fields(cfg),
+                "n": len(examples),
+                "correct": correct,
+                "accuracy": correct / len(examples),
+                "ci95": list(wilson_interval(correct, len(examples))),
+                "agreement_with_uncached": None if base_texts is None else
+                sum(a == tasks.answer_key(family, b) for a, b in zip(keys, base_texts)) / len(texts),
+                "flops": mean_flops(model, lengths, settings, cfg),
+                "gpu_seconds": seconds / len(examples),
+                "speedup": None if base_seconds is None else base_seconds / seconds,
+                "recompute_fraction": None if stats is None else stats.get("recompute_fraction"),
+                "cache_stats": stats,
+                "batch_size": batch[family],
+                "generation": settings,
+                "samples": [{"generated": t, "answer": ex["answer"]} for t, ex in zip(texts[:2], examples[:2])],
+            }
+            rows.append(row)
+            if cfg is not None:
+                done[cfg] = {k: v for k, v in row.items() if k != "name"}
+        uncached = next(r for r in rows if r["task"] == TASK_NAMES[family] and r["name"] == "uncached")
+        for r in rows:
+            if r["task"] == TASK_NAMES[family]:
+                r["flops_vs_uncached"] = r["flops"] / uncached["flops"]
+    return {"model": name, "arch": arch, "n": n, "rows": rows}
+
+
+# ----------------------------------------------------------------------------- report
+SUMMARY_KEYS = ("name", "accuracy", "ci95", "flops", "gpu_seconds", "speedup", "flops_vs_uncached",
+                "agreement_with_uncached", "recompute_fraction", "config", "device")
+
+
+def summarise(reports: list[dict]) -> dict:
+    """frontier.json: {model: {task: {"n", "device", "settings": [...]}}}."""
+    out: dict = {}
+    for rep in reports:
+        for task in dict.fromkeys(r["task"] for r in rep["rows"]):
+            rows = [dict(r, device=rep.get("gpu") or rep.get("device")) for r in rep["rows"] if r["task"] == task]
+            out.setdefault(rep["model"], {})[task] = {
+                "n": rows[0]["n"],
+                "device": rep.get("gpu") or rep.get("device"),
+                "generation": rows[0]["generation"],
+                "batch_size": rows[0]["batch_size"],
+                "settings": [{k: r.get(k) for k in SUMMARY_KEYS} for r in rows],
+            }
+    return out
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def markdown(summary: dict, commands: list[str]) -> str:
+    lines = []
+    for model, per_task in summary.items():
+        for task, entry in per_task.items():
+            gen = entry["generation"]
+            lines += [f"### {model} / {task} (n = {entry['n']}, {entry['device']}; gen {gen['gen_length']}, "
+                      f"steps {gen['steps']}, block {gen.get('block_length')}, batch {entry['batch_size']})", "",
+                      "| setting | Kp | Kr | ratio | selection | accuracy % | 95% CI | agree % | TFLOPs/gen | FLOPs vs uncached "
+                      "| GPU ms/gen | speedup |", "|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|"]
+            for s in entry["settings"]:
+                c = s["config"] or {}
+                sel = c.get("selection", "-")
+                if c.get("frontier_only"):
+                    sel += " (only)"
+                if c.get("shifted_row") == "response":
+                    sel += ", shifted row fresh"
+                lo, hi = s["ci95"]
+                speed = "-" if s["speedup"] is None else f"{s['speedup']:.2f}x"
+                lines.append(
+                    f"| {s['name']} | {c.get('prompt_interval', '-')} | {c.get('response_interval', '-')} | "
+                    f"{c.get('transfer_ratio', '-')} | {sel} | {_pct(s['accuracy'])} | {_pct(lo)}-{_pct(hi)} | "
+                    f"{_pct(s['agreement_with_uncached'])} | {s['flops'] / 1e12:.3f} | {s['flops_vs_uncached']:.3f} | "
+                    f"{1e3 * s['gpu_seconds']:.2f} | {speed} |"
+                )
+            lines.append("")
+    lines += ["Commands:", "", *[f"    {c}" for c in commands], ""]
+    return "\n".join(lines)
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [(m, t) for m, per in summary.items() for t in per]
+    fig, axes = plt.subplots(1, len(cells), figsize=(5.2 * len(cells), 4.6), squeeze=False)
+    for ax, (model, task) in zip(axes[0], cells):
+        entry = summary[model][task]
+        for s in entry["settings"]:
+            if s["speedup"] is None:
+                continue
+            sel = (s["config"] or {}).get("selection", "paper")
+            color = "tab:green" if s["name"] == "default" else ("tab:orange" if sel == "frontier" else "tab:blue")
+            lo, hi = s["ci95"]
+            ax.errorbar(s["speedup"], 100 * s["accuracy"], yerr=[[100 * (s["accuracy"] - lo)], [100 * (hi - s["accuracy"])]],
+                        fmt="o", color=color, ms=4, capsize=2, alpha=0.85)
+            ax.annotate(s["name"], (s["speedup"], 100 * s["accuracy"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        base = next(s for s in entry["settings"] if s["name"] == "uncached")
+        ax.axhline(100 * base["accuracy"], color="k", ls="--", lw=0.8, label="uncached")
+        ax.axhspan(100 * base["ci95"][0], 100 * base["ci95"][1], color="k", alpha=0.06)
+        ax.set(title=f"{model} / {task} (n={entry['n']})", xlabel="measured speedup over uncached (GPU, eager)",
+               ylabel="accuracy %")
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=lab) for c, lab in
+               (("tab:blue", "paper policy"), ("tab:orange", "frontier selection"), ("tab:green", "default"))]
+    axes[0][0].legend(handles=handles, fontsize=7, loc="lower left")
+    fig.suptitle(f"dllm-cache on the proxy models: accuracy vs speedup ({next(iter(summary.values()))[cells[0][1]]['device']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run every setting on one model", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("--model", required=True, help="exported proxy model folder (config, weights, tokenizer)")
+    r.add_argument("--name", required=True, help="model key in the reports, e.g. llada or dream")
+    r.add_argument("--n", type=int, default=tasks.N_TEST, help="held-out examples per task")
+    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    r.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help="default: bfloat16 on CUDA, float32 on CPU")
+    r.add_argument("--families", default="arith,hotpot")
+    r.add_argument("--only", default=None, help="comma-separated setting names (uncached always runs)")
+    r.add_argument("--arith-batch", type=int, default=BATCH["arith"])
+    r.add_argument("--hotpot-batch", type=int, default=BATCH["hotpot"])
+    for fam in ("arith", "hotpot"):
+        g = GEN_SETTINGS[fam]
+        r.add_argument(f"--{fam}-gen", default=None, metavar="L,S,B",
+                       help=f"{fam} gen_length,steps,block_length (default {g['gen_length']},{g['steps']},{g['block_length']})")
+    r.add_argument("--out-dir", type=Path, default=RESULTS)
+    r.add_argument("--no-progress", action="store_true")
+    rep = sub.add_parser("report", help="merge frontier_<name>.json files into frontier.json/.md/.png",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    rep.add_argument("--out-dir", type=Path, default=RESULTS)
+    rep.add_argument("--inputs", nargs="*", default=None, help="default: <out-dir>/frontier_*.json")
+    args = p.parse_args(argv)
+
+    if args.cmd == "run":
+        dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+        model, tok = load_model(args.model, args.device, dtype)
+        t0 = time.time()
+        report = run(model, tok, name=args.name, n=args.n, device=args.device, families=tuple(args.families.split(",")),
+                     only=args.only.split(",") if args.only else None,
+                     batch={"arith": args.arith_batch, "hotpot": args.hotpot_batch}, progress=not args.no_progress,
+                     gen={f: dict(zip(("gen_length", "steps", "block_length"), map(int, v.split(","))))
+                          for f, v in (("arith", args.arith_gen), ("hotpot", args.hotpot_gen)) if v})
+        report.update(model_path=args.model, device=args.device, dtype=str(dtype).removeprefix("torch."),
+                      gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+                      torch=torch.__version__, seconds=round(time.time() - t0, 1),
+                      command="PYTHONPATH=. python -m eval.frontier " + " ".join(argv if argv is not None else sys.argv[1:]))
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        path = args.out_dir / f"frontier_{args.name}.json"
+        path.write_text(json.dumps(report, indent=1, default=str))
+        for row in report["rows"]:
+            print(f"{row['task']:9s} {row['name']:38s} acc {100 * row['accuracy']:5.1f}% "
+                  f"[{100 * row['ci95'][0]:.1f}, {100 * row['ci95'][1]:.1f}] flops x{row['flops_vs_uncached']:.3f} "
+                  f"{1e3 * row['gpu_seconds']:7.2f} ms/gen speedup {row['speedup'] or 0:5.2f}")
+        print(f"[frontier] wrote {path} in {report['seconds']} s")
+        return 0
+
+    inputs = [Path(x) for x in args.inputs] if args.inputs else sorted(args.out_dir.glob("frontier_*.json"))
+    reports = [json.loads(x.read_text()) for x in inputs]
+    if not reports:
+        raise SystemExit(f"no frontier_<name>.json in {args.out_dir}; run `python -m eval.frontier run ...` first")
+    summary = summarise(reports)
+    (args.out_dir / "frontier.json").write_text(json.dumps(summary, indent=1))
+    (args.out_dir / "frontier.md").write_text(markdown(summary, [r["command"] for r in reports]))
+    plot(summary, args.out_dir / "frontier.png")
+    print(markdown(summary, [r["command"] for r in reports]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

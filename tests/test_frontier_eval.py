@@ -1,0 +1,73 @@
+"""The frontier pipeline on CPU: a micro proxy model, every row's fields, the summary file the
+issue names (frontier.json), the markdown table and the plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from eval import frontier  # noqa: E402
+
+
+def test_wilson_interval():
+    lo, hi = frontier.wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert frontier.wilson_interval(0, 10)[0] == pytest.approx(0.0) and frontier.wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    lo, hi = frontier.wilson_interval(10, 10)
+    assert 0.69 < lo < 0.73  # not a degenerate [1, 1]
+
+
+def test_settings_cover_the_issue_sweeps():
+    names = [n for n, _ in frontier.settings_for("arith", "llada")]
+    for expected in ("uncached", "paper-default", "official", "default", "Kr=1", "Kr=2", "Kr=4", "Kr=16",
+                     "ratio=0", "ratio=0.1", "ratio=0.5", "ratio=1", "Kp=10", "Kp=50", "Kp=100", "frontier"):
+        assert expected in names
+    configs = dict(frontier.settings_for("arith", "llada"))
+    assert (configs["official"].prompt_interval, configs["official"].response_interval) == (50, 7)
+    assert configs["paper-default"].selection == "paper" and configs["frontier"].selection == "frontier"
+    assert all(c is None or not c.cuda_graphs for c in configs.values())  # eager on both sides
+    dream = [n for n, _ in frontier.settings_for("hotpot", "dream")]
+    assert any("shifted-row" in n for n in dream) and not any("shifted-row" in n for n in names)
+
+
+@pytest.fixture(scope="module")
+def micro_model(tmp_path_factory):
+    from eval.tiny import train
+
+    out = tmp_path_factory.mktemp("micro")
+    train.main(["--out", str(out / "run"), "--tiny-config", "--device", "cpu", "--batch-size", "1", "--seq-len", "512",
+                "--workers", "0", "--no-final-eval", "--steps", "2", "--export-dir", str(out / "model")])
+    return out / "model"
+
+
+def test_run_and_report(micro_model, tmp_path):
+    only = "paper-default,Kr=2,frontier"
+    frontier.main(["run", "--model", str(micro_model), "--name", "llada", "--n", "3", "--device", "cpu",
+                   "--only", only, "--arith-gen", "16,16,8", "--hotpot-gen", "8,8,8", "--arith-batch", "3",
+                   "--hotpot-batch", "2", "--out-dir", str(tmp_path), "--no-progress"])
+    rows = json.loads((tmp_path / "frontier_llada.json").read_text())["rows"]
+    assert {(r["task"], r["name"]) for r in rows} == {(t, n) for t in ("arith", "multihop")
+                                                     for n in ("uncached", *only.split(","))}
+    for r in rows:
+        assert r["n"] == 3 and 0 <= r["accuracy"] <= 1 and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1]
+        assert r["gpu_seconds"] > 0 and r["flops"] > 0
+        if r["name"] == "uncached":
+            assert r["flops_vs_uncached"] == 1 and r["agreement_with_uncached"] == 1.0 and r["speedup"] == 1
+        else:
+            assert r["flops_vs_uncached"] < 1 and r["cache_stats"]["steps"] > 0
+    frontier.main(["report", "--out-dir", str(tmp_path)])
+    summary = json.loads((tmp_path / "frontier.json").read_text())
+    entry = summary["llada"]["arith"]
+    assert entry["n"] == 3 and {s["name"] for s in entry["settings"]} == {"uncached", *only.split(",")}
+    for s in entry["settings"]:
+        assert {"name", "accuracy", "ci95", "flops", "gpu_seconds", "device"} <= set(s)
+    assert "multihop" in summary["llada"]
+    assert (tmp_path / "frontier.md").read_text().count("| paper-default |") == 2
+    assert (tmp_path / "frontier.png").stat().st_size > 0
