@@ -18,6 +18,8 @@ Request types:
   over `mc_num` draws. It is a lower bound on log p(continuation | context), which is what
   LLaDA uses to rank multiple-choice answers. `is_greedy` is one forward pass with the whole
   continuation masked: True when the argmax at every continuation position is the target token.
+  Cost per request: ceil(mc_num / mc_batch_size) forwards + 1; scoring runs with the cache off
+  (each draw is an independent forward, not a step of a denoising trajectory).
 - `loglikelihood_rolling`: not defined for diffusion LMs here (raises NotImplementedError).
 """
 

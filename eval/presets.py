@@ -149,3 +149,25 @@ def apply_preset(model_args: dict[str, Any]) -> tuple[dict[str, Any], Preset | N
     preset = get_preset(model_args["preset"])
     explicit = {k: v for k, v in model_args.items() if k != "preset"}
     return {**preset.model_args, **explicit}, preset
+
+
+def markdown_table() -> str:
+    """The README's preset table, generated from PRESETS (a test keeps the README in sync)."""
+    lines = [
+        "| preset | lm-eval task (local) | shots, chat | gen / steps / block | Kp / Kr / ratio | sampler | source script |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in PRESETS.values():
+        a = p.model_args
+        task = p.task + (f" (`{p.local_task}`)" if p.local_task else "")
+        shots = "task default" if p.num_fewshot is None else str(p.num_fewshot)
+        sampler = (f"greedy, {a['remasking']}" if p.family == "llada"
+                   else f"T {a['temperature']}, top-p {a['top_p']}, {a['alg']}")
+        lines.append(
+            f"| `{p.name}` | {task} | {shots}{', chat' if p.chat else ''} | {a['gen_length']} / {a['steps']} / "
+            f"{a.get('block_length', '-')} | {a['prompt_interval']} / {a['response_interval']} / {a['transfer_ratio']} "
+            f"| {sampler} | `run_{p.script}.sh`{'; ' + p.note if p.note else ''} |"
+        )
+    for name, why in UNPUBLISHED.items():
+        lines.append(f"| {name} | not published | | | | | {why} |")
+    return "\n".join(lines)

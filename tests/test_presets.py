@@ -19,7 +19,7 @@ if str(REPO) not in sys.path:
 
 from eval import lm_eval_launch  # noqa: E402
 from eval.lm_eval_model import DLLMCacheLM  # noqa: E402
-from eval.presets import PRESETS, UNPUBLISHED, apply_preset, get_preset  # noqa: E402
+from eval.presets import PRESETS, UNPUBLISHED, apply_preset, get_preset, markdown_table  # noqa: E402
 from tests.test_lm_eval import _save_tiny  # noqa: E402
 
 TASKS = ("gsm8k", "math", "humaneval", "mbpp", "gpqa", "bbh", "mmlu-pro", "hotpotqa")
@@ -155,3 +155,7 @@ def test_dllm_cache_eval_preset_end_to_end(llada_dir, tmp_path, capsys, monkeypa
     assert "num_fewshot: 4" in capsys.readouterr().out  # the preset's --num_fewshot reached lm-eval
     assert lm_eval_launch.main(["--preset", "no-such-preset"]) == 2
     assert "unknown preset 'no-such-preset'" in capsys.readouterr().err
+
+
+def test_readme_preset_table_is_current():
+    assert markdown_table() in (REPO / "README.md").read_text(encoding="utf-8")
