@@ -5,43 +5,21 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 pytest.importorskip("lm_eval")
-pytest.importorskip("tokenizers")
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from dllm_cache.flops import STEP_KINDS, generation_cost  # noqa: E402
 from eval import lm_eval_launch  # noqa: E402
 from eval.compare import accuracy, add_speed_rows  # noqa: E402
 from eval.lm_eval_model import DLLMCacheLM  # noqa: E402
-from tests.test_lm_eval import _save_tiny  # noqa: E402
+from tests import test_lm_eval  # noqa: E402  (skips this module too when tokenizers is missing)
 
-TASKS_DIR = REPO / "eval" / "tasks"
-
-
-@pytest.fixture(scope="module")
-def llada_dir(tmp_path_factory) -> Path:
-    return _save_tiny(tmp_path_factory.mktemp("tiny_llada"), "llada")
-
-
-@pytest.fixture
-def only_local_tasks(monkeypatch):
-    """lm-eval's TaskManager without indexing its thousands of built-in YAMLs (~8 s)."""
-    import lm_eval.tasks
-
-    class OnlyIncluded(lm_eval.tasks.TaskManager):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "include_defaults": False})
-
-    monkeypatch.setattr(lm_eval.tasks, "TaskManager", OnlyIncluded)
+# tiny random checkpoints with a byte-level tokenizer (module-scoped fixtures of test_lm_eval)
+llada_dir = test_lm_eval.llada_dir
 
 
 def _req(text: str, task: str) -> SimpleNamespace:

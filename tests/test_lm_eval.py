@@ -227,14 +227,7 @@ def test_launcher_adds_include_path():
     assert lm_eval_launch.with_task_dir(["--help"]) == ["--help"]
 
 
-def test_launcher_runs_cli(llada_dir, tmp_path, capsys, monkeypatch):
-    import lm_eval.tasks
-
-    class OnlyIncluded(lm_eval.tasks.TaskManager):  # skip indexing lm-eval's built-in tasks (~8 s)
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "include_defaults": False})
-
-    monkeypatch.setattr(lm_eval.tasks, "TaskManager", OnlyIncluded)
+def test_launcher_runs_cli(llada_dir, tmp_path, capsys, only_local_tasks):
     out_dir = tmp_path / "out"
     code = lm_eval_launch.main(
         [

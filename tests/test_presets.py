@@ -4,36 +4,22 @@ from __future__ import annotations
 
 import inspect
 import json
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 pytest.importorskip("lm_eval")
-pytest.importorskip("tokenizers")
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from eval import lm_eval_launch  # noqa: E402
 from eval.lm_eval_model import DLLMCacheLM  # noqa: E402
 from eval.presets import PRESETS, UNPUBLISHED, apply_preset, get_preset, markdown_table  # noqa: E402
-from tests.test_lm_eval import _save_tiny  # noqa: E402
+from tests import test_lm_eval  # noqa: E402  (skips this module too when tokenizers is missing)
+
+# tiny random checkpoints with a byte-level tokenizer (module-scoped fixtures of test_lm_eval)
+llada_dir, dream_dir = test_lm_eval.llada_dir, test_lm_eval.dream_dir
 
 TASKS = ("gsm8k", "math", "humaneval", "mbpp", "gpqa", "bbh", "mmlu-pro", "hotpotqa")
 MODELS = ("llada-base", "llada-instruct", "dream-base", "dream-instruct")
-
-
-@pytest.fixture(scope="module")
-def llada_dir(tmp_path_factory) -> Path:
-    return _save_tiny(tmp_path_factory.mktemp("tiny_llada"), "llada")
-
-
-@pytest.fixture(scope="module")
-def dream_dir(tmp_path_factory) -> Path:
-    return _save_tiny(tmp_path_factory.mktemp("tiny_dream"), "dream")
 
 
 def test_every_model_task_pair_is_a_preset_or_says_why_not():
@@ -133,14 +119,7 @@ def test_launcher_expands_preset():
         lm_eval_launch.split_launcher_options(["--preset"])
 
 
-def test_dllm_cache_eval_preset_end_to_end(llada_dir, tmp_path, capsys, monkeypatch):
-    import lm_eval.tasks
-
-    class OnlyIncluded(lm_eval.tasks.TaskManager):  # skip indexing lm-eval's built-in tasks (~8 s)
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "include_defaults": False})
-
-    monkeypatch.setattr(lm_eval.tasks, "TaskManager", OnlyIncluded)
+def test_dllm_cache_eval_preset_end_to_end(llada_dir, tmp_path, capsys, only_local_tasks):
     out_dir = tmp_path / "out"
     code = lm_eval_launch.main([
         "--preset", "llada-base-gsm8k", "--tasks", "arith_synth", "--limit", "1", "--output_path", str(out_dir),
@@ -158,4 +137,4 @@ def test_dllm_cache_eval_preset_end_to_end(llada_dir, tmp_path, capsys, monkeypa
 
 
 def test_readme_preset_table_is_current():
-    assert markdown_table() in (REPO / "README.md").read_text(encoding="utf-8")
+    assert markdown_table() in (test_lm_eval.REPO / "README.md").read_text(encoding="utf-8")
