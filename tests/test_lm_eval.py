@@ -24,33 +24,16 @@ if str(REPO) not in sys.path:
 
 from eval import lm_eval_launch  # noqa: E402
 from eval.lm_eval_model import DLLMCacheLM, cut_at_stop_strings, parse_bool, parse_dtype, parse_int  # noqa: E402
+from eval.random_checkpoint import byte_tokenizer  # noqa: E402
 
 TASKS_DIR = REPO / "eval" / "tasks"
-SPECIALS = ("<|mask|>", "<|eos|>", "<|pad|>")  # ids 256, 257, 258 after the 256 byte symbols
 VOCAB = 260
-
-
-def _byte_tokenizer():
-    """Byte-level tokenizer without merges: every text round-trips; 256 bytes + 3 specials."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    for token in SPECIALS:
-        vocab[token] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(list(SPECIALS))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, mask_token="<|mask|>", eos_token="<|eos|>", pad_token="<|pad|>"
-    )
 
 
 def _save_tiny(path: Path, family: str) -> Path:
     from dllm_cache.models.tiny import tiny_dream, tiny_llada
 
-    tokenizer = _byte_tokenizer()
+    tokenizer = byte_tokenizer()
     ids = dict(
         vocab_size=VOCAB,
         mask_token_id=tokenizer.mask_token_id,
