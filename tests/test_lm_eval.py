@@ -81,7 +81,7 @@ def _evaluate(model_args: str, task: str, limit: int):
 def test_gsm8k_local_end_to_end(llada_dir, cache, tmp_path, capsys):
     stats_file = tmp_path / "stats.jsonl"
     args = (
-        f"pretrained={llada_dir},dtype=float32,device=cpu,batch_size=2,gen_length=8,steps=8,block_length=4,"
+        f"pretrained={llada_dir},dtype=float32,device=cpu,batch_size=2,gen_length=8,steps=8,block_length=4,max_length=136,"
         f"cache={cache},prompt_interval=4,response_interval=2,transfer_ratio=0.5,stats_file={stats_file}"
     )
     out = _evaluate(args, "gsm8k_local", limit=3)
