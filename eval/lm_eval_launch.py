@@ -2,22 +2,40 @@
 
     python -m eval.lm_eval_launch --model dllm_cache --tasks gsm8k_local --limit 50 \
         --model_args pretrained=/ckpt/llada,dtype=bfloat16,gen_length=256,steps=256,block_length=32,cache=on
+    python -m eval.lm_eval_launch --preset llada-instruct-gsm8k --model_args pretrained=/ckpt/llada --limit 50
+    python -m eval.lm_eval_launch --compare --tasks hotpotqa_long --model_args pretrained=...,cache=on
     accelerate launch -m eval.lm_eval_launch --model dllm_cache ...      # data parallel
-    python -m eval.lm_eval_launch ls tasks                                # lists gsm8k_local, hotpotqa_local
+    python -m eval.lm_eval_launch ls tasks                                # lists the local tasks
 
 Any lm-eval CLI argument works (`run` is implied when no subcommand is given, as in lm-eval).
 `--include_path eval/tasks` is added unless the caller passes their own `--include_path`
-(lm-eval takes one path only; copy our YAMLs and utils.py next to yours to use both).
+(lm-eval takes one path only; copy our YAMLs and .py files next to yours to use both).
+Two options of our own come before lm-eval's (LAUNCHER_HELP); the results carry per-task speed
+rows (eval/compare.py).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 _SUBCOMMANDS_WITH_INCLUDE = {"run", "ls", "validate"}
+LAUNCHER_HELP = """\
+dllm-cache eval: lm-eval's CLI with the dllm_cache model and the local tasks in eval/tasks.
+Options of dllm-cache (all other options are lm-eval's, listed below):
+  --preset NAME  published per-task settings (README "Presets", eval/presets.py): the model args
+                 (gen_length, steps, block_length, sampler, cache on with Kp/Kr/ratio; explicit
+                 --model_args win) and, unless given, --model dllm_cache, --tasks, --num_fewshot,
+                 --apply_chat_template and --fewshot_as_multiturn of the source.
+  --compare      load the model once and run the same examples uncached, then cached; print the
+                 scores, wall time, tokens/s and FLOPs side by side (the saved results are the
+                 cached run's, with the uncached scores under "dllm_cache_compare").
+Every run adds per-task speed rows (filter "speed") to lm-eval's results table and JSON.
+"""
 
 
 def with_task_dir(argv: list[str]) -> list[str]:
@@ -34,12 +52,94 @@ def with_task_dir(argv: list[str]) -> list[str]:
     return list(argv)
 
 
+def _option_index(argv: list[str], name: str) -> int | None:
+    for i, arg in enumerate(argv):
+        if arg == name or arg.startswith(name + "="):
+            return i
+    return None
+
+
+def split_launcher_options(argv: list[str]) -> tuple[list[str], str | None, bool]:
+    """argv without our own options, the --preset name (or None) and whether --compare is on."""
+    rest, preset, compare = [], None, False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--compare":
+            compare = True
+        elif arg.startswith("--preset="):
+            preset = arg.split("=", 1)[1]
+        elif arg == "--preset":
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ValueError("--preset needs a name, e.g. --preset llada-instruct-gsm8k")
+            preset, i = argv[i + 1], i + 1
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, preset, compare
+
+
+def _with_model_arg(model_args: str, key: str, value: str) -> str:
+    """lm-eval's --model_args (key=value,... or a JSON object) plus key=value (explicit one kept)."""
+    text = model_args.strip()
+    if text.startswith("{"):
+        parsed: dict[str, Any] = json.loads(text)
+        parsed.setdefault(key, value)
+        return json.dumps(parsed)
+    present = {part.split("=", 1)[0].strip() for part in text.split(",") if "=" in part}
+    if key in present:
+        return text
+    return f"{text},{key}={value}" if text else f"{key}={value}"
+
+
+def expand_preset(argv: list[str], name: str) -> list[str]:
+    """argv with `preset=NAME` in --model_args and the preset's lm-eval settings for every option
+    the user did not give (--model, --tasks, --num_fewshot, --apply_chat_template,
+    --fewshot_as_multiturn)."""
+    from eval.presets import get_preset
+
+    preset = get_preset(name)
+    argv = list(argv)
+    index = _option_index(argv, "--model_args")
+    if index is None:
+        argv += ["--model_args", f"preset={preset.name}"]
+    elif argv[index] == "--model_args":
+        if index + 1 >= len(argv):
+            raise ValueError("--model_args needs a value")
+        argv[index + 1] = _with_model_arg(argv[index + 1], "preset", preset.name)
+    else:
+        argv[index] = "--model_args=" + _with_model_arg(argv[index].split("=", 1)[1], "preset", preset.name)
+    additions: list[str] = []
+    if _option_index(argv, "--model") is None:
+        additions += ["--model", "dllm_cache"]
+    for option, value in preset.lm_eval_args.items():
+        if _option_index(argv, f"--{option}") is None:
+            additions += [f"--{option}"] if value is True else [f"--{option}", str(value)]
+    return [*argv, *additions]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point for `python -m eval.lm_eval_launch` and `dllm-cache eval`; returns an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv, preset, compare = split_launcher_options(argv)
+        if preset:
+            argv = expand_preset(argv, preset)
+    except ValueError as err:
+        print(f"dllm-cache eval: error: {err}", file=sys.stderr)
+        return 2
+    if not argv or any(a in ("-h", "--help") for a in argv[:2]):
+        print(LAUNCHER_HELP)
     importlib.import_module("eval.lm_eval_model")  # registers --model dllm_cache
+    import lm_eval
     from lm_eval.__main__ import cli_evaluate
 
+    from eval.compare import with_speed
+
+    report: dict[str, Any] = {}
+    had_attribute = "simple_evaluate" in vars(lm_eval)
+    original = lm_eval.simple_evaluate
+    lm_eval.simple_evaluate = with_speed(original, compare=compare, report=report)  # the CLI imports it per run
     saved = sys.argv
     sys.argv = ["lm-eval", *with_task_dir(argv)]
     try:
@@ -49,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         return code if isinstance(code, int) else (0 if code is None else 1)
     finally:
         sys.argv = saved
+        if had_attribute:
+            lm_eval.simple_evaluate = original
+        else:
+            del lm_eval.simple_evaluate
+    if report.get("compare"):
+        print(report["compare"])
     return 0
 
 

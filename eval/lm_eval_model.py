@@ -18,12 +18,15 @@ Request types:
   over `mc_num` draws. It is a lower bound on log p(continuation | context), which is what
   LLaDA uses to rank multiple-choice answers. `is_greedy` is one forward pass with the whole
   continuation masked: True when the argmax at every continuation position is the target token.
+  Cost per request: ceil(mc_num / mc_batch_size) forwards + 1; scoring runs with the cache off
+  (each draw is an independent forward, not a step of a denoising trajectory).
 - `loglikelihood_rolling`: not defined for diffusion LMs here (raises NotImplementedError).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -38,6 +41,9 @@ import torch.nn.functional as F
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
+
+from eval.presets import apply_preset
+from eval.speed import SpeedMeter, TaskSpeed, merge_summaries
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +131,15 @@ def cut_at_stop_strings(text: str, until: Sequence[str]) -> str:
     return text[:cut]
 
 
+def _checkpoint_family(path: Any) -> str | None:
+    """"dream" or "llada" from a checkpoint's config.json model_type; None when unreadable."""
+    try:
+        model_type = json.loads((Path(str(path)).expanduser() / "config.json").read_text())["model_type"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return "dream" if "dream" in str(model_type).lower() else "llada"
+
+
 # ----------------------------------------------------------------------------- the model class
 @register_model("dllm_cache")
 class DLLMCacheLM(LM):
@@ -139,6 +154,7 @@ class DLLMCacheLM(LM):
         temperature, cfg_scale: sampling temperature and classifier-free guidance scale.
         remasking: LLaDA's remasking rule (low_confidence | random).
         alg: Dream's unmasking order (entropy | maskgit_plus | topk_margin).
+        top_p: Dream's nucleus sampling threshold (None: off).
         threshold: optional confidence threshold for parallel decoding (None: fixed schedule).
         cache: on/off; when on, `dllm_cache.enable_cache` with the three intervals below.
         prompt_interval, response_interval, transfer_ratio, cfg_interval: CacheConfig fields.
@@ -148,6 +164,11 @@ class DLLMCacheLM(LM):
         max_length: longest prompt + generation; default from the model config.
         stats_file: optional path; one JSON line of speed/cache stats is appended per
             generate_until call (and rank).
+        preset: (lm-eval model args only) a named published setting from eval/presets.py;
+            explicit model args override it.
+
+    Per task, wall time, generated tokens/s, forwards by step kind, the fraction recomputed and
+    FLOPs are kept (eval/speed.py) and reported in lm-eval's results (`get_model_info`).
     """
 
     def __init__(
@@ -164,6 +185,7 @@ class DLLMCacheLM(LM):
         cfg_scale: float | str = 0.0,
         remasking: str = "low_confidence",
         alg: str = "entropy",
+        top_p: float | str | None = None,
         threshold: float | str | None = None,
         cache: bool | str = False,
         prompt_interval: int | str = 100,
@@ -201,6 +223,7 @@ class DLLMCacheLM(LM):
         self.cfg_scale = parse_float(cfg_scale, "cfg_scale")
         self.remasking = str(remasking)
         self.alg = str(alg)
+        self.top_p = parse_float(top_p, "top_p", optional=True)
         self.threshold = parse_float(threshold, "threshold", optional=True)
         self.cache_on = parse_bool(cache, "cache")
         self.mc_num = parse_int(mc_num, "mc_num", minimum=1)
@@ -272,7 +295,13 @@ class DLLMCacheLM(LM):
         else:
             self.cache_config = None
 
+        if self.top_p is not None and self.family != "dream":
+            raise ValueError(f"model arg top_p={self.top_p} applies to Dream's sampler only; {path} is a {self.family} model")
+        self._sampler_kwargs = {"top_p": self.top_p} if self.top_p is not None else {}
+        self.preset: str | None = None
         self.last_stats: dict[str, Any] = {}
+        self.speed = SpeedMeter(self.model, self._cache_counters, self._sync, self._lm_head_all_rows())
+        self._speed_all: dict[str, TaskSpeed] = {}
         log.info(
             "dllm_cache: %s (%s) on %s, rank %d/%d, cache=%s",
             path, self.family, self._device, self._rank, self._world_size, self.cache_config or "off",
@@ -283,9 +312,23 @@ class DLLMCacheLM(LM):
     def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None):
         """As LM's, except that `--model_args` win over the CLI-wide settings: lm-eval's CLI always
         sends device (default cuda:0) and batch_size (default 1), which would otherwise clash
-        with `device=` / `batch_size=` given in --model_args."""
+        with `device=` / `batch_size=` given in --model_args. `preset=NAME` expands to the
+        preset's model args under the explicit ones (eval/presets.py)."""
+        arg_dict, preset = apply_preset(dict(arg_dict))
+        if preset is not None:
+            family = _checkpoint_family(arg_dict.get("pretrained"))
+            if family is not None and family != preset.family:
+                raise ValueError(
+                    f"preset {preset.name!r} is for {preset.model} ({preset.family}), but "
+                    f"{arg_dict.get('pretrained')} is a {family} model; pick a {family}-* preset"
+                )
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
-        return cls(**arg_dict, **extra)
+        lm = cls(**arg_dict, **extra)
+        if preset is not None:
+            lm.preset = preset.name
+            log.info("dllm_cache: preset %s (%s) -> %s; lm-eval settings of the source: %s",
+                     preset.name, preset.source, preset.model_args, preset.lm_eval_args)
+        return lm
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None):
@@ -412,6 +455,64 @@ class DLLMCacheLM(LM):
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
 
+    def _cache_counters(self) -> dict[str, float]:
+        """cache_stats counters while the cache is on, else {} (read by the SpeedMeter)."""
+        if not self._dllm_cache.is_cache_enabled(self.model):
+            return {}
+        return {k: v for k, v in self._dllm_cache.cache_stats(self.model).items() if isinstance(v, (int, float))}
+
+    def _lm_head_all_rows(self) -> bool:
+        """True when the cache cannot skip the prompt rows' logits (no separate head: weight tying)."""
+        try:
+            from dllm_cache.hooks import adapter_for
+
+            return adapter_for(self.model).lm_head(self.model) is None
+        except Exception:  # noqa: BLE001 - unknown family: count the head on every row
+            return True
+
+    def set_cache(self, on: bool) -> None:
+        """Switch the cache on (with this model's cache_config) or off, e.g. for cached-vs-uncached
+        comparisons on one loaded model (`dllm-cache eval --compare`)."""
+        if on and self.cache_config is None:
+            raise ValueError("set_cache(True) needs a cache_config: construct the model with cache=on")
+        if on and not self._dllm_cache.is_cache_enabled(self.model):
+            self._dllm_cache.enable_cache(self.model, self.cache_config)
+        elif not on and self._dllm_cache.is_cache_enabled(self.model):
+            self._dllm_cache.disable_cache(self.model)
+        self.cache_on = bool(on)
+
+    def reset_speed(self) -> None:
+        self.speed.reset()
+        self._speed_all = {}
+
+    def _gather_speed(self) -> None:
+        """Per-task speed of all ranks, kept for get_model_info (a collective: every rank calls it)."""
+        gathered = self.gather_object(self.speed.tasks)
+        if gathered is not None:
+            self._speed_all = merge_summaries(gathered)
+
+    def get_model_info(self) -> dict[str, Any]:
+        """Added by lm-eval to results["config"]: the settings and the per-task speed record."""
+        return {
+            "dllm_cache": {
+                "family": self.family,
+                "preset": self.preset,
+                "cache": self.cache_on,
+                "cache_config": self._cache_config_dict() if self.cache_on else None,
+                "sampler": {"gen_length": self.gen_length, "steps": self.steps, "block_length": self.block_length,
+                            "temperature": self.temperature, "top_p": self.top_p, "cfg_scale": self.cfg_scale,
+                            "remasking": self.remasking, "alg": self.alg, "threshold": self.threshold},
+                "batch_size": self.batch_size,
+                "mc_num": self.mc_num,
+            },
+            "dllm_cache_speed": {task: record.summary() for task, record in self._speed_all.items()},
+        }
+
+    def _cache_config_dict(self) -> dict[str, Any]:
+        cfg = self.cache_config
+        return {"prompt_interval": cfg.prompt_interval, "response_interval": cfg.response_interval,
+                "transfer_ratio": cfg.transfer_ratio}
+
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
         if not requests:
             return []
@@ -436,45 +537,60 @@ class DLLMCacheLM(LM):
         if ignored:
             log.info("dllm_cache: generation kwargs %s ignored; decoding is set by model args", sorted(ignored))
 
-        # Longest first: similar lengths share a batch (little padding), and an out-of-memory
-        # error shows up on the first batch rather than the last.
-        order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
+        tasks, chunks = self._batch_plan(requests, prompts)
         results: list[str | None] = [None] * len(requests)
         totals: dict[str, float] = dict.fromkeys(_STAT_KEYS, 0.0)
         gen_seconds, n_batches = 0.0, 0
+        ratio = self.cache_config.transfer_ratio if self.cache_on else 0.0
         bar = tqdm(total=len(requests), desc=f"dllm_cache generate (rank {self._rank})",
                    disable=disable_tqdm or self._rank != 0)
-        for chunk in batched(order, self.batch_size):
-            input_ids, attention_mask = self._left_pad([prompts[i] for i in chunk])
-            if self.cache_on:
-                self._dllm_cache.reset_cache(self.model)
-            before = self._cache_stats()
-            self._sync()
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                out = self._generate(
-                    self.model, input_ids, attention_mask,
-                    gen_length=self.gen_length, steps=self.steps, block_length=self.block_length,
-                    temperature=self.temperature, cfg_scale=self.cfg_scale, remasking=self.remasking,
-                    alg=self.alg, threshold=self.threshold, mask_id=self.mask_id,
-                )  # (batch, prompt_len + gen_length)
-            self._sync()
-            gen_seconds += time.perf_counter() - t0
-            n_batches += 1
-            after = self._cache_stats()
-            for key, value in after.items():
-                totals[key] = totals.get(key, 0.0) + value - before.get(key, 0.0)
-            generated = out[:, input_ids.shape[1] :].tolist()
-            for row, i in enumerate(chunk):
-                until = kwargs[i].get("until") or []
-                until = [until] if isinstance(until, str) else list(until)
-                text = cut_at_stop_strings(self._decode_generated(generated[row]), until)
-                results[i] = text
-                self.cache_hook.add_partial("generate_until", requests[i].args, text)
+        for chunk in chunks:
+            with self.speed.track(tasks[chunk[0]], requests=len(chunk), response_len=self.gen_length,
+                                  gen_tokens=len(chunk) * self.gen_length, transfer_ratio=ratio):
+                input_ids, attention_mask = self._left_pad([prompts[i] for i in chunk])
+                if self.cache_on:
+                    self._dllm_cache.reset_cache(self.model)
+                before = self._cache_stats()
+                self._sync()
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    out = self._generate(
+                        self.model, input_ids, attention_mask,
+                        gen_length=self.gen_length, steps=self.steps, block_length=self.block_length,
+                        temperature=self.temperature, cfg_scale=self.cfg_scale, remasking=self.remasking,
+                        alg=self.alg, threshold=self.threshold, mask_id=self.mask_id, **self._sampler_kwargs,
+                    )  # (batch, prompt_len + gen_length)
+                self._sync()
+                gen_seconds += time.perf_counter() - t0
+                n_batches += 1
+                after = self._cache_stats()
+                for key, value in after.items():
+                    totals[key] = totals.get(key, 0.0) + value - before.get(key, 0.0)
+                generated = out[:, input_ids.shape[1] :].tolist()
+                for row, i in enumerate(chunk):
+                    until = kwargs[i].get("until") or []
+                    until = [until] if isinstance(until, str) else list(until)
+                    text = cut_at_stop_strings(self._decode_generated(generated[row]), until)
+                    results[i] = text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
             bar.update(len(chunk))
         bar.close()
         self._report(len(requests), n_batches, gen_seconds, time.perf_counter() - wall0, totals)
+        self._gather_speed()
         return [r if r is not None else "" for r in results]
+
+    def _batch_plan(self, requests: list, prompts: list[list[int]]) -> tuple[list[str], list[list[int]]]:
+        """Each request's task name, and batches of request indices that never mix tasks (so
+        speed is charged per task). Longest first within a task, and the task with the longest
+        prompt first: similar lengths share a batch (little padding), and an out-of-memory
+        error shows up on the first batch rather than the last."""
+        tasks = [str(getattr(req, "task_name", None) or "unknown") for req in requests]
+        longest: dict[str, int] = {}
+        for i, task in enumerate(tasks):
+            longest[task] = max(longest.get(task, 0), len(prompts[i]))
+        order = sorted(range(len(requests)), key=lambda i: (-longest[tasks[i]], tasks[i], -len(prompts[i])))
+        chunks = [list(group) for _, group in itertools.groupby(order, key=lambda i: tasks[i])]
+        return tasks, [chunk for group in chunks for chunk in batched(group, self.batch_size)]
 
     def _report(self, n_requests: int, n_batches: int, gen_seconds: float, wall_seconds: float,
                 totals: dict[str, float]) -> None:
@@ -596,13 +712,15 @@ class DLLMCacheLM(LM):
                     )
                 prefix = prefix[-(self.max_length - len(target)) :] if prefix else prefix
                 seed = int.from_bytes(hashlib.sha256(f"{context}\x00{continuation}".encode()).digest()[:4], "little")
-                with torch.inference_mode():
+                task = str(getattr(req, "task_name", None) or "unknown")
+                with self.speed.track(task, requests=1, response_len=len(target)), torch.inference_mode():
                     result = (self._mc_loglikelihood(prefix, target, seed), self._is_greedy(prefix, target))
                 out.append(result)
                 self.cache_hook.add_partial("loglikelihood", (context, continuation), result)
         finally:
             if self.cache_on:
                 self._dllm_cache.enable_cache(self.model, self.cache_config)
+        self._gather_speed()
         return out
 
     def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:

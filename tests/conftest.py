@@ -16,3 +16,15 @@ def family(request) -> str:
 @pytest.fixture
 def model(family):
     return FACTORIES[family]()
+
+
+@pytest.fixture
+def only_local_tasks(monkeypatch):
+    """lm-eval's TaskManager without indexing its thousands of built-in task YAMLs (~8 s)."""
+    lm_eval_tasks = pytest.importorskip("lm_eval.tasks")
+
+    class OnlyIncluded(lm_eval_tasks.TaskManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "include_defaults": False})
+
+    monkeypatch.setattr(lm_eval_tasks, "TaskManager", OnlyIncluded)

@@ -7,7 +7,6 @@ end to end through lm-eval. A random model scores ~0: these tests check the plum
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -25,44 +24,16 @@ if str(REPO) not in sys.path:
 
 from eval import lm_eval_launch  # noqa: E402
 from eval.lm_eval_model import DLLMCacheLM, cut_at_stop_strings, parse_bool, parse_dtype, parse_int  # noqa: E402
+from eval.random_checkpoint import byte_tokenizer  # noqa: E402
 
 TASKS_DIR = REPO / "eval" / "tasks"
-SPECIALS = ("<|mask|>", "<|eos|>", "<|pad|>")  # ids 256, 257, 258 after the 256 byte symbols
 VOCAB = 260
-
-
-def _load_task_utils():
-    """eval/tasks/utils.py loaded by path, the way lm-eval's `!function` loads it."""
-    spec = importlib.util.spec_from_file_location("dllm_cache_task_utils", TASKS_DIR / "utils.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-task_utils = _load_task_utils()
-
-
-def _byte_tokenizer():
-    """Byte-level tokenizer without merges: every text round-trips; 256 bytes + 3 specials."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    for token in SPECIALS:
-        vocab[token] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(list(SPECIALS))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, mask_token="<|mask|>", eos_token="<|eos|>", pad_token="<|pad|>"
-    )
 
 
 def _save_tiny(path: Path, family: str) -> Path:
     from dllm_cache.models.tiny import tiny_dream, tiny_llada
 
-    tokenizer = _byte_tokenizer()
+    tokenizer = byte_tokenizer()
     ids = dict(
         vocab_size=VOCAB,
         mask_token_id=tokenizer.mask_token_id,
@@ -110,21 +81,24 @@ def _evaluate(model_args: str, task: str, limit: int):
 def test_gsm8k_local_end_to_end(llada_dir, cache, tmp_path, capsys):
     stats_file = tmp_path / "stats.jsonl"
     args = (
-        f"pretrained={llada_dir},dtype=float32,device=cpu,batch_size=2,gen_length=8,steps=8,block_length=4,"
+        f"pretrained={llada_dir},dtype=float32,device=cpu,batch_size=2,gen_length=8,steps=8,block_length=4,max_length=136,"
         f"cache={cache},prompt_interval=4,response_interval=2,transfer_ratio=0.5,stats_file={stats_file}"
     )
     out = _evaluate(args, "gsm8k_local", limit=3)
     res = out["results"]["gsm8k_local"]
-    assert "exact_match,none" in res
-    assert 0.0 <= res["exact_match,none"] <= 1.0
+    assert 0.0 <= res["exact_match,strict-match"] <= 1.0
     assert out["n-samples"]["gsm8k_local"]["effective"] == 3
     samples = out["samples"]["gsm8k_local"]
-    assert len(samples) == 3
+    assert len(samples) == 6  # one per document and filter
+    assert {s["filter"] for s in samples} == {"strict-match", "flexible-extract"}
     for s in samples:
         (resp,) = s["resps"][0]
         assert isinstance(resp, str)
-        assert "Question:" not in resp and "\n\n" not in resp.lstrip()  # stop strings applied
-        assert s["arguments"][0][0].startswith("Question: ") and s["arguments"][0][0].endswith("\nAnswer:")
+        assert "Question:" not in resp  # lm-eval's gsm8k stop strings applied
+        context = s["arguments"][0][0]
+        assert context.startswith("Question: ") and context.endswith("\nAnswer:")
+        assert context.count("Question: ") == 6  # lm-eval's gsm8k: 5 shots from the train split + the test question
+    assert {"exact_match,strict-match", "exact_match,flexible-extract"} <= set(res)
     # the one-line summary and the stats record
     printed = capsys.readouterr().out
     assert "[dllm_cache rank 0] 3 requests, 2 batches" in printed
@@ -139,19 +113,19 @@ def test_gsm8k_local_end_to_end(llada_dir, cache, tmp_path, capsys):
         assert "cache_stats" not in record
 
 
-def test_hotpotqa_local_end_to_end(llada_dir, tmp_path, monkeypatch):
+def test_hotpotqa_synth_end_to_end(llada_dir, tmp_path, monkeypatch):
     data = tmp_path / "hotpot.jsonl"
     rows = [
         {"context": "Passage 1: Paris is in France.", "question": "Where is Paris?", "answer": "France"},
         {"context": "Passage 1: Ada wrote notes.", "question": "Who wrote notes?", "answer": ["Ada", "Ada Lovelace"]},
     ]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    monkeypatch.setenv("DLLM_CACHE_HOTPOTQA_FILE", str(data))
-    out = _evaluate(f"pretrained={llada_dir},device=cpu,gen_length=8,steps=4,cache=on", "hotpotqa_local", limit=2)
-    res = out["results"]["hotpotqa_local"]
+    monkeypatch.setenv("DLLM_CACHE_HOTPOTQA_SYNTH_FILE", str(data))
+    out = _evaluate(f"pretrained={llada_dir},device=cpu,gen_length=8,steps=4,cache=on", "hotpotqa_synth", limit=2)
+    res = out["results"]["hotpotqa_synth"]
     assert {"exact_match,none", "f1,none"} <= set(res)
-    assert out["n-samples"]["hotpotqa_local"]["effective"] == 2
-    prompt = out["samples"]["hotpotqa_local"][0]["arguments"][0][0]
+    assert out["n-samples"]["hotpotqa_synth"]["effective"] == 2
+    prompt = out["samples"]["hotpotqa_synth"][0]["arguments"][0][0]
     assert prompt.startswith("Answer the question based on the given passages. Only give me the answer")
     assert "\n\nPassage 1:" in prompt and prompt.endswith("\nAnswer:")
 
@@ -209,60 +183,7 @@ def test_bad_model_args(llada_dir, tmp_path):
         DLLMCacheLM(pretrained=str(llada_dir), dtype="int3")
 
 
-# ----------------------------------------------------------------------------- scoring functions
-def test_gsm8k_answer_extraction():
-    extract = task_utils.extract_gsm8k_answer
-    assert extract("She makes 9 * 2 = $18 every day.\n#### 18") == "18"
-    assert extract("#### 1,000") == "1000"
-    assert extract("The answer is $1,234.50.") == "1234.5"
-    assert extract("so 3 - 5 gives -2") == "-2"
-    assert extract("first 7 then 12.00.") == "12"
-    assert extract("#### -3 and then 99") == "-3"  # the number after #### wins over the last one
-    assert extract("no digits here") is None
-    norm = task_utils.normalize_number
-    assert norm("$18.00") == "18" and norm("7.") == "7" and norm("0.50") == "0.5" and norm(" Seven ") == "seven"
-    doc = {"question": "q", "answer": "Janet sells 16 - 3 - 4 = 9 eggs.\n#### 18"}
-    assert task_utils.gsm8k_target(doc) == "18"
-    assert task_utils.gsm8k_process_results(doc, ["... so she makes $18."]) == {"exact_match": 1.0}
-    assert task_utils.gsm8k_process_results(doc, ["#### 18.0"]) == {"exact_match": 1.0}
-    assert task_utils.gsm8k_process_results(doc, ["She sells 9 eggs"]) == {"exact_match": 0.0}
-    assert task_utils.gsm8k_process_results(doc, [""]) == {"exact_match": 0.0}
-
-
-def test_gsm8k_vendored_file():
-    rows = task_utils.read_jsonl(task_utils.GSM8K_FILE, ("question", "answer"))
-    assert len(rows) == 1319
-    assert all("####" in r["answer"] for r in rows)
-    assert (REPO / "eval" / "data" / "gsm8k" / "LICENSE").read_text().startswith("MIT License")
-
-
-def test_qa_normalisation_and_f1():
-    assert task_utils.normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
-    assert task_utils.normalize_answer("An apple, a pear") == "apple pear"
-    assert task_utils.token_f1("the Eiffel Tower", "Eiffel Tower") == 1.0
-    assert task_utils.token_f1("Paris France", "Paris") == pytest.approx(2 / 3)
-    assert task_utils.token_f1("London", "Paris") == 0.0
-    assert task_utils.token_f1("", "") == 1.0 and task_utils.token_f1("", "x") == 0.0
-    doc = {"answers": ["Ada", "Ada Lovelace"]}
-    assert task_utils.hotpotqa_process_results(doc, ["\n Ada Lovelace.\nmore text"]) == {"exact_match": 1.0, "f1": 1.0}
-    got = task_utils.hotpotqa_process_results(doc, ["Lovelace"])
-    assert got["exact_match"] == 0.0 and got["f1"] == pytest.approx(2 / 3)
-
-
-def test_hotpotqa_loader(tmp_path, monkeypatch):
-    data = tmp_path / "h.jsonl"
-    data.write_text(json.dumps({"context": "c", "question": "q", "answer": "a"}) + "\n")
-    monkeypatch.setenv("DLLM_CACHE_HOTPOTQA_FILE", str(data))
-    ds = task_utils.load_hotpotqa(pretrained="ignored")["test"]
-    assert ds[0] == {"context": "c", "question": "q", "answers": ["a"]}
-    data.write_text(json.dumps({"context": "c", "question": "q"}) + "\n")
-    with pytest.raises(ValueError, match="answer"):
-        task_utils.load_hotpotqa()
-    monkeypatch.setenv("DLLM_CACHE_HOTPOTQA_FILE", str(tmp_path / "nope.jsonl"))
-    with pytest.raises(FileNotFoundError, match="DLLM_CACHE_HOTPOTQA_FILE"):
-        task_utils.load_hotpotqa()
-
-
+# ----------------------------------------------------------------------------- argument parsing
 def test_model_arg_parsing_and_stop_strings():
     assert parse_bool("on", "cache") and parse_bool(True, "c") and parse_bool(1, "c") and parse_bool("Yes", "c")
     assert not parse_bool("off", "c") and not parse_bool(False, "c") and not parse_bool("0", "c")
@@ -289,14 +210,7 @@ def test_launcher_adds_include_path():
     assert lm_eval_launch.with_task_dir(["--help"]) == ["--help"]
 
 
-def test_launcher_runs_cli(llada_dir, tmp_path, capsys, monkeypatch):
-    import lm_eval.tasks
-
-    class OnlyIncluded(lm_eval.tasks.TaskManager):  # skip indexing lm-eval's built-in tasks (~8 s)
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **{**kwargs, "include_defaults": False})
-
-    monkeypatch.setattr(lm_eval.tasks, "TaskManager", OnlyIncluded)
+def test_launcher_runs_cli(llada_dir, tmp_path, capsys, only_local_tasks):
     out_dir = tmp_path / "out"
     code = lm_eval_launch.main(
         [
