@@ -5,6 +5,8 @@
 `model.norm`, `lm_head`. Attention is bidirectional. Under left padding positions count
 from the first real token, as Dream's own generation code does.
 Note Dream's logits are shifted: position i predicts token i+1 (the sampler handles it).
+Dream-Coder-v0 and DreamOn-v0 are this architecture: their READMEs (DreamLM/Dream-Coder, DreamLM/DreamOn)
+load them with Dream's remote code (model_type "Dream"), which this class replaces.
 """
 
 from __future__ import annotations

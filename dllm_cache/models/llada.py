@@ -3,7 +3,9 @@
 Module names, config keys and state-dict keys follow GSAI-ML/LLaDA-8B-Instruct
 (`model.transformer.wte`, `model.transformer.blocks.{i}.{attn_norm,q_proj,k_proj,v_proj,
 attn_out,ff_norm,ff_proj,up_proj,ff_out}`, `model.transformer.ln_f`, `model.transformer.ff_out`),
-so `AutoModel.from_pretrained(local_dir)` loads a real checkpoint without remote code.
+so `AutoModel.from_pretrained(local_dir)` loads a real checkpoint without remote code. LLaDA-1.5
+(LLaDA-8B-Instruct aligned with VRPO) and LLaDA-V's language model use the same names; MMaDA subclasses
+this class (mmada.py); LLaDA-MoE shares the model_type but not the architecture (llada_moe.py).
 Positions are 0..seq-1 even under left padding, as the official model does.
 """
 
