@@ -9,6 +9,7 @@ there before) are back untouched.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from functools import partial
 
@@ -102,7 +103,9 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
     input_name = "input_ids" if input_ids is not None else "inputs_embeds"
 
     def forward(x, mask):
-        return original(**{input_name: x}, attention_mask=mask, **rest)
+        # Embeddings reach the first block as they are, and cached steps update a block input's response
+        # rows in place: give the model a copy, never the caller's tensor.
+        return original(**{input_name: x if input_name == "input_ids" else x.clone()}, attention_mask=mask, **rest)
 
     try:
         with torch.no_grad():
@@ -181,9 +184,13 @@ def enable_cache(model: nn.Module, config: CacheConfig | None = None) -> nn.Modu
     blocks = adapter.blocks(model)
     state = CacheState(config, len(blocks), getattr(model.config, "mask_token_id", None))
     state.mask_embedding = partial(_mask_embedding, model, state.mask_token_id)
-    if not adapter.graph_capturable:
-        state.disable_graphs()
     patched = _Patched(model, state, blocks)
+    if not adapter.graph_capturable:  # host syncs in the block forward: no graph capture, no fullgraph compile
+        state.disable_graphs()
+        if config.compile:
+            warnings.warn(f"dllm-cache: compile=True has no effect on {adapter.family} models (data-dependent "
+                          "shapes in the block forward); the cached layer runs eagerly.", stacklevel=2)
+            patched.layer_forward = cached_block_forward
     for i, block in enumerate(blocks):
         block.forward = partial(_block_forward, patched, adapter, dims, i, adapter.parts(block), block.forward)
     head = adapter.lm_head(model)

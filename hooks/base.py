@@ -42,7 +42,7 @@ class ModelAdapter:
 
     family: str = ""
     # False when a block's forward synchronises with the host (data-dependent shapes, e.g. expert
-    # dispatch in a mixture of experts): cached steps then never try CUDA-graph capture.
+    # dispatch in a mixture of experts): cached steps then never try CUDA-graph capture or torch.compile.
     graph_capturable: bool = True
 
     def matches(self, model: nn.Module) -> bool:

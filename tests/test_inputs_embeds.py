@@ -35,15 +35,14 @@ def test_inputs_embeds_equal_input_ids_uncached(model):
     assert torch.equal(model(inputs_embeds=_embedded(model, seqs)[0], attention_mask=mask).logits, ids_logits)
 
 
-@pytest.mark.parametrize("declared", [False, True], ids=["detected", "declared"])
-def test_cached_inputs_embeds_reproduce_uncached(model, declared):
-    """Refresh every step: exact. Undeclared, the prompt ends at the first mask-embedding row."""
-    seqs, mask = trajectory(model, batch=3, padded=True)
+def test_cached_inputs_embeds_reproduce_uncached(model):
+    """Refresh every step, padded rows of different prompt lengths: exact (a declared prompt length
+    here; test_default_schedule_same_with_embeds_as_with_ids checks the detected one)."""
+    seqs, mask = trajectory(model, batch=3, padded=True, steps=4)
     embeds = _embedded(model, seqs)
     ref = logits_along(model, seqs, mask)
     with cache_enabled(model, REFRESH_EVERY_STEP):
-        if declared:
-            reset_cache(model, prompt_length=10)
+        reset_cache(model, prompt_length=10)
         out = _embeds_logits(model, embeds, mask)
         stats = cache_stats(model)
     assert max_err(out, ref) <= ATOL_FP32
@@ -52,7 +51,7 @@ def test_cached_inputs_embeds_reproduce_uncached(model, declared):
 
 def test_default_schedule_same_with_embeds_as_with_ids(model):
     """The same sequence as ids or as their embeddings takes the same cached path, step for step."""
-    seqs, mask = trajectory(model, batch=2, steps=8)
+    seqs, mask = trajectory(model, batch=2, steps=5)
     with cache_enabled(model, CacheConfig()):
         by_ids = logits_along(model, seqs, mask)
         ids_stats = cache_stats(model)
@@ -162,3 +161,14 @@ def test_inputs_embeds_shape_errors(model):
         model(inputs_embeds=torch.zeros(1, 4, 63))
     with pytest.raises(ValueError, match="exactly one of input_ids"):
         generate(model, torch.zeros(1, 3, dtype=torch.long), inputs_embeds=torch.zeros(1, 3, 64), gen_length=4, steps=4)
+
+
+def test_cache_leaves_the_callers_embeddings_untouched(model):
+    """Cached steps update the first layer's response rows in place: never the caller's tensor."""
+    seqs, mask = trajectory(model, batch=2, steps=4)
+    embeds = _embedded(model, seqs)
+    kept = [e.clone() for e in embeds]
+    with cache_enabled(model, CacheConfig()):
+        _embeds_logits(model, embeds, mask)
+        assert cache_stats(model)["partial_steps"] == 3
+    assert all(torch.equal(e, k) for e, k in zip(embeds, kept))
