@@ -100,12 +100,13 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
         head_cached=patched.head is not None,
     )
     rest = {k: v for k, v in kwargs.items() if k not in ("input_ids", "inputs_embeds", "attention_mask")}
-    input_name = "input_ids" if input_ids is not None else "inputs_embeds"
 
     def forward(x, mask):
+        if input_ids is not None:
+            return original(x, attention_mask=mask, **rest)
         # Embeddings reach the first block as they are, and cached steps update a block input's response
         # rows in place: give the model a copy, never the caller's tensor.
-        return original(**{input_name: x if input_name == "input_ids" else x.clone()}, attention_mask=mask, **rest)
+        return original(inputs_embeds=x.clone(), attention_mask=mask, **rest)
 
     try:
         with torch.no_grad():
