@@ -87,6 +87,11 @@ class ModelDims:
         embedding_size / vocab_size. Dream keys: hidden_size, num_attention_heads,
         num_key_value_heads, num_hidden_layers, intermediate_size, vocab_size.
         """
+        if _get(config, "num_experts", "expert_intermediate_size") is not None:
+            raise ValueError(
+                f"analytic FLOPs are not modelled for mixture-of-experts configs ({type(config).__name__}: "
+                "routed experts per token, dense and MoE layers mixed); count them with measure_step_flops."
+            )
         d_model = _get(config, "d_model", "hidden_size")
         n_heads = _get(config, "n_heads", "num_attention_heads")
         n_layers = _get(config, "n_layers", "num_hidden_layers")

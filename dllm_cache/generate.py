@@ -2,7 +2,8 @@
 CFG, optional confidence-threshold parallel decoding) and Dream (entropy, maskgit_plus,
 topk_margin). They run unchanged with or without the cache, which sees ordinary forwards.
 
-Prompts are LEFT padded; `attention_mask` (batch, prompt_len) marks real tokens.
+Prompts are LEFT padded; `attention_mask` (batch, prompt_len) marks real tokens. A prompt may come as
+`inputs_embeds` (batch, prompt_len, hidden) instead of ids (LLaDA-V's image + text prompt).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from dllm_cache.hooks import family_of
 
 from .patch import cache_branch, is_cache_enabled, reset_cache
+from .prompt import model_inputs, prompt_tokens
 
 LLADA_REMASKING = ("low_confidence", "random")
 DREAM_ALGS = ("entropy", "maskgit_plus", "topk_margin", "origin")
@@ -78,7 +80,7 @@ def _topk_rows(confidence: torch.Tensor, counts: torch.Tensor, kmax: int | None 
 @torch.no_grad()
 def llada_generate(
     model: nn.Module,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     *,
     gen_length: int = 128,
@@ -90,9 +92,11 @@ def llada_generate(
     threshold: float | None = None,
     mask_id: int | None = None,
     progress: bool = False,
+    inputs_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """LLaDA sampling -> (batch, prompt_len + gen_length). With `threshold`, every masked token of the
-    current block whose confidence exceeds it is unmasked at once (at least one per row per step)."""
+    current block whose confidence exceeds it is unmasked at once (at least one per row per step).
+    With `inputs_embeds` (and input_ids None) the prompt columns of the result are placeholders."""
     if remasking not in LLADA_REMASKING:
         raise ValueError(f"remasking must be one of {LLADA_REMASKING}, got {remasking!r}.")
     block_length = block_length or gen_length
@@ -103,6 +107,7 @@ def llada_generate(
         raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks ({num_blocks}).")
     steps_per_block = steps // num_blocks
     mask_id = _mask_id(model, mask_id)
+    input_ids = prompt_tokens(input_ids, inputs_embeds, mask_id)
     P = input_ids.shape[1]
     x = _init_sequence(input_ids, gen_length, mask_id)
     full_mask = _full_mask(attention_mask, gen_length)
@@ -112,7 +117,7 @@ def llada_generate(
         reset_cache(model, prompt_length=P, block_length=block_length)
 
     def logits_of(seq: torch.Tensor) -> torch.Tensor:
-        logits = model(seq, attention_mask=full_mask).logits
+        logits = model(**model_inputs(model, seq, inputs_embeds), attention_mask=full_mask).logits
         if cfg_scale > 0:
             uncond = seq.masked_fill(prompt_region, mask_id)
             with cache_branch(model, "uncond"):
@@ -189,7 +194,7 @@ def _dream_sample(logits: torch.Tensor, alg: str, temperature: float, top_p, top
 @torch.no_grad()
 def dream_generate(
     model: nn.Module,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     *,
     gen_length: int = 128,
@@ -202,11 +207,13 @@ def dream_generate(
     eps: float = 1e-3,
     mask_id: int | None = None,
     progress: bool = False,
+    inputs_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dream sampling -> (batch, prompt_len + gen_length). Dream's logits at i predict token i+1."""
     if alg not in DREAM_ALGS:
         raise ValueError(f"alg must be one of {DREAM_ALGS}, got {alg!r}.")
     mask_id = _mask_id(model, mask_id)
+    input_ids = prompt_tokens(input_ids, inputs_embeds, mask_id)
     P = input_ids.shape[1]
     x = _init_sequence(input_ids, gen_length, mask_id)
     full_mask = _full_mask(attention_mask, gen_length)
@@ -218,7 +225,7 @@ def dream_generate(
         masked = resp == mask_id
         if not bool(masked.any()):
             break
-        logits = model(x, attention_mask=full_mask).logits
+        logits = model(**model_inputs(model, x, inputs_embeds), attention_mask=full_mask).logits
         # Dream's logits are shifted: row j predicts token j+1 (row 0 stands in for itself).
         logits = logits[:, P - 1 : -1] if P > 0 else torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         logits[..., mask_id] = -math.inf
@@ -251,7 +258,7 @@ def dream_generate(
 
 def generate(
     model: nn.Module,
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     *,
     gen_length: int = 128,
@@ -264,16 +271,19 @@ def generate(
     threshold: float | None = None,
     mask_id: int | None = None,
     progress: bool = False,
+    inputs_embeds: torch.Tensor | None = None,
     **dream_kwargs,
 ) -> torch.Tensor:
-    """Generate with the sampler of the model's family -> (batch, prompt_len + gen_length)."""
+    """Generate with the sampler of the model's family -> (batch, prompt_len + gen_length).
+
+    The prompt is `input_ids` (batch, P), or `inputs_embeds` (batch, P, hidden) with input_ids None."""
     if family_of(model) == "dream":
         return dream_generate(
             model, input_ids, attention_mask, gen_length=gen_length, steps=steps, temperature=temperature,
-            alg=alg, mask_id=mask_id, progress=progress, **dream_kwargs,
+            alg=alg, mask_id=mask_id, progress=progress, inputs_embeds=inputs_embeds, **dream_kwargs,
         )
     return llada_generate(
         model, input_ids, attention_mask, gen_length=gen_length, steps=steps, block_length=block_length,
         temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, threshold=threshold,
-        mask_id=mask_id, progress=progress,
+        mask_id=mask_id, progress=progress, inputs_embeds=inputs_embeds,
     )

@@ -9,6 +9,7 @@ there before) are back untouched.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from functools import partial
 
@@ -66,43 +67,56 @@ class _Patched:
 def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
     state = patched.state
     input_ids = _arg(args, kwargs, 0, "input_ids")
-    if input_ids is None:
-        raise ValueError("dllm-cache needs input_ids in the model call (inputs_embeds is not supported).")
+    inputs_embeds = kwargs.get("inputs_embeds")
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError(
+            "dllm-cache needs exactly one of input_ids (batch, seq) or inputs_embeds (batch, seq, hidden) in the "
+            "model call."
+        )
+    # The step's input: token ids, or embeddings (a multimodal prompt, e.g. LLaDA-V's image features, is
+    # cached like any prompt: its rows are compared and its features reused between prompt refreshes).
+    tokens = input_ids if input_ids is not None else inputs_embeds
     attention_mask = _arg(args, kwargs, 1, "attention_mask")
-    branch, plan = state.begin_step(input_ids)
+    # LLaDA-family models (official LLaDA, MMaDA) also take the padding mask as a 4-D boolean attention_bias.
+    mask_source = attention_mask if attention_mask is not None else kwargs.get("attention_bias")
+    branch, plan = state.begin_step(tokens)
     if plan.refresh_prompt or branch.rope_cos is None:
         # Positions and padding are fixed within a generation: computed on prompt refreshes only,
         # into persistent buffers that captured graphs read.
-        batch, seq = input_ids.shape
+        batch, seq = tokens.shape[:2]
         positions = kwargs.get("position_ids")
         if positions is None:
-            mask2d = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
-            positions = adapter.positions(mask2d, batch, seq, input_ids.device)
+            mask2d = mask_source if mask_source is not None and mask_source.dim() == 2 else None
+            positions = adapter.positions(mask2d, batch, seq, tokens.device)
         cos, sin = rope_cos_sin(positions.expand(batch, seq), dims.head_dim, dims.rope_theta)
         branch.persist("rope_cos", cos)
         branch.persist("rope_sin", sin)
-        branch.persist("key_mask", _key_mask(attention_mask))
+        branch.persist("key_mask", _key_mask(mask_source))
     state.ctx = StepContext(
         plan=plan,
         prompt_len=branch.prompt_len,
         rope=(branch.rope_cos, branch.rope_sin),
         key_mask=branch.key_mask,
-        selected=state.selected_count(branch, input_ids.shape[1]),
+        selected=state.selected_count(branch, tokens.shape[1]),
         head_cached=patched.head is not None,
     )
-    rest = {k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask")}
+    rest = {k: v for k, v in kwargs.items() if k not in ("input_ids", "inputs_embeds", "attention_mask")}
 
-    def forward(ids, mask):
-        _track_frontier(state, branch, plan, ids)
-        return original(ids, attention_mask=mask, **rest)
+    def forward(x, mask):
+        if input_ids is not None:
+            _track_frontier(state, branch, plan, x)  # needs token ids: with embeddings, V-verify alone
+            return original(x, attention_mask=mask, **rest)
+        # Embeddings reach the first block as they are, and cached steps update a block input's response
+        # rows in place: give the model a copy, never the caller's tensor.
+        return original(inputs_embeds=x.clone(), attention_mask=mask, **rest)
 
     try:
         with torch.no_grad():
             if args[2:]:  # unusual positional arguments: keep the plain call
                 return original(*args, **kwargs)
-            if graphable(state.config, plan.kind, input_ids, branch, state.graphs_disabled):
-                return run_step(branch, plan.kind, forward, input_ids, attention_mask, state.disable_graphs)
-            return forward(input_ids, attention_mask)
+            if graphable(state.config, plan.kind, tokens, branch, state.graphs_disabled):
+                return run_step(branch, plan.kind, forward, tokens, attention_mask, state.disable_graphs)
+            return forward(tokens, attention_mask)
     finally:
         state.ctx = None
 
@@ -167,6 +181,15 @@ def _head_forward(patched: _Patched, original, h: torch.Tensor, *args, **kwargs)
     return logits
 
 
+def _mask_embedding(model: nn.Module, mask_token_id: int | None) -> torch.Tensor | None:
+    """The mask token's input embedding (hidden,): marks the response when a step comes as inputs_embeds.
+    Looked up when needed, so it follows the model across .to(device/dtype)."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if mask_token_id is None or embedding is None:
+        return None
+    return embedding.weight[mask_token_id]
+
+
 def enable_cache(model: nn.Module, config: CacheConfig | None = None) -> nn.Module:
     """Cache `model`'s features between denoising steps. Returns the model (patched in place).
 
@@ -181,7 +204,14 @@ def enable_cache(model: nn.Module, config: CacheConfig | None = None) -> nn.Modu
     dims = adapter.dims(model.config)
     blocks = adapter.blocks(model)
     state = CacheState(config, len(blocks), getattr(model.config, "mask_token_id", None), adapter.logit_shift)
+    state.mask_embedding = partial(_mask_embedding, model, state.mask_token_id)
     patched = _Patched(model, state, blocks)
+    if not adapter.graph_capturable:  # host syncs in the block forward: no graph capture, no fullgraph compile
+        state.disable_graphs()
+        if config.compile:
+            warnings.warn(f"dllm-cache: compile=True has no effect on {adapter.family} models (data-dependent "
+                          "shapes in the block forward); the cached layer runs eagerly.", stacklevel=2)
+            patched.layer_forward = cached_block_forward
     for i, block in enumerate(blocks):
         block.forward = partial(_block_forward, patched, adapter, dims, i, adapter.parts(block), block.forward)
     head = adapter.lm_head(model)

@@ -7,6 +7,7 @@ generation shape and overwritten in place afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -155,6 +156,8 @@ class CacheState:
         self.ctx: StepContext | None = None
         self.stats = Stats()
         self.graphs_disabled = False
+        # () -> the mask token's input embedding, or None; finds the response in inputs_embeds steps.
+        self.mask_embedding: Callable[[], torch.Tensor | None] = lambda: None
 
     def disable_graphs(self) -> None:
         self.graphs_disabled = True
@@ -178,13 +181,19 @@ class CacheState:
             self.pending_prompt_len = {"cond": prompt_length, "uncond": prompt_length}
 
     def detect_prompt_len(self, input_ids: torch.Tensor) -> int:
-        """First column holding a mask token in any row: prompts are left padded, responses start masked."""
-        if self.mask_token_id is None:
+        """First column holding a mask token in any row: prompts are left padded, responses start masked.
+
+        input_ids: (batch, seq) token ids, or (batch, seq, hidden) embeddings, whose mask rows equal
+        the mask token's input embedding."""
+        mask_value = self.mask_token_id if input_ids.dim() == 2 else self.mask_embedding()
+        if mask_value is None:
             raise ValueError(
-                "Cannot tell where the prompt ends: the model config has no mask_token_id. "
+                "Cannot tell where the prompt ends: the model config has no mask_token_id (or, for inputs_embeds, "
+                "no input embedding to compare with). "
                 "Call dllm_cache.reset_cache(model, prompt_length=P) before each generation."
             )
-        masked = (input_ids == self.mask_token_id).any(dim=0)
+        is_mask = input_ids == mask_value if input_ids.dim() == 2 else (input_ids == mask_value.to(input_ids)).all(-1)
+        masked = is_mask.any(dim=0)
         cols = masked.nonzero()
         return int(cols[0]) if len(cols) else input_ids.shape[1]
 

@@ -10,26 +10,54 @@ from torch import nn
 from .base import BlockParts, Dims, ModelAdapter
 from .dream import DreamAdapter
 from .llada import LLaDAAdapter
+from .llada_moe import LLaDAMoEAdapter
 
-ADAPTERS: tuple[ModelAdapter, ...] = (LLaDAAdapter(), DreamAdapter())
+ADAPTERS: tuple[ModelAdapter, ...] = (LLaDAAdapter(), DreamAdapter(), LLaDAMoEAdapter())
+
+SUPPORTED = (
+    "llada (LLaDA, LLaDA-1.5, MMaDA, LLaDA-V's language model: model.model.transformer.blocks[i] with attn_norm, "
+    "q_proj, k_proj, v_proj, attn_out, ff_norm, ff_proj, up_proj, ff_out)",
+    "dream (Dream, Dream-Coder, DreamOn: config.model_type 'Dream', model.model.layers[i] with "
+    "self_attn.{q,k,v,o}_proj, mlp, input_layernorm, post_attention_layernorm)",
+    "llada_moe (LLaDA-MoE: model.model.layers[i] with self_attn.{q,k,v,o}_proj and {q,k}_norm, a routed mlp, "
+    "config.num_experts and config.expert_intermediate_size)",
+)
+
+# Known diffusion LMs the cache cannot serve, with what it would need: (model_type, class-name prefix, reason).
+UNSUPPORTED = (
+    (
+        "llada2_moe",
+        "LLaDA2",
+        "LLaDA 2.0 (llada2_moe) is not supported. It decodes block by block with block-causal attention (a block "
+        "attends to itself and earlier blocks only, from a 4-D mask its sampler builds), while the cached layer "
+        "attends bidirectionally over the whole sequence with a padding mask; its attention also uses a fused "
+        "attention.query_key_value projection, attention.query_layernorm / key_layernorm, attention.dense and "
+        "partial RoPE (partial_rotary_factor < 1), and its MoE routes by expert groups. Missing: block-causal "
+        "masks in the cached attention, partial RoPE, and an adapter for those module names.",
+    ),
+)
+
+
+def _unsupported_reason(model: nn.Module) -> str | None:
+    model_type = str(getattr(getattr(model, "config", None), "model_type", "")).lower()
+    name = type(model).__name__
+    for known_type, class_prefix, reason in UNSUPPORTED:
+        if model_type == known_type or name.startswith(class_prefix):
+            return reason
+    return None
 
 
 def adapter_for(model: nn.Module) -> ModelAdapter:
     """The adapter whose attribute layout the model has; ValueError naming the supported ones."""
+    reason = _unsupported_reason(model)
+    if reason is not None:
+        raise ValueError(f"dllm-cache cannot cache {type(model).__name__}: {reason}")
     for adapter in ADAPTERS:
         if adapter.matches(model):
             return adapter
-    supported = "; ".join(
-        [
-            "llada (model.model.transformer.blocks[i] with attn_norm, q_proj, k_proj, v_proj, attn_out, "
-            "ff_norm, ff_proj, up_proj, ff_out)",
-            "dream (config.model_type 'Dream', model.model.layers[i] with self_attn.{q,k,v,o}_proj, mlp, "
-            "input_layernorm, post_attention_layernorm)",
-        ]
-    )
     raise ValueError(
-        f"dllm-cache does not know how to cache {type(model).__name__}. Supported families: {supported}. "
-        "Load LLaDA or Dream through transformers (after `import dllm_cache`) or their official remote code."
+        f"dllm-cache does not know how to cache {type(model).__name__}. Supported families: {'; '.join(SUPPORTED)}. "
+        "Load them through transformers (after `import dllm_cache`) or their official remote code."
     )
 
 

@@ -13,15 +13,18 @@ from torch import nn
 class BlockParts:
     """One transformer block, seen through the operations the cache recomputes.
 
-    attn_norm / ffn_norm: pre-norms; q_proj/k_proj/v_proj/out_proj: attention linears;
-    mlp: FFN applied to already-normalised input (batch, tokens, d_model).
+    attn_norm / ffn_norm: pre-norms; q_proj/k_proj/v_proj/out_proj: attention projections (batch,
+    tokens, d_model) -> (batch, tokens, heads * head_dim), before RoPE (a family with per-head QK norms
+    folds them into q_proj / k_proj); mlp: FFN applied to already-normalised input (batch, tokens,
+    d_model), token by token (a mixture of experts routes each token on its own), so computing it for
+    a subset of tokens gives those tokens' rows of the full result.
     """
 
     attn_norm: Callable[[torch.Tensor], torch.Tensor]
-    q_proj: nn.Linear
-    k_proj: nn.Linear
-    v_proj: nn.Linear
-    out_proj: nn.Linear
+    q_proj: Callable[[torch.Tensor], torch.Tensor]
+    k_proj: Callable[[torch.Tensor], torch.Tensor]
+    v_proj: Callable[[torch.Tensor], torch.Tensor]
+    out_proj: Callable[[torch.Tensor], torch.Tensor]
     ffn_norm: Callable[[torch.Tensor], torch.Tensor]
     mlp: Callable[[torch.Tensor], torch.Tensor]
 
@@ -39,6 +42,9 @@ class ModelAdapter:
 
     family: str = ""
     logit_shift: int = 0  # 1 when the logits at row i predict token i + 1 (Dream)
+    # False when a block's forward synchronises with the host (data-dependent shapes, e.g. expert
+    # dispatch in a mixture of experts): cached steps then never try CUDA-graph capture or torch.compile.
+    graph_capturable: bool = True
 
     def matches(self, model: nn.Module) -> bool:
         raise NotImplementedError

@@ -1,11 +1,13 @@
 import pytest
 import torch
 
-from dllm_cache.models.tiny import tiny_dream, tiny_llada
+from dllm_cache.models.tiny import tiny_dream, tiny_llada, tiny_llada_moe, tiny_mmada
 
 torch.set_num_threads(2)
 
-FACTORIES = {"llada": tiny_llada, "dream": tiny_dream}
+# Every family the cache supports with its own model class (Dream-Coder / DreamOn use DreamModel,
+# LLaDA-1.5 and LLaDA-V's language model use LLaDAModelLM: tests/test_families.py covers those).
+FACTORIES = {"llada": tiny_llada, "dream": tiny_dream, "llada_moe": tiny_llada_moe, "mmada": tiny_mmada}
 
 
 @pytest.fixture(params=sorted(FACTORIES))

@@ -6,7 +6,7 @@ from torch import nn
 
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, disable_cache, enable_cache, is_cache_enabled
 from dllm_cache.hooks import adapter_for, family_of
-from dllm_cache.models.tiny import tiny_dream, tiny_llada
+from dllm_cache.models.tiny import tiny_dream, tiny_llada, tiny_llada_moe, tiny_mmada
 from tests.helpers import logits_along, trajectory
 
 
@@ -57,6 +57,8 @@ def test_two_models_side_by_side():
 def test_family_detection():
     assert family_of(tiny_llada()) == "llada"
     assert family_of(tiny_dream()) == "dream"
+    assert family_of(tiny_llada_moe()) == "llada_moe"
+    assert family_of(tiny_mmada()) == "llada"  # LLaDA blocks over a joint text + image vocabulary
 
 
 def test_unknown_model_error_lists_families():
@@ -65,7 +67,7 @@ def test_unknown_model_error_lists_families():
             super().__init__()
             self.layer = nn.Linear(2, 2)
 
-    with pytest.raises(ValueError, match="Supported families: llada .*dream"):
+    with pytest.raises(ValueError, match="Supported families: llada .*dream .*llada_moe"):
         adapter_for(NotADiffusionLM())
 
 
@@ -91,7 +93,10 @@ def test_enable_rejects_non_config(model):
         enable_cache(model, {"transfer_ratio": 0.5})
 
 
-def test_inputs_embeds_is_a_clear_error(model):
+def test_missing_or_double_input_is_a_clear_error(model):
+    ids = torch.randint(0, 200, (1, 6))
     with cache_enabled(model):
-        with pytest.raises(ValueError, match="needs input_ids"):
+        with pytest.raises(ValueError, match="exactly one of input_ids .* or inputs_embeds"):
             model(input_ids=None)
+        with pytest.raises(ValueError, match="exactly one of input_ids .* or inputs_embeds"):
+            model(input_ids=ids, inputs_embeds=model.get_input_embeddings()(ids))

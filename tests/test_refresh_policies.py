@@ -130,7 +130,7 @@ def test_frontier_recomputes_the_current_block_first(monkeypatch, model):
     assert stats["tokens_recomputed"] == 5 * n_layers * 2 * (R // 2)
 
 
-def test_frontier_only_caps_the_budget_at_the_window(monkeypatch, model):
+def test_frontier_only_caps_the_budget_at_the_window(monkeypatch, model, family):
     P, R = 10, 16
     seqs, mask = trajectory(model, batch=2, prompt_len=P, resp_len=R, steps=5, padded=False)
     picked = _recorded_selections(monkeypatch)
@@ -144,6 +144,8 @@ def test_frontier_only_caps_the_budget_at_the_window(monkeypatch, model):
     n_layers = len(picked) // 4
     assert stats["tokens_recomputed"] == 4 * n_layers * 2 * 4
     assert stats["recompute_fraction"] == pytest.approx(4 / 16)
+    if family == "llada_moe":  # analytic FLOPs do not model routed experts (ModelDims refuses them)
+        return
     # the analytic FLOPs count the same capped budget
     dims = ModelDims.from_config(model.config)
     capped = generation_cost(dims, 1, P, R, 8, config, block_length=4).flops

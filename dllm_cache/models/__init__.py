@@ -1,17 +1,33 @@
-"""Our own LLaDA and Dream implementations, registered with transformers' Auto classes.
+"""Our own model implementations, registered with transformers' Auto classes.
 
-Importing this package registers model_type "llada" and "Dream", so
-`AutoModel.from_pretrained(local_dir)` loads official checkpoints without remote code.
+Importing this package registers model_type "llada" (dense LLaDA / LLaDA-1.5, and LLaDA-MoE, whose
+config.json shares that model_type: the config's MoE keys pick the class), "mmada" and "Dream" (Dream,
+Dream-Coder, DreamOn), so `AutoModel.from_pretrained(local_dir)` loads official checkpoints without
+remote code.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from .dream import DreamConfig, DreamModel
 from .llada import LLaDAConfig, LLaDAModelLM
+from .llada_moe import LLaDAMoEConfig, LLaDAMoEModelLM
+from .mmada import MMadaConfig, MMadaModelLM
 
-for _config, _model in ((LLaDAConfig, LLaDAModelLM), (DreamConfig, DreamModel)):
+for _config, _model in ((LLaDAConfig, LLaDAModelLM), (DreamConfig, DreamModel), (MMadaConfig, MMadaModelLM)):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
     AutoModelForMaskedLM.register(_config, _model, exist_ok=True)
+# Same model_type as dense LLaDA: reached through LLaDAConfig.from_dict, mapped to its model by class.
+AutoModel.register(LLaDAMoEConfig, LLaDAMoEModelLM, exist_ok=True)
+AutoModelForMaskedLM.register(LLaDAMoEConfig, LLaDAMoEModelLM, exist_ok=True)
 
-__all__ = ["DreamConfig", "DreamModel", "LLaDAConfig", "LLaDAModelLM"]
+__all__ = [
+    "DreamConfig",
+    "DreamModel",
+    "LLaDAConfig",
+    "LLaDAModelLM",
+    "LLaDAMoEConfig",
+    "LLaDAMoEModelLM",
+    "MMadaConfig",
+    "MMadaModelLM",
+]

@@ -5,6 +5,8 @@
 `model.norm`, `lm_head`. Attention is bidirectional. Under left padding positions count
 from the first real token, as Dream's own generation code does.
 Note Dream's logits are shifted: position i predicts token i+1 (the sampler handles it).
+Dream-Coder-v0 and DreamOn-v0 are this architecture: their READMEs (DreamLM/Dream-Coder, DreamLM/DreamOn)
+load them with Dream's remote code (model_type "Dream"), which this class replaces.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
-from .layers import RMSNorm, attend, key_mask_from, positions_from_mask
+from .layers import RMSNorm, attend, embed_inputs, key_mask_from, positions_from_mask
 from .rope import apply_rope, rope_cos_sin
 
 
@@ -54,8 +56,13 @@ class DreamConfig(PretrainedConfig):
         self.rope_theta = rope_theta
         self.attention_dropout = attention_dropout
         self.mask_token_id = mask_token_id
-        kwargs.pop("rope_scaling", None)
-        kwargs.pop("use_sliding_window", None)
+        # The Dream family's config class defaults to rope_scaling None and use_sliding_window False (the
+        # only attention this class computes); any other value is refused rather than silently dropped.
+        if kwargs.pop("rope_scaling", None) is not None:
+            raise ValueError("DreamConfig.rope_scaling is not supported (only null: plain RoPE, as Dream-v0 uses).")
+        if kwargs.pop("use_sliding_window", False):
+            raise ValueError("DreamConfig.use_sliding_window=true is not supported: Dream attends bidirectionally "
+                             "over the whole sequence.")
         super().__init__(
             vocab_size=vocab_size,
             tie_word_embeddings=tie_word_embeddings,
@@ -146,12 +153,17 @@ class DreamBaseModel(nn.Module):
         self.layers = nn.ModuleList(DreamDecoderLayer(i, config) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        batch, seq = input_ids.shape
-        positions = positions_from_mask(attention_mask, batch, seq, input_ids.device)
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = embed_inputs(self.embed_tokens, input_ids, inputs_embeds)  # (batch, seq, hidden)
+        batch, seq = x.shape[:2]
+        positions = positions_from_mask(attention_mask, batch, seq, x.device)
         rope = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
         key_mask = key_mask_from(attention_mask)
-        x = self.embed_tokens(input_ids)  # (batch, seq, hidden)
         for layer in self.layers:
             (x,) = layer(x, rope, key_mask)
         return self.norm(x)
@@ -176,12 +188,13 @@ class DreamModel(DreamPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> MaskedLMOutput:
-        logits = self.lm_head(self.model(input_ids, attention_mask))
+        logits = self.lm_head(self.model(input_ids, attention_mask, inputs_embeds))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)

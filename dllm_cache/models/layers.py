@@ -56,3 +56,23 @@ def key_mask_from(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """Boolean key mask. No host sync here (forwards must be CUDA-graph capturable): callers
     with unpadded batches pass None, which lets SDPA take its fastest kernels."""
     return None if attention_mask is None else attention_mask.bool()
+
+
+def embed_inputs(
+    embedding: nn.Embedding, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None
+) -> torch.Tensor:
+    """The first layer's input (batch, seq, hidden): token ids looked up, or embeddings given by the
+    caller (a multimodal prompt such as LLaDA-V's, where image features stand in for tokens)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError(
+            "Pass exactly one of input_ids (batch, seq) or inputs_embeds (batch, seq, hidden); "
+            f"got input_ids={'set' if input_ids is not None else 'None'}, "
+            f"inputs_embeds={'set' if inputs_embeds is not None else 'None'}."
+        )
+    if inputs_embeds is None:
+        return embedding(input_ids)
+    if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != embedding.embedding_dim:
+        raise ValueError(
+            f"inputs_embeds must have shape (batch, seq, {embedding.embedding_dim}), got {tuple(inputs_embeds.shape)}."
+        )
+    return inputs_embeds

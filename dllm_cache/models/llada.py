@@ -3,7 +3,9 @@
 Module names, config keys and state-dict keys follow GSAI-ML/LLaDA-8B-Instruct
 (`model.transformer.wte`, `model.transformer.blocks.{i}.{attn_norm,q_proj,k_proj,v_proj,
 attn_out,ff_norm,ff_proj,up_proj,ff_out}`, `model.transformer.ln_f`, `model.transformer.ff_out`),
-so `AutoModel.from_pretrained(local_dir)` loads a real checkpoint without remote code.
+so `AutoModel.from_pretrained(local_dir)` loads a real checkpoint without remote code. LLaDA-1.5
+(LLaDA-8B-Instruct aligned with VRPO) and LLaDA-V's language model use the same names; MMaDA subclasses
+this class (mmada.py); LLaDA-MoE shares the model_type but not the architecture (llada_moe.py).
 Positions are 0..seq-1 even under left padding, as the official model does.
 """
 
@@ -16,7 +18,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
-from .layers import RMSNorm, attend, key_mask_from
+from .layers import RMSNorm, attend, embed_inputs, key_mask_from
 from .rope import apply_rope, rope_cos_sin
 
 
@@ -48,6 +50,11 @@ class LLaDAConfig(PretrainedConfig):
         eos_token_id: int = 126081,
         **kwargs,
     ):
+        if is_moe_config(kwargs):
+            raise ValueError(
+                "This config describes LLaDA-MoE (it has num_experts / expert_intermediate_size), not dense LLaDA. "
+                "Load it with AutoConfig / AutoModel (after `import dllm_cache`) or dllm_cache.models.LLaDAMoEConfig."
+            )
         self.d_model = d_model
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads
@@ -81,6 +88,16 @@ class LLaDAConfig(PretrainedConfig):
             if got != want:
                 raise ValueError(f"LLaDAConfig.{key}={got!r} is not supported; only {want!r} (as in LLaDA-8B).")
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """LLaDA-MoE's official config.json also says model_type "llada" (its architectures entry is
+        LLaDAMoEModelLM), so AutoConfig sends it here: hand it to the MoE config."""
+        if cls is LLaDAConfig and is_moe_config(config_dict):
+            from .llada_moe import LLaDAMoEConfig
+
+            return LLaDAMoEConfig.from_dict(config_dict, **kwargs)
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def effective_n_kv_heads(self) -> int:
         return self.n_kv_heads or self.n_heads
@@ -100,6 +117,15 @@ class LLaDAConfig(PretrainedConfig):
     @property
     def ff_hidden(self) -> int:
         return self.mlp_hidden_size or self.mlp_ratio * self.d_model
+
+
+def is_moe_config(config_dict: dict) -> bool:
+    """A config dict of LLaDA-MoE rather than dense LLaDA (both use model_type "llada")."""
+    return (
+        "LLaDAMoEModelLM" in (config_dict.get("architectures") or ())
+        or config_dict.get("num_experts") is not None
+        or config_dict.get("expert_intermediate_size") is not None
+    )
 
 
 class LLaDALlamaBlock(nn.Module):
@@ -176,12 +202,17 @@ class LLaDAModel(nn.Module):
         if not config.weight_tying:
             self.transformer["ff_out"] = nn.Linear(config.d_model, vocab, bias=config.include_bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        batch, seq = input_ids.shape
-        positions = llada_positions(attention_mask, batch, seq, input_ids.device)
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = embed_inputs(self.transformer.wte, input_ids, inputs_embeds)  # (batch, seq, d_model)
+        batch, seq = x.shape[:2]
+        positions = llada_positions(attention_mask, batch, seq, x.device)
         rope = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
         key_mask = key_mask_from(attention_mask)
-        x = self.transformer.wte(input_ids)  # (batch, seq, d_model)
         for block in self.transformer.blocks:
             x, _ = block(x, rope, key_mask)
         x = self.transformer.ln_f(x)
@@ -199,6 +230,11 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
     """Masked diffusion LM head over all positions: logits (batch, seq, vocab)."""
 
     def __init__(self, config: LLaDAConfig):
+        if not isinstance(config, LLaDAConfig):
+            raise TypeError(
+                f"LLaDAModelLM needs a LLaDAConfig, got {type(config).__name__}; "
+                "load checkpoints with transformers.AutoModel (after `import dllm_cache`) to get the matching class."
+            )
         super().__init__(config)
         self.model = LLaDAModel(config)
         self.post_init()
@@ -208,12 +244,15 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> MaskedLMOutput:
-        logits = self.model(input_ids, attention_mask)
+        """input_ids (batch, seq), or inputs_embeds (batch, seq, d_model) for a prompt given as
+        embeddings (LLaDA-V's image features); logits (batch, seq, vocab)."""
+        logits = self.model(input_ids, attention_mask, inputs_embeds)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)

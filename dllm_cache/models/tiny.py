@@ -6,6 +6,8 @@ import torch
 
 from .dream import DreamConfig, DreamModel
 from .llada import LLaDAConfig, LLaDAModelLM
+from .llada_moe import LLaDAMoEConfig, LLaDAMoEModelLM
+from .mmada import MMadaConfig, MMadaModelLM
 
 TINY_VOCAB = 256
 
@@ -32,6 +34,32 @@ def tiny_dream_config(**overrides) -> DreamConfig:
     return DreamConfig(**kw)
 
 
+def tiny_llada_moe_config(**overrides) -> LLaDAMoEConfig:
+    """Every LLaDA-MoE feature at once: a dense first layer, routed layers with a shared expert, expert
+    bias, per-head QK norms, attention biases and grouped KV heads."""
+    kw = dict(
+        vocab_size=TINY_VOCAB, hidden_size=64, dense_intermediate_size=160, expert_intermediate_size=48,
+        shared_expert_intermediate_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, rope_theta=10000.0, num_experts=6, num_experts_per_tok=2,
+        qk_layernorm=True, attention_bias=True, moe_layer_freq=[0, 1, 1], moe_router_enable_expert_bias=True,
+        mask_token_id=TINY_VOCAB - 1, pad_token_id=TINY_VOCAB - 2, eos_token_id=TINY_VOCAB - 2,
+    )
+    kw.update(overrides)
+    return LLaDAMoEConfig(**kw)
+
+
+def tiny_mmada_config(**overrides) -> MMadaConfig:
+    """A joint vocabulary: 208 text tokens (mask = the last of them) followed by 48 image VQ codes."""
+    kw = dict(
+        d_model=64, n_heads=4, n_kv_heads=4, n_layers=3, mlp_hidden_size=160, vocab_size=TINY_VOCAB,
+        embedding_size=TINY_VOCAB, max_sequence_length=512, rope_theta=10000.0, llm_vocab_size=208,
+        codebook_size=48, num_vq_tokens=16, num_new_special_tokens=0, new_vocab_size=TINY_VOCAB,
+        mask_token_id=207, pad_token_id=206, eos_token_id=206,
+    )
+    kw.update(overrides)
+    return MMadaConfig(**kw)
+
+
 def _seeded(model_cls, config, seed: int, std: float):
     torch.manual_seed(seed)
     model = model_cls(config)
@@ -52,6 +80,19 @@ def tiny_llada(seed: int = 0, std: float = 0.15, **overrides) -> LLaDAModelLM:
 
 def tiny_dream(seed: int = 0, std: float = 0.15, **overrides) -> DreamModel:
     return _seeded(DreamModel, tiny_dream_config(**overrides), seed, std)
+
+
+def tiny_llada_moe(seed: int = 0, std: float = 0.15, **overrides) -> LLaDAMoEModelLM:
+    model = _seeded(LLaDAMoEModelLM, tiny_llada_moe_config(**overrides), seed, std)
+    with torch.no_grad():  # a nonzero expert bias, so routing depends on it as in a trained checkpoint
+        for name, buf in model.named_buffers():
+            if name.endswith("expert_bias"):
+                buf.normal_(0.0, 0.05)
+    return model
+
+
+def tiny_mmada(seed: int = 0, std: float = 0.15, **overrides) -> MMadaModelLM:
+    return _seeded(MMadaModelLM, tiny_mmada_config(**overrides), seed, std)
 
 
 def llada_8b_config() -> LLaDAConfig:

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Data-parallel lm-eval on two GPUs vs one, same documents: outputs must match, throughput is reported.
+# Run from the repository root on a machine with 2 GPUs (H100), with `pip install -e ".[eval]"`:
+#     bash eval/multi_gpu_eval.sh
+# Writes eval/results/multi_gpu_1gpu.json, multi_gpu_2gpu.json and multi_gpu_compare.json (exit 1 if any
+# document's output differs). batch_size=1 so every document is computed alone in both runs (LLaDA numbers
+# positions from 0 whatever the left padding: a different batch mix would change padded rows).
+set -euo pipefail
+MODEL=${MODEL:-eval/tiny/model}
+TASKS=${TASKS:-gsm8k_local}
+LIMIT=${LIMIT:-200}
+ARGS=${ARGS:-pretrained=$MODEL,dtype=bfloat16,gen_length=64,steps=64,block_length=32,cache=on,batch_size=1}
+OUT=${OUT:-eval/results}
+
+CUDA_VISIBLE_DEVICES=0 python -m eval.multi_gpu_eval run --model_args "$ARGS,device=cuda" \
+    --tasks "$TASKS" --limit "$LIMIT" --out "$OUT/multi_gpu_1gpu.json"
+accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \
+    -m eval.multi_gpu_eval run --model_args "$ARGS" \
+    --tasks "$TASKS" --limit "$LIMIT" --out "$OUT/multi_gpu_2gpu.json"
+python -m eval.multi_gpu_eval compare "$OUT/multi_gpu_1gpu.json" "$OUT/multi_gpu_2gpu.json" \
+    --out "$OUT/multi_gpu_compare.json"
