@@ -85,6 +85,23 @@ def test_hotpot_examples_need_two_paragraphs():
     assert long["context"].count("Paragraph ") == 62
 
 
+def test_single_hop_training_rows(tok):
+    from eval.tiny.train import BatchMaker
+
+    for i in range(30):
+        ex = tasks.make_hotpot(tasks.example_rng("hotpot", "train", 5, i), 6, hops=1)
+        assert ex["kind"].startswith("single_") and ex["solution"].count(".") == 1
+        subject = ex["solution"].split()[0]  # the person or city the one fact is about
+        own = [p for p in ex["context"].split("\n") if p.split(": ", 1)[1].startswith(subject + " is ")]
+        assert len(own) == 1 and ex["answer"] in own[0], ex
+    with pytest.raises(ValueError, match="hops"):
+        tasks.make_hotpot(tasks.example_rng("hotpot", "train", 5, 0), 6, hops=3)
+    maker = BatchMaker(tok, seed=1, seq_len=1024, batch_size=2, hotpot_frac=1.0, max_rows=8, single_hop_frac=1.0)
+    batch = maker.make(0)
+    prompt = tok.decode(batch.input_ids[0][batch.attention_mask[0].bool()][: -batch.response_len])
+    assert any(q in prompt for q in ("In which city was", "In which country is", "On which river lies"))
+
+
 def test_scoring():
     assert tasks.is_correct("arith", "... = 24.\n#### 24", "x\n#### 24")
     assert not tasks.is_correct("arith", "#### 25", "#### 24")

@@ -306,7 +306,7 @@ def _person_paragraph(rng: random.Random, person: str, city: str, year: int, cit
     return " ".join(body)
 
 
-def make_hotpot(rng: random.Random, n_distractors: int) -> dict[str, str]:
+def make_hotpot(rng: random.Random, n_distractors: int, hops: int = 2) -> dict[str, str]:
     """A two-hop question over `n_distractors + 2` paragraphs (two gold, the rest distractors).
 
     Kinds: person -> birthplace city -> country ("In which country was X born?"), person -> city
@@ -314,7 +314,13 @@ def make_hotpot(rng: random.Random, n_distractors: int) -> dict[str, str]:
     people (born in and moving between the same cities) and other cities (in the same countries,
     on the same rivers). Returns {"context", "question", "answer" (one word), "solution" (the
     trained target: the two facts, then "#### answer"), "kind"}.
+
+    `hops=1` (training only): a one-fact question about one gold paragraph (a person's birthplace,
+    a city's country or river), the retrieval step the two-hop questions chain; it gives the model
+    a direct signal for each hop (the held-out set is two-hop only).
     """
+    if hops not in (1, 2):
+        raise ValueError(f"hops must be 1 or 2, got {hops!r}")
     n_distractors = max(0, n_distractors)
     countries, rivers = ENTITIES["countries"], ENTITIES["rivers"]
     cities = rng.sample(ENTITIES["cities"], min(len(ENTITIES["cities"]), n_distractors + 8))
@@ -328,7 +334,26 @@ def make_hotpot(rng: random.Random, n_distractors: int) -> dict[str, str]:
     kind = "bridge_country" if roll < 0.45 else "bridge_river" if roll < 0.7 else "comparison"
     used_people: set[str] = set()
     used_cities: set[str] = set()
-    if kind == "comparison":
+    if hops == 1:
+        kind = rng.choice(["single_city", "single_country", "single_river"])
+        if kind == "single_city":
+            person = people[0]
+            used_people.add(person)
+            city = birth[person]
+            question, answer = f"In which city was {person} born?", city
+            chain = f"{person} was born in {city}."
+            gold = [_person_paragraph(rng, person, city, born[person], cities)]
+        else:
+            city = cities[0]
+            used_cities.add(city)
+            if kind == "single_country":
+                question, answer = f"In which country is {city}?", city_country[city]
+                chain = f"{city} is in {answer}."
+            else:
+                question, answer = f"On which river lies {city}?", city_river[city]
+                chain = f"{city} lies on the {answer} river."
+            gold = [_city_paragraph(rng, city, city_country[city], city_river[city], kind == "single_river")]
+    elif kind == "comparison":
         a, b = people[0], people[1]
         used_people |= {a, b}
         later = rng.random() < 0.5

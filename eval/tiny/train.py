@@ -15,7 +15,10 @@ Batches: one task family per batch (hotpot with probability --hotpot-frac); a ba
 --batch-size x --seq-len tokens; R is the evaluation length of the family (arith 256, hotpot 32).
 Hotpot rows share one distractor count: half of the hotpot batches have short contexts (a
 curriculum: retrieval is learnt faster where the answer is a larger share of the tokens; the
-first 17 minutes used a third), the rest have 1k-4k-token contexts like the held-out set. Prompts are left padded with <|pad|> and
+first 17 minutes used a third), the rest have 1k-4k-token contexts like the held-out set.
+--single-hop-frac of the hotpot rows ask one fact (the hop the two-hop questions chain), a direct
+signal for retrieval, which the first runs, on two-hop rows alone, did not learn in 400M tokens.
+Prompts are left padded with <|pad|> and
 masked out of attention, exactly as at generation time. The data stream is a pure function of
 (seed, step), so --resume continues it.
 
@@ -61,6 +64,7 @@ RESIDUAL_OUTPUTS = {"llada": ("attn_out", "ff_out"), "dream": ("o_proj", "down_p
 # Response length R per family: the generation length the held-out sets are evaluated with.
 RESPONSE_LENGTH = {"arith": 256, "hotpot": 32}
 SHORT_CONTEXT_FRAC = 0.5  # hotpot batches with 1-20 distractors (curriculum), the rest 1k-4k tokens
+SINGLE_HOP_FRAC = 0.3  # hotpot rows asking one fact (tasks.make_hotpot hops=1): a direct signal per hop
 MASK_EPS = 1e-3
 EXPORT_SHARD = "15MB"
 MAX_SEQUENCE_LENGTH = 4608
@@ -111,13 +115,15 @@ class BatchMaker:
     """Builds the training batch of a given step, deterministically from (seed, step)."""
 
     def __init__(
-        self, tok, seed: int, seq_len: int, batch_size: int, hotpot_frac: float, max_rows: int, n_test: int = tasks.N_TEST
+        self, tok, seed: int, seq_len: int, batch_size: int, hotpot_frac: float, max_rows: int, n_test: int = tasks.N_TEST,
+        single_hop_frac: float = SINGLE_HOP_FRAC,
     ):
         self.tok = tok
         self.seed = seed
         self.seq_len = seq_len
         self.budget = batch_size * seq_len
         self.hotpot_frac = hotpot_frac
+        self.single_hop_frac = single_hop_frac
         self.max_rows = max_rows
         self.test_filter = tasks.TestPromptFilter(n_test)
         self.eos, self.pad = tok.eos_token_id, tok.pad_token_id
@@ -150,7 +156,8 @@ class BatchMaker:
             if family == "arith":
                 example = tasks.make_arith(ex_rng)
             else:
-                example = tasks.make_hotpot(ex_rng, distractors)
+                hops = 1 if ex_rng.random() < self.single_hop_frac else 2
+                example = tasks.make_hotpot(ex_rng, distractors, hops=hops)
             prompt_text = tasks.prompt_and_target(family, example)[0]
             if prompt_text in self.test_filter:
                 continue
@@ -317,6 +324,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=4160, help="longest training sequence (prompt + response)")
     p.add_argument("--max-rows", type=int, default=512, help="cap on rows of a batch of short sequences")
     p.add_argument("--hotpot-frac", type=float, default=0.5, help="fraction of batches from the hotpot family")
+    p.add_argument("--single-hop-frac", type=float, default=SINGLE_HOP_FRAC,
+                   help="fraction of hotpot rows that ask one fact (the hop the two-hop questions chain)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr-frac", type=float, default=0.1)
     p.add_argument("--warmup", type=int, default=100)
@@ -457,7 +466,8 @@ def main(argv: list[str] | None = None) -> dict:
     horizon_s = max(horizon_s, 1.0)
     workers = args.workers if args.workers is not None else max(0, min(6, (os.cpu_count() or 2) - 1))
     maker_kwargs = dict(
-        seed=args.seed, seq_len=args.seq_len, batch_size=args.batch_size, hotpot_frac=args.hotpot_frac, max_rows=args.max_rows
+        seed=args.seed, seq_len=args.seq_len, batch_size=args.batch_size, hotpot_frac=args.hotpot_frac, max_rows=args.max_rows,
+        single_hop_frac=args.single_hop_frac,
     )
     stream = BatchStream(tok_dir, step0, **maker_kwargs)
     loader = torch.utils.data.DataLoader(
