@@ -4,7 +4,8 @@ For one model and one workload, for each batch size: time an uncached generation
 same prompts with each cache configuration, in the same process, and report latency,
 tokens/s, speedup, analytic FLOPs (cross-checked once with FlopCounterMode), achieved
 TFLOP/s, a roofline bound, token agreement with the uncached output and the cache's stats.
-Writes `<tag>.json`, `<tag>.md` and `<tag>.png` to `--out-dir`; prints the table last.
+Writes `<tag>.json`, `<tag>.md` (bench_report.py) and `<tag>.png` (bench_plot.py) to
+`--out-dir`; prints the table last.
 
 Random-weight models (`--shape llada-8b|dream-7b`) are built directly on the device: compute
 does not depend on weight values, so they time like the real checkpoints.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import sys
@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from dllm_cache.bench_plot import plot
+from dllm_cache.bench_report import markdown_table
 from dllm_cache.flops import (
     STEP_KINDS,
     ModelDims,
@@ -656,139 +658,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- outputs
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else (
-        format(value, spec)
-    )
-
-
-def markdown_table(report: dict[str, Any]) -> str:
-    meta = report["meta"]
-    w = meta["workload"]
-    lines = [
-        f"### {meta['tag']}: {meta['model']} ({meta['family']}, {meta['dtype']}, "
-        f"{meta['device_name']})",
-        "",
-        f"Workload {w['name'] or 'custom'}: prompt {w['prompt_len']}, gen {w['gen_len']}, "
-        f"steps {w['steps']}, block {w['block_length']}; timed steps {meta['timed_steps']}; "
-        f"peaks {meta['peak_tflops']} TFLOP/s, {meta['peak_tbps']} TB/s.",
-        "",
-        "| batch | cache | latency s | tok/s | speedup | TFLOP | FLOP cut | TFLOP/s | "
-        "roofline s | meas/roof | agree | recomputed |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["results"]:
-        lines.append(
-            f"| {r['batch_size']} | {r['label']} | {_fmt(r['latency_s'], '.3f')} | "
-            f"{_fmt(r['tokens_per_s'], '.1f')} | {_fmt(r['speedup'], '.2f')}x | "
-            f"{_fmt(r['flops'] / 1e12, '.3g')} | {_fmt(r['flop_reduction'], '.2f')}x | "
-            f"{_fmt(r['achieved_tflops'], '.3g')} | {_fmt(r['roofline_s'], '.3f')} | "
-            f"{_fmt(r['measured_over_roofline'], '.2f')} | {_fmt(r['agreement'], '.3f')} | "
-            f"{_fmt(r['recomputed_fraction'], '.2f')} |"
-        )
-    lines += [
-        "",
-        "Mean time per denoising step by kind, ms: measured (roofline).",
-        "",
-        "| batch | cache | " + " | ".join(STEP_KINDS) + " |",
-        "|---:|---|" + "---:|" * len(STEP_KINDS),
-    ]
-    for r in report["results"]:
-        roof = r["roofline_step_ms"] or {}
-        cells = [
-            "-" if r["step_ms"][k] is None else f"{r['step_ms'][k]:.1f}"
-            + (f" ({roof[k]:.1f})" if k in roof else "")
-            for k in STEP_KINDS
-        ]
-        lines.append(f"| {r['batch_size']} | {r['label']} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for c in report["flop_check"]:
-        diff = c["relative_diff"]
-        lines.append(
-            f"- FLOP check, batch {c['batch_size']}: analytic full step "
-            f"{c['analytic_full_step']:.4g} vs FlopCounterMode {c['flop_counter_full_step']:.4g}"
-            f" ({_fmt(None if diff is None else 100 * diff, '+.2f')}%)"
-        )
-    for note in meta["notes"]:
-        lines.append(f"- {note}")
-    for r in report["results"]:
-        for note in r["notes"]:
-            lines.append(f"- batch {r['batch_size']} {r['label']}: {note}")
-    return "\n".join(lines) + "\n"
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Speedup vs transfer ratio and vs Kr (one line per batch size); measured vs roofline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ref = report["meta"]["reference"]
-    cached = [r for r in report["results"] if r["cache"] is not None]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    panels = [
-        ("transfer_ratio", "response_interval", "transfer ratio", axes[0]),
-        ("response_interval", "transfer_ratio", "Kr (response interval)", axes[1]),
-    ]
-    if all(len({r["cache"][key] for r in cached}) < 2 for key, *_ in panels):  # no sweep: compare configs
-        _config_bars(report, axes[0], "speedup", "speedup vs uncached")
-        _config_bars(report, axes[1], "measured_over_roofline", "measured / roofline time")
-        panels = []
-    for x_key, fixed_key, xlabel, ax in panels:
-        for batch in report["meta"]["batch_sizes"]:
-            pts = sorted(
-                (r["cache"][x_key], r["speedup"])
-                for r in cached
-                if r["batch_size"] == batch
-                and r["cache"][fixed_key] == ref[fixed_key]
-                and r["cache"]["prompt_interval"] == ref["prompt_interval"]
-                and r["cache"].get("compile", False) == ref.get("compile", False)
-            )
-            if pts:
-                xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o", label=f"batch {batch}")
-        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        fixed = f"{fixed_key.replace('_', ' ')} = {ref[fixed_key]}"
-        ax.set(xlabel=xlabel, ylabel="speedup vs uncached", title=f"speedup ({fixed})")
-        ax.legend()
-    ax = axes[2]
-    roof = [r for r in report["results"] if r["roofline_s"]]
-    if roof:
-        for batch in report["meta"]["batch_sizes"]:
-            pts = [(r["roofline_s"], r["latency_s"]) for r in roof if r["batch_size"] == batch]
-            ax.scatter(*zip(*pts), label=f"batch {batch}")
-        lo = min(min(r["roofline_s"], r["latency_s"]) for r in roof) * 0.8
-        hi = max(max(r["roofline_s"], r["latency_s"]) for r in roof) * 1.2
-        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="roofline")
-        ax.set(xscale="log", yscale="log", xlabel="roofline time (s)", ylabel="measured (s)")
-        ax.legend()
-    else:
-        ax.text(0.5, 0.5, "roofline skipped (CPU)", ha="center", va="center")
-        ax.set_axis_off()
-    ax.set_title("measured vs roofline")
-    meta = report["meta"]
-    fig.suptitle(f"{meta['tag']}: {meta['model']} {meta['dtype']} on {meta['device_name']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _config_bars(report: dict[str, Any], ax, key: str, ylabel: str) -> None:
-    """Grouped bars: one group per batch size, one bar per configuration (uncached included)."""
-    labels = list(dict.fromkeys(r["label"] for r in report["results"]))
-    batches = report["meta"]["batch_sizes"]
-    width = 0.8 / len(labels)
-    for i, label in enumerate(labels):
-        vals = [next((r[key] for r in report["results"] if r["label"] == label and r["batch_size"] == b), None) or 0
-                for b in batches]
-        bars = ax.bar([j + i * width for j in range(len(batches))], vals, width, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(batches))], [f"batch {b}" for b in batches])
-    ax.set(ylabel=ylabel, title=ylabel)
-    ax.legend(fontsize=7)
 
 
 def write_outputs(report: dict[str, Any], out_dir: Path, tag: str) -> dict[str, Path]:
