@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from dllm_cache import bench_memory
 from dllm_cache.bench_plot import plot
 from dllm_cache.bench_report import markdown_table
 from dllm_cache.flops import (
@@ -41,7 +42,7 @@ from dllm_cache.flops import (
 )
 from dllm_cache.generate import generate
 from dllm_cache.hooks import adapter_for
-from dllm_cache.patch import cache_stats, disable_cache, enable_cache, reset_cache
+from dllm_cache.patch import cache_memory, cache_stats, disable_cache, enable_cache, reset_cache
 
 WORKLOADS: dict[str, dict[str, int]] = {
     "gsm8k": {"prompt_len": 700, "gen_len": 256, "steps": 256, "block_length": 32},
@@ -120,7 +121,9 @@ class Row:
     roofline_step_ms: dict[str, float] | None
     cache_stats: dict[str, Any] | None = None
     recomputed_fraction: float | None = None
-    peak_mem_gb: float | None = None
+    peak_mem_gb: float | None = None  # whole-process peak (torch allocator), CUDA only
+    estimated_peak_gb: float | None = None  # the same from the shapes (dllm_cache.memory)
+    cache_bytes: dict[str, int] | None = None  # what the cache held after the run, by kind
     notes: list[str] = field(default_factory=list)
 
 
@@ -257,6 +260,15 @@ def agreement(a: torch.Tensor, b: torch.Tensor, prompt_len: int, mask_id: int | 
 
 
 # ----------------------------------------------------------------------------- model setup
+
+
+def _config_for(args: argparse.Namespace) -> Any:
+    """The config of the model to bench, without building it."""
+    if args.model:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(args.model)
+    return _shape_config(args.shape)
 
 
 def _shape_config(shape: str) -> Any:
@@ -481,6 +493,7 @@ def _timed_runs(
             runs.append(once(window))
             if setting is not None:  # the model's stats accumulate: keep the last run's share
                 stats = _stats_delta(_stats_dict(cache_stats(run_model)), before)
+                stats["cache_bytes"] = cache_memory(run_model)
     finally:
         if setting is not None:
             disable_cache(run_model)
@@ -501,9 +514,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     peak_tbps = args.peak_tbps if on_gpu else None
     dtype_bytes = torch.finfo(dtype).bits // 8
 
+    bench_memory.preflight(_config_for(args), args.batch_size, workload.prompt_len, workload.gen_len,
+                           workload.block_length, dtype_bytes, device)
     t0 = time.perf_counter()
     model = build_model(args, device, dtype)
     build_s = time.perf_counter() - t0
+    weights_gb = (torch.cuda.memory_allocated(device) if on_gpu else
+                  sum(p.numel() * p.element_size() for p in model.parameters())) / 2**30
     config = model.config
     dims = ModelDims.from_config(config)
     mask_id = getattr(config, "mask_token_id", None)
@@ -518,14 +535,23 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         )
     if not on_gpu:
         notes.append("roofline skipped on CPU")
-    # The cache runs the LM head on the response rows only between prompt refreshes, unless
-    # the model has no separate head module to patch (weight-tied LLaDA).
-    head_all_rows = adapter_for(model).lm_head(model) is None
-    logits_tokens = workload.prompt_len + workload.gen_len if head_all_rows else None
+    # The samplers ask a cached model for the rows they score only; it runs the LM head on those
+    # (their response rows between prompt refreshes), unless the model has no separate head
+    # module to patch (weight-tied LLaDA). An uncached model computes every row.
+    adapter = adapter_for(model)
+    head_all_rows = adapter.lm_head(model) is None
+    logits_tokens = bench_memory.head_rows(adapter.family, workload.prompt_len, workload.gen_len,
+                                           workload.block_length, head_all_rows)
     notes.append(
         "FLOPs: analytic (dllm_cache.flops), matmuls + attention, multiply-add = 2; LM head on "
+        "all P + R rows uncached; cached, on "
         + ("all P + R rows on every step (no separate head module: weight tying)" if head_all_rows else
-           "P + R rows on prompt refreshes (full/prompt steps), R response rows otherwise")
+           f"the {logits_tokens['full']} rows the sampler scores on prompt refreshes and their "
+           f"{logits_tokens['partial']} response rows otherwise")
+    )
+    notes.append(
+        f"memory: weights {weights_gb:.3g} GiB; peak = whole-process torch allocator peak of the timed runs "
+        "(CUDA only); est. = dllm_cache.memory estimate from the shapes; cache = bytes held after the run"
     )
 
     rows: list[Row] = []
@@ -567,9 +593,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             run = runs[0]
             cost = generation_cost(
                 dims, batch, workload.prompt_len, workload.gen_len, workload.steps,
-                cache_config, workload.block_length, logits_tokens=logits_tokens,
+                cache_config, workload.block_length,
+                logits_tokens=logits_tokens if setting is not None else workload.prompt_len + workload.gen_len,
                 dtype_bytes=dtype_bytes, peak_tflops=peak_tflops, peak_tbps=peak_tbps,
             )
+            estimate = bench_memory.run_peak(config, batch, workload.prompt_len, workload.gen_len,
+                                             workload.block_length, dtype_bytes, setting is not None)
             roof_step = None
             if peak_tflops and peak_tbps:
                 roof_step = {
@@ -597,6 +626,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 step_ms=per_kind_ms(run, cache_config),
                 roofline_step_ms=roof_step,
                 peak_mem_gb=(torch.cuda.max_memory_allocated(device) / 2**30) if on_gpu else None,
+                estimated_peak_gb=estimate["total"] / 2**30,
+                cache_bytes=stats.pop("cache_bytes", None) if stats else None,
             )
             if setting is None:
                 baseline, baseline_state = row, run.state
@@ -643,6 +674,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "peak_tflops": peak_tflops,
             "peak_tbps": peak_tbps,
             "model_build_s": build_s,
+            "weights_gb": weights_gb,
             "wall_s": time.perf_counter() - t0,
             "reference": {
                 "transfer_ratio": _reference(args.transfer_ratio, 0.25),
@@ -678,16 +710,12 @@ def dry_run(args: argparse.Namespace) -> str:
     Estimated step time = max(FLOPs / --assume-tflops, bytes / --assume-tbps) +
     --assume-overhead-ms (kernel launches, the cache's gathers, the sampler).
     """
-    if args.model:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(args.model)
-    else:
-        config = _shape_config(args.shape)
+    config = _config_for(args)
     dims = ModelDims.from_config(config)
     w = _workload(args)
     tied = bool(getattr(config, "weight_tying", False))  # LLaDA: no separate head to patch
-    logits_tokens = w.prompt_len + w.gen_len if tied else None
+    family = bench_memory.family_of_config(config)
+    cached_rows = bench_memory.head_rows(family, w.prompt_len, w.gen_len, w.block_length, tied)
     settings = _settings(args)
     window = _window(args, settings, w.steps)
     timed = window or w.steps
@@ -702,8 +730,8 @@ def dry_run(args: argparse.Namespace) -> str:
         f"dry run: {args.model or args.shape} dims {dims.to_dict()}",
         f"workload {asdict(w)}; timed steps {timed} x {args.repeats} + warm-up per run; estimates at "
         f"{args.assume_tflops} TFLOP/s, {args.assume_tbps} TB/s, +{args.assume_overhead_ms} ms/step",
-        "| batch | cache | TFLOP (whole gen) | FLOP cut | roofline s | est. gen s | est. GPU s in bench |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| batch | cache | TFLOP (whole gen) | FLOP cut | roofline s | est. gen s | est. GPU s in bench | est. peak GiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     total = 0.0
     for batch in args.batch_size:
@@ -712,8 +740,11 @@ def dry_run(args: argparse.Namespace) -> str:
             cfg = setting.to_config() if setting else None
             cost = generation_cost(
                 dims, batch, w.prompt_len, w.gen_len, w.steps, cfg, w.block_length,
-                logits_tokens=logits_tokens, dtype_bytes=dtype_bytes, peak_tflops=args.peak_tflops, peak_tbps=args.peak_tbps,
+                logits_tokens=cached_rows if setting else w.prompt_len + w.gen_len, dtype_bytes=dtype_bytes,
+                peak_tflops=args.peak_tflops, peak_tbps=args.peak_tbps,
             )
+            peak = bench_memory.run_peak(config, batch, w.prompt_len, w.gen_len, w.block_length, dtype_bytes,
+                                         setting is not None)["total"]
             base = base or cost.flops
             per_step = {k: step_s(cost.flops_per_kind[k], cost.bytes_per_kind[k]) for k in STEP_KINDS}
             gen_s = sum(per_step[k] for k in _step_kinds(w.steps, cfg))
@@ -722,7 +753,7 @@ def dry_run(args: argparse.Namespace) -> str:
             total += bench_s
             lines.append(
                 f"| {batch} | {setting.label if setting else 'uncached'} | {cost.flops / 1e12:.1f} | "
-                f"{base / cost.flops:.2f}x | {cost.roofline_s:.2f} | {gen_s:.2f} | {bench_s:.1f} |"
+                f"{base / cost.flops:.2f}x | {cost.roofline_s:.2f} | {gen_s:.2f} | {bench_s:.1f} | {peak / 2**30:.1f} |"
             )
         total += step_s(step_flops(dims, batch, w.prompt_len, w.gen_len, "full"), 0)  # FLOP check
     lines.append(

@@ -1,4 +1,5 @@
-"""Markdown report of a `dllm-cache bench` run: the results table, step times by kind, notes."""
+"""Markdown report of a `dllm-cache bench` run: the results table, step times by kind, memory
+(whole-process peak and the cache's bytes by kind), notes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 from typing import Any
 
 from dllm_cache.flops import STEP_KINDS
+from dllm_cache.memory import KINDS
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -26,8 +28,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"peaks {meta['peak_tflops']} TFLOP/s, {meta['peak_tbps']} TB/s.",
         "",
         "| batch | cache | latency s | tok/s | speedup | TFLOP | FLOP cut | TFLOP/s | "
-        "roofline s | meas/roof | agree | recomputed |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "roofline s | meas/roof | agree | recomputed | peak GiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         lines.append(
@@ -36,7 +38,7 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"{_fmt(r['flops'] / 1e12, '.3g')} | {_fmt(r['flop_reduction'], '.2f')}x | "
             f"{_fmt(r['achieved_tflops'], '.3g')} | {_fmt(r['roofline_s'], '.3f')} | "
             f"{_fmt(r['measured_over_roofline'], '.2f')} | {_fmt(r['agreement'], '.3f')} | "
-            f"{_fmt(r['recomputed_fraction'], '.2f')} |"
+            f"{_fmt(r['recomputed_fraction'], '.2f')} | {_peak(r)} |"
         )
     lines += [
         "",
@@ -53,6 +55,7 @@ def markdown_table(report: dict[str, Any]) -> str:
             for k in STEP_KINDS
         ]
         lines.append(f"| {r['batch_size']} | {r['label']} | " + " | ".join(cells) + " |")
+    lines += memory_table(report)
     lines.append("")
     for c in report["flop_check"]:
         diff = c["relative_diff"]
@@ -67,3 +70,40 @@ def markdown_table(report: dict[str, Any]) -> str:
         for note in r["notes"]:
             lines.append(f"- batch {r['batch_size']} {r['label']}: {note}")
     return "\n".join(lines) + "\n"
+
+
+def _peak(row: dict[str, Any]) -> str:
+    """Measured whole-process peak, or the shape estimate marked "est." where none was measured."""
+    if row.get("peak_mem_gb") is not None:
+        return f"{row['peak_mem_gb']:.2f}"
+    est = row.get("estimated_peak_gb")
+    return "-" if est is None else f"{est:.3g} est."
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
+
+
+def memory_table(report: dict[str, Any]) -> list[str]:
+    """Peak memory per run and what the cache held after it, by kind (dllm_cache.memory.KINDS)."""
+    weights = report["meta"].get("weights_gb")
+    lines = [
+        "",
+        "Memory: whole-process peak of the timed runs (GiB; estimate from the shapes in brackets), weights "
+        + ("-" if weights is None else f"{weights:.3g} GiB") + "; the cache's bytes after the run, by kind.",
+        "",
+        "| batch | cache | peak (est.) | " + " | ".join(k.replace("_", " ") for k in KINDS) + " | cache total |",
+        "|---:|---|---:|" + "---:|" * (len(KINDS) + 1),
+    ]
+    for r in report["results"]:
+        held = r.get("cache_bytes") or {}
+        est = r.get("estimated_peak_gb")
+        peak = f"{_fmt(r.get('peak_mem_gb'), '.2f')} ({_fmt(est, '.3g')})"
+        cells = [human_bytes(held.get(k)) for k in (*KINDS, "total")]
+        lines.append(f"| {r['batch_size']} | {r['label']} | {peak} | " + " | ".join(cells) + " |")
+    return lines

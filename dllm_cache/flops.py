@@ -22,7 +22,8 @@ Conventions
   P + R rows; on "response" and "partial" steps the cache reuses the prompt rows' logits
   from the last prompt refresh and runs the head on the R response rows only. (A LLaDA
   model with weight tying has no separate head module for the cache to patch and pays for
-  P + R rows on every step: pass logits_tokens=P + R.)
+  P + R rows on every step: pass logits_tokens=P + R.) Callers that ask for fewer rows
+  (`logits_to_keep`, as our samplers do) pass a dict of rows per step kind.
 
 Step kinds (names follow `dllm_cache.schedule.step_kind`)
 --------------------------------------------------------
@@ -190,6 +191,12 @@ def lm_head_tokens(kind: str, prompt_len: int, resp_len: int) -> int:
     return prompt_len + resp_len if kind in ("full", "prompt") else resp_len
 
 
+def _head_rows(logits_tokens: int | dict[str, int] | None, kind: str, prompt_len: int, resp_len: int) -> int:
+    if logits_tokens is None:
+        return lm_head_tokens(kind, prompt_len, resp_len)
+    return logits_tokens[kind] if isinstance(logits_tokens, dict) else logits_tokens
+
+
 def selected_tokens(resp_len: int, transfer_ratio: float) -> int:
     """Response tokens recomputed per row and layer on a partial step: int(R * ratio)."""
     if not 0.0 <= transfer_ratio <= 1.0:
@@ -204,20 +211,20 @@ def step_flops(
     resp_len: int,
     kind: str,
     transfer_ratio: float = 0.25,
-    logits_tokens: int | None = None,
+    logits_tokens: int | dict[str, int] | None = None,
 ) -> int:
     """Matmul FLOPs of one model forward (one denoising step) of `kind`.
 
     `prompt_len` P and `resp_len` R are per batch row (padding included: padded positions
     are computed like real ones); `logits_tokens` is the number of positions per row that go
-    through the LM head (default `lm_head_tokens(kind, P, R)`, what the cache does). See the
+    through the LM head (default `lm_head_tokens(kind, P, R)`, what the cache does for a call
+    that asks for every row; a dict gives it per step kind). See the
     module docstring for what each kind recomputes. Returns an exact integer.
     """
     d = _as_dims(dims)
     kind = _normalise_kind(kind)
     total = prompt_len + resp_len
-    if logits_tokens is None:
-        logits_tokens = lm_head_tokens(kind, prompt_len, resp_len)
+    logits_tokens = _head_rows(logits_tokens, kind, prompt_len, resp_len)
 
     full_layer = total * d.flops_token_layer + d.attention_flops(total, total)
     response_layer = resp_len * d.flops_token_layer + d.attention_flops(resp_len, total)
@@ -248,7 +255,7 @@ def step_bytes(
     resp_len: int,
     kind: str,
     transfer_ratio: float = 0.25,
-    logits_tokens: int | None = None,
+    logits_tokens: int | dict[str, int] | None = None,
     dtype_bytes: int = 2,
 ) -> int:
     """Minimum HBM bytes of one step of `kind`, for a roofline bound.
@@ -267,8 +274,7 @@ def step_bytes(
     d = _as_dims(dims)
     kind = _normalise_kind(kind)
     total = prompt_len + resp_len
-    if logits_tokens is None:
-        logits_tokens = lm_head_tokens(kind, prompt_len, resp_len)
+    logits_tokens = _head_rows(logits_tokens, kind, prompt_len, resp_len)
 
     weights = d.n_layers * d.params_layer + d.params_lm_head
     if kind == "partial" and selected_tokens(resp_len, transfer_ratio) == 0:
@@ -337,7 +343,7 @@ def generation_cost(
     steps: int,
     config: CacheConfig | None,
     block_length: int | None = None,
-    logits_tokens: int | None = None,
+    logits_tokens: int | dict[str, int] | None = None,
     dtype_bytes: int = 2,
     peak_tflops: float | None = None,
     peak_tbps: float | None = None,

@@ -184,7 +184,7 @@ def check_enabled() -> bool:
     return os.environ.get(CHECK_ENV, "1") != "0"
 
 
-def _gb(n: float) -> str:
+def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
@@ -234,14 +234,9 @@ def check_generation_fits(
             fits = largest_batch(need, available)
             raise NotEnoughMemoryError(
                 f"dllm-cache: a cached generation of batch {batch} x {seq} tokens (prompt {P}) needs about "
-                f"{_gb(need(batch))} on {device} ({n_layers} layers' cache and a full step's temporaries), "
-                f"but {_gb(available)} is free. "
+                f"{gib(need(batch))} on {device} ({n_layers} layers' cache and a full step's temporaries), "
+                f"but {gib(available)} is free. "
                 + (f"The largest batch that fits is {fits}: split the batch. " if fits else
                    "Even batch 1 does not fit: shorten the prompt. ")
                 + f"(Estimate from the shapes; set {CHECK_ENV}=0 to try anyway.)"
             )
-
-
-def bytes_summary(by_kind: dict[str, int]) -> str:
-    """'prompt_kv 1.97 GiB, ...' for the non-zero kinds."""
-    return ", ".join(f"{k} {_gb(v)}" for k, v in by_kind.items() if v and k != "total") or "empty"
