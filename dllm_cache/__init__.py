@@ -29,6 +29,7 @@ from .config import CacheConfig  # noqa: E402
 from .patch import (  # noqa: E402
     cache_branch,
     cache_enabled,
+    cache_memory,
     cache_stats,
     disable_cache,
     enable_cache,
@@ -42,6 +43,7 @@ __all__ = [
     "CacheConfig",
     "cache_branch",
     "cache_enabled",
+    "cache_memory",
     "cache_stats",
     "disable_cache",
     "enable_cache",

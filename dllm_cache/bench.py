@@ -4,7 +4,8 @@ For one model and one workload, for each batch size: time an uncached generation
 same prompts with each cache configuration, in the same process, and report latency,
 tokens/s, speedup, analytic FLOPs (cross-checked once with FlopCounterMode), achieved
 TFLOP/s, a roofline bound, token agreement with the uncached output and the cache's stats.
-Writes `<tag>.json`, `<tag>.md` and `<tag>.png` to `--out-dir`; prints the table last.
+Writes `<tag>.json`, `<tag>.md` (bench_report.py) and `<tag>.png` (bench_plot.py) to
+`--out-dir`; prints the table last.
 
 Random-weight models (`--shape llada-8b|dream-7b`) are built directly on the device: compute
 does not depend on weight values, so they time like the real checkpoints.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import sys
@@ -28,6 +28,9 @@ from typing import Any
 
 import torch
 
+from dllm_cache import bench_memory
+from dllm_cache.bench_plot import plot
+from dllm_cache.bench_report import markdown_table
 from dllm_cache.flops import (
     STEP_KINDS,
     ModelDims,
@@ -39,7 +42,7 @@ from dllm_cache.flops import (
 )
 from dllm_cache.generate import generate
 from dllm_cache.hooks import adapter_for
-from dllm_cache.patch import cache_stats, disable_cache, enable_cache, reset_cache
+from dllm_cache.patch import cache_memory, cache_stats, disable_cache, enable_cache, reset_cache
 
 WORKLOADS: dict[str, dict[str, int]] = {
     "gsm8k": {"prompt_len": 700, "gen_len": 256, "steps": 256, "block_length": 32},
@@ -130,7 +133,9 @@ class Row:
     roofline_step_ms: dict[str, float] | None
     cache_stats: dict[str, Any] | None = None
     recomputed_fraction: float | None = None
-    peak_mem_gb: float | None = None
+    peak_mem_gb: float | None = None  # whole-process peak (torch allocator), CUDA only
+    estimated_peak_gb: float | None = None  # the same from the shapes (dllm_cache.memory)
+    cache_bytes: dict[str, int] | None = None  # what the cache held after the run, by kind
     notes: list[str] = field(default_factory=list)
 
 
@@ -267,6 +272,15 @@ def agreement(a: torch.Tensor, b: torch.Tensor, prompt_len: int, mask_id: int | 
 
 
 # ----------------------------------------------------------------------------- model setup
+
+
+def _config_for(args: argparse.Namespace) -> Any:
+    """The config of the model to bench, without building it."""
+    if args.model:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(args.model)
+    return _shape_config(args.shape)
 
 
 def _shape_config(shape: str) -> Any:
@@ -492,6 +506,7 @@ def _timed_runs(
             runs.append(once(window))
             if setting is not None:  # the model's stats accumulate: keep the last run's share
                 stats = _stats_delta(_stats_dict(cache_stats(run_model)), before)
+                stats["cache_bytes"] = cache_memory(run_model)
     finally:
         if setting is not None:
             disable_cache(run_model)
@@ -512,9 +527,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     peak_tbps = args.peak_tbps if on_gpu else None
     dtype_bytes = torch.finfo(dtype).bits // 8
 
+    bench_memory.preflight(_config_for(args), args.batch_size, workload.prompt_len, workload.gen_len,
+                           workload.block_length, dtype_bytes, device)
     t0 = time.perf_counter()
     model = build_model(args, device, dtype)
     build_s = time.perf_counter() - t0
+    weights_gb = (torch.cuda.memory_allocated(device) if on_gpu else
+                  sum(p.numel() * p.element_size() for p in model.parameters())) / 2**30
     config = model.config
     dims = ModelDims.from_config(config)
     mask_id = getattr(config, "mask_token_id", None)
@@ -529,14 +548,23 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         )
     if not on_gpu:
         notes.append("roofline skipped on CPU")
-    # The cache runs the LM head on the response rows only between prompt refreshes, unless
-    # the model has no separate head module to patch (weight-tied LLaDA).
-    head_all_rows = adapter_for(model).lm_head(model) is None
-    logits_tokens = workload.prompt_len + workload.gen_len if head_all_rows else None
+    # The samplers ask a cached model for the rows they score only; it runs the LM head on those
+    # (their response rows between prompt refreshes), unless the model has no separate head
+    # module to patch (weight-tied LLaDA). An uncached model computes every row.
+    adapter = adapter_for(model)
+    head_all_rows = adapter.lm_head(model) is None
+    logits_tokens = bench_memory.head_rows(adapter.family, workload.prompt_len, workload.gen_len,
+                                           workload.block_length, head_all_rows)
     notes.append(
         "FLOPs: analytic (dllm_cache.flops), matmuls + attention, multiply-add = 2; LM head on "
+        "all P + R rows uncached; cached, on "
         + ("all P + R rows on every step (no separate head module: weight tying)" if head_all_rows else
-           "P + R rows on prompt refreshes (full/prompt steps), R response rows otherwise")
+           f"the {logits_tokens['full']} rows the sampler scores on prompt refreshes and their "
+           f"{logits_tokens['partial']} response rows otherwise")
+    )
+    notes.append(
+        f"memory: weights {weights_gb:.3g} GiB; peak = whole-process torch allocator peak of the timed runs "
+        "(CUDA only); est. = dllm_cache.memory estimate from the shapes; cache = bytes held after the run"
     )
 
     rows: list[Row] = []
@@ -578,9 +606,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             run = runs[0]
             cost = generation_cost(
                 dims, batch, workload.prompt_len, workload.gen_len, workload.steps,
-                cache_config, workload.block_length, logits_tokens=logits_tokens,
+                cache_config, workload.block_length,
+                logits_tokens=logits_tokens if setting is not None else workload.prompt_len + workload.gen_len,
                 dtype_bytes=dtype_bytes, peak_tflops=peak_tflops, peak_tbps=peak_tbps,
             )
+            estimate = bench_memory.run_peak(config, batch, workload.prompt_len, workload.gen_len,
+                                             workload.block_length, dtype_bytes, setting is not None)
             roof_step = None
             if peak_tflops and peak_tbps:
                 roof_step = {
@@ -608,6 +639,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 step_ms=per_kind_ms(run, cache_config),
                 roofline_step_ms=roof_step,
                 peak_mem_gb=(torch.cuda.max_memory_allocated(device) / 2**30) if on_gpu else None,
+                estimated_peak_gb=estimate["total"] / 2**30,
+                cache_bytes=stats.pop("cache_bytes", None) if stats else None,
             )
             if setting is None:
                 baseline, baseline_state = row, run.state
@@ -654,6 +687,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "peak_tflops": peak_tflops,
             "peak_tbps": peak_tbps,
             "model_build_s": build_s,
+            "weights_gb": weights_gb,
             "wall_s": time.perf_counter() - t0,
             "reference": {
                 "transfer_ratio": _reference(args.transfer_ratio, 0.25),
@@ -669,139 +703,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- outputs
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else (
-        format(value, spec)
-    )
-
-
-def markdown_table(report: dict[str, Any]) -> str:
-    meta = report["meta"]
-    w = meta["workload"]
-    lines = [
-        f"### {meta['tag']}: {meta['model']} ({meta['family']}, {meta['dtype']}, "
-        f"{meta['device_name']})",
-        "",
-        f"Workload {w['name'] or 'custom'}: prompt {w['prompt_len']}, gen {w['gen_len']}, "
-        f"steps {w['steps']}, block {w['block_length']}; timed steps {meta['timed_steps']}; "
-        f"peaks {meta['peak_tflops']} TFLOP/s, {meta['peak_tbps']} TB/s.",
-        "",
-        "| batch | cache | latency s | tok/s | speedup | TFLOP | FLOP cut | TFLOP/s | "
-        "roofline s | meas/roof | agree | recomputed |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["results"]:
-        lines.append(
-            f"| {r['batch_size']} | {r['label']} | {_fmt(r['latency_s'], '.3f')} | "
-            f"{_fmt(r['tokens_per_s'], '.1f')} | {_fmt(r['speedup'], '.2f')}x | "
-            f"{_fmt(r['flops'] / 1e12, '.3g')} | {_fmt(r['flop_reduction'], '.2f')}x | "
-            f"{_fmt(r['achieved_tflops'], '.3g')} | {_fmt(r['roofline_s'], '.3f')} | "
-            f"{_fmt(r['measured_over_roofline'], '.2f')} | {_fmt(r['agreement'], '.3f')} | "
-            f"{_fmt(r['recomputed_fraction'], '.2f')} |"
-        )
-    lines += [
-        "",
-        "Mean time per denoising step by kind, ms: measured (roofline).",
-        "",
-        "| batch | cache | " + " | ".join(STEP_KINDS) + " |",
-        "|---:|---|" + "---:|" * len(STEP_KINDS),
-    ]
-    for r in report["results"]:
-        roof = r["roofline_step_ms"] or {}
-        cells = [
-            "-" if r["step_ms"][k] is None else f"{r['step_ms'][k]:.1f}"
-            + (f" ({roof[k]:.1f})" if k in roof else "")
-            for k in STEP_KINDS
-        ]
-        lines.append(f"| {r['batch_size']} | {r['label']} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for c in report["flop_check"]:
-        diff = c["relative_diff"]
-        lines.append(
-            f"- FLOP check, batch {c['batch_size']}: analytic full step "
-            f"{c['analytic_full_step']:.4g} vs FlopCounterMode {c['flop_counter_full_step']:.4g}"
-            f" ({_fmt(None if diff is None else 100 * diff, '+.2f')}%)"
-        )
-    for note in meta["notes"]:
-        lines.append(f"- {note}")
-    for r in report["results"]:
-        for note in r["notes"]:
-            lines.append(f"- batch {r['batch_size']} {r['label']}: {note}")
-    return "\n".join(lines) + "\n"
-
-
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Speedup vs transfer ratio and vs Kr (one line per batch size); measured vs roofline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ref = report["meta"]["reference"]
-    cached = [r for r in report["results"] if r["cache"] is not None]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    panels = [
-        ("transfer_ratio", "response_interval", "transfer ratio", axes[0]),
-        ("response_interval", "transfer_ratio", "Kr (response interval)", axes[1]),
-    ]
-    if all(len({r["cache"][key] for r in cached}) < 2 for key, *_ in panels):  # no sweep: compare configs
-        _config_bars(report, axes[0], "speedup", "speedup vs uncached")
-        _config_bars(report, axes[1], "measured_over_roofline", "measured / roofline time")
-        panels = []
-    for x_key, fixed_key, xlabel, ax in panels:
-        for batch in report["meta"]["batch_sizes"]:
-            pts = sorted(
-                (r["cache"][x_key], r["speedup"])
-                for r in cached
-                if r["batch_size"] == batch
-                and r["cache"][fixed_key] == ref[fixed_key]
-                and r["cache"]["prompt_interval"] == ref["prompt_interval"]
-                and r["cache"].get("compile", False) == ref.get("compile", False)
-            )
-            if pts:
-                xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="o", label=f"batch {batch}")
-        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        fixed = f"{fixed_key.replace('_', ' ')} = {ref[fixed_key]}"
-        ax.set(xlabel=xlabel, ylabel="speedup vs uncached", title=f"speedup ({fixed})")
-        ax.legend()
-    ax = axes[2]
-    roof = [r for r in report["results"] if r["roofline_s"]]
-    if roof:
-        for batch in report["meta"]["batch_sizes"]:
-            pts = [(r["roofline_s"], r["latency_s"]) for r in roof if r["batch_size"] == batch]
-            ax.scatter(*zip(*pts), label=f"batch {batch}")
-        lo = min(min(r["roofline_s"], r["latency_s"]) for r in roof) * 0.8
-        hi = max(max(r["roofline_s"], r["latency_s"]) for r in roof) * 1.2
-        ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="roofline")
-        ax.set(xscale="log", yscale="log", xlabel="roofline time (s)", ylabel="measured (s)")
-        ax.legend()
-    else:
-        ax.text(0.5, 0.5, "roofline skipped (CPU)", ha="center", va="center")
-        ax.set_axis_off()
-    ax.set_title("measured vs roofline")
-    meta = report["meta"]
-    fig.suptitle(f"{meta['tag']}: {meta['model']} {meta['dtype']} on {meta['device_name']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _config_bars(report: dict[str, Any], ax, key: str, ylabel: str) -> None:
-    """Grouped bars: one group per batch size, one bar per configuration (uncached included)."""
-    labels = list(dict.fromkeys(r["label"] for r in report["results"]))
-    batches = report["meta"]["batch_sizes"]
-    width = 0.8 / len(labels)
-    for i, label in enumerate(labels):
-        vals = [next((r[key] for r in report["results"] if r["label"] == label and r["batch_size"] == b), None) or 0
-                for b in batches]
-        bars = ax.bar([j + i * width for j in range(len(batches))], vals, width, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(batches))], [f"batch {b}" for b in batches])
-    ax.set(ylabel=ylabel, title=ylabel)
-    ax.legend(fontsize=7)
 
 
 def write_outputs(report: dict[str, Any], out_dir: Path, tag: str) -> dict[str, Path]:
@@ -822,16 +723,12 @@ def dry_run(args: argparse.Namespace) -> str:
     Estimated step time = max(FLOPs / --assume-tflops, bytes / --assume-tbps) +
     --assume-overhead-ms (kernel launches, the cache's gathers, the sampler).
     """
-    if args.model:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(args.model)
-    else:
-        config = _shape_config(args.shape)
+    config = _config_for(args)
     dims = ModelDims.from_config(config)
     w = _workload(args)
     tied = bool(getattr(config, "weight_tying", False))  # LLaDA: no separate head to patch
-    logits_tokens = w.prompt_len + w.gen_len if tied else None
+    family = bench_memory.family_of_config(config)
+    cached_rows = bench_memory.head_rows(family, w.prompt_len, w.gen_len, w.block_length, tied)
     settings = _settings(args)
     window = _window(args, settings, w.steps)
     timed = window or w.steps
@@ -846,8 +743,8 @@ def dry_run(args: argparse.Namespace) -> str:
         f"dry run: {args.model or args.shape} dims {dims.to_dict()}",
         f"workload {asdict(w)}; timed steps {timed} x {args.repeats} + warm-up per run; estimates at "
         f"{args.assume_tflops} TFLOP/s, {args.assume_tbps} TB/s, +{args.assume_overhead_ms} ms/step",
-        "| batch | cache | TFLOP (whole gen) | FLOP cut | roofline s | est. gen s | est. GPU s in bench |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| batch | cache | TFLOP (whole gen) | FLOP cut | roofline s | est. gen s | est. GPU s in bench | est. peak GiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     total = 0.0
     for batch in args.batch_size:
@@ -856,8 +753,11 @@ def dry_run(args: argparse.Namespace) -> str:
             cfg = setting.to_config() if setting else None
             cost = generation_cost(
                 dims, batch, w.prompt_len, w.gen_len, w.steps, cfg, w.block_length,
-                logits_tokens=logits_tokens, dtype_bytes=dtype_bytes, peak_tflops=args.peak_tflops, peak_tbps=args.peak_tbps,
+                logits_tokens=cached_rows if setting else w.prompt_len + w.gen_len, dtype_bytes=dtype_bytes,
+                peak_tflops=args.peak_tflops, peak_tbps=args.peak_tbps,
             )
+            peak = bench_memory.run_peak(config, batch, w.prompt_len, w.gen_len, w.block_length, dtype_bytes,
+                                         setting is not None)["total"]
             base = base or cost.flops
             per_step = {k: step_s(cost.flops_per_kind[k], cost.bytes_per_kind[k]) for k in STEP_KINDS}
             gen_s = sum(per_step[k] for k in _step_kinds(w.steps, cfg))
@@ -866,7 +766,7 @@ def dry_run(args: argparse.Namespace) -> str:
             total += bench_s
             lines.append(
                 f"| {batch} | {setting.label if setting else 'uncached'} | {cost.flops / 1e12:.1f} | "
-                f"{base / cost.flops:.2f}x | {cost.roofline_s:.2f} | {gen_s:.2f} | {bench_s:.1f} |"
+                f"{base / cost.flops:.2f}x | {cost.roofline_s:.2f} | {gen_s:.2f} | {bench_s:.1f} | {peak / 2**30:.1f} |"
             )
         total += step_s(step_flops(dims, batch, w.prompt_len, w.gen_len, "full"), 0)  # FLOP check
     lines.append(

@@ -22,7 +22,8 @@ Conventions
   P + R rows; on "response" and "partial" steps the cache reuses the prompt rows' logits
   from the last prompt refresh and runs the head on the R response rows only. (A LLaDA
   model with weight tying has no separate head module for the cache to patch and pays for
-  P + R rows on every step: pass logits_tokens=P + R.)
+  P + R rows on every step: pass logits_tokens=P + R.) Callers that ask for fewer rows
+  (`logits_to_keep`, as our samplers do) pass a dict of rows per step kind.
 
 Step kinds (names follow `dllm_cache.schedule.step_kind`)
 --------------------------------------------------------
@@ -80,14 +81,16 @@ class ModelDims:
     logit_shift: int = 0  # 1 when logits at row i predict token i + 1 (Dream)
 
     @classmethod
-    def from_config(cls, config: Any) -> ModelDims:
+    def from_config(cls, config: Any, allow_moe: bool = False) -> ModelDims:
         """Read dims from a LLaDA or Dream/Qwen2 config (object or dict).
 
         LLaDA keys: d_model, n_heads, n_kv_heads, n_layers, mlp_hidden_size (or mlp_ratio),
         embedding_size / vocab_size. Dream keys: hidden_size, num_attention_heads,
         num_key_value_heads, num_hidden_layers, intermediate_size, vocab_size.
+        Mixture-of-experts configs are refused (their FFN FLOPs are not modelled) unless
+        `allow_moe`: what the cache stores (K/V, deltas, logits) does not depend on the FFN.
         """
-        if _get(config, "num_experts", "expert_intermediate_size") is not None:
+        if not allow_moe and _get(config, "num_experts", "expert_intermediate_size") is not None:
             raise ValueError(
                 f"analytic FLOPs are not modelled for mixture-of-experts configs ({type(config).__name__}: "
                 "routed experts per token, dense and MoE layers mixed); count them with measure_step_flops."
@@ -197,6 +200,12 @@ def lm_head_tokens(kind: str, prompt_len: int, resp_len: int) -> int:
     return prompt_len + resp_len if kind in ("full", "prompt") else resp_len
 
 
+def _head_rows(logits_tokens: int | dict[str, int] | None, kind: str, prompt_len: int, resp_len: int) -> int:
+    if logits_tokens is None:
+        return lm_head_tokens(kind, prompt_len, resp_len)
+    return logits_tokens[kind] if isinstance(logits_tokens, dict) else logits_tokens
+
+
 def selected_tokens(resp_len: int, transfer_ratio: float) -> int:
     """Response tokens recomputed per row and layer on a partial step by the paper's selection:
     int(R * ratio) (`CacheConfig.selected_count` for every selection)."""
@@ -212,23 +221,23 @@ def step_flops(
     resp_len: int,
     kind: str,
     transfer_ratio: float = 0.25,
-    logits_tokens: int | None = None,
+    logits_tokens: int | dict[str, int] | None = None,
     selected: int | None = None,
 ) -> int:
     """Matmul FLOPs of one model forward (one denoising step) of `kind`.
 
     `prompt_len` P and `resp_len` R are per batch row (padding included: padded positions
     are computed like real ones); `logits_tokens` is the number of positions per row that go
-    through the LM head (default `lm_head_tokens(kind, P, R)`, what the cache does); `selected`
-    the tokens recomputed per partial layer (default int(R * transfer_ratio)). A partial layer
-    with nothing selected projects no V either (there is nothing to test). See the module
-    docstring for what each kind recomputes. Returns an exact integer.
+    through the LM head (default `lm_head_tokens(kind, P, R)`, what the cache does for a call
+    that asks for every row; a dict gives it per step kind); `selected` the tokens recomputed per
+    partial layer (default int(R * transfer_ratio)). A partial layer with nothing selected projects
+    no V either (there is nothing to test). See the module docstring for what each kind
+    recomputes. Returns an exact integer.
     """
     d = _as_dims(dims)
     kind = _normalise_kind(kind)
     total = prompt_len + resp_len
-    if logits_tokens is None:
-        logits_tokens = lm_head_tokens(kind, prompt_len, resp_len)
+    logits_tokens = _head_rows(logits_tokens, kind, prompt_len, resp_len)
 
     full_layer = total * d.flops_token_layer + d.attention_flops(total, total)
     response_layer = resp_len * d.flops_token_layer + d.attention_flops(resp_len, total)
@@ -259,7 +268,7 @@ def step_bytes(
     resp_len: int,
     kind: str,
     transfer_ratio: float = 0.25,
-    logits_tokens: int | None = None,
+    logits_tokens: int | dict[str, int] | None = None,
     dtype_bytes: int = 2,
     selected: int | None = None,
 ) -> int:
@@ -279,8 +288,7 @@ def step_bytes(
     d = _as_dims(dims)
     kind = _normalise_kind(kind)
     total = prompt_len + resp_len
-    if logits_tokens is None:
-        logits_tokens = lm_head_tokens(kind, prompt_len, resp_len)
+    logits_tokens = _head_rows(logits_tokens, kind, prompt_len, resp_len)
 
     weights = d.n_layers * d.params_layer + d.params_lm_head
     k = selected_tokens(resp_len, transfer_ratio) if selected is None else selected
@@ -351,7 +359,7 @@ def generation_cost(
     steps: int,
     config: CacheConfig | None,
     block_length: int | None = None,
-    logits_tokens: int | None = None,
+    logits_tokens: int | dict[str, int] | None = None,
     dtype_bytes: int = 2,
     peak_tflops: float | None = None,
     peak_tbps: float | None = None,

@@ -45,6 +45,15 @@ def _mask_id(model: nn.Module, mask_id: int | None) -> int:
     return int(mask_id)
 
 
+def _logits_of_rows(model: nn.Module, inputs: dict, mask: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
+    """Logits of rows [lo, hi) -> (batch, hi - lo, vocab); `inputs` is input_ids= or inputs_embeds=.
+    A cached model is asked for those rows only (logits_to_keep), so it neither computes nor keeps
+    the others."""
+    if is_cache_enabled(model):
+        return model(**inputs, attention_mask=mask, logits_to_keep=slice(lo, hi)).logits
+    return model(**inputs, attention_mask=mask).logits[:, lo:hi]
+
+
 def tokens_per_step(masked: torch.Tensor, steps: int) -> torch.Tensor:
     """Spread each row's masked count (batch,) over `steps` as evenly as possible -> (batch, steps)."""
     base = masked // steps
@@ -116,12 +125,12 @@ def llada_generate(
     if is_cache_enabled(model):
         reset_cache(model, prompt_length=P, block_length=block_length)
 
-    def logits_of(seq: torch.Tensor) -> torch.Tensor:
-        logits = model(**model_inputs(model, seq, inputs_embeds), attention_mask=full_mask).logits
+    def logits_of(seq: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        logits = _logits_of_rows(model, model_inputs(model, seq, inputs_embeds), full_mask, lo, hi)  # (batch, hi - lo, vocab)
         if cfg_scale > 0:
             uncond = seq.masked_fill(prompt_region, mask_id)
             with cache_branch(model, "uncond"):
-                un_logits = model(uncond, attention_mask=full_mask).logits
+                un_logits = _logits_of_rows(model, {"input_ids": uncond}, full_mask, lo, hi)
             logits = un_logits + (cfg_scale + 1) * (logits - un_logits)
         return logits
 
@@ -138,7 +147,7 @@ def llada_generate(
             if threshold is not None and not bool(masked[:, lo:hi].any()):
                 break
             # Only the current block can be unmasked: sample and score its columns alone.
-            logits = logits_of(x)[:, lo:hi]
+            logits = logits_of(x, lo, hi)
             logits[..., mask_id] = -math.inf  # never "unmask" into the mask token
             x0 = gumbel_argmax(logits, temperature)  # (batch, block_length)
             if remasking == "low_confidence":
@@ -225,9 +234,14 @@ def dream_generate(
         masked = resp == mask_id
         if not bool(masked.any()):
             break
-        logits = model(**model_inputs(model, x, inputs_embeds), attention_mask=full_mask).logits
         # Dream's logits are shifted: row j predicts token j+1 (row 0 stands in for itself).
-        logits = logits[:, P - 1 : -1] if P > 0 else torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        L = x.shape[1]
+        inputs = model_inputs(model, x, inputs_embeds)
+        if P > 0:
+            logits = _logits_of_rows(model, inputs, full_mask, P - 1, L - 1)  # rows P-1 .. L-2
+        else:
+            logits = _logits_of_rows(model, inputs, full_mask, 0, max(L - 1, 1))
+            logits = torch.cat([logits[:, :1], logits[:, : L - 1]], dim=1)
         logits[..., mask_id] = -math.inf
         t, s = timesteps[i], timesteps[i + 1]
         if alg == "origin":

@@ -51,9 +51,13 @@ def run_step(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     on_failure: Callable[[], None],
+    layout: tuple = (),
 ):
-    """Run one cached step through its graph (capturing it when due), or eagerly."""
-    key = (kind, tuple(input_ids.shape), branch.prompt_len)
+    """Run one cached step through its graph (capturing it when due), or eagerly.
+
+    `layout`: whatever else the step bakes into its kernels (the LM head's row counts and offsets);
+    steps that differ in it get their own graphs."""
+    key = (kind, tuple(input_ids.shape), branch.prompt_len, layout)
     step = branch.graphs.get(key)
     if step is None:
         if key not in branch.seen_kinds:

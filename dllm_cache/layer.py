@@ -54,16 +54,18 @@ def _scatter_heads(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> N
 
 
 def full_block_forward(parts: BlockParts, dims: Dims, store: LayerStore, ctx: StepContext, x: torch.Tensor) -> torch.Tensor:
-    """Every token recomputed; all features stored. Same arithmetic as the uncached block."""
+    """Every token recomputed; K/V and the deltas later steps read are stored. Same arithmetic
+    as the uncached block."""
     cos, sin = ctx.rope
     h = parts.attn_norm(x)
     q = apply_rope(_heads(parts.q_proj(h), dims.head_dim), cos, sin)
     store.k.copy_(apply_rope(_heads(parts.k_proj(h), dims.head_dim), cos, sin))
     store.v.copy_(_heads(parts.v_proj(h), dims.head_dim))
-    store.attn.copy_(parts.out_proj(attend(q, store.k, store.v, ctx.key_mask)))
-    x = x + store.attn
-    store.ffn.copy_(parts.mlp(parts.ffn_norm(x)))
-    return x + store.ffn
+    attn = parts.out_proj(attend(q, store.k, store.v, ctx.key_mask))  # (batch, seq, d_model)
+    x = x + attn
+    ffn = parts.mlp(parts.ffn_norm(x))
+    store.keep_deltas(attn, ffn)
+    return x + ffn
 
 
 def _response_queries(
@@ -107,15 +109,14 @@ def response_rows_forward(
     """A step that refreshes no prompt row while the LM head serves prompt logits from cache:
     nothing reads the prompt rows, so only the response rows xr (batch, R, d_model) of the
     block input are updated, in place. The common cached step; torch.compile targets this."""
-    P = ctx.prompt_len
     sel, q = _response_queries(parts, dims, store, ctx, parts.attn_norm(xr), ctx.plan.refresh_response or first_layer)
     if q is not None:
-        _store_rows(store.attn[:, P:], sel, parts.out_proj(_attend_cached(q, store.k, store.v, ctx.key_mask)))
-    xr += store.attn[:, P:]
+        _store_rows(store.attn, sel, parts.out_proj(_attend_cached(q, store.k, store.v, ctx.key_mask)))
+    xr += store.attn
     if sel is None or sel.shape[1]:
         rows = xr if sel is None else _gather_tokens(xr, sel)
-        _store_rows(store.ffn[:, P:], sel, parts.mlp(parts.ffn_norm(rows)))
-    xr += store.ffn[:, P:]
+        _store_rows(store.ffn, sel, parts.mlp(parts.ffn_norm(rows)))
+    xr += store.ffn
 
 
 def cached_block_forward(
@@ -154,23 +155,51 @@ def cached_block_forward(
     if q_resp is not None:
         queries.append(q_resp)
 
+    # Prompt rows' deltas: fresh on a prompt refresh (kept for later only if the store holds
+    # them), otherwise the stored ones (this path runs then only for a model whose head is unpatched).
     n_prompt_q = P if plan.refresh_prompt else 0
+    prompt_attn = store.prompt_attn
     if queries:
         q = torch.cat(queries, dim=2) if len(queries) > 1 else queries[0]
         o = parts.out_proj(_attend_cached(q, store.k, store.v, ctx.key_mask))  # (batch, n_queries, d_model)
-        store.attn[:, :n_prompt_q] = o[:, :n_prompt_q]
+        if plan.refresh_prompt:
+            prompt_attn = _keep_prompt(store.prompt_attn, o[:, :P])
         if q_resp is not None:
-            _store_rows(store.attn[:, P:], sel, o[:, n_prompt_q:])
+            _store_rows(store.attn, sel, o[:, n_prompt_q:])
 
-    x = x + store.attn  # cached deltas for every token not recomputed
+    x = _add_rows(x, prompt_attn, store.attn)  # cached deltas for every token not recomputed
     ffn_in = [x[:, :P]] if n_prompt_q else []
     if sel is None:
         ffn_in.append(x[:, P:])
     elif sel.shape[1]:
         ffn_in.append(_gather_tokens(x[:, P:], sel))
+    prompt_ffn = store.prompt_ffn
     if ffn_in:
         f = parts.mlp(parts.ffn_norm(torch.cat(ffn_in, dim=1) if len(ffn_in) > 1 else ffn_in[0]))
-        store.ffn[:, :n_prompt_q] = f[:, :n_prompt_q]
+        if plan.refresh_prompt:
+            prompt_ffn = _keep_prompt(store.prompt_ffn, f[:, :P])
         if sel is None or sel.shape[1]:
-            _store_rows(store.ffn[:, P:], sel, f[:, n_prompt_q:])
-    return x + store.ffn
+            _store_rows(store.ffn, sel, f[:, n_prompt_q:])
+    return _add_rows(x, prompt_ffn, store.ffn)
+
+
+def _keep_prompt(dst: torch.Tensor | None, fresh: torch.Tensor) -> torch.Tensor:
+    """Fresh prompt-row deltas (batch, P, d_model), copied into the store when it keeps them."""
+    if dst is None:
+        return fresh
+    dst.copy_(fresh)
+    return dst
+
+
+def _add_rows(x: torch.Tensor, prompt: torch.Tensor | None, response: torch.Tensor) -> torch.Tensor:
+    """x (batch, P + R, d_model) plus per-row deltas: prompt (batch, P, d) and response (batch, R, d)."""
+    P = x.shape[1] - response.shape[1]
+    if prompt is None:
+        raise RuntimeError(
+            "dllm-cache internal error: prompt rows are live on a cached step but their deltas were "
+            "not kept (the LM head was expected to serve them)."
+        )
+    out = torch.empty_like(x)
+    torch.add(x[:, :P], prompt, out=out[:, :P])
+    torch.add(x[:, P:], response, out=out[:, P:])
+    return out

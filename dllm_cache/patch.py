@@ -25,6 +25,7 @@ from .config import CacheConfig
 from .frontier import frontier_priority
 from .graphs import graphable, run_step
 from .layer import cached_block_forward, full_block_forward
+from .memory import check_generation_fits, state_bytes
 from .state import CacheState, StepContext
 
 _STATE = "_dllm_cache_state"
@@ -48,6 +49,23 @@ def _key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     if bool(attention_mask.all()):  # host sync, but only on prompt refreshes (never inside a graph)
         return None
     return key_mask_from(attention_mask)
+
+
+def _logit_rows(logits_to_keep, seq: int) -> tuple[int, int]:
+    """Rows [lo, hi) whose logits a forward returns, from transformers-style `logits_to_keep`:
+    0 or None all rows, an int N the last N rows, a slice(lo, hi) those rows."""
+    if logits_to_keep is None:
+        return 0, seq
+    if isinstance(logits_to_keep, int) and not isinstance(logits_to_keep, bool) and logits_to_keep >= 0:
+        return max(seq - (logits_to_keep or seq), 0), seq
+    if isinstance(logits_to_keep, slice) and logits_to_keep.step in (None, 1):
+        lo, hi, _ = logits_to_keep.indices(seq)
+        if lo < hi:
+            return lo, hi
+    raise ValueError(
+        f"logits_to_keep={logits_to_keep!r} is not supported for a sequence of {seq} rows: pass 0 (all rows), "
+        "an int N >= 0 (the last N rows) or a non-empty slice(lo, hi) with step 1."
+    )
 
 
 class _Patched:
@@ -79,7 +97,12 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
     attention_mask = _arg(args, kwargs, 1, "attention_mask")
     # LLaDA-family models (official LLaDA, MMaDA) also take the padding mask as a 4-D boolean attention_bias.
     mask_source = attention_mask if attention_mask is not None else kwargs.get("attention_bias")
+    lo, hi = _logit_rows(kwargs.pop("logits_to_keep", None), tokens.shape[1])
     branch, plan = state.begin_step(tokens)
+    if branch.step == 1:  # step 0 of a generation: say now if its cache cannot fit
+        n_prompt_rows = max(min(hi, branch.prompt_len) - lo, 0)
+        check_generation_fits(patched.model, list(patched.blocks), branch, tokens, hi - lo, n_prompt_rows,
+                              prompt_deltas=patched.head is None)
     if plan.refresh_prompt or branch.rope_cos is None:
         # Positions and padding are fixed within a generation: computed on prompt refreshes only,
         # into persistent buffers that captured graphs read.
@@ -92,6 +115,7 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
         branch.persist("rope_cos", cos)
         branch.persist("rope_sin", sin)
         branch.persist("key_mask", _key_mask(mask_source))
+    layout = _logit_layout(patched, branch, plan, lo, hi, tokens.device)
     state.ctx = StepContext(
         plan=plan,
         prompt_len=branch.prompt_len,
@@ -99,6 +123,7 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
         key_mask=branch.key_mask,
         selected=state.selected_count(branch, tokens.shape[1]),
         head_cached=patched.head is not None,
+        logit_rows=(lo, hi),
     )
     rest = {k: v for k, v in kwargs.items() if k not in ("input_ids", "inputs_embeds", "attention_mask")}
 
@@ -113,12 +138,51 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
     try:
         with torch.no_grad():
             if args[2:]:  # unusual positional arguments: keep the plain call
-                return original(*args, **kwargs)
-            if graphable(state.config, plan.kind, tokens, branch, state.graphs_disabled):
-                return run_step(branch, plan.kind, forward, tokens, attention_mask, state.disable_graphs)
-            return forward(tokens, attention_mask)
+                out = original(*args, **kwargs)
+            elif graphable(state.config, plan.kind, tokens, branch, state.graphs_disabled):
+                out = run_step(branch, plan.kind, forward, tokens, attention_mask, state.disable_graphs, layout)
+            else:
+                out = forward(tokens, attention_mask)
     finally:
         state.ctx = None
+    if patched.head is None and (lo, hi) != (0, tokens.shape[1]):
+        out = _with_logits(out, out.logits[:, lo:hi])  # no head to patch: every row was computed
+    return out
+
+
+def _logit_layout(patched: _Patched, branch, plan, lo: int, hi: int, device) -> tuple[int, ...]:
+    """Prepare the LM head's rows for this step; returns what a captured step bakes in.
+
+    Between prompt refreshes the head computes response rows [max(lo, P), hi) through the
+    persistent index `branch.logit_index` (so one captured graph serves every LLaDA block) and
+    serves prompt rows [lo, min(hi, P)) from the logits kept at the last prompt refresh."""
+    P = branch.prompt_len
+    if patched.head is None or plan.refresh_prompt:
+        return ()
+    start = max(lo, P)
+    if branch.logit_index is None or branch.logit_index.numel() != hi - start or branch.logit_index_start != start:
+        branch.persist("logit_index", torch.arange(start, hi, device=device))
+        branch.logit_index_start = start
+    n_prompt = max(min(hi, P) - lo, 0)
+    kept_lo, kept_hi = branch.prompt_logit_rows
+    if n_prompt and not (kept_lo <= lo and lo + n_prompt <= kept_hi):
+        raise ValueError(
+            f"logits of prompt rows {lo}..{lo + n_prompt - 1} were asked for on a cached step, but the last "
+            f"prompt refresh kept prompt rows {kept_lo}..{kept_hi - 1} only: between prompt refreshes the cache "
+            "serves prompt-row logits from the last refresh. Ask for the same prompt rows on every step "
+            "(logits_to_keep), or for response rows only."
+        )
+    return n_prompt, lo - kept_lo if n_prompt else 0, hi - start
+
+
+def _with_logits(out, logits: torch.Tensor):
+    """A copy of the model output with other logits (the output object of a captured step is reused)."""
+    if not hasattr(out, "logits"):
+        raise ValueError(
+            f"logits_to_keep needs a model output with .logits, got {type(out).__name__}; call the model with "
+            "return_dict=True or without logits_to_keep."
+        )
+    return type(out)(**{**out, "logits": logits})
 
 
 def _track_frontier(state: CacheState, branch, plan, ids: torch.Tensor) -> None:
@@ -147,7 +211,7 @@ def _block_forward(patched: _Patched, adapter, dims, index: int, parts, original
     x = _arg(args, kwargs, 0, "hidden_states", "x")
     branch = state.branch()
     if ctx.plan.refresh_prompt and ctx.plan.refresh_response:
-        store = branch.store_for(index, state.n_layers, x, dims.n_kv_heads, dims.head_dim)
+        store = branch.store_for(index, state.n_layers, x, dims.n_kv_heads, dims.head_dim, not ctx.head_cached)
         out = full_block_forward(parts, dims, store, ctx, x)
     else:
         store = branch.layers[index]
@@ -156,28 +220,32 @@ def _block_forward(patched: _Patched, adapter, dims, index: int, parts, original
 
 
 def _head_forward(patched: _Patched, original, h: torch.Tensor, *args, **kwargs):
-    """LM head: prompt rows' logits come from the last prompt refresh (prompt hidden states are
-    reused between refreshes, so these are the logits they would give); response rows are computed.
-    Dream reads row P-1 for the first response token: a cached prompt row, as in the paper's cache."""
+    """LM head on the rows the caller asked for, h (batch, seq, d_model) -> (batch, hi - lo, vocab).
+
+    Prompt rows' logits come from the last prompt refresh (prompt hidden states are reused between
+    refreshes, so these are the logits they would give; their rows of h are stale); response rows
+    are computed. Dream reads row P-1 for the first response token: a cached prompt row, as in the
+    paper's cache."""
     state = patched.state
     ctx = state.ctx
     if ctx is None:
         return original(h, *args, **kwargs)
     branch = state.branch()
-    lo = ctx.prompt_len
+    P = ctx.prompt_len
+    lo, hi = ctx.logit_rows
+    n_prompt = max(min(hi, P) - lo, 0)
     if ctx.plan.refresh_prompt:
-        logits = original(h, *args, **kwargs)
-        branch.persist("logits", logits)
+        logits = original(h[:, lo:hi], *args, **kwargs)
+        branch.persist("prompt_logits", logits[:, :n_prompt] if n_prompt else None)
+        branch.prompt_logit_rows = (lo, lo + n_prompt)
         return logits
-    tail = original(h[:, lo:], *args, **kwargs)
-    if h.is_cuda and torch.cuda.is_current_stream_capturing():
-        # A replayed step returns a persistent buffer anyway: let it be the branch's, whose prompt
-        # rows already hold the cached logits, instead of copying (batch, P, vocab) every step.
-        branch.logits[:, lo:] = tail
-        return branch.logits
-    logits = tail.new_empty(h.shape[0], h.shape[1], tail.shape[-1])
-    logits[:, :lo] = branch.logits[:, :lo]
-    logits[:, lo:] = tail
+    tail = original(h.index_select(1, branch.logit_index), *args, **kwargs)  # rows [max(lo, P), hi)
+    if not n_prompt:
+        return tail
+    offset = lo - branch.prompt_logit_rows[0]
+    logits = tail.new_empty(tail.shape[0], n_prompt + tail.shape[1], tail.shape[2])
+    logits[:, :n_prompt] = branch.prompt_logits[:, offset : offset + n_prompt]
+    logits[:, n_prompt:] = tail
     return logits
 
 
@@ -270,6 +338,11 @@ def reset_cache(model: nn.Module, prompt_length: int | None = None, block_length
 def cache_stats(model: nn.Module) -> dict:
     """Step counts by kind and the fraction of response tokens recomputed on partial steps."""
     return _state(model).stats.as_dict()
+
+
+def cache_memory(model: nn.Module) -> dict[str, int]:
+    """Bytes the cache holds now, by kind (see dllm_cache.memory.state_bytes)."""
+    return state_bytes(_state(model))
 
 
 @contextlib.contextmanager

@@ -1,7 +1,13 @@
 """Per-model feature store: one instance per cached model, never global.
 
-For each layer it holds the K and V of every token (RoPE applied to K), and the attention
-and FFN outputs (the residual deltas) of every token. Buffers are allocated once per
+It keeps only what later steps read. For each layer: the K and V of every token (RoPE applied
+to K: every query attends to all keys), and the attention and FFN outputs (the residual
+deltas) of the response tokens, which cached steps reuse for the tokens they do not
+recompute. Prompt rows' deltas are recomputed on every prompt refresh and never read between
+refreshes, because the LM head serves prompt-row logits from the last refresh; they are kept
+only for models whose head the cache cannot patch (then the prompt rows' hidden states must be
+rebuilt on every step). Per branch: the logits of the prompt rows the caller asked for
+(`logits_to_keep`), none for our samplers but Dream's row P-1. Buffers are allocated once per
 generation shape and overwritten in place afterwards.
 """
 
@@ -18,10 +24,27 @@ from .schedule import StepPlan, plan_step
 
 @dataclass
 class LayerStore:
-    k: torch.Tensor  # (batch, kv_heads, seq, head_dim), RoPE applied
+    k: torch.Tensor  # (batch, kv_heads, seq, head_dim), RoPE applied, prompt and response
     v: torch.Tensor  # (batch, kv_heads, seq, head_dim)
-    attn: torch.Tensor  # (batch, seq, d_model): attention output added to the residual
-    ffn: torch.Tensor  # (batch, seq, d_model): FFN output added to the residual
+    attn: torch.Tensor  # (batch, R, d_model): response rows' attention output added to the residual
+    ffn: torch.Tensor  # (batch, R, d_model): response rows' FFN output added to the residual
+    # (batch, P, d_model) each, or None: prompt rows' deltas, kept only when the LM head is not
+    # patched (prompt rows must then be rebuilt on cached steps).
+    prompt_attn: torch.Tensor | None = None
+    prompt_ffn: torch.Tensor | None = None
+
+    def keep_deltas(self, attn: torch.Tensor, ffn: torch.Tensor) -> None:
+        """Store a full step's deltas (batch, seq, d_model): response rows, and prompt rows if kept."""
+        P = attn.shape[1] - self.attn.shape[1]
+        self.attn.copy_(attn[:, P:])
+        self.ffn.copy_(ffn[:, P:])
+        if self.prompt_attn is not None:
+            self.prompt_attn.copy_(attn[:, :P])
+            self.prompt_ffn.copy_(ffn[:, :P])
+
+    def tensors(self) -> dict[str, torch.Tensor | None]:
+        return {"k": self.k, "v": self.v, "attn": self.attn, "ffn": self.ffn,
+                "prompt_attn": self.prompt_attn, "prompt_ffn": self.prompt_ffn}
 
 
 @dataclass
@@ -34,9 +57,11 @@ class StepContext:
     key_mask: torch.Tensor | None  # (batch, seq) bool, None when nothing is padded
     selected: int  # response tokens recomputed per row on partial layers (CacheConfig.selected_count)
     head_cached: bool = False  # the LM head serves prompt rows from cache, so layers may skip them
-    # (batch, R) bool: tokens a partial step recomputes first ("frontier" selection), else None.
-    # Set inside the step's forward (so CUDA graphs recompute it from each step's input ids).
+    # (batch, R) priority levels: tokens a partial step recomputes first ("frontier" selection), else
+    # None. Set inside the step's forward (so CUDA graphs recompute it from each step's input ids).
     priority: torch.Tensor | None = None
+    # Rows [lo, hi) whose logits the caller asked for (logits_to_keep); all rows by default.
+    logit_rows: tuple[int, int] = (0, 0)
 
     @property
     def prompt_rows_dead(self) -> bool:
@@ -75,13 +100,17 @@ class BranchState:
     refresh_tokens: torch.Tensor | None = None
     prompt_ids: torch.Tensor | None = None
     layers: list[LayerStore] = field(default_factory=list)
-    # (batch, seq, vocab): logits of the last prompt refresh; its prompt rows serve later steps, and
-    # captured steps write their response rows into it (no per-step copy of the prompt rows).
-    logits: torch.Tensor | None = None
-    # Persistent per generation (CUDA graphs read these addresses): RoPE tables and key mask.
+    # (batch, rows, vocab): logits of the prompt rows the caller kept at the last prompt refresh,
+    # rows prompt_logit_rows = [lo, hi); later steps serve those rows from here.
+    prompt_logits: torch.Tensor | None = None
+    prompt_logit_rows: tuple[int, int] = (0, 0)
+    # Persistent per generation (CUDA graphs read these addresses): RoPE tables, key mask, and
+    # the response rows whose logits the current step computes (batch-independent, (rows,) int64).
     rope_cos: torch.Tensor | None = None
     rope_sin: torch.Tensor | None = None
     key_mask: torch.Tensor | None = None
+    logit_index: torch.Tensor | None = None
+    logit_index_start: int = -1
     declared: bool = False  # set by reset_cache(prompt_length=...): skip the per-step prompt check
     graphs: dict = field(default_factory=dict)  # (kind, shape key) -> captured step
     seen_kinds: set = field(default_factory=set)  # kinds run eagerly once (warm-up) in this layout
@@ -113,32 +142,53 @@ class BranchState:
         return not torch.equal(input_ids[:, : self.prompt_len], self.prompt_ids)
 
     def _seq_len(self) -> int:
-        return self.layers[0].attn.shape[1] if self.layers and self.layers[0] is not None else -1
+        return self.layers[0].k.shape[2] if self.layers and self.layers[0] is not None else -1
 
-    def store_for(self, layer: int, n_layers: int, x: torch.Tensor, kv_heads: int, head_dim: int) -> LayerStore:
-        """The layer's buffers, (re)allocated only when shape, dtype or device changed."""
+    def store_for(
+        self, layer: int, n_layers: int, x: torch.Tensor, kv_heads: int, head_dim: int, prompt_deltas: bool
+    ) -> LayerStore:
+        """The layer's buffers, (re)allocated only when shape, dtype or device changed.
+
+        x: (batch, seq, d_model) block input; the response is x's last seq - prompt_len rows."""
         batch, seq, d_model = x.shape
+        resp = seq - self.prompt_len
         if len(self.layers) != n_layers:
             self.layers = [None] * n_layers  # type: ignore[list-item]
         store = self.layers[layer]
         kv_shape = (batch, kv_heads, seq, head_dim)
+        prompt_shape = (batch, self.prompt_len, d_model) if prompt_deltas else None
         if (
             store is None
-            or store.attn.shape != x.shape
+            or store.attn.shape != (batch, resp, d_model)
             or store.k.shape != kv_shape
-            or store.attn.dtype != x.dtype
-            or store.attn.device != x.device
+            or (None if store.prompt_attn is None else store.prompt_attn.shape) != prompt_shape
+            or store.k.dtype != x.dtype
+            or store.k.device != x.device
         ):
             self.drop_graphs()
+            self.layers[layer] = store = None  # type: ignore[assignment]  # free the old buffers first
             kw = dict(dtype=x.dtype, device=x.device)
             store = LayerStore(
                 k=torch.empty(kv_shape, **kw),
                 v=torch.empty(kv_shape, **kw),
-                attn=torch.empty(batch, seq, d_model, **kw),
-                ffn=torch.empty(batch, seq, d_model, **kw),
+                attn=torch.empty(batch, resp, d_model, **kw),
+                ffn=torch.empty(batch, resp, d_model, **kw),
+                prompt_attn=torch.empty(prompt_shape, **kw) if prompt_deltas else None,
+                prompt_ffn=torch.empty(prompt_shape, **kw) if prompt_deltas else None,
             )
             self.layers[layer] = store
         return store
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor this branch holds between steps, by name (layer tensors as `layers.i.name`)."""
+        out = {}
+        for i, store in enumerate(self.layers):
+            if store is not None:
+                out.update({f"layers.{i}.{k}": t for k, t in store.tensors().items() if t is not None})
+        for name in ("prompt_logits", "rope_cos", "rope_sin", "key_mask", "logit_index"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
 
 
 class CacheState:

@@ -50,9 +50,16 @@ def _check_structure(report: dict, shape: str) -> None:
         assert 0.0 <= r["agreement"] <= 1.0
     uncached = [r for r in results if r["cache"] is None]
     assert len(uncached) == 2 and all(r["speedup"] == 1.0 and r["cache_stats"] is None for r in uncached)
+    assert meta["weights_gb"] > 0
     for r in results:
+        assert r["peak_mem_gb"] is None and r["estimated_peak_gb"] > meta["weights_gb"]  # CPU: estimate only
         if r["cache"] is not None:
             assert r["cache_stats"]["steps"] == 16
+            held = r["cache_bytes"]
+            assert held["prompt_kv"] > 0 and held["response_deltas"] > 0 and held["prompt_deltas"] == 0
+            assert held["total"] == sum(v for k, v in held.items() if k != "total")
+        else:
+            assert r["cache_bytes"] is None
 
 
 @pytest.mark.parametrize("shape", ["tiny-llada", "tiny-dream"])
@@ -65,7 +72,11 @@ def test_bench_exact_config_matches_uncached(tmp_path, capsys, shape):
         assert cached["cache"] == {"prompt_interval": 1, "response_interval": 1, "transfer_ratio": 1.0, "compile": False,
                                    "policy": "paper"}
         assert cached["agreement"] == 1.0
-        assert cached["flops"] == base["flops"] and cached["flop_reduction"] == 1.0
+        # Every step is a full step; the cached model runs the LM head on the rows the sampler
+        # scores only (LLaDA: the block of 8; Dream: rows P-1 .. L-2, 16), the uncached one on all 32.
+        d = report["meta"]["dims"]
+        scored = 8 if shape == "tiny-llada" else 16
+        assert base["flops"] - cached["flops"] == 16 * batch * (32 - scored) * 2 * d["d_model"] * d["vocab"]
         assert cached["step_counts"]["full"] == 16
 
 
@@ -82,6 +93,30 @@ def test_bench_default_config_saves_flops(tmp_path, capsys, shape):
         stats = cached["cache_stats"]
         assert stats["full_steps"] == 1 and stats["partial_steps"] == 14
         assert cached["recomputed_fraction"] == pytest.approx(0.25)
+
+
+def test_bench_reports_memory(tmp_path, capsys):
+    report = _run(tmp_path, capsys, "tiny-llada", "mem")
+    md = (tmp_path / "mem.md").read_text()
+    assert "peak GiB" in md and "| batch | cache | peak (est.) | prompt kv | response kv |" in md
+    cached = [r for r in report["results"] if r["cache"] is not None]
+    assert [r["cache_bytes"]["prompt_kv"] for r in cached] == [24 * 1024, 48 * 1024]  # 3 layers x 16 x 2 x 64 x 4 B
+
+
+def test_bench_stops_before_any_work_when_a_batch_cannot_fit(monkeypatch, tmp_path):
+    import dllm_cache.bench as bench
+    from dllm_cache import bench_memory, memory
+    from dllm_cache.models.tiny import tiny_llada_config
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was built before the fit check")
+
+    free = max(bench_memory.run_peak(tiny_llada_config(), 3, 16, 16, 8, 4, cached)["total"] for cached in (0, 1))
+    monkeypatch.setattr(memory, "device_free_bytes", lambda device: free)
+    monkeypatch.setattr(bench, "build_model", no_build)
+    with pytest.raises(SystemExit, match=r"batch size \[4, 8\] cannot fit .*largest batch that fits is 3"):
+        main(["--shape", "tiny-llada", "--prompt-len", "16", "--gen-len", "16", "--steps", "16", "--block-length", "8",
+              "--batch-size", "1", "4", "8", "--no-progress", "--out-dir", str(tmp_path)])
 
 
 def test_bench_max_steps_extrapolates(tmp_path, capsys):
@@ -101,6 +136,7 @@ def test_bench_dry_run_and_task_note(capsys):
     captured = capsys.readouterr()
     assert "not implemented in the bench" in captured.err
     assert "estimated GPU compute" in captured.out
+    assert "est. peak GiB" in captured.out
 
 
 def test_bench_local_model_dir(tmp_path, capsys):

@@ -51,6 +51,10 @@ def test_toy_counts_by_hand():
     assert step_flops(TOY, 1, P, R, "full", logits_tokens=R) == FULL - 3 * 2 * 8 * 10
     assert step_flops(TOY, 1, P, R, "partial", 0.5, logits_tokens=P + R) == PARTIAL_HALF + 3 * 160
     assert lm_head_tokens("partial", P, R) == R and lm_head_tokens("prompt", P, R) == P + R
+    # Rows per step kind (a caller that asks for fewer rows, as the samplers do).
+    rows = {"full": 2, "prompt": 2, "response": 1, "partial": 1}
+    assert step_flops(TOY, 1, P, R, "full", logits_tokens=rows) == FULL - 5 * 160
+    assert step_flops(TOY, 1, P, R, "partial", 0.5, logits_tokens=rows) == PARTIAL_HALF - 3 * 160
 
 
 def test_ratio_one_partial_equals_response():

@@ -1,0 +1,242 @@
+"""Memory: what the cache holds (measured on a live cache, or from the shapes alone), what a
+generation peaks at, and a clear error before a generation that cannot fit on its device.
+
+Per token and layer the cache keeps K and V of every token (2 * kv_heads * head_dim values)
+and, for response tokens only, the attention and FFN outputs (2 * d_model values); prompt-row
+logits only for the rows a caller asked for (`logits_to_keep`). Estimates of temporaries are
+deliberately the dominant terms only, so the fit check errs on the side of letting a run start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from .flops import ModelDims
+
+if TYPE_CHECKING:
+    from .state import BranchState, CacheState
+
+KINDS = ("prompt_kv", "response_kv", "response_deltas", "prompt_deltas", "prompt_logits", "other")
+CHECK_ENV = "DLLM_CACHE_MEMORY_CHECK"  # "0" turns the fit check off
+
+
+class NotEnoughMemoryError(RuntimeError):
+    """A generation's estimated memory exceeds what its device has free."""
+
+
+def _nbytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+def branch_bytes(branch: BranchState) -> dict[str, int]:
+    """Bytes one branch holds between steps, by kind (KINDS); K/V split at the prompt length."""
+    out = dict.fromkeys(KINDS, 0)
+    for store in branch.layers:
+        if store is None:
+            continue
+        kv = _nbytes(store.k) + _nbytes(store.v)
+        prompt_kv = kv * branch.prompt_len // store.k.shape[2] if store.k.shape[2] else 0
+        out["prompt_kv"] += prompt_kv
+        out["response_kv"] += kv - prompt_kv
+        out["response_deltas"] += _nbytes(store.attn) + _nbytes(store.ffn)
+        out["prompt_deltas"] += _nbytes(store.prompt_attn) + _nbytes(store.prompt_ffn)
+    out["prompt_logits"] = _nbytes(branch.prompt_logits)
+    out["other"] = sum(_nbytes(getattr(branch, n)) for n in ("rope_cos", "rope_sin", "key_mask", "logit_index"))
+    return out
+
+
+def state_bytes(state: CacheState) -> dict[str, int]:
+    """Bytes the whole cache (every branch) holds now, by kind, plus "total"."""
+    out = dict.fromkeys(KINDS, 0)
+    for branch in state.branches.values():
+        for kind, n in branch_bytes(branch).items():
+            out[kind] += n
+    out["total"] = sum(out.values())
+    return out
+
+
+# ----------------------------------------------------------------------------- from the shapes
+
+
+def bytes_per_token_layer(dims: ModelDims, dtype_bytes: int = 2) -> dict[str, int]:
+    """The cache's cost of one token in one layer: a prompt token keeps K and V, a response
+    token K, V and its two residual deltas."""
+    kv = 2 * dims.kv_dim * dtype_bytes
+    return {"prompt": kv, "response": kv + 2 * dims.d_model * dtype_bytes}
+
+
+def estimate_cache_bytes(
+    dims: ModelDims,
+    batch: int,
+    prompt_len: int,
+    gen_len: int,
+    dtype_bytes: int = 2,
+    prompt_logit_rows: int = 0,
+    prompt_deltas: bool = False,
+    n_layers: int | None = None,
+) -> dict[str, int]:
+    """What `state_bytes` will report for one branch of this shape, by kind, plus "total".
+
+    prompt_logit_rows: prompt rows whose logits the caller keeps (Dream's sampler: 1, LLaDA's: 0,
+    a plain model(x) call: all P); prompt_deltas: the model's LM head cannot be patched.
+    n_layers: layers on the device in question (default all)."""
+    layers = dims.n_layers if n_layers is None else n_layers
+    kv = 2 * dims.kv_dim * dtype_bytes
+    delta = 2 * dims.d_model * dtype_bytes
+    seq = prompt_len + gen_len
+    out = {
+        "prompt_kv": batch * layers * prompt_len * kv,
+        "response_kv": batch * layers * gen_len * kv,
+        "response_deltas": batch * layers * gen_len * delta,
+        "prompt_deltas": batch * layers * prompt_len * delta if prompt_deltas else 0,
+        "prompt_logits": batch * prompt_logit_rows * dims.vocab * dtype_bytes,
+        "other": 2 * batch * seq * dims.head_dim * 4 + batch * seq,  # float32 RoPE tables, key mask
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def estimate_step_bytes(dims: ModelDims, batch: int, tokens: int, logit_rows: int, dtype_bytes: int = 2,
+                        layers: bool = True, head: bool = True) -> int:
+    """Temporaries of one forward of `tokens` rows per sequence: the larger of one layer's
+    (residual stream in and out, its norm in float32, the FFN's gate, up and product) and the
+    head's (final norm in float32, `logit_rows` rows of logits). Dominant terms only."""
+    d, B = dims.d_model, dtype_bytes
+    layer = batch * tokens * (2 * d * B + 4 * d + 3 * dims.d_ff * B) if layers else 0
+    head_bytes = batch * tokens * (d * B + 4 * d) + batch * logit_rows * dims.vocab * B if head else 0
+    return max(layer, head_bytes)
+
+
+def weights_bytes(dims: ModelDims, dtype_bytes: int = 2, tied: bool = False) -> int:
+    """Parameters of the layers, the embedding and (unless tied) the LM head."""
+    return dtype_bytes * (dims.n_layers * dims.params_layer + dims.params_lm_head * (1 if tied else 2))
+
+
+def generation_peak_bytes(
+    dims: ModelDims,
+    batch: int,
+    prompt_len: int,
+    gen_len: int,
+    dtype_bytes: int = 2,
+    cached: bool = True,
+    logit_rows: int | None = None,
+    sampler_rows: int = 0,
+    prompt_logit_rows: int = 0,
+    branches: int = 1,
+    tied: bool = False,
+) -> dict[str, int]:
+    """Estimated whole-process peak of a generation: weights, the cache (cached runs), the
+    temporaries of a full step, and the sampler's float32 softmax of `sampler_rows` rows.
+
+    logit_rows: rows through the LM head on a full step (default all P + R: what an uncached
+    model computes). Cached runs also keep each captured step's temporaries (two step kinds per
+    branch, R rows each). Returns the terms and "total"."""
+    seq = prompt_len + gen_len
+    rows = seq if logit_rows is None else logit_rows
+    out = {
+        "weights": weights_bytes(dims, dtype_bytes, tied),
+        "cache": 0,
+        "step": estimate_step_bytes(dims, batch, seq, rows, dtype_bytes),
+        "graphs": 0,
+        "sampler": 2 * batch * sampler_rows * dims.vocab * 4,
+    }
+    if cached:
+        out["cache"] = branches * estimate_cache_bytes(
+            dims, batch, prompt_len, gen_len, dtype_bytes, prompt_logit_rows, prompt_deltas=tied
+        )["total"]
+        out["graphs"] = 2 * branches * estimate_step_bytes(dims, batch, gen_len, min(rows, gen_len), dtype_bytes)
+    out["total"] = sum(out.values())
+    return out
+
+
+def largest_batch(peak_at: Callable[[int], int], budget: int, upper: int = 1 << 40) -> int:
+    """The largest batch b >= 0 with peak_at(b) <= budget (peak_at grows with b)."""
+    if peak_at(1) > budget:
+        return 0
+    lo, hi = 1, 2
+    while hi < upper and peak_at(hi) <= budget:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if peak_at(mid) <= budget else (lo, mid)
+    return lo
+
+
+# ----------------------------------------------------------------------------- the device
+
+
+def device_free_bytes(device: torch.device) -> int | None:
+    """Bytes a new allocation can get on `device`: free on the card plus what PyTorch's caching
+    allocator holds unused. None where that is unknown (CPU)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def check_enabled() -> bool:
+    return os.environ.get(CHECK_ENV, "1") != "0"
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def check_generation_fits(
+    model: nn.Module,
+    blocks: list[nn.Module],
+    branch: BranchState,
+    input_ids: torch.Tensor,
+    logit_rows: int,
+    prompt_logit_rows: int,
+    prompt_deltas: bool,
+) -> None:
+    """Before step 0 of a cached generation: raise NotEnoughMemoryError when this branch's cache
+    plus a full step's temporaries cannot fit on a device that holds its layers, naming the
+    largest batch that would. The branch's current buffers count as free (they are replaced).
+
+    blocks: the cached transformer blocks (their devices say where each layer's cache lives; the
+    LM head is taken to sit with the last one); logit_rows / prompt_logit_rows: rows the caller
+    asked for, and how many of them are prompt rows."""
+    if not check_enabled():
+        return
+    try:
+        dims = ModelDims.from_config(model.config, allow_moe=True)  # memory does not depend on the FFN
+    except (ValueError, TypeError, AttributeError):
+        return  # a config we cannot read: no estimate, no check
+    params = [next(b.parameters(), None) for b in blocks]
+    devices = [p.device for p in params if p is not None] or [input_ids.device]
+    dtype_bytes = next((p.element_size() for p in params if p is not None), 2)
+    batch, seq = input_ids.shape[:2]  # token ids, or embeddings (batch, seq, hidden)
+    P = branch.prompt_len
+    held: dict[torch.device, int] = {}
+    for t in branch.tensors().values():
+        held[t.device] = held.get(t.device, 0) + _nbytes(t)
+    for device in dict.fromkeys(devices):
+        free = device_free_bytes(device)
+        if free is None:
+            continue
+        n_layers, has_head = devices.count(device), device == devices[-1]
+
+        def need(b: int, n_layers: int = n_layers, has_head: bool = has_head) -> int:
+            cache = estimate_cache_bytes(dims, b, P, seq - P, dtype_bytes, prompt_logit_rows if has_head else 0,
+                                         prompt_deltas, n_layers)["total"]
+            return cache + estimate_step_bytes(dims, b, seq, logit_rows, dtype_bytes, head=has_head)
+
+        available = free + held.get(device, 0)
+        if need(batch) > available:
+            fits = largest_batch(need, available)
+            raise NotEnoughMemoryError(
+                f"dllm-cache: a cached generation of batch {batch} x {seq} tokens (prompt {P}) needs about "
+                f"{gib(need(batch))} on {device} ({n_layers} layers' cache and a full step's temporaries), "
+                f"but {gib(available)} is free. "
+                + (f"The largest batch that fits is {fits}: split the batch. " if fits else
+                   "Even batch 1 does not fit: shorten the prompt. ")
+                + f"(Estimate from the shapes; set {CHECK_ENV}=0 to try anyway.)"
+            )

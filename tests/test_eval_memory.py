@@ -1,0 +1,34 @@
+"""eval/memory.py on CPU with a tiny model: rows with the memory.json fields, merged by key."""
+
+import json
+
+import pytest
+
+from eval.memory import main, parse_run
+
+FIELDS = {"model", "workload", "batch", "prompt_len", "weights_gb", "uncached_peak_gb", "cached_peak_gb", "device"}
+
+
+def test_rows_have_the_fields_and_merge_by_key(tmp_path, capsys):
+    out = tmp_path / "memory.json"
+    assert main(["--shape", "tiny-llada", "--runs", "16/16:1,2", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["workload"], r["batch"]) for r in rows] == [("prompt16-gen16", 1), ("prompt16-gen16", 2)]
+    for r in rows:
+        assert FIELDS <= set(r) and r["prompt_len"] == 16 and r["weights_gb"] > 0
+        assert r["uncached_peak_gb"] is None and r["cached_peak_gb"] is None  # no allocator peak on CPU
+        assert r["estimated_cached_peak_gb"] > r["weights_gb"]
+        assert r["cache_bytes"]["prompt_kv"] == r["batch"] * 3 * 16 * 2 * 64 * 4  # layers x P x K,V x d x fp32
+    assert main(["--shape", "tiny-llada", "--runs", "16/16:2", "8/8:1", "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert [(r["prompt_len"], r["batch"]) for r in merged] == [(16, 1), (16, 2), (8, 1)]
+    assert "| tiny-llada | prompt16-gen16 | 2 | 16 |" in out.with_suffix(".md").read_text()
+
+
+def test_run_specs():
+    name, workload, batches = parse_run("hotpotqa:1,4")
+    assert (name, workload.prompt_len, workload.gen_len, batches) == ("hotpotqa", 4000, 32, [1, 4])
+    name, workload, batches = parse_run("16000/32:1")
+    assert (name, workload.prompt_len, workload.steps, workload.block_length) == ("prompt16000-gen32", 16000, 32, 32)
+    with pytest.raises(SystemExit, match="expected WORKLOAD:B1,B2"):
+        parse_run("hotpotqa")
