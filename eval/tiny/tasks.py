@@ -17,7 +17,7 @@ so splits are fixed; training examples whose prompt equals a held-out prompt are
 (`TestPromptFilter`). The vocabulary is closed (fixed word lists) and digits are single tokens
 (see `eval.tiny.tokenizer`), so arithmetic is learnable digit by digit.
 
-Prompts (also used by the local lm-eval tasks):
+Prompts (also those of the local lm-eval tasks `arith_synth` and `hotpotqa_synth`):
 - arith:  ``"Question: {question}\\nAnswer:"`` -> ``" {answer}"``
 - hotpot: ``HOTPOT_INSTRUCTION + "\\n\\n{context}\\n\\nQuestion: {question}\\nAnswer:"`` -> ``" {solution}"``
 
