@@ -49,9 +49,11 @@ def _logits_of_rows(model: nn.Module, inputs: dict, mask: torch.Tensor | None, l
     """Logits of rows [lo, hi) -> (batch, hi - lo, vocab); `inputs` is input_ids= or inputs_embeds=.
     A cached model is asked for those rows only (logits_to_keep), so it neither computes nor keeps
     the others."""
+    args = (inputs["input_ids"],) if "input_ids" in inputs else ()  # token ids positionally, as callers' hooks expect
+    kwargs = {k: v for k, v in inputs.items() if k != "input_ids"}
     if is_cache_enabled(model):
-        return model(**inputs, attention_mask=mask, logits_to_keep=slice(lo, hi)).logits
-    return model(**inputs, attention_mask=mask).logits[:, lo:hi]
+        return model(*args, **kwargs, attention_mask=mask, logits_to_keep=slice(lo, hi)).logits
+    return model(*args, **kwargs, attention_mask=mask).logits[:, lo:hi]
 
 
 def tokens_per_step(masked: torch.Tensor, steps: int) -> torch.Tensor:
