@@ -2,7 +2,9 @@
 CFG, optional confidence-threshold parallel decoding) and Dream (entropy, maskgit_plus,
 topk_margin). They run unchanged with or without the cache, which sees ordinary forwards.
 
-Prompts are LEFT padded; `attention_mask` (batch, prompt_len) marks real tokens.
+Prompts may be left or right padded; `attention_mask` (batch, prompt_len) marks real tokens.
+The samplers run on left padding (right-padded rows are rotated first); the output is
+(batch, prompt_len + gen_length) with the prompt exactly as given and the generated tokens after it.
 """
 
 from __future__ import annotations
@@ -16,10 +18,8 @@ from tqdm.auto import tqdm
 
 from dllm_cache.hooks import family_of
 
-from .patch import cache_branch, is_cache_enabled, reset_cache
-
-LLADA_REMASKING = ("low_confidence", "random")
-DREAM_ALGS = ("entropy", "maskgit_plus", "topk_margin", "origin")
+from .patch import cache_branch, declared_generation
+from .sampler_args import DREAM_ALGS, LLADA_REMASKING, as_int, as_number, check_inputs, check_options, to_left_padding
 
 
 def _full_mask(attention_mask: torch.Tensor | None, gen_length: int) -> torch.Tensor | None:
@@ -41,6 +41,13 @@ def _mask_id(model: nn.Module, mask_id: int | None) -> int:
     if mask_id is None:
         raise ValueError("No mask token id: pass mask_id=... or set config.mask_token_id.")
     return int(mask_id)
+
+
+def _with_prompt(given_ids: torch.Tensor, used_ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x with the caller's prompt as they padded it (the samplers ran on `used_ids`, left padded)."""
+    if used_ids is given_ids:
+        return x
+    return torch.cat([given_ids, x[:, given_ids.shape[1] :]], dim=1)
 
 
 def tokens_per_step(masked: torch.Tensor, steps: int) -> torch.Tensor:
@@ -95,6 +102,14 @@ def llada_generate(
     current block whose confidence exceeds it is unmasked at once (at least one per row per step)."""
     if remasking not in LLADA_REMASKING:
         raise ValueError(f"remasking must be one of {LLADA_REMASKING}, got {remasking!r}.")
+    gen_length, steps = as_int(gen_length, "gen_length"), as_int(steps, "steps")
+    block_length = as_int(block_length, "block_length", optional=True)
+    check_inputs(model, input_ids, attention_mask, gen_length)
+    temperature, cfg_scale = as_number(temperature, "temperature", 0), as_number(cfg_scale, "cfg_scale", 0)
+    # A probability: 0 unmasks the whole block in one step, 1 one token per row per step.
+    threshold = as_number(threshold, "threshold", 0, 1, optional=True)
+    given_ids = input_ids
+    input_ids, attention_mask = to_left_padding(input_ids, attention_mask)
     block_length = block_length or gen_length
     if gen_length % block_length:
         raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length}).")
@@ -108,8 +123,6 @@ def llada_generate(
     full_mask = _full_mask(attention_mask, gen_length)
     prompt_region = torch.zeros_like(x, dtype=torch.bool)
     prompt_region[:, :P] = True
-    if is_cache_enabled(model):
-        reset_cache(model, prompt_length=P)
 
     def logits_of(seq: torch.Tensor) -> torch.Tensor:
         logits = model(seq, attention_mask=full_mask).logits
@@ -120,38 +133,39 @@ def llada_generate(
             logits = un_logits + (cfg_scale + 1) * (logits - un_logits)
         return logits
 
-    bar = tqdm(total=steps if threshold is None else None, disable=not progress, desc="llada", leave=False)
-    for b in range(num_blocks):
-        lo, hi = P + b * block_length, P + (b + 1) * block_length
-        schedule = tokens_per_step((x[:, lo:hi] == mask_id).sum(dim=1), steps_per_block)
-        schedule_max = schedule.max(dim=0).values.tolist()  # one host sync per block, not per step
-        # Fixed schedule: steps_per_block steps. Threshold mode: until the block is filled,
-        # at most block_length steps since each step unmasks at least one token per row.
-        budget = steps_per_block if threshold is None else block_length
-        for i in range(budget):
-            masked = x == mask_id
-            if threshold is not None and not bool(masked[:, lo:hi].any()):
-                break
-            # Only the current block can be unmasked: sample and score its columns alone.
-            logits = logits_of(x)[:, lo:hi]
-            logits[..., mask_id] = -math.inf  # never "unmask" into the mask token
-            x0 = gumbel_argmax(logits, temperature)  # (batch, block_length)
-            if remasking == "low_confidence":
-                p = F.softmax(logits.float(), dim=-1)
-                conf = p.gather(-1, x0[..., None]).squeeze(-1)
-            else:
-                conf = torch.rand(x0.shape, device=x0.device)
-            block = x[:, lo:hi]
-            block_masked = masked[:, lo:hi]
-            conf = torch.where(block_masked, conf, torch.full_like(conf, -math.inf))
-            if threshold is None:
-                picked = _topk_rows(conf, schedule[:, i], schedule_max[i])
-            else:
-                picked = (conf > threshold) | _topk_rows(conf, block_masked.any(dim=1).long(), 1)
-            x[:, lo:hi] = torch.where(picked & block_masked, x0, block)
-            bar.update(1)
-    bar.close()
-    return x
+    with declared_generation(model, P):
+        bar = tqdm(total=steps if threshold is None else None, disable=not progress, desc="llada", leave=False)
+        for b in range(num_blocks):
+            lo, hi = P + b * block_length, P + (b + 1) * block_length
+            schedule = tokens_per_step((x[:, lo:hi] == mask_id).sum(dim=1), steps_per_block)
+            schedule_max = schedule.max(dim=0).values.tolist()  # one host sync per block, not per step
+            # Fixed schedule: steps_per_block steps. Threshold mode: until the block is filled,
+            # at most block_length steps since each step unmasks at least one token per row.
+            budget = steps_per_block if threshold is None else block_length
+            for i in range(budget):
+                masked = x == mask_id
+                if threshold is not None and not bool(masked[:, lo:hi].any()):
+                    break
+                # Only the current block can be unmasked: sample and score its columns alone.
+                logits = logits_of(x)[:, lo:hi]
+                logits[..., mask_id] = -math.inf  # never "unmask" into the mask token
+                x0 = gumbel_argmax(logits, temperature)  # (batch, block_length)
+                if remasking == "low_confidence":
+                    p = F.softmax(logits.float(), dim=-1)
+                    conf = p.gather(-1, x0[..., None]).squeeze(-1)
+                else:
+                    conf = torch.rand(x0.shape, device=x0.device)
+                block = x[:, lo:hi]
+                block_masked = masked[:, lo:hi]
+                conf = torch.where(block_masked, conf, torch.full_like(conf, -math.inf))
+                if threshold is None:
+                    picked = _topk_rows(conf, schedule[:, i], schedule_max[i])
+                else:
+                    picked = (conf > threshold) | _topk_rows(conf, block_masked.any(dim=1).long(), 1)
+                x[:, lo:hi] = torch.where(picked & block_masked, x0, block)
+                bar.update(1)
+        bar.close()
+    return _with_prompt(given_ids, input_ids, x)
 
 
 def _filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
@@ -206,74 +220,67 @@ def dream_generate(
     """Dream sampling -> (batch, prompt_len + gen_length). Dream's logits at i predict token i+1."""
     if alg not in DREAM_ALGS:
         raise ValueError(f"alg must be one of {DREAM_ALGS}, got {alg!r}.")
+    gen_length, steps = as_int(gen_length, "gen_length"), as_int(steps, "steps")
+    check_inputs(model, input_ids, attention_mask, gen_length)
+    temperature, eps = as_number(temperature, "temperature", 0), as_number(eps, "eps", 0, 1, low_open=True)
+    top_p = as_number(top_p, "top_p", 0, 1, low_open=True, optional=True)
+    top_k = as_int(top_k, "top_k", 0, optional=True)
+    alg_temp = as_number(alg_temp, "alg_temp", 0, optional=True)
+    given_ids = input_ids
+    input_ids, attention_mask = to_left_padding(input_ids, attention_mask)
     mask_id = _mask_id(model, mask_id)
     P = input_ids.shape[1]
     x = _init_sequence(input_ids, gen_length, mask_id)
     full_mask = _full_mask(attention_mask, gen_length)
     timesteps = torch.linspace(1, eps, steps + 1, device=x.device)
-    if is_cache_enabled(model):
-        reset_cache(model, prompt_length=P)
-    for i in tqdm(range(steps), disable=not progress, desc="dream", leave=False):
-        resp = x[:, P:]  # (batch, gen_length) view: the only region that changes
-        masked = resp == mask_id
-        if not bool(masked.any()):
-            break
-        logits = model(x, attention_mask=full_mask).logits
-        # Dream's logits are shifted: row j predicts token j+1 (row 0 stands in for itself).
-        logits = logits[:, P - 1 : -1] if P > 0 else torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        logits[..., mask_id] = -math.inf
-        t, s = timesteps[i], timesteps[i + 1]
-        if alg == "origin":
-            p_transfer = 1 - s / t if i < steps - 1 else 1.0
-            take = masked & (torch.rand(masked.shape, device=x.device) < p_transfer)
-            if bool(take.any()):
-                resp[take] = _dream_sample(logits[take], "maskgit_plus", temperature, top_p, top_k)[1]
-            continue
-        conf, tokens = _dream_sample(logits[masked], alg, temperature, top_p, top_k)
-        full_conf = torch.full(masked.shape, -math.inf, device=x.device)
-        full_conf[masked] = conf
-        proposal = torch.full_like(resp, mask_id)
-        proposal[masked] = tokens
-        n_masked = masked.sum(dim=1)
-        counts = (n_masked.float() * (1 - s / t)).long() if i < steps - 1 else n_masked
-        if alg_temp:
-            probs = (full_conf / alg_temp).softmax(-1)
-            picked = torch.zeros_like(masked)
-            for row in range(x.shape[0]):  # multinomial draws differ per row in count
-                k = int(counts[row])
-                if k:
-                    picked[row, torch.multinomial(probs[row], k)] = True
-        else:
-            picked = _topk_rows(full_conf, counts)
-        x[:, P:] = torch.where(picked & masked, proposal, resp)
-    return x
+    with declared_generation(model, P):
+        for i in tqdm(range(steps), disable=not progress, desc="dream", leave=False):
+            resp = x[:, P:]  # (batch, gen_length) view: the only region that changes
+            masked = resp == mask_id
+            if not bool(masked.any()):
+                break
+            logits = model(x, attention_mask=full_mask).logits
+            # Dream's logits are shifted: row j predicts token j+1 (row 0 stands in for itself).
+            logits = logits[:, P - 1 : -1] if P > 0 else torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+            logits[..., mask_id] = -math.inf
+            t, s = timesteps[i], timesteps[i + 1]
+            if alg == "origin":
+                p_transfer = 1 - s / t if i < steps - 1 else 1.0
+                take = masked & (torch.rand(masked.shape, device=x.device) < p_transfer)
+                if bool(take.any()):
+                    resp[take] = _dream_sample(logits[take], "maskgit_plus", temperature, top_p, top_k)[1]
+                continue
+            conf, tokens = _dream_sample(logits[masked], alg, temperature, top_p, top_k)
+            full_conf = torch.full(masked.shape, -math.inf, device=x.device)
+            full_conf[masked] = conf
+            proposal = torch.full_like(resp, mask_id)
+            proposal[masked] = tokens
+            n_masked = masked.sum(dim=1)
+            counts = (n_masked.float() * (1 - s / t)).long() if i < steps - 1 else n_masked
+            if alg_temp:
+                probs = (full_conf / alg_temp).softmax(-1)
+                picked = torch.zeros_like(masked)
+                for row in range(x.shape[0]):  # multinomial draws differ per row in count
+                    k = int(counts[row])
+                    if k:
+                        picked[row, torch.multinomial(probs[row], k)] = True
+            else:
+                picked = _topk_rows(full_conf, counts)
+            x[:, P:] = torch.where(picked & masked, proposal, resp)
+    return _with_prompt(given_ids, input_ids, x)
 
 
-def generate(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    *,
-    gen_length: int = 128,
-    steps: int = 128,
-    block_length: int | None = None,
-    temperature: float = 0.0,
-    cfg_scale: float = 0.0,
-    remasking: str = "low_confidence",
-    alg: str = "entropy",
-    threshold: float | None = None,
-    mask_id: int | None = None,
-    progress: bool = False,
-    **dream_kwargs,
-) -> torch.Tensor:
-    """Generate with the sampler of the model's family -> (batch, prompt_len + gen_length)."""
-    if family_of(model) == "dream":
-        return dream_generate(
-            model, input_ids, attention_mask, gen_length=gen_length, steps=steps, temperature=temperature,
-            alg=alg, mask_id=mask_id, progress=progress, **dream_kwargs,
-        )
-    return llada_generate(
-        model, input_ids, attention_mask, gen_length=gen_length, steps=steps, block_length=block_length,
-        temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, threshold=threshold,
-        mask_id=mask_id, progress=progress,
-    )
+SAMPLERS = {"llada": llada_generate, "dream": dream_generate}
+
+
+def generate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options) -> torch.Tensor:
+    """Generate with the sampler of the model's family -> (batch, prompt_len + gen_length).
+
+    options: those of `llada_generate` (gen_length, steps, block_length, temperature, cfg_scale,
+    remasking, threshold, mask_id, progress) or `dream_generate` (gen_length, steps, temperature,
+    top_p, top_k, alg, alg_temp, eps, mask_id, progress). A misspelled option, or one only the
+    other family uses, is a ValueError naming the valid ones; None (and cfg_scale=0) count as
+    "not set", so code serving both families may pass its defaults.
+    """
+    family = family_of(model)
+    return SAMPLERS[family](model, input_ids, attention_mask, **check_options(family, options, SAMPLERS))
