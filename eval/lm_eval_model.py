@@ -24,9 +24,11 @@ Request types:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,6 +40,9 @@ import torch.nn.functional as F
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
+
+from dllm_cache.generate import SAMPLERS
+from dllm_cache.sampler_args import check_options
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +142,11 @@ class DLLMCacheLM(LM):
         batch_size: prompts per generate call (and default MC rows per forward).
         gen_length, steps, block_length: diffusion decoding length, denoising steps, semi-AR block.
         temperature, cfg_scale: sampling temperature and classifier-free guidance scale.
-        remasking: LLaDA's remasking rule (low_confidence | random).
-        alg: Dream's unmasking order (entropy | maskgit_plus | topk_margin).
-        threshold: optional confidence threshold for parallel decoding (None: fixed schedule).
+        remasking: LLaDA's remasking rule (low_confidence | random; default low_confidence).
+        alg: Dream's unmasking order (entropy | maskgit_plus | topk_margin | origin; default entropy).
+        threshold: LLaDA: optional confidence threshold for parallel decoding (None: fixed schedule).
+        Options the model's family does not use (alg on LLaDA; block_length, cfg_scale,
+        threshold, remasking on Dream) and unknown arguments are errors naming the valid ones.
         cache: on/off; when on, `dllm_cache.enable_cache` with the three intervals below.
         prompt_interval, response_interval, transfer_ratio, cfg_interval: CacheConfig fields.
         compile: CacheConfig(compile=True): torch.compile the cached layer (GPU; pays on long runs).
@@ -162,8 +169,8 @@ class DLLMCacheLM(LM):
         block_length: int | str | None = None,
         temperature: float | str = 0.0,
         cfg_scale: float | str = 0.0,
-        remasking: str = "low_confidence",
-        alg: str = "entropy",
+        remasking: str | None = None,
+        alg: str | None = None,
         threshold: float | str | None = None,
         cache: bool | str = False,
         prompt_interval: int | str = 100,
@@ -199,8 +206,8 @@ class DLLMCacheLM(LM):
         self.block_length = parse_int(block_length, "block_length", minimum=1, optional=True)
         self.temperature = parse_float(temperature, "temperature")
         self.cfg_scale = parse_float(cfg_scale, "cfg_scale")
-        self.remasking = str(remasking)
-        self.alg = str(alg)
+        self.remasking = None if remasking is None else str(remasking)
+        self.alg = None if alg is None else str(alg)
         self.threshold = parse_float(threshold, "threshold", optional=True)
         self.cache_on = parse_bool(cache, "cache")
         self.mc_num = parse_int(mc_num, "mc_num", minimum=1)
@@ -251,6 +258,11 @@ class DLLMCacheLM(LM):
         if self.mask_id is None:
             raise ValueError(f"{path}/config.json has no mask_token_id; a diffusion LM needs one")
         self.pad_id = self._pick_pad_id()
+        # Options this family's sampler takes; a wrong-family or misspelled one fails here, not mid-run.
+        self.sampler_options = check_options(self.family, dict(
+            gen_length=self.gen_length, steps=self.steps, block_length=self.block_length, temperature=self.temperature,
+            cfg_scale=self.cfg_scale, remasking=self.remasking, alg=self.alg, threshold=self.threshold, mask_id=self.mask_id,
+        ), SAMPLERS)
         self.stop_ids = self._collect_stop_ids()
         limit = parse_int(max_length, "max_length", minimum=2, optional=True)
         self.max_length = limit or int(
@@ -285,7 +297,16 @@ class DLLMCacheLM(LM):
         sends device (default cuda:0) and batch_size (default 1), which would otherwise clash
         with `device=` / `batch_size=` given in --model_args."""
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
-        return cls(**arg_dict, **extra)
+        if str(extra.get("device", "")).startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's CLI sends --device (default cuda:0) whether or not the user chose it.
+            print(f"[dllm_cache] CUDA is not available: running on cpu (lm-eval passed device={extra['device']})",
+                  file=sys.stderr)
+            extra["device"] = "cpu"
+        valid = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(arg_dict) - valid)
+        if unknown:
+            raise ValueError(f"unknown dllm_cache model arg(s) {unknown}; valid: {', '.join(sorted(valid))}.")
+        return cls(**arg_dict, **{k: v for k, v in extra.items() if k in valid})
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None):
@@ -453,10 +474,8 @@ class DLLMCacheLM(LM):
             t0 = time.perf_counter()
             with torch.inference_mode():
                 out = self._generate(
-                    self.model, input_ids, attention_mask,
-                    gen_length=self.gen_length, steps=self.steps, block_length=self.block_length,
-                    temperature=self.temperature, cfg_scale=self.cfg_scale, remasking=self.remasking,
-                    alg=self.alg, threshold=self.threshold, mask_id=self.mask_id,
+                    self.model, input_ids, attention_mask, **self.sampler_options,
+                    progress=not disable_tqdm and self._rank == 0,  # a bar over the denoising steps
                 )  # (batch, prompt_len + gen_length)
             self._sync()
             gen_seconds += time.perf_counter() - t0
