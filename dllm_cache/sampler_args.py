@@ -101,8 +101,10 @@ def check_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
             f"generate(): input_ids are on {input_ids.device} but the model is on {param.device}; "
             f"move them with input_ids.to({str(param.device)!r})."
         )
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    n_tokens = getattr(embeddings, "num_embeddings", None)
+    try:
+        n_tokens = getattr(model.get_input_embeddings(), "num_embeddings", None)
+    except (AttributeError, NotImplementedError):  # a model without the accessor: skip the range check
+        n_tokens = None
     if n_tokens is not None and input_ids.numel():
         lo, hi = int(input_ids.min()), int(input_ids.max())  # one host sync
         if lo < 0 or hi >= n_tokens:
@@ -122,6 +124,8 @@ def check_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
                 f"generate(): attention_mask must have the shape of input_ids {tuple(input_ids.shape)} "
                 f"(1 = real token, 0 = padding), got {got}."
             )
+        if attention_mask.device != input_ids.device:
+            raise ValueError(f"generate(): attention_mask is on {attention_mask.device} but input_ids are on {input_ids.device}.")
         if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
             raise ValueError("generate(): attention_mask must hold only 0 (padding) and 1 (real token).")
 

@@ -58,4 +58,4 @@ def test_generation_progress_advances_per_step(llada_dir, capsys):
     request = SimpleNamespace(args=("Question: 1+1?\nAnswer:", {"until": ["\n"]}))
     lm.generate_until([request])
     err = capsys.readouterr().err
-    assert "llada" in err and "4/4" in err
+    assert "llada:" in err and "| 0/4 [" in err  # a bar over the 4 steps (erased when done: leave=False)
