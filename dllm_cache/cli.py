@@ -15,6 +15,7 @@ import argparse
 import inspect
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -194,7 +195,7 @@ def eval_help() -> str:
     from eval.lm_eval_model import DLLMCacheLM
 
     doc = inspect.getdoc(DLLMCacheLM) or ""
-    args_doc = doc.split("Args", 1)[1].split("\n", 1)[1] if "Args" in doc else doc
+    args_doc = textwrap.dedent(doc.split("Args", 1)[1].split("\n", 1)[1]) if "Args" in doc else doc
     params = list(inspect.signature(DLLMCacheLM.__init__).parameters.values())[1:]
     defaults = ", ".join(
         f"{p.name}=" + ("(required)" if p.default is inspect.Parameter.empty else str(p.default)) for p in params
