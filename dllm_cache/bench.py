@@ -4,8 +4,10 @@ For one model and one workload, for each batch size: time an uncached generation
 same prompts with each cache configuration, in the same process, and report latency,
 tokens/s, speedup, analytic FLOPs (cross-checked once with FlopCounterMode), achieved
 TFLOP/s, a roofline bound, token agreement with the uncached output and the cache's stats.
-Writes `<tag>.json`, `<tag>.md` (bench_report.py) and `<tag>.png` (bench_plot.py) to
-`--out-dir`; prints the table last.
+Each configuration is timed `--repeats` times (default 3): the table shows the median latency and
+its spread (min-max). Writes `<tag>.json`, `<tag>.md` (bench_report.py) and `<tag>.png`
+(bench_plot.py) to `--out-dir` (default ./dllm_cache_results, created in the current directory);
+prints the table last.
 
 Random-weight models (`--shape llada-8b|dream-7b`) are built directly on the device: compute
 does not depend on weight values, so they time like the real checkpoints.
@@ -195,21 +197,16 @@ def timed_generate(
 
     handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
     truncated = False
+    options = dict(gen_length=workload.gen_len, steps=workload.steps, temperature=0.0, progress=progress)
+    if adapter_for(model).sampler == "llada":  # Dream's sampler has no blocks
+        options["block_length"] = workload.block_length
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.synchronize()
     clock.mark()
     try:
         with torch.no_grad():
-            out = generate(
-                model,
-                input_ids,
-                gen_length=workload.gen_len,
-                steps=workload.steps,
-                block_length=workload.block_length,
-                temperature=0.0,
-                progress=progress,
-            )
+            out = generate(model, input_ids, **options)
         clock.mark()
     except _Truncate:
         truncated = True
@@ -783,25 +780,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dllm-cache bench",
         description="Time cached vs uncached diffusion-LM generation; report FLOPs and roofline.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="local model directory (loaded with AutoModel)")
     src.add_argument("--shape", choices=SHAPES, help="random-weight model of this shape")
-    p.add_argument("--dtype", choices=tuple(DTYPES), help="default bf16 on CUDA, fp32 on CPU")
-    p.add_argument("--device", help="default cuda if available, else cpu")
+    p.add_argument("--dtype", choices=tuple(DTYPES), help="None: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--device", help="None: cuda if available, else cpu")
     p.add_argument("--init-std", type=float, default=0.02, help="random-weight init std")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (weights and prompts)")
     p.add_argument("--workload", choices=tuple(WORKLOADS),
                    help="gsm8k: prompt 700, gen 256, steps 256, block 32; "
                         "hotpotqa: prompt 4000, gen 32, steps 32, block 32")
-    p.add_argument("--prompt-len", type=int)
-    p.add_argument("--gen-len", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--block-length", type=int)
-    p.add_argument("--batch-size", type=int, nargs="+", default=[1])
-    p.add_argument("--transfer-ratio", type=float, nargs="+", default=[0.25])
-    p.add_argument("--response-interval", type=int, nargs="+", default=[8])
-    p.add_argument("--prompt-interval", type=int, nargs="+", default=[100])
+    p.add_argument("--prompt-len", type=int, help="prompt tokens (None: from --workload)")
+    p.add_argument("--gen-len", type=int, help="generated tokens (None: from --workload)")
+    p.add_argument("--steps", type=int, help="denoising steps (None: from --workload)")
+    p.add_argument("--block-length", type=int, help="LLaDA block length (None: from --workload, else one block)")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[1], help="batch sizes to run")
+    p.add_argument("--transfer-ratio", type=float, nargs="+", default=[0.25], help="cache transfer ratios to run")
+    p.add_argument("--response-interval", type=int, nargs="+", default=[8], help="cache Kr values to run")
+    p.add_argument("--prompt-interval", type=int, nargs="+", default=[100], help="cache Kp values to run")
     p.add_argument("--compile", choices=("off", "on", "both"), default="off",
                    help="run cached configs with CacheConfig(compile=True) (torch.compile of the cached layer)")
     p.add_argument("--policy", nargs="+", choices=tuple(POLICIES), default=["paper"],
@@ -811,17 +809,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "or the first value given); product: every combination")
     p.add_argument("--max-steps", type=int,
                    help="time only the first N denoising steps (>= max Kr + 1) and extrapolate "
-                        "per step kind; default: whole generations")
+                        "per step kind; None: whole generations")
     p.add_argument("--warmup-steps", type=int,
-                   help="steps of the untimed warm-up run per configuration (default 2 uncached, 2 Kr + 1 cached)")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs per config (median)")
+                   help="steps of the untimed warm-up run per configuration (None: 2 uncached, 2 Kr + 1 cached)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed runs per configuration: the table shows their median and spread (min-max)")
     p.add_argument("--peak-tflops", type=float, default=790.0,
                    help="peak dense TFLOP/s for the roofline (H100 bf16 as measured here)")
     p.add_argument("--peak-tbps", type=float, default=3.0, help="peak HBM TB/s for the roofline")
     p.add_argument("--task", choices=TASKS,
                    help="quality eval: not implemented in the bench (see dllm-cache eval)")
-    p.add_argument("--out-dir", type=Path, default=Path("eval/results"))
-    p.add_argument("--tag", help="output file stem (default bench-<model>-<workload>)")
+    p.add_argument("--out-dir", type=Path, default=Path("dllm_cache_results"),
+                   help="folder for <tag>.json/.md/.png, created if missing (relative to the current directory)")
+    p.add_argument("--tag", help="output file stem (None: bench-<model>-<workload>)")
     p.add_argument("--dry-run", action="store_true",
                    help="print analytic FLOPs and a GPU-time estimate, run nothing")
     p.add_argument("--assume-tflops", type=float, default=400.0,
@@ -852,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(dry_run(args))
         return 0
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
     report = run_bench(args)
     paths = write_outputs(report, args.out_dir, args.tag)
     print(f"[bench] wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)

@@ -16,6 +16,11 @@ def _fmt(value: float | None, spec: str) -> str:
     )
 
 
+def _spread(values: list[float]) -> str:
+    """min-max of the timed runs, "-" for a single run."""
+    return f"{min(values):.3f}-{max(values):.3f}" if len(values) > 1 else "-"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     meta = report["meta"]
     w = meta["workload"]
@@ -27,13 +32,13 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"steps {w['steps']}, block {w['block_length']}; timed steps {meta['timed_steps']}; "
         f"peaks {meta['peak_tflops']} TFLOP/s, {meta['peak_tbps']} TB/s.",
         "",
-        "| batch | cache | latency s | tok/s | speedup | TFLOP | FLOP cut | TFLOP/s | "
+        "| batch | cache | latency s (median) | spread | tok/s | speedup | TFLOP | FLOP cut | TFLOP/s | "
         "roofline s | meas/roof | agree | recomputed | peak GiB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         lines.append(
-            f"| {r['batch_size']} | {r['label']} | {_fmt(r['latency_s'], '.3f')} | "
+            f"| {r['batch_size']} | {r['label']} | {_fmt(r['latency_s'], '.3f')} | {_spread(r['latencies_s'])} | "
             f"{_fmt(r['tokens_per_s'], '.1f')} | {_fmt(r['speedup'], '.2f')}x | "
             f"{_fmt(r['flops'] / 1e12, '.3g')} | {_fmt(r['flop_reduction'], '.2f')}x | "
             f"{_fmt(r['achieved_tflops'], '.3g')} | {_fmt(r['roofline_s'], '.3f')} | "

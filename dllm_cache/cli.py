@@ -1,37 +1,57 @@
 """`dllm-cache generate | bench | eval`.
 
 generate: the main job. Runs the same prompts uncached and cached on one model and prints
-          wall time, analytic FLOPs, speedup and how far the cached output agrees.
-bench:    speed/FLOPs comparison across shapes, batches and cache settings (dllm_cache.bench).
-eval:     lm-eval with the `dllm_cache` model registered (needs a source checkout: eval/).
+          wall time, analytic FLOPs, speedup and how far the cached output agrees. Defaults to
+          the small trained LLaDA and held-out arithmetic problems shipped with the package.
+bench:    speed/FLOPs comparison across shapes, batches and cache settings (dllm_cache.bench);
+          writes to ./dllm_cache_results unless --out-dir says otherwise.
+eval:     lm-eval with the `dllm_cache` model registered. Needs a source checkout (its eval/
+          folder: lm-eval glue, task YAMLs, data): `pip install -e ".[eval]"` from a clone.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO / "eval" / "tiny" / "model"
-DEFAULT_PROMPTS = REPO / "eval" / "data" / "arith_synth" / "test.jsonl"
+from . import shipped
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default, keeps descriptions as written."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
 
 
 def _load(model_arg: str | None, device: str, dtype: torch.dtype):
-    """(model, tokenizer or None, description). Default: the shipped trained model, else a tiny random LLaDA."""
+    """(model, tokenizer or None, description). Default: the shipped trained model."""
     from transformers import AutoModel, AutoTokenizer
 
     import dllm_cache  # noqa: F401  (registers the model classes)
 
-    path = Path(model_arg) if model_arg else DEFAULT_MODEL
-    if model_arg == "tiny-random" or (model_arg is None and not (path / "config.json").exists()):
+    if model_arg == "tiny-random":
         from dllm_cache.models.tiny import tiny_llada
 
-        return tiny_llada().to(device=device, dtype=dtype), None, "tiny random LLaDA (no trained model found)"
+        return tiny_llada().to(device=device, dtype=dtype), None, "tiny random LLaDA"
+    try:
+        path = Path(model_arg) if model_arg else shipped.default_model_dir()
+    except FileNotFoundError as err:
+        raise SystemExit(f"{err} Or run with --model tiny-random.") from None
     if not (path / "config.json").exists():
         raise SystemExit(f"--model {path}: no config.json there. Pass a local model directory or 'tiny-random'.")
     model = AutoModel.from_pretrained(path, dtype=dtype).to(device).eval()
@@ -42,12 +62,12 @@ def _load(model_arg: str | None, device: str, dtype: torch.dtype):
     return model, tok, str(path)
 
 
-def _source_checkout_on_path() -> bool:
-    """eval/ (task helpers, lm-eval glue) is not installed; reach it from a source checkout."""
-    if not (REPO / "eval" / "__init__.py").exists():
+def _eval_checkout() -> bool:
+    """eval/ (lm-eval glue, task YAMLs, data) is not installed: reach it from a source checkout."""
+    if not (CHECKOUT / "eval" / "lm_eval_model.py").exists():
         return False
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+    if str(CHECKOUT) not in sys.path:
+        sys.path.insert(0, str(CHECKOUT))
     return True
 
 
@@ -62,14 +82,9 @@ def _prompts(tok, args, vocab: int, special: set[int]) -> tuple[torch.Tensor, to
     if args.prompt:
         examples = [{"question": p} for p in args.prompt]
     else:
-        lines = DEFAULT_PROMPTS.read_text().splitlines()[: args.batch_size]
+        lines = shipped.default_prompts_file().read_text().splitlines()[: args.batch_size]
         examples = [json.loads(line) for line in lines]
-    if _source_checkout_on_path():
-        from eval.tiny.tasks import arith_prompt
-
-        texts = [arith_prompt(e["question"]) for e in examples]
-    else:
-        texts = [e["question"] for e in examples]
+    texts = [shipped.arith_prompt(e["question"]) for e in examples]
     tok.padding_side = "left"
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     return enc["input_ids"], enc["attention_mask"], examples
@@ -89,6 +104,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import dllm_cache
     from dllm_cache.flops import ModelDims, generation_flops
     from dllm_cache.generate import generate
+    from dllm_cache.hooks import sampler_of
 
     torch.manual_seed(args.seed)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
@@ -99,12 +115,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ids, mask = ids.to(args.device), mask.to(args.device)
     cache_cfg = dllm_cache.CacheConfig(args.prompt_interval, args.response_interval, args.transfer_ratio,
                                        compile=args.compile)
-    kw = dict(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length, progress=True)
+    kw = dict(gen_length=args.gen_length, steps=args.steps, progress=True)
+    if sampler_of(model) == "llada":  # Dream's sampler has no blocks
+        kw["block_length"] = args.block_length
 
     print(f"model: {where}  ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {args.dtype}, {args.device})")
     print(f"batch {ids.shape[0]} x prompt {ids.shape[1]} tokens, gen {args.gen_length}, steps {args.steps}, "
           f"block {args.block_length}; cache {cache_cfg}")
-    generate(model, ids[:1], mask[:1], gen_length=8, steps=8, block_length=8)  # warm-up
+    warm = dict(kw, gen_length=8, steps=8, progress=False)
+    if "block_length" in warm:
+        warm["block_length"] = 8
+    generate(model, ids[:1], mask[:1], **warm)
     ref, t_ref = _timed(lambda: generate(model, ids, mask, **kw), args.device)
     with dllm_cache.cache_enabled(model, cache_cfg):
         out, t_cache = _timed(lambda: generate(model, ids, mask, **kw), args.device)
@@ -124,17 +145,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"agreement: {agree:.1%} of generated tokens identical to the uncached run")
     if args.compile:
         print("note: the cached time includes compiling the cached layer (once per layout); --compile pays on long runs")
-    if tok is not None and _source_checkout_on_path():
-        from eval.tiny.tasks import is_correct
-
+    if tok is not None:
         n_ok = {"uncached": 0, "cached": 0}
         for i in range(ids.shape[0]):
             a = tok.decode(ref[i, P:], skip_special_tokens=True)
             b = tok.decode(out[i, P:], skip_special_tokens=True)
             gold = examples[i].get("answer") if i < len(examples) else None
             if gold is not None:
-                n_ok["uncached"] += is_correct("arith", a, gold)
-                n_ok["cached"] += is_correct("arith", b, gold)
+                n_ok["uncached"] += shipped.is_correct(a, gold)
+                n_ok["cached"] += shipped.is_correct(b, gold)
             if i < args.show:
                 print(f"\n[{i}] {examples[i]['question']}\n  uncached: {a}\n  cached:   {b}")
         if examples and "answer" in examples[0]:
@@ -148,9 +167,58 @@ def cmd_bench(argv: list[str]) -> int:
     return main(argv)
 
 
+EVAL_EXAMPLES = """\
+examples:
+  dllm-cache eval --model dllm_cache --tasks gsm8k_local --limit 50 \\
+      --model_args pretrained=PATH,dtype=bfloat16,gen_length=256,steps=256,block_length=32,cache=on,batch_size=8
+  dllm-cache eval --model dllm_cache --tasks hotpotqa_local \\
+      --model_args pretrained=PATH,gen_length=32,steps=32,cache=on,prompt_interval=100,response_interval=8,transfer_ratio=0.25
+  dllm-cache eval ls tasks                   # lists our local tasks next to lm-eval's
+  accelerate launch -m eval.lm_eval_launch --model dllm_cache ...   # data parallel, from the checkout
+"""
+
+
+def eval_help() -> str:
+    """Our part of `dllm-cache eval --help`: usage, examples, and the dllm_cache model arguments
+    with their defaults (read from the model class, so it stays in step with it)."""
+    head = (
+        "usage: dllm-cache eval [lm-eval arguments]\n\n"
+        "Runs lm-eval's command line with `--model dllm_cache` registered and this repo's eval/tasks on\n"
+        "the include path. Any lm-eval argument works; `run` is implied when no subcommand is given.\n\n"
+        + EVAL_EXAMPLES
+    )
+    if not _eval_checkout():
+        return head + (
+            "\n`dllm-cache eval` needs a source checkout (its eval/ folder: lm-eval glue, task YAMLs, data),\n"
+            "which a wheel install does not have: clone the repository and `pip install -e \".[eval]\"` there.\n"
+        )
+    from eval.lm_eval_model import DLLMCacheLM
+
+    doc = inspect.getdoc(DLLMCacheLM) or ""
+    args_doc = textwrap.dedent(doc.split("Args", 1)[1].split("\n", 1)[1]) if "Args" in doc else doc
+    params = list(inspect.signature(DLLMCacheLM.__init__).parameters.values())[1:]
+    defaults = ", ".join(
+        f"{p.name}=" + ("(required)" if p.default is inspect.Parameter.empty else str(p.default)) for p in params
+    )
+    return (
+        head
+        + "\ndllm_cache model arguments (--model_args key=value,key=value,...):\n"
+        + "\n".join("  " + line for line in args_doc.splitlines())
+        + "\n\ndefaults: " + defaults + "\n\nlm-eval's own options follow (`lm-eval run --help`).\n"
+    )
+
+
 def cmd_eval(argv: list[str]) -> int:
-    if not _source_checkout_on_path():
-        raise SystemExit("`dllm-cache eval` needs a source checkout of dllm-cache (its eval/ folder); install with pip -e.")
+    if argv in ([], ["-h"], ["--help"]):
+        print(eval_help())
+        if not _eval_checkout():
+            return 0
+        argv = ["run", "--help"]
+    elif not _eval_checkout():
+        raise SystemExit(
+            "`dllm-cache eval` needs a source checkout of dllm-cache (its eval/ folder: lm-eval glue, task YAMLs, "
+            "data); a wheel install does not have it. Clone the repository and `pip install -e \".[eval]\"` there."
+        )
     from eval.lm_eval_launch import main
 
     return main(argv)
@@ -159,21 +227,27 @@ def cmd_eval(argv: list[str]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dllm-cache", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="cached vs uncached generation on one model")
-    g.add_argument("--model", default=None, help="local model dir, or 'tiny-random' (default: the shipped eval/tiny/model)")
-    g.add_argument("--prompt", action="append", help="prompt text (repeatable); default: held-out arithmetic problems")
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--gen-length", type=int, default=64)
-    g.add_argument("--steps", type=int, default=64)
-    g.add_argument("--block-length", type=int, default=32)
-    g.add_argument("--prompt-interval", type=int, default=100)
-    g.add_argument("--response-interval", type=int, default=8)
-    g.add_argument("--transfer-ratio", type=float, default=0.25)
+    g = sub.add_parser("generate", help="cached vs uncached generation on one model", formatter_class=HelpFormatter,
+                       description="Cached vs uncached generation of the same prompts on one model: time, FLOPs, "
+                                   "agreement, and correct answers on the shipped arithmetic problems.")
+    g.add_argument("--model", default=None,
+                   help="local model dir, or 'tiny-random'; None = the small trained LLaDA shipped with the package")
+    g.add_argument("--prompt", action="append",
+                   help="question text, repeatable, wrapped as 'Question: ...\\nAnswer:'; None = held-out arithmetic "
+                        "problems shipped with the package")
+    g.add_argument("--batch-size", type=positive_int, default=8, help="prompts generated together")
+    g.add_argument("--gen-length", type=positive_int, default=64, help="generated tokens per prompt")
+    g.add_argument("--steps", type=positive_int, default=64, help="denoising steps")
+    g.add_argument("--block-length", type=positive_int, default=32, help="LLaDA semi-autoregressive block length")
+    g.add_argument("--prompt-interval", type=positive_int, default=100, help="Kp: refresh prompt features every Kp steps")
+    g.add_argument("--response-interval", type=positive_int, default=8, help="Kr: refresh all response features every Kr steps")
+    g.add_argument("--transfer-ratio", type=float, default=0.25,
+                   help="fraction of response tokens recomputed on the steps in between")
     g.add_argument("--compile", action="store_true", help="CacheConfig(compile=True): torch.compile the cached layer")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     g.add_argument("--show", type=int, default=3, help="print this many prompts with both outputs")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="random seed")
     sub.add_parser("bench", help="speed/FLOPs benchmark (see `dllm-cache bench --help`)", add_help=False)
     sub.add_parser("eval", help="lm-eval with the dllm_cache model (see `dllm-cache eval --help`)", add_help=False)
     return p

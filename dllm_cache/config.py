@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 SELECTIONS = ("paper", "frontier")
@@ -67,10 +68,11 @@ class CacheConfig:
             value = getattr(self, name)
             if value is None and name != "response_interval":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 meaning = "tokens" if name == "frontier_window" else "refresh every N steps; 1 = every step"
                 none = " or None" if name != "response_interval" else ""
                 raise ValueError(f"CacheConfig.{name} must be an integer >= 1{none} ({meaning}), got {value!r}.")
+            object.__setattr__(self, name, int(value))  # numpy / torch integers become plain ints
         for name, allowed in (("selection", SELECTIONS), ("shifted_row", SHIFTED_ROWS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"CacheConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
@@ -78,11 +80,12 @@ class CacheConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"CacheConfig.{name} must be True or False, got {getattr(self, name)!r}.")
         ratio = self.transfer_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0.0 <= ratio <= 1.0:
             raise ValueError(
                 "CacheConfig.transfer_ratio must be a number in [0, 1] (fraction of response tokens "
                 f"recomputed on partial steps; the paper uses 0.25), got {ratio!r}."
             )
+        object.__setattr__(self, "transfer_ratio", float(ratio))
 
     @property
     def uncond_response_interval(self) -> int:

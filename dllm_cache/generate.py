@@ -2,8 +2,11 @@
 CFG, optional confidence-threshold parallel decoding) and Dream (entropy, maskgit_plus,
 topk_margin). They run unchanged with or without the cache, which sees ordinary forwards.
 
-Prompts are LEFT padded; `attention_mask` (batch, prompt_len) marks real tokens. A prompt may come as
-`inputs_embeds` (batch, prompt_len, hidden) instead of ids (LLaDA-V's image + text prompt).
+Prompts may be left or right padded; `attention_mask` (batch, prompt_len) marks real tokens.
+The samplers run on left padding (right-padded rows are rotated first); the output is
+(batch, prompt_len + gen_length) with the prompt exactly as given and the generated tokens after it.
+A prompt may come as `inputs_embeds` (batch, prompt_len, hidden) instead of ids (LLaDA-V's image +
+text prompt; left padded); the prompt columns of the result are then placeholders.
 """
 
 from __future__ import annotations
@@ -15,13 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dllm_cache.hooks import family_of
+from dllm_cache.hooks import sampler_of
 
-from .patch import cache_branch, is_cache_enabled, reset_cache
+from .patch import cache_branch, declared_generation, is_cache_enabled
 from .prompt import model_inputs, prompt_tokens
-
-LLADA_REMASKING = ("low_confidence", "random")
-DREAM_ALGS = ("entropy", "maskgit_plus", "topk_margin", "origin")
+from .sampler_args import DREAM_ALGS, LLADA_REMASKING, as_int, as_number, check_inputs, check_options, to_left_padding
 
 
 def _full_mask(attention_mask: torch.Tensor | None, gen_length: int) -> torch.Tensor | None:
@@ -45,6 +46,13 @@ def _mask_id(model: nn.Module, mask_id: int | None) -> int:
     return int(mask_id)
 
 
+def _with_prompt(given_ids: torch.Tensor, used_ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x with the caller's prompt as they padded it (the samplers ran on `used_ids`, left padded)."""
+    if used_ids is given_ids:
+        return x
+    return torch.cat([given_ids, x[:, given_ids.shape[1] :]], dim=1)
+
+
 def _logits_of_rows(model: nn.Module, inputs: dict, mask: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
     """Logits of rows [lo, hi) -> (batch, hi - lo, vocab); `inputs` is input_ids= or inputs_embeds=.
     A cached model is asked for those rows only (logits_to_keep), so it neither computes nor keeps
@@ -54,6 +62,17 @@ def _logits_of_rows(model: nn.Module, inputs: dict, mask: torch.Tensor | None, l
     if is_cache_enabled(model):
         return model(*args, **kwargs, attention_mask=mask, logits_to_keep=slice(lo, hi)).logits
     return model(*args, **kwargs, attention_mask=mask).logits[:, lo:hi]
+
+
+def _prompt(model, input_ids, inputs_embeds, attention_mask, gen_length: int, mask_id: int):
+    """(ids the caller gave or placeholders, ids and mask the sampler runs on: left padded)."""
+    given_ids = prompt_tokens(input_ids, inputs_embeds, mask_id)
+    check_inputs(model, given_ids, attention_mask, gen_length)
+    ids, mask = to_left_padding(given_ids, attention_mask)
+    if inputs_embeds is not None and ids is not given_ids:
+        raise ValueError("generate(): inputs_embeds must be LEFT padded (right-padded embedded prompts are not "
+                         "rotated); pad embedded prompts on the left.")
+    return given_ids, ids, mask
 
 
 def tokens_per_step(masked: torch.Tensor, steps: int) -> torch.Tensor:
@@ -91,7 +110,7 @@ def _topk_rows(confidence: torch.Tensor, counts: torch.Tensor, kmax: int | None 
 @torch.no_grad()
 def llada_generate(
     model: nn.Module,
-    input_ids: torch.Tensor | None = None,
+    input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
     gen_length: int = 128,
@@ -110,6 +129,13 @@ def llada_generate(
     With `inputs_embeds` (and input_ids None) the prompt columns of the result are placeholders."""
     if remasking not in LLADA_REMASKING:
         raise ValueError(f"remasking must be one of {LLADA_REMASKING}, got {remasking!r}.")
+    gen_length, steps = as_int(gen_length, "gen_length"), as_int(steps, "steps")
+    block_length = as_int(block_length, "block_length", optional=True)
+    mask_id = _mask_id(model, mask_id)
+    given_ids, input_ids, attention_mask = _prompt(model, input_ids, inputs_embeds, attention_mask, gen_length, mask_id)
+    temperature, cfg_scale = as_number(temperature, "temperature", 0), as_number(cfg_scale, "cfg_scale", 0)
+    # A probability: 0 unmasks the whole block in one step, 1 one token per row per step.
+    threshold = as_number(threshold, "threshold", 0, 1, optional=True)
     block_length = block_length or gen_length
     if gen_length % block_length:
         raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length}).")
@@ -117,15 +143,11 @@ def llada_generate(
     if steps % num_blocks:
         raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks ({num_blocks}).")
     steps_per_block = steps // num_blocks
-    mask_id = _mask_id(model, mask_id)
-    input_ids = prompt_tokens(input_ids, inputs_embeds, mask_id)
     P = input_ids.shape[1]
     x = _init_sequence(input_ids, gen_length, mask_id)
     full_mask = _full_mask(attention_mask, gen_length)
     prompt_region = torch.zeros_like(x, dtype=torch.bool)
     prompt_region[:, :P] = True
-    if is_cache_enabled(model):
-        reset_cache(model, prompt_length=P, block_length=block_length)
 
     def logits_of(seq: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         logits = _logits_of_rows(model, model_inputs(model, seq, inputs_embeds), full_mask, lo, hi)  # (batch, hi - lo, vocab)
@@ -136,38 +158,39 @@ def llada_generate(
             logits = un_logits + (cfg_scale + 1) * (logits - un_logits)
         return logits
 
-    bar = tqdm(total=steps if threshold is None else None, disable=not progress, desc="llada", leave=False)
-    for b in range(num_blocks):
-        lo, hi = P + b * block_length, P + (b + 1) * block_length
-        schedule = tokens_per_step((x[:, lo:hi] == mask_id).sum(dim=1), steps_per_block)
-        schedule_max = schedule.max(dim=0).values.tolist()  # one host sync per block, not per step
-        # Fixed schedule: steps_per_block steps. Threshold mode: until the block is filled,
-        # at most block_length steps since each step unmasks at least one token per row.
-        budget = steps_per_block if threshold is None else block_length
-        for i in range(budget):
-            masked = x == mask_id
-            if threshold is not None and not bool(masked[:, lo:hi].any()):
-                break
-            # Only the current block can be unmasked: sample and score its columns alone.
-            logits = logits_of(x, lo, hi)
-            logits[..., mask_id] = -math.inf  # never "unmask" into the mask token
-            x0 = gumbel_argmax(logits, temperature)  # (batch, block_length)
-            if remasking == "low_confidence":
-                p = F.softmax(logits.float(), dim=-1)
-                conf = p.gather(-1, x0[..., None]).squeeze(-1)
-            else:
-                conf = torch.rand(x0.shape, device=x0.device)
-            block = x[:, lo:hi]
-            block_masked = masked[:, lo:hi]
-            conf = torch.where(block_masked, conf, torch.full_like(conf, -math.inf))
-            if threshold is None:
-                picked = _topk_rows(conf, schedule[:, i], schedule_max[i])
-            else:
-                picked = (conf > threshold) | _topk_rows(conf, block_masked.any(dim=1).long(), 1)
-            x[:, lo:hi] = torch.where(picked & block_masked, x0, block)
-            bar.update(1)
-    bar.close()
-    return x
+    with declared_generation(model, P, block_length):
+        bar = tqdm(total=steps if threshold is None else None, disable=not progress, desc="llada", leave=False)
+        for b in range(num_blocks):
+            lo, hi = P + b * block_length, P + (b + 1) * block_length
+            schedule = tokens_per_step((x[:, lo:hi] == mask_id).sum(dim=1), steps_per_block)
+            schedule_max = schedule.max(dim=0).values.tolist()  # one host sync per block, not per step
+            # Fixed schedule: steps_per_block steps. Threshold mode: until the block is filled,
+            # at most block_length steps since each step unmasks at least one token per row.
+            budget = steps_per_block if threshold is None else block_length
+            for i in range(budget):
+                masked = x == mask_id
+                if threshold is not None and not bool(masked[:, lo:hi].any()):
+                    break
+                # Only the current block can be unmasked: sample and score its columns alone.
+                logits = logits_of(x, lo, hi)
+                logits[..., mask_id] = -math.inf  # never "unmask" into the mask token
+                x0 = gumbel_argmax(logits, temperature)  # (batch, block_length)
+                if remasking == "low_confidence":
+                    p = F.softmax(logits.float(), dim=-1)
+                    conf = p.gather(-1, x0[..., None]).squeeze(-1)
+                else:
+                    conf = torch.rand(x0.shape, device=x0.device)
+                block = x[:, lo:hi]
+                block_masked = masked[:, lo:hi]
+                conf = torch.where(block_masked, conf, torch.full_like(conf, -math.inf))
+                if threshold is None:
+                    picked = _topk_rows(conf, schedule[:, i], schedule_max[i])
+                else:
+                    picked = (conf > threshold) | _topk_rows(conf, block_masked.any(dim=1).long(), 1)
+                x[:, lo:hi] = torch.where(picked & block_masked, x0, block)
+                bar.update(1)
+        bar.close()
+    return _with_prompt(given_ids, input_ids, x)
 
 
 def _filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
@@ -205,7 +228,7 @@ def _dream_sample(logits: torch.Tensor, alg: str, temperature: float, top_p, top
 @torch.no_grad()
 def dream_generate(
     model: nn.Module,
-    input_ids: torch.Tensor | None = None,
+    input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
     gen_length: int = 128,
@@ -220,86 +243,78 @@ def dream_generate(
     progress: bool = False,
     inputs_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Dream sampling -> (batch, prompt_len + gen_length). Dream's logits at i predict token i+1."""
+    """Dream sampling -> (batch, prompt_len + gen_length). Dream's logits at i predict token i+1.
+    With `inputs_embeds` (and input_ids None) the prompt columns of the result are placeholders."""
     if alg not in DREAM_ALGS:
         raise ValueError(f"alg must be one of {DREAM_ALGS}, got {alg!r}.")
+    gen_length, steps = as_int(gen_length, "gen_length"), as_int(steps, "steps")
     mask_id = _mask_id(model, mask_id)
-    input_ids = prompt_tokens(input_ids, inputs_embeds, mask_id)
+    given_ids, input_ids, attention_mask = _prompt(model, input_ids, inputs_embeds, attention_mask, gen_length, mask_id)
+    temperature, eps = as_number(temperature, "temperature", 0), as_number(eps, "eps", 0, 1, low_open=True)
+    top_p = as_number(top_p, "top_p", 0, 1, low_open=True, optional=True)
+    top_k = as_int(top_k, "top_k", 0, optional=True)
+    alg_temp = as_number(alg_temp, "alg_temp", 0, optional=True)
     P = input_ids.shape[1]
     x = _init_sequence(input_ids, gen_length, mask_id)
     full_mask = _full_mask(attention_mask, gen_length)
     timesteps = torch.linspace(1, eps, steps + 1, device=x.device)
-    if is_cache_enabled(model):
-        reset_cache(model, prompt_length=P)
-    for i in tqdm(range(steps), disable=not progress, desc="dream", leave=False):
-        resp = x[:, P:]  # (batch, gen_length) view: the only region that changes
-        masked = resp == mask_id
-        if not bool(masked.any()):
-            break
-        # Dream's logits are shifted: row j predicts token j+1 (row 0 stands in for itself).
-        L = x.shape[1]
-        inputs = model_inputs(model, x, inputs_embeds)
-        if P > 0:
-            logits = _logits_of_rows(model, inputs, full_mask, P - 1, L - 1)  # rows P-1 .. L-2
-        else:
-            logits = _logits_of_rows(model, inputs, full_mask, 0, max(L - 1, 1))
-            logits = torch.cat([logits[:, :1], logits[:, : L - 1]], dim=1)
-        logits[..., mask_id] = -math.inf
-        t, s = timesteps[i], timesteps[i + 1]
-        if alg == "origin":
-            p_transfer = 1 - s / t if i < steps - 1 else 1.0
-            take = masked & (torch.rand(masked.shape, device=x.device) < p_transfer)
-            if bool(take.any()):
-                resp[take] = _dream_sample(logits[take], "maskgit_plus", temperature, top_p, top_k)[1]
-            continue
-        conf, tokens = _dream_sample(logits[masked], alg, temperature, top_p, top_k)
-        full_conf = torch.full(masked.shape, -math.inf, device=x.device)
-        full_conf[masked] = conf
-        proposal = torch.full_like(resp, mask_id)
-        proposal[masked] = tokens
-        n_masked = masked.sum(dim=1)
-        counts = (n_masked.float() * (1 - s / t)).long() if i < steps - 1 else n_masked
-        if alg_temp:
-            probs = (full_conf / alg_temp).softmax(-1)
-            picked = torch.zeros_like(masked)
-            for row in range(x.shape[0]):  # multinomial draws differ per row in count
-                k = int(counts[row])
-                if k:
-                    picked[row, torch.multinomial(probs[row], k)] = True
-        else:
-            picked = _topk_rows(full_conf, counts)
-        x[:, P:] = torch.where(picked & masked, proposal, resp)
-    return x
+    with declared_generation(model, P):
+        for i in tqdm(range(steps), disable=not progress, desc="dream", leave=False):
+            resp = x[:, P:]  # (batch, gen_length) view: the only region that changes
+            masked = resp == mask_id
+            if not bool(masked.any()):
+                break
+            # Dream's logits are shifted: row j predicts token j+1 (row 0 stands in for itself).
+            L = x.shape[1]
+            inputs = model_inputs(model, x, inputs_embeds)
+            if P > 0:
+                logits = _logits_of_rows(model, inputs, full_mask, P - 1, L - 1)  # rows P-1 .. L-2
+            else:
+                logits = _logits_of_rows(model, inputs, full_mask, 0, max(L - 1, 1))
+                logits = torch.cat([logits[:, :1], logits[:, : L - 1]], dim=1)
+            logits[..., mask_id] = -math.inf
+            t, s = timesteps[i], timesteps[i + 1]
+            if alg == "origin":
+                p_transfer = 1 - s / t if i < steps - 1 else 1.0
+                take = masked & (torch.rand(masked.shape, device=x.device) < p_transfer)
+                if bool(take.any()):
+                    resp[take] = _dream_sample(logits[take], "maskgit_plus", temperature, top_p, top_k)[1]
+                continue
+            conf, tokens = _dream_sample(logits[masked], alg, temperature, top_p, top_k)
+            full_conf = torch.full(masked.shape, -math.inf, device=x.device)
+            full_conf[masked] = conf
+            proposal = torch.full_like(resp, mask_id)
+            proposal[masked] = tokens
+            n_masked = masked.sum(dim=1)
+            counts = (n_masked.float() * (1 - s / t)).long() if i < steps - 1 else n_masked
+            if alg_temp:
+                probs = (full_conf / alg_temp).softmax(-1)
+                picked = torch.zeros_like(masked)
+                for row in range(x.shape[0]):  # multinomial draws differ per row in count
+                    k = int(counts[row])
+                    if k:
+                        picked[row, torch.multinomial(probs[row], k)] = True
+            else:
+                picked = _topk_rows(full_conf, counts)
+            x[:, P:] = torch.where(picked & masked, proposal, resp)
+    return _with_prompt(given_ids, input_ids, x)
+
+
+SAMPLERS = {"llada": llada_generate, "dream": dream_generate}
 
 
 def generate(
-    model: nn.Module,
-    input_ids: torch.Tensor | None = None,
-    attention_mask: torch.Tensor | None = None,
-    *,
-    gen_length: int = 128,
-    steps: int = 128,
-    block_length: int | None = None,
-    temperature: float = 0.0,
-    cfg_scale: float = 0.0,
-    remasking: str = "low_confidence",
-    alg: str = "entropy",
-    threshold: float | None = None,
-    mask_id: int | None = None,
-    progress: bool = False,
-    inputs_embeds: torch.Tensor | None = None,
-    **dream_kwargs,
+    model: nn.Module, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, **options
 ) -> torch.Tensor:
     """Generate with the sampler of the model's family -> (batch, prompt_len + gen_length).
 
-    The prompt is `input_ids` (batch, P), or `inputs_embeds` (batch, P, hidden) with input_ids None."""
-    if family_of(model) == "dream":
-        return dream_generate(
-            model, input_ids, attention_mask, gen_length=gen_length, steps=steps, temperature=temperature,
-            alg=alg, mask_id=mask_id, progress=progress, inputs_embeds=inputs_embeds, **dream_kwargs,
-        )
-    return llada_generate(
-        model, input_ids, attention_mask, gen_length=gen_length, steps=steps, block_length=block_length,
-        temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, threshold=threshold,
-        mask_id=mask_id, progress=progress, inputs_embeds=inputs_embeds,
-    )
+    The prompt is `input_ids` (batch, P), or `inputs_embeds=` (batch, P, hidden) with input_ids None.
+
+    options: those of `llada_generate` (gen_length, steps, block_length, temperature, cfg_scale,
+    remasking, threshold, mask_id, progress) or `dream_generate` (gen_length, steps, temperature,
+    top_p, top_k, alg, alg_temp, eps, mask_id, progress). A misspelled option, or one only the
+    other family uses, is a ValueError naming the valid ones; None (and cfg_scale=0) count as
+    "not set", so code serving both families may pass its defaults.
+    """
+    family = sampler_of(model)
+    return SAMPLERS[family](model, input_ids, attention_mask, **check_options(family, options, SAMPLERS))

@@ -3,14 +3,16 @@
 The model's own forward is wrapped to read the step's input ids, padding mask and positions;
 each block's forward is replaced (as an instance attribute) by the generic cached forward.
 Disabling deletes those attributes, so the class methods (or whatever instance forward was
-there before) are back untouched.
+there before) are back untouched. A deep copy or pickle of a cached model is a cached model
+(config and stats kept, features dropped) that undoes the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import torch
@@ -26,10 +28,22 @@ from .frontier import frontier_priority
 from .graphs import graphable, run_step
 from .layer import cached_block_forward, full_block_forward
 from .memory import check_generation_fits, state_bytes
-from .state import CacheState, StepContext
+from .state import CacheState, Stats, StepContext
 
 _STATE = "_dllm_cache_state"
-_MISSING = object()
+
+
+class _Missing:
+    """"No instance attribute was there": one object that deepcopy and pickle keep as itself."""
+
+    def __reduce__(self) -> str:
+        return "_MISSING"  # pickled (and deep-copied) by reference to this module's global
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING = _Missing()
 
 
 def _arg(args: tuple, kwargs: dict, pos: int, *names: str):
@@ -79,7 +93,51 @@ class _Patched:
         self.saved_model_forward = model.__dict__.get("forward", _MISSING)
         self.head: nn.Module | None = None
         self.saved_head_forward = _MISSING
-        self.layer_forward = compiled_block_forward() if state.config.compile else cached_block_forward
+        self.layer_forward = _layer_forward(state.config)
+
+    def __getstate__(self) -> dict:
+        """Copies keep config and stats but start without features, captured CUDA graphs or
+        compiled code (none of which copy); their next forward starts a new generation."""
+        d = dict(self.__dict__)
+        old = self.state
+        d["state"] = CacheState(old.config, old.n_layers, old.mask_token_id)
+        d["state"].stats = copy.copy(old.stats)
+        d["layer_forward"] = None
+        return d
+
+    def __setstate__(self, d: dict) -> None:
+        self.__dict__.update(d)
+        self.layer_forward = _layer_forward(self.state.config)
+
+
+def _layer_forward(config: CacheConfig) -> Callable:
+    return compiled_block_forward() if config.compile else cached_block_forward
+
+
+class _InferenceOnly(torch.autograd.Function):
+    """Identity on the logits; its backward says why there is no gradient (instead of PyTorch's
+    "does not require grad", which would not name the cache)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        return logits.view_as(logits)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        raise RuntimeError(
+            "dllm-cache: the cached forward is inference-only (cached features carry no gradient). "
+            "Call dllm_cache.disable_cache(model) before training or computing gradients, or enable the "
+            "cache only around generation (`with dllm_cache.cache_enabled(model): ...`)."
+        )
+
+
+def _inference_only(out, anchor: torch.Tensor):
+    """The model output with its logits routed through _InferenceOnly."""
+    if hasattr(out, "logits") and isinstance(out.logits, torch.Tensor):
+        out.logits = _InferenceOnly.apply(out.logits, anchor)
+    elif isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+        out = (_InferenceOnly.apply(out[0], anchor), *out[1:])
+    return out
 
 
 def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
@@ -135,6 +193,8 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
         # rows in place: give the model a copy, never the caller's tensor.
         return original(inputs_embeds=x.clone(), attention_mask=mask, **rest)
 
+    # Gradients wanted: let a backward fail with a message that names the cache.
+    anchor = next((p for p in patched.model.parameters() if p.requires_grad), None) if torch.is_grad_enabled() else None
     try:
         with torch.no_grad():
             if args[2:]:  # unusual positional arguments: keep the plain call
@@ -147,7 +207,7 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
         state.ctx = None
     if patched.head is None and (lo, hi) != (0, tokens.shape[1]):
         out = _with_logits(out, out.logits[:, lo:hi])  # no head to patch: every row was computed
-    return out
+    return out if anchor is None else _inference_only(out, anchor)
 
 
 def _logit_layout(patched: _Patched, branch, plan, lo: int, hi: int, device) -> tuple[int, ...]:
@@ -335,9 +395,15 @@ def reset_cache(model: nn.Module, prompt_length: int | None = None, block_length
     _state(model).reset(prompt_length, block_length)
 
 
-def cache_stats(model: nn.Module) -> dict:
-    """Step counts by kind and the fraction of response tokens recomputed on partial steps."""
-    return _state(model).stats.as_dict()
+def cache_stats(model: nn.Module, reset: bool = False) -> dict:
+    """Step counts by kind, generations started, and the fraction of response tokens recomputed
+    on partial steps, counted since the cache was enabled (or the last reset=True, which zeroes
+    the counters after reading them)."""
+    state = _state(model)
+    stats = state.stats.as_dict()
+    if reset:
+        state.stats = Stats()
+    return stats
 
 
 def cache_memory(model: nn.Module) -> dict[str, int]:
@@ -347,12 +413,33 @@ def cache_memory(model: nn.Module) -> dict[str, int]:
 
 @contextlib.contextmanager
 def cache_enabled(model: nn.Module, config: CacheConfig | None = None) -> Iterator[nn.Module]:
-    """`with cache_enabled(model, cfg): ...` enables the cache inside the block only."""
+    """`with cache_enabled(model, cfg): ...` caches with `cfg` inside the block only. On exit the
+    model is as before: uncached, or cached with its previous config (features start afresh)."""
+    previous = _state(model).config if is_cache_enabled(model) else None
     enable_cache(model, config)
     try:
         yield model
     finally:
-        disable_cache(model)
+        if previous is None:
+            disable_cache(model)
+        else:
+            enable_cache(model, previous)
+
+
+@contextlib.contextmanager
+def declared_generation(model: nn.Module, prompt_length: int, block_length: int | None = None) -> Iterator[None]:
+    """One generation by a sampler: declared at the start (no per-step prompt checks; the semi-AR
+    block, if any) and closed at the end, so whatever runs next on the model (another sampler, a
+    hand-written loop) starts a new generation instead of continuing this one. No-op if uncached."""
+    if not is_cache_enabled(model):
+        yield
+        return
+    reset_cache(model, prompt_length=prompt_length, block_length=block_length)
+    try:
+        yield
+    finally:
+        if is_cache_enabled(model):
+            reset_cache(model)
 
 
 @contextlib.contextmanager

@@ -112,6 +112,7 @@ class BranchState:
     logit_index: torch.Tensor | None = None
     logit_index_start: int = -1
     declared: bool = False  # set by reset_cache(prompt_length=...): skip the per-step prompt check
+    masked: int = -1  # undeclared generations: masked response tokens at the previous step
     graphs: dict = field(default_factory=dict)  # (kind, shape key) -> captured step
     seen_kinds: set = field(default_factory=set)  # kinds run eagerly once (warm-up) in this layout
     started: bool = False
@@ -132,14 +133,26 @@ class BranchState:
         self.graphs.clear()
         self.seen_kinds.clear()
 
-    def is_new_generation(self, input_ids: torch.Tensor) -> bool:
+    def is_new_generation(self, input_ids: torch.Tensor, mask_token_id: int | None) -> bool:
+        """Undeclared: new when the shape or the prompt tokens change, or when more response
+        tokens are masked than at the previous step (a sampler only unmasks: the same prompt
+        was started again). One host sync per step; a declared generation skips it."""
         if not self.started or self.prompt_ids is None:
             return True
         if input_ids.shape[0] != self.prompt_ids.shape[0] or input_ids.shape[1] != self._seq_len():
             return True
         if self.declared:  # the caller declared this generation; comparing would cost a host sync per step
             return False
-        return not torch.equal(input_ids[:, : self.prompt_len], self.prompt_ids)
+        changed = (input_ids[:, : self.prompt_len] != self.prompt_ids).any()
+        changed, masked = torch.stack([changed.long(), self.count_masked(input_ids, mask_token_id)]).tolist()
+        more_masked, self.masked = masked > self.masked, masked
+        return bool(changed) or more_masked
+
+    def count_masked(self, input_ids: torch.Tensor, mask_token_id: int | None) -> torch.Tensor:
+        """Mask tokens in the response columns, as a 0-d tensor (no sync)."""
+        if mask_token_id is None:
+            return input_ids.new_zeros(())
+        return (input_ids[:, self.prompt_len :] == mask_token_id).sum()
 
     def _seq_len(self) -> int:
         return self.layers[0].k.shape[2] if self.layers and self.layers[0] is not None else -1
@@ -251,7 +264,7 @@ class CacheState:
         """Advance the active branch by one denoising step; start a new generation when needed."""
         b = self.branch()
         pending = self.pending_prompt_len.pop(self.active_branch, None)
-        if pending is not None or b.is_new_generation(input_ids):
+        if pending is not None or b.is_new_generation(input_ids, self.mask_token_id):
             P = pending if pending is not None else self.detect_prompt_len(input_ids)
             if not 0 <= P <= input_ids.shape[1]:
                 raise ValueError(f"prompt_length={P} is outside the sequence of length {input_ids.shape[1]}.")
@@ -263,6 +276,7 @@ class CacheState:
             b.step = 0
             b.started = True
             b.declared = pending is not None
+            b.masked = -1 if b.declared else int(b.count_masked(input_ids, self.mask_token_id))
             self.stats.generations += 1
         plan = plan_step(b.step, self.config, b.response_interval)
         b.step += 1

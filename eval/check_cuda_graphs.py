@@ -38,7 +38,7 @@ def main() -> int:
             ids = torch.randint(0, 200, (4, 40), generator=g).to(dev)
             mask = torch.ones_like(ids)
             mask[1, :7] = 0
-            kw = dict(gen_length=64, steps=64, block_length=32)
+            kw = dict(gen_length=64, steps=64, **({"block_length": 32} if name == "llada" else {}))
             ref = _run(model, ids, mask, None, **kw)
             exact, _ = _run(model, ids, mask, CacheConfig(1, 8, 1.0, cuda_graphs=True), **kw)
             eager, _ = _run(model, ids, mask, CacheConfig(cuda_graphs=False), **kw)

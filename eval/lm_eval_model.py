@@ -26,10 +26,12 @@ Request types:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import itertools
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -42,6 +44,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from dllm_cache.generate import SAMPLERS
+from dllm_cache.sampler_args import check_options
 from eval.presets import apply_preset
 from eval.speed import SpeedMeter, TaskSpeed, merge_summaries
 
@@ -152,10 +156,12 @@ class DLLMCacheLM(LM):
         batch_size: prompts per generate call (and default MC rows per forward).
         gen_length, steps, block_length: diffusion decoding length, denoising steps, semi-AR block.
         temperature, cfg_scale: sampling temperature and classifier-free guidance scale.
-        remasking: LLaDA's remasking rule (low_confidence | random).
-        alg: Dream's unmasking order (entropy | maskgit_plus | topk_margin).
+        remasking: LLaDA's remasking rule (low_confidence | random; default low_confidence).
+        alg: Dream's unmasking order (entropy | maskgit_plus | topk_margin | origin; default entropy).
         top_p: Dream's nucleus sampling threshold (None: off).
-        threshold: optional confidence threshold for parallel decoding (None: fixed schedule).
+        threshold: LLaDA: optional confidence threshold for parallel decoding (None: fixed schedule).
+        Options the model's family does not use (alg and top_p on LLaDA; block_length, cfg_scale,
+        threshold, remasking on Dream) and unknown arguments are errors naming the valid ones.
         cache: on/off; when on, `dllm_cache.enable_cache` with the three intervals below.
         prompt_interval, response_interval, transfer_ratio, cfg_interval: CacheConfig fields.
         compile: CacheConfig(compile=True): torch.compile the cached layer (GPU; pays on long runs).
@@ -183,8 +189,8 @@ class DLLMCacheLM(LM):
         block_length: int | str | None = None,
         temperature: float | str = 0.0,
         cfg_scale: float | str = 0.0,
-        remasking: str = "low_confidence",
-        alg: str = "entropy",
+        remasking: str | None = None,
+        alg: str | None = None,
         top_p: float | str | None = None,
         threshold: float | str | None = None,
         cache: bool | str = False,
@@ -221,8 +227,8 @@ class DLLMCacheLM(LM):
         self.block_length = parse_int(block_length, "block_length", minimum=1, optional=True)
         self.temperature = parse_float(temperature, "temperature")
         self.cfg_scale = parse_float(cfg_scale, "cfg_scale")
-        self.remasking = str(remasking)
-        self.alg = str(alg)
+        self.remasking = None if remasking is None else str(remasking)
+        self.alg = None if alg is None else str(alg)
         self.top_p = parse_float(top_p, "top_p", optional=True)
         self.threshold = parse_float(threshold, "threshold", optional=True)
         self.cache_on = parse_bool(cache, "cache")
@@ -274,6 +280,12 @@ class DLLMCacheLM(LM):
         if self.mask_id is None:
             raise ValueError(f"{path}/config.json has no mask_token_id; a diffusion LM needs one")
         self.pad_id = self._pick_pad_id()
+        # Options this family's sampler takes; a wrong-family or misspelled one fails here, not mid-run.
+        self.sampler_options = check_options(self.family, dict(
+            gen_length=self.gen_length, steps=self.steps, block_length=self.block_length, temperature=self.temperature,
+            cfg_scale=self.cfg_scale, remasking=self.remasking, alg=self.alg, threshold=self.threshold, mask_id=self.mask_id,
+            top_p=self.top_p,
+        ), SAMPLERS)
         self.stop_ids = self._collect_stop_ids()
         limit = parse_int(max_length, "max_length", minimum=2, optional=True)
         self.max_length = limit or int(
@@ -295,9 +307,6 @@ class DLLMCacheLM(LM):
         else:
             self.cache_config = None
 
-        if self.top_p is not None and self.family != "dream":
-            raise ValueError(f"model arg top_p={self.top_p} applies to Dream's sampler only; {path} is a {self.family} model")
-        self._sampler_kwargs = {"top_p": self.top_p} if self.top_p is not None else {}
         self.preset: str | None = None
         self.last_stats: dict[str, Any] = {}
         self.speed = SpeedMeter(self.model, self._cache_counters, self._sync, self._lm_head_all_rows())
@@ -323,7 +332,16 @@ class DLLMCacheLM(LM):
                     f"{arg_dict.get('pretrained')} is a {family} model; pick a {family}-* preset"
                 )
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
-        lm = cls(**arg_dict, **extra)
+        if str(extra.get("device", "")).startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's CLI sends --device (default cuda:0) whether or not the user chose it.
+            print(f"[dllm_cache] CUDA is not available: running on cpu (lm-eval passed device={extra['device']})",
+                  file=sys.stderr)
+            extra["device"] = "cpu"
+        valid = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(arg_dict) - valid)
+        if unknown:
+            raise ValueError(f"unknown dllm_cache model arg(s) {unknown}; valid: {', '.join(sorted(valid))}.")
+        lm = cls(**arg_dict, **{k: v for k, v in extra.items() if k in valid})
         if preset is not None:
             lm.preset = preset.name
             log.info("dllm_cache: preset %s (%s) -> %s; lm-eval settings of the source: %s",
@@ -346,9 +364,9 @@ class DLLMCacheLM(LM):
 
     def _family(self) -> str:
         try:
-            from dllm_cache.hooks import family_of
+            from dllm_cache.hooks import sampler_of
 
-            return family_of(self.model)
+            return sampler_of(self.model)  # "llada" (LLaDA, LLaDA-MoE, MMaDA) or "dream": the sampler's family
         except Exception:  # noqa: BLE001 - fall back to the config's model_type
             model_type = str(getattr(self.config, "model_type", "")).lower()
             return "dream" if model_type == "dream" else "llada"
@@ -555,10 +573,8 @@ class DLLMCacheLM(LM):
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     out = self._generate(
-                        self.model, input_ids, attention_mask,
-                        gen_length=self.gen_length, steps=self.steps, block_length=self.block_length,
-                        temperature=self.temperature, cfg_scale=self.cfg_scale, remasking=self.remasking,
-                        alg=self.alg, threshold=self.threshold, mask_id=self.mask_id, **self._sampler_kwargs,
+                        self.model, input_ids, attention_mask, **self.sampler_options,
+                        progress=not disable_tqdm and self._rank == 0,  # a bar over the denoising steps
                     )  # (batch, prompt_len + gen_length)
                 self._sync()
                 gen_seconds += time.perf_counter() - t0

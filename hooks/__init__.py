@@ -65,4 +65,9 @@ def family_of(model: nn.Module) -> str:
     return adapter_for(model).family
 
 
-__all__ = ["ADAPTERS", "BlockParts", "Dims", "ModelAdapter", "adapter_for", "family_of"]
+def sampler_of(model: nn.Module) -> str:
+    """"llada" or "dream": the sampler that decodes the model's family (LLaDA-MoE, MMaDA: LLaDA's)."""
+    return adapter_for(model).sampler
+
+
+__all__ = ["ADAPTERS", "BlockParts", "Dims", "ModelAdapter", "adapter_for", "family_of", "sampler_of"]

@@ -14,6 +14,7 @@ from .base import BlockParts, Dims, ModelAdapter, has_attrs
 class DreamAdapter(ModelAdapter):
     family = "dream"
     logit_shift = 1
+    sampler = "dream"
 
     def matches(self, model: nn.Module) -> bool:
         inner = getattr(model, "model", None)

@@ -32,3 +32,20 @@ def logits_along(model, seqs, mask):
 
 def max_err(a, b):
     return max((x - y).abs().max().item() for x, y in zip(a, b))
+
+
+def padded_prompts(model, batch: int = 3, length: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and mask (batch, length): row r has 2r pad tokens in front."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 200, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    for r in range(batch):
+        ids[r, : 2 * r] = model.config.pad_token_id
+        mask[r, : 2 * r] = 0
+    return ids, mask
+
+
+def right_padded(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same prompts with their pads moved to the end of each row."""
+    order = torch.argsort(1 - mask, dim=1, stable=True)  # real tokens first, pads after
+    return ids.gather(1, order), mask.gather(1, order)

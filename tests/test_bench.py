@@ -19,7 +19,7 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 SMALL = ["--prompt-len", "16", "--gen-len", "16", "--steps", "16", "--block-length", "8",
-         "--batch-size", "1", "2", "--warmup-steps", "2", "--no-progress"]
+         "--batch-size", "1", "2", "--warmup-steps", "2", "--no-progress", "--repeats", "1"]
 
 
 def _run(tmp_path, capsys, shape: str, tag: str, *extra: str) -> dict:
@@ -144,7 +144,7 @@ def test_bench_local_model_dir(tmp_path, capsys):
 
     tiny_dream().save_pretrained(tmp_path / "model")
     assert main(["--model", str(tmp_path / "model"), "--prompt-len", "8", "--gen-len", "8", "--steps", "8",
-                 "--batch-size", "1", "--no-progress", "--out-dir", str(tmp_path), "--tag", "local"]) == 0
+                 "--batch-size", "1", "--no-progress", "--repeats", "1", "--out-dir", str(tmp_path), "--tag", "local"]) == 0
     report = json.loads((tmp_path / "local.json").read_text())
     assert report["meta"]["family"] == "Dream" and len(report["results"]) == 2
     assert "Mean time per denoising step" in capsys.readouterr().out

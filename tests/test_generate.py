@@ -59,10 +59,10 @@ def test_dream_sampler_cached_refresh_every_step_equals_uncached(alg):
     assert torch.equal(out, ref)
 
 
-def test_default_cache_generation_runs_and_counts(model):
+def test_default_cache_generation_runs_and_counts(model, family):
     ids, mask = _prompts(model)
     enable_cache(model)
-    generate(model, ids, mask, gen_length=32, steps=32, block_length=16)
+    generate(model, ids, mask, gen_length=32, steps=32, **({"block_length": 16} if family == "llada" else {}))
     stats = cache_stats(model)
     disable_cache(model)
     assert stats["steps"] == 32 and stats["full_steps"] == 1 and stats["response_refresh_steps"] == 3

@@ -8,6 +8,7 @@ import dllm_cache.memory as memory
 from dllm_cache import CacheConfig, cache_enabled
 from dllm_cache.flops import ModelDims
 from dllm_cache.generate import generate
+from dllm_cache.hooks import sampler_of
 from dllm_cache.models.tiny import dream_7b_config, llada_8b_config
 from dllm_cache.patch import cache_memory
 
@@ -34,7 +35,8 @@ def test_cfg_branch_doubles_the_cache():
 def _check_state_bytes(family, model, cfg_scale):
     ids = torch.randint(0, 200, (3, P), generator=torch.Generator().manual_seed(0))
     with cache_enabled(model, CacheConfig()):
-        generate(model, ids, gen_length=R, steps=R, block_length=8, cfg_scale=cfg_scale)
+        blocks = {} if sampler_of(model) == "dream" else {"block_length": 8}  # Dream's sampler has no blocks
+        generate(model, ids, gen_length=R, steps=R, cfg_scale=cfg_scale, **blocks)
         held = cache_memory(model)
     dims = ModelDims.from_config(model.config, allow_moe=True)
     branches = 2 if cfg_scale else 1

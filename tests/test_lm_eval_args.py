@@ -1,0 +1,61 @@
+"""lm-eval model args: wrong-family / unknown ones fail at construction naming the valid ones;
+lm-eval's default device=cuda:0 on a CPU machine runs on cpu without a warning; generation
+progress advances per denoising step."""
+
+import logging
+
+import pytest
+
+pytest.importorskip("lm_eval")
+
+from eval.lm_eval_model import DLLMCacheLM  # noqa: E402
+from tests.test_lm_eval import _save_tiny  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def llada_dir(tmp_path_factory):
+    return _save_tiny(tmp_path_factory.mktemp("llada_args"), "llada")
+
+
+@pytest.fixture(scope="module")
+def dream_dir(tmp_path_factory):
+    return _save_tiny(tmp_path_factory.mktemp("dream_args"), "dream")
+
+
+def test_wrong_family_and_bad_choices_fail_at_construction(llada_dir, dream_dir):
+    with pytest.raises(ValueError, match="alg='bogus' is an option of the dream sampler"):
+        DLLMCacheLM(pretrained=str(llada_dir), device="cpu", alg="bogus")
+    with pytest.raises(ValueError, match="alg must be one of"):
+        DLLMCacheLM(pretrained=str(dream_dir), device="cpu", alg="bogus")
+    with pytest.raises(ValueError, match="block_length=4 is an option of the llada sampler"):
+        DLLMCacheLM(pretrained=str(dream_dir), device="cpu", block_length="4")
+    with pytest.raises(ValueError, match="remasking must be one of"):
+        DLLMCacheLM(pretrained=str(llada_dir), device="cpu", remasking="nope")
+
+
+def test_unknown_model_arg_lists_the_valid_ones(llada_dir):
+    with pytest.raises(ValueError, match=r"unknown dllm_cache model arg\(s\) \['gen_lenght'\]; valid: .*gen_length"):
+        DLLMCacheLM.create_from_arg_string(f"pretrained={llada_dir},gen_lenght=8")
+
+
+def test_cli_default_cuda_device_falls_back_quietly(llada_dir, monkeypatch, caplog, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        lm = DLLMCacheLM.create_from_arg_obj(
+            {"pretrained": str(llada_dir), "gen_length": 4, "steps": 4}, {"device": "cuda:0", "batch_size": 1}
+        )
+    assert lm._device.type == "cpu"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "CUDA is not available: running on cpu" in capsys.readouterr().err
+
+
+def test_generation_progress_advances_per_step(llada_dir, capsys):
+    from types import SimpleNamespace
+
+    lm = DLLMCacheLM(pretrained=str(llada_dir), device="cpu", gen_length=4, steps=4)
+    request = SimpleNamespace(args=("Question: 1+1?\nAnswer:", {"until": ["\n"]}))
+    lm.generate_until([request])
+    err = capsys.readouterr().err
+    assert "llada:" in err and "| 0/4 [" in err  # a bar over the 4 steps (erased when done: leave=False)
