@@ -235,10 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", action="append",
                    help="question text, repeatable, wrapped as 'Question: ...\\nAnswer:'; None = held-out arithmetic "
                         "problems shipped with the package")
-    g.add_argument("--batch-size", type=positive_int, default=8, help="prompts generated together")
-    g.add_argument("--gen-length", type=positive_int, default=64, help="generated tokens per prompt")
+    # Defaults: the shipped proxy's arithmetic setting (gen 256, block 8, as GSM8K), 4 tokens per step
+    # so that a CPU runs it in about a minute.
+    g.add_argument("--batch-size", type=positive_int, default=4, help="prompts generated together")
+    g.add_argument("--gen-length", type=positive_int, default=256, help="generated tokens per prompt")
     g.add_argument("--steps", type=positive_int, default=64, help="denoising steps")
-    g.add_argument("--block-length", type=positive_int, default=32, help="LLaDA semi-autoregressive block length")
+    g.add_argument("--block-length", type=positive_int, default=8, help="LLaDA semi-autoregressive block length")
     g.add_argument("--prompt-interval", type=positive_int, default=100, help="Kp: refresh prompt features every Kp steps")
     g.add_argument("--response-interval", type=positive_int, default=8, help="Kr: refresh all response features every Kr steps")
     g.add_argument("--transfer-ratio", type=float, default=0.25,

@@ -204,6 +204,11 @@ class BranchState:
         return out
 
 
+def _no_mask_embedding() -> None:
+    """The mask token's embedding before enable_cache supplies the model's (prompts given as ids need none)."""
+    return None
+
+
 class CacheState:
     """All cache state of one model: config, branches, the current step's context, stats."""
 
@@ -220,7 +225,7 @@ class CacheState:
         self.stats = Stats()
         self.graphs_disabled = False
         # () -> the mask token's input embedding, or None; finds the response in inputs_embeds steps.
-        self.mask_embedding: Callable[[], torch.Tensor | None] = lambda: None
+        self.mask_embedding: Callable[[], torch.Tensor | None] = _no_mask_embedding  # a module function: picklable
 
     def disable_graphs(self) -> None:
         self.graphs_disabled = True

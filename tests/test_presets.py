@@ -100,7 +100,7 @@ def test_preset_on_the_tiny_models(llada_dir, dream_dir):
     wrong_family = "preset 'dream-base-gsm8k' is for Dream-org/Dream-v0-Base-7B .dream., but .* is a llada model"
     with pytest.raises(ValueError, match=wrong_family):
         DLLMCacheLM.create_from_arg_obj({"pretrained": str(llada_dir), "preset": "dream-base-gsm8k"}, {"device": "cpu"})
-    with pytest.raises(ValueError, match="top_p=0.9 applies to Dream"):
+    with pytest.raises(ValueError, match="top_p=0.9 is an option of the dream sampler"):
         DLLMCacheLM(pretrained=str(llada_dir), device="cpu", top_p="0.9")
 
 
