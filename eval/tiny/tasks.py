@@ -35,6 +35,11 @@ import string
 from collections.abc import Iterator
 from pathlib import Path
 
+# The arithmetic prompt and its answer check live in the library (the main job needs them
+# without eval/ on the path); the proxy tasks use the same ones.
+from dllm_cache.shipped import arith_prompt
+from dllm_cache.shipped import final_number as arith_number
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 ARITH_DIR = DATA_DIR / "arith_synth"
 HOTPOT_DIR = DATA_DIR / "hotpotqa_synth"
@@ -407,10 +412,6 @@ def make_hotpot(rng: random.Random, n_distractors: int, hops: int = 2) -> dict[s
 
 
 # ----------------------------------------------------------------------------- prompts and scoring
-def arith_prompt(question: str) -> str:
-    return f"Question: {question}\nAnswer:"
-
-
 def hotpot_prompt(context: str, question: str) -> str:
     return f"{HOTPOT_INSTRUCTION}\n\n{context}\n\nQuestion: {question}\nAnswer:"
 
@@ -422,16 +423,6 @@ def prompt_and_target(family: str, example: dict[str, str]) -> tuple[str, str]:
     if family == "hotpot":
         return hotpot_prompt(example["context"], example["question"]), " " + example["solution"]
     raise ValueError(f"unknown task family {family!r}; expected 'arith' or 'hotpot'")
-
-
-def arith_number(text: str) -> str | None:
-    """The number after '####' (or the last number) in `text`, None if there is none."""
-    if "####" in text:
-        m = re.search(r"-?\d+", text.split("####", 1)[1])
-        if m:
-            return m.group(0).lstrip("0") or "0"
-    found = re.findall(r"-?\d+", text)
-    return (found[-1].lstrip("0") or "0") if found else None
 
 
 def hotpot_word(text: str) -> str | None:
