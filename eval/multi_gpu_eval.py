@@ -38,18 +38,33 @@ def _device_name(device) -> str:
 
 
 def _samples(results: dict) -> dict[str, list[dict[str, Any]]]:
-    """Per task, per document: the filtered response and its metrics, sorted by doc_id."""
+    """Per task, per document and filter (a task with two filters, as gsm8k's strict-match and
+    flexible-extract, logs each document twice): the filtered response and its metrics."""
     out = {}
     for task, rows in (results.get("samples") or {}).items():
         kept = []
         for row in rows:
             metrics = {m: row[m] for m in row.get("metrics", []) if m in row}
-            kept.append({"doc_id": row["doc_id"], "response": row["filtered_resps"], "metrics": metrics})
-        out[task] = sorted(kept, key=lambda r: r["doc_id"])
+            kept.append({"doc_id": row["doc_id"], "filter": row.get("filter"), "response": row["filtered_resps"],
+                         "metrics": metrics})
+        out[task] = sorted(kept, key=lambda r: (r["doc_id"], str(r["filter"])))
     return out
 
 
 def run(args: argparse.Namespace) -> int:
+    """Evaluate on this process's shard; rank 0 writes the report. Every rank then leaves the
+    process group together (exiting with it still up can abort a rank in gloo's teardown)."""
+    try:
+        return _run(args)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace) -> int:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -76,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if lm.rank != 0:
         return 0
     samples = _samples(results)
-    n_examples = sum(len(rows) for rows in samples.values())
+    n_examples = sum(len({r["doc_id"] for r in rows}) for rows in samples.values())  # documents, not filter rows
     slowest = max(r["wall_seconds"] for r in ranks)
     # Generation alone (no task building, gathering or one-time warm-up outside generate_until), slowest rank.
     gen = [r["last_generate_call"].get("generate_seconds") for r in ranks]
@@ -118,11 +133,11 @@ def compare(args: argparse.Namespace) -> int:
         problems.append(f"different runs: tasks {a['tasks']} vs {b['tasks']}, limit {a['limit']} vs {b['limit']}")
     differing: dict[str, list[int]] = {}
     for task in a["tasks"]:
-        rows_a = {r["doc_id"]: r for r in a["samples"].get(task, [])}
-        rows_b = {r["doc_id"]: r for r in b["samples"].get(task, [])}
+        rows_a = {(r["doc_id"], r.get("filter")): r for r in a["samples"].get(task, [])}
+        rows_b = {(r["doc_id"], r.get("filter")): r for r in b["samples"].get(task, [])}
         if set(rows_a) != set(rows_b):
             problems.append(f"{task}: documents differ ({len(rows_a)} vs {len(rows_b)})")
-        differing[task] = sorted(d for d in set(rows_a) & set(rows_b) if rows_a[d] != rows_b[d])
+        differing[task] = sorted({key[0] for key in set(rows_a) & set(rows_b) if rows_a[key] != rows_b[key]})
         if differing[task]:
             problems.append(f"{task}: {len(differing[task])} documents with different outputs: {differing[task][:10]}")
         if a["metrics"].get(task) != b["metrics"].get(task):

@@ -7,9 +7,11 @@
 # positions from 0 whatever the left padding: a different batch mix would change padded rows).
 set -euo pipefail
 MODEL=${MODEL:-eval/tiny/model}
-TASKS=${TASKS:-gsm8k_local}
+# 0-shot by default: lm-eval draws random few-shot examples from one generator per process, so a
+# sharded few-shot task (gsm8k_local is 5-shot) gives its documents other examples than one process.
+TASKS=${TASKS:-arith_synth}
 LIMIT=${LIMIT:-200}
-ARGS=${ARGS:-pretrained=$MODEL,dtype=bfloat16,gen_length=64,steps=64,block_length=32,cache=on,batch_size=1}
+ARGS=${ARGS:-pretrained=$MODEL,dtype=bfloat16,gen_length=256,steps=64,block_length=8,cache=on,batch_size=1}
 OUT=${OUT:-eval/results}
 
 CUDA_VISIBLE_DEVICES=0 python -m eval.multi_gpu_eval run --model_args "$ARGS,device=cuda" \

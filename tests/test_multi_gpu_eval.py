@@ -41,7 +41,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("dp")
     model_dir = _save_tiny(root / "llada", "llada")
     model_args = f"pretrained={model_dir},device=cpu,gen_length=4,steps=4,cache=on,batch_size=1"
-    common = ["run", "--model_args", model_args, "--tasks", "gsm8k_local", "--limit", str(LIMIT)]
+    # arith_synth is 0-shot: lm-eval draws random few-shot examples from one generator per process, so a
+    # sharded few-shot task (gsm8k_local, 5-shot) gives documents other examples than a single process.
+    common = ["run", "--model_args", model_args, "--tasks", "arith_synth", "--limit", str(LIMIT)]
     single, dp = root / "single.json", root / "dp.json"
     assert multi_gpu_eval.main([*common, "--out", str(single)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -62,7 +64,7 @@ def test_two_processes_shard_and_match_single_process(runs):
     assert [r["rank"] for r in b["ranks"]] == [0, 1]
     per_rank = [r["last_generate_call"]["requests"] for r in b["ranks"]]
     assert per_rank == [LIMIT // 2, LIMIT // 2]  # each rank generated its own shard only
-    assert len(b["samples"]["gsm8k_local"]) == LIMIT
+    assert len({r["doc_id"] for r in b["samples"]["arith_synth"]}) == LIMIT
     assert multi_gpu_eval.main(["compare", str(single), str(dp), "--out", str(root / "cmp.json")]) == 0
     report = json.loads((root / "cmp.json").read_text())
     assert report["identical"] and report["throughput_ratio_b_over_a"] > 0
@@ -71,9 +73,9 @@ def test_two_processes_shard_and_match_single_process(runs):
 def test_compare_reports_a_different_output(runs, tmp_path, capsys):
     single, dp, _ = runs
     changed = json.loads(dp.read_text())
-    changed["samples"]["gsm8k_local"][1]["response"] = ["something else"]
+    changed["samples"]["arith_synth"][1]["response"] = ["something else"]
     path = tmp_path / "changed.json"
     path.write_text(json.dumps(changed))
     assert multi_gpu_eval.main(["compare", str(single), str(path)]) == 1
-    doc = changed["samples"]["gsm8k_local"][1]["doc_id"]
+    doc = changed["samples"]["arith_synth"][1]["doc_id"]
     assert f"1 documents with different outputs: [{doc}]" in capsys.readouterr().out
