@@ -122,7 +122,8 @@ def _check_same_tokens(model, monkeypatch, **kwargs):
     cfg = CacheConfig(prompt_interval=10, response_interval=4, transfer_ratio=0.25)
     with cache_enabled(model, cfg):
         new = generate(model, ids, mask, **run)
-    monkeypatch.setattr(gen_mod, "_logits_of_rows", lambda m, inputs, msk, lo, hi: m(**inputs, attention_mask=msk).logits[:, lo:hi])
+    monkeypatch.setattr(gen_mod, "_logits_of_rows",
+                        lambda m, inputs, msk, lo, hi: m(**inputs, attention_mask=msk).logits[:, lo:hi])
     with cache_enabled(model, cfg):
         old = generate(model, ids, mask, **run)
     assert torch.equal(new, old)
