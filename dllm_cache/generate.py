@@ -59,9 +59,11 @@ def _logits_of_rows(model: nn.Module, inputs: dict, mask: torch.Tensor | None, l
     """Logits of rows [lo, hi) -> (batch, hi - lo, vocab); `inputs` is input_ids= or inputs_embeds=.
     A cached model is asked for those rows only (logits_to_keep), so it neither computes nor keeps
     the others."""
+    inputs = dict(inputs)
+    args = (inputs.pop("input_ids"),) if "input_ids" in inputs else ()  # ids positionally, as forward hooks expect
     if is_cache_enabled(model):
-        return model(**inputs, attention_mask=mask, logits_to_keep=slice(lo, hi)).logits
-    return model(**inputs, attention_mask=mask).logits[:, lo:hi]
+        return model(*args, **inputs, attention_mask=mask, logits_to_keep=slice(lo, hi)).logits
+    return model(*args, **inputs, attention_mask=mask).logits[:, lo:hi]
 
 
 def gumbel_argmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -20,6 +20,7 @@ from dllm_cache.hooks import adapter_for
 from dllm_cache.models.layers import key_mask_from
 from dllm_cache.models.rope import rope_cos_sin
 
+from .blockcache import block_rows_forward
 from .compiled import compiled_block_forward
 from .config import CacheConfig
 from .frontier import frontier_priority
@@ -98,11 +99,11 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
     # LLaDA-family models (official LLaDA, MMaDA) also take the padding mask as a 4-D boolean attention_bias.
     mask_source = attention_mask if attention_mask is not None else kwargs.get("attention_bias")
     lo, hi = _logit_rows(kwargs.pop("logits_to_keep", None), tokens.shape[1])
-    branch, plan = state.begin_step(tokens)
+    branch, plan = state.begin_step(tokens, (lo, hi))
     if branch.step == 1:  # step 0 of a generation: say now if its cache cannot fit
         n_prompt_rows = max(min(hi, branch.prompt_len) - lo, 0)
         check_generation_fits(patched.model, list(patched.blocks), branch, tokens, hi - lo, n_prompt_rows,
-                              prompt_deltas=patched.head is None)
+                              prompt_deltas=patched.head is None, deltas=not state.config.is_block)
     if plan.refresh_prompt or branch.rope_cos is None:
         # Positions and padding are fixed within a generation: computed on prompt refreshes only,
         # into persistent buffers that captured graphs read.
@@ -124,6 +125,7 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
         selected=state.selected_count(branch, tokens.shape[1]),
         head_cached=patched.head is not None,
         logit_rows=(lo, hi),
+        rows_index=branch.block_index if plan.kind == "block" else None,
     )
     rest = {k: v for k, v in kwargs.items() if k not in ("input_ids", "inputs_embeds", "attention_mask")}
 
@@ -157,12 +159,15 @@ def _logit_layout(patched: _Patched, branch, plan, lo: int, hi: int, device) -> 
     persistent index `branch.logit_index` (so one captured graph serves every LLaDA block) and
     serves prompt rows [lo, min(hi, P)) from the logits kept at the last prompt refresh."""
     P = branch.prompt_len
+    if plan.kind == "block":  # block policies: the recomputed rows, and the asked ones among them
+        branch.persist("block_index", torch.arange(*plan.rows, device=device))
+        if patched.head is not None:
+            _persist_logit_index(branch, lo, hi, device)
+        return "block", plan.rows[1] - plan.rows[0], hi - lo
     if patched.head is None or plan.refresh_prompt:
         return ()
     start = max(lo, P)
-    if branch.logit_index is None or branch.logit_index.numel() != hi - start or branch.logit_index_start != start:
-        branch.persist("logit_index", torch.arange(start, hi, device=device))
-        branch.logit_index_start = start
+    _persist_logit_index(branch, start, hi, device)
     n_prompt = max(min(hi, P) - lo, 0)
     kept_lo, kept_hi = branch.prompt_logit_rows
     if n_prompt and not (kept_lo <= lo and lo + n_prompt <= kept_hi):
@@ -173,6 +178,13 @@ def _logit_layout(patched: _Patched, branch, plan, lo: int, hi: int, device) -> 
             "(logits_to_keep), or for response rows only."
         )
     return n_prompt, lo - kept_lo if n_prompt else 0, hi - start
+
+
+def _persist_logit_index(branch, start: int, hi: int, device) -> None:
+    """Rows [start, hi) the patched LM head computes, in the persistent index captured graphs read."""
+    if branch.logit_index is None or branch.logit_index.numel() != hi - start or branch.logit_index_start != start:
+        branch.persist("logit_index", torch.arange(start, hi, device=device))
+        branch.logit_index_start = start
 
 
 def _with_logits(out, logits: torch.Tensor):
@@ -210,8 +222,11 @@ def _block_forward(patched: _Patched, adapter, dims, index: int, parts, original
         return original(*args, **kwargs)
     x = _arg(args, kwargs, 0, "hidden_states", "x")
     branch = state.branch()
-    if ctx.plan.refresh_prompt and ctx.plan.refresh_response:
-        store = branch.store_for(index, state.n_layers, x, dims.n_kv_heads, dims.head_dim, not ctx.head_cached)
+    if ctx.plan.kind == "block":
+        out = block_rows_forward(parts, dims, branch.layers[index], ctx, x)
+    elif ctx.plan.refresh_prompt and ctx.plan.refresh_response:
+        store = branch.store_for(index, state.n_layers, x, dims.n_kv_heads, dims.head_dim, not ctx.head_cached,
+                                 deltas=not state.config.is_block)
         out = full_block_forward(parts, dims, store, ctx, x)
     else:
         store = branch.layers[index]
@@ -233,6 +248,8 @@ def _head_forward(patched: _Patched, original, h: torch.Tensor, *args, **kwargs)
     branch = state.branch()
     P = ctx.prompt_len
     lo, hi = ctx.logit_rows
+    if ctx.plan.kind == "block":  # the asked rows lie inside the recomputed ones
+        return original(h.index_select(1, branch.logit_index), *args, **kwargs)
     n_prompt = max(min(hi, P) - lo, 0)
     if ctx.plan.refresh_prompt:
         logits = original(h[:, lo:hi], *args, **kwargs)
