@@ -131,13 +131,15 @@ def generation_peak_bytes(
     prompt_logit_rows: int = 0,
     branches: int = 1,
     tied: bool = False,
+    deltas: bool = True,
 ) -> dict[str, int]:
     """Estimated whole-process peak of a generation: weights, the cache (cached runs), the
     temporaries of a full step, and the sampler's float32 softmax of `sampler_rows` rows.
 
     logit_rows: rows through the LM head on a full step (default all P + R: what an uncached
     model computes). Cached runs also keep each captured step's temporaries (two step kinds per
-    branch, R rows each). Returns the terms and "total"."""
+    branch, R rows each). deltas False: a block KV-cache policy, which keeps K/V only. Returns the
+    terms and "total"."""
     seq = prompt_len + gen_len
     rows = seq if logit_rows is None else logit_rows
     out = {
@@ -149,7 +151,7 @@ def generation_peak_bytes(
     }
     if cached:
         out["cache"] = branches * estimate_cache_bytes(
-            dims, batch, prompt_len, gen_len, dtype_bytes, prompt_logit_rows, prompt_deltas=tied
+            dims, batch, prompt_len, gen_len, dtype_bytes, prompt_logit_rows, prompt_deltas=tied, deltas=deltas
         )["total"]
         out["graphs"] = 2 * branches * estimate_step_bytes(dims, batch, gen_len, min(rows, gen_len), dtype_bytes)
     out["total"] = sum(out.values())

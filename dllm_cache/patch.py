@@ -21,7 +21,7 @@ from dllm_cache.models.layers import key_mask_from
 from dllm_cache.models.rope import rope_cos_sin
 
 from .blockcache import block_rows_forward
-from .compiled import compiled_block_forward
+from .compiled import compiled_block_forward, compiled_block_rows
 from .config import CacheConfig
 from .frontier import frontier_priority
 from .graphs import graphable, run_step
@@ -81,6 +81,7 @@ class _Patched:
         self.head: nn.Module | None = None
         self.saved_head_forward = _MISSING
         self.layer_forward = compiled_block_forward() if state.config.compile else cached_block_forward
+        self.block_forward = compiled_block_rows() if state.config.compile else block_rows_forward
 
 
 def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
@@ -223,7 +224,7 @@ def _block_forward(patched: _Patched, adapter, dims, index: int, parts, original
     x = _arg(args, kwargs, 0, "hidden_states", "x")
     branch = state.branch()
     if ctx.plan.kind == "block":
-        out = block_rows_forward(parts, dims, branch.layers[index], ctx, x)
+        out = patched.block_forward(parts, dims, branch.layers[index], ctx, x)
     elif ctx.plan.refresh_prompt and ctx.plan.refresh_response:
         store = branch.store_for(index, state.n_layers, x, dims.n_kv_heads, dims.head_dim, not ctx.head_cached,
                                  deltas=not state.config.is_block)
@@ -297,6 +298,7 @@ def enable_cache(model: nn.Module, config: CacheConfig | None = None) -> nn.Modu
             warnings.warn(f"dllm-cache: compile=True has no effect on {adapter.family} models (data-dependent "
                           "shapes in the block forward); the cached layer runs eagerly.", stacklevel=2)
             patched.layer_forward = cached_block_forward
+            patched.block_forward = block_rows_forward
     for i, block in enumerate(blocks):
         block.forward = partial(_block_forward, patched, adapter, dims, i, adapter.parts(block), block.forward)
     head = adapter.lm_head(model)
