@@ -156,8 +156,12 @@ class DLLMCacheLM(LM):
         alg: Dream's unmasking order (entropy | maskgit_plus | topk_margin).
         top_p: Dream's nucleus sampling threshold (None: off).
         threshold: optional confidence threshold for parallel decoding (None: fixed schedule).
+        factor: Fast-dLLM's factor rule for parallel decoding instead (None: off).
+        stop_at_eos: stop each answer once its end token is decoded with nothing masked before it.
         cache: on/off; when on, `dllm_cache.enable_cache` with the three intervals below.
         prompt_interval, response_interval, transfer_ratio, cfg_interval: CacheConfig fields.
+        policy, block_refresh: CacheConfig fields: "feature" (dLLM-Cache, default), or Fast-dLLM's
+            block KV cache "block-prefix" / "block-dual" (the intervals above then do not apply).
         compile: CacheConfig(compile=True): torch.compile the cached layer (GPU; pays on long runs).
         mc_num, mc_batch_size: Monte-Carlo draws per loglikelihood request, rows per forward.
         apply_chat_template: wrap each context as one user turn of the tokenizer's chat template.
@@ -187,12 +191,16 @@ class DLLMCacheLM(LM):
         alg: str = "entropy",
         top_p: float | str | None = None,
         threshold: float | str | None = None,
+        factor: float | str | None = None,
+        stop_at_eos: bool | str = False,
         cache: bool | str = False,
         prompt_interval: int | str = 100,
         response_interval: int | str = 8,
         transfer_ratio: float | str = 0.25,
         cfg_interval: int | str | None = None,
         compile: bool | str = False,
+        policy: str = "feature",
+        block_refresh: int | str | None = None,
         mc_num: int | str = 128,
         mc_batch_size: int | str | None = None,
         apply_chat_template: bool | str = False,
@@ -290,6 +298,10 @@ class DLLMCacheLM(LM):
             cfg_int = parse_int(cfg_interval, "cfg_interval", minimum=1, optional=True)
             if cfg_int is not None:
                 cfg_kw["cfg_interval"] = cfg_int
+            cfg_kw["policy"] = str(policy)
+            refresh = parse_int(block_refresh, "block_refresh", minimum=1, optional=True)
+            if refresh is not None:
+                cfg_kw["block_refresh"] = refresh
             self.cache_config = dllm_cache.CacheConfig(**cfg_kw)
             dllm_cache.enable_cache(self.model, self.cache_config)
         else:
@@ -298,6 +310,9 @@ class DLLMCacheLM(LM):
         if self.top_p is not None and self.family != "dream":
             raise ValueError(f"model arg top_p={self.top_p} applies to Dream's sampler only; {path} is a {self.family} model")
         self._sampler_kwargs = {"top_p": self.top_p} if self.top_p is not None else {}
+        self.factor = parse_float(factor, "factor", optional=True)
+        self.stop_at_eos = parse_bool(stop_at_eos, "stop_at_eos")
+        self._sampler_kwargs.update(factor=self.factor, stop_at_eos=self.stop_at_eos)
         self.preset: str | None = None
         self.last_stats: dict[str, Any] = {}
         self.speed = SpeedMeter(self.model, self._cache_counters, self._sync, self._lm_head_all_rows())
@@ -501,7 +516,8 @@ class DLLMCacheLM(LM):
                 "cache_config": self._cache_config_dict() if self.cache_on else None,
                 "sampler": {"gen_length": self.gen_length, "steps": self.steps, "block_length": self.block_length,
                             "temperature": self.temperature, "top_p": self.top_p, "cfg_scale": self.cfg_scale,
-                            "remasking": self.remasking, "alg": self.alg, "threshold": self.threshold},
+                            "remasking": self.remasking, "alg": self.alg, "threshold": self.threshold,
+                            "factor": self.factor, "stop_at_eos": self.stop_at_eos},
                 "batch_size": self.batch_size,
                 "mc_num": self.mc_num,
             },
@@ -510,6 +526,8 @@ class DLLMCacheLM(LM):
 
     def _cache_config_dict(self) -> dict[str, Any]:
         cfg = self.cache_config
+        if cfg.is_block:  # Fast-dLLM's block KV cache: the intervals do not apply
+            return {"policy": cfg.policy, "block_refresh": cfg.block_refresh}
         return {"prompt_interval": cfg.prompt_interval, "response_interval": cfg.response_interval,
                 "transfer_ratio": cfg.transfer_ratio}
 
