@@ -29,7 +29,8 @@ original dLLM-Cache has no parallel decoding: one token per step.
 
 `--traces PREFIX` names the trace files PREFIX_<rule>_<cache>.json (eval/traces.py's names):
 threshold0.9_none, threshold0.9_default, threshold0.9_block-dual (and fixed_default for the proxy
-accuracy of the cache at one token per step). Rows of eval/results/stacked.json: impl, setting,
+accuracy of the cache at one token per step; threshold0.9_block-dual_eos adds our run with the early
+stop, which the peers' generate functions do not have). Rows of eval/results/stacked.json: impl, setting,
 workload, batch, gen_length, seconds (one whole generation), tokens_per_s (generated tokens),
 speedup (over our uncached one-token-per-step run in the same invocation), proxy_accuracy (of the
 same setting on the proxy model, our engine; null where none was recorded), device, steps.
@@ -303,7 +304,8 @@ def _trace(prefix: str | None, name: str) -> dict[str, Any] | None:
 def plan(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], list[str]]:
     """Settings per implementation, the workload (lengths from the traces when given), notes."""
     thr = f"threshold{THRESHOLD:g}"
-    traces = {k: _trace(args.traces, k) for k in (f"{thr}_none", f"{thr}_default", f"{thr}_block-dual", "fixed_default")}
+    names = (f"{thr}_none", f"{thr}_default", f"{thr}_block-dual", "fixed_default", f"{thr}_block-dual_eos")
+    traces = {k: _trace(args.traces, k) for k in names}
     notes = [f"trace {k}: {'missing' if v is None else 'found'}" for k, v in traces.items() if args.traces]
     w = dict(WORKLOADS[args.workload])
     found = [t for t in traces.values() if t is not None]
@@ -334,7 +336,8 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], dic
     dual = {"policy": "block-dual", "compile": args.compile}
     for name, label, cfg in ((f"{thr}_none", f"threshold {THRESHOLD:g}", None),
                              (f"{thr}_default", f"cache + threshold {THRESHOLD:g}", compiled),
-                             (f"{thr}_block-dual", f"block-dual cache + threshold {THRESHOLD:g}", dual)):
+                             (f"{thr}_block-dual", f"block-dual cache + threshold {THRESHOLD:g}", dual),
+                             (f"{thr}_block-dual_eos", f"block-dual cache + threshold {THRESHOLD:g} + early stop", dual)):
         if traces[name] is not None:
             ours.append({"setting": label, "cache": cfg, "trace_rows": traces[name]["rows"], "proxy_accuracy": acc(name)})
     peers: dict[str, list[dict[str, Any]]] = {"ours": ours}

@@ -110,6 +110,9 @@ def test_run_ours_end_to_end_and_report(tmp_path, capsys):
     for name in ("threshold 0.9", "cache + threshold 0.9", "block-dual cache + threshold 0.9"):
         assert by[name]["steps"] == 5 and by[name]["tokens_per_s"] == pytest.approx(16 / by[name]["seconds"])
     best = [r for r in mine if r["setting"].startswith("best: ")]
-    assert len(best) == 1 and best[0]["tokens_per_s"] == max(r["tokens_per_s"] for r in mine if not r["baseline"])
+    # the fastest of ours whose proxy accuracy is within a point of uncached (52%: the 50% trace is out)
+    eligible = [r for r in mine if not r["baseline"] and (r["proxy_accuracy"] is None or r["proxy_accuracy"] >= 0.51)]
+    assert by["threshold 0.9"]["proxy_accuracy"] == 0.5 and by["threshold 0.9"] not in eligible
+    assert len(best) == 1 and best[0]["tokens_per_s"] == max(r["tokens_per_s"] for r in eligible)
     assert (tmp_path / "stacked.md").read_text().count("| gsm8k | 1 | 16 | ours |") == 6
     assert (tmp_path / "stacked.png").stat().st_size > 0
