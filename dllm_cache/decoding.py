@@ -79,8 +79,8 @@ def check_parallel(threshold: float | None, factor: float | None) -> None:
     if threshold is not None and factor is not None:
         raise ValueError("Pass threshold= or factor=, not both: they are two rules for how many tokens a step unmasks.")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not 0.0 <= threshold < 1.0):
-        raise ValueError(f"threshold must be a confidence in [0, 1) (Fast-dLLM uses 0.9), got {threshold!r}.")
+                                  or not 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be a confidence in [0, 1] (Fast-dLLM uses 0.9), got {threshold!r}.")
     if factor is not None and (isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0):
         raise ValueError(f"factor must be a number > 0 (Fast-dLLM's factor rule; e.g. 1.0), got {factor!r}.")
 

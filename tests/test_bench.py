@@ -188,6 +188,8 @@ def test_bench_replays_a_trace(tmp_path, capsys):
     path, rows = _trace_file(tmp_path)
     report = _run(tmp_path, capsys, "tiny-llada", "traced", "--trace", str(path), "--policy", "paper", "block-dual")
     assert report["meta"]["decoding"]["trace_meta"]["accuracy"] == 0.5
+    assert "Decoding: trace trace_tiny" in (tmp_path / "traced.md").read_text()
+    assert "proxy accuracy 50.0%" in (tmp_path / "traced.md").read_text()
     for batch in (1, 2):
         steps = sum(steps_per_block(rows[:batch], 2))
         assert steps < 16
