@@ -87,7 +87,11 @@ def build(make, device: torch.device, dtype: torch.dtype, seed: int, std: float)
     try:
         with torch.device("meta"):
             model = make()
-        model = model.to_empty(device=device)
+        if any(True for _ in model.buffers()):  # buffers need their real values: build on the device
+            with torch.device(device):
+                model = make()
+        else:
+            model = model.to_empty(device=device)
     finally:
         torch.set_default_dtype(previous)
     init_by_name(model, seed, std)
