@@ -10,7 +10,11 @@ its spread (min-max). Writes `<tag>.json`, `<tag>.md` (bench_report.py) and `<ta
 prints the table last.
 
 Random-weight models (`--shape llada-8b|dream-7b`) are built directly on the device: compute
-does not depend on weight values, so they time like the real checkpoints.
+does not depend on weight values, so they time like the real checkpoints. Parallel decoding:
+`--threshold` / `--factor` (on a trained `--model`), or `--trace FILE` to replay the step counts
+a trained proxy model decoded with (eval/traces.py) on any shape: every run but the uncached
+one-token-per-step baseline then uses it, beside an uncached run with the same decoding.
+`--policy block-prefix block-dual` adds Fast-dLLM's block KV cache to the compared caches.
 
     PYTHONPATH=. python -m dllm_cache.bench --shape llada-8b --workload gsm8k \
         --batch-size 1 8 --transfer-ratio 0.25 --response-interval 8 --max-steps 33
@@ -24,13 +28,14 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dllm_cache import bench_memory
+from dllm_cache.bench_decoding import Decoding, apply_trace_lengths, load_decoding, run_kinds
 from dllm_cache.bench_plot import plot
 from dllm_cache.bench_report import markdown_table
 from dllm_cache.flops import (
@@ -40,7 +45,6 @@ from dllm_cache.flops import (
     generation_cost,
     schedule_counts,
     step_flops,
-    step_kind,
 )
 from dllm_cache.generate import generate
 from dllm_cache.hooks import adapter_for
@@ -63,12 +67,15 @@ class Workload:
     block_length: int | None
 
 
-# --policy names -> CacheConfig selection fields
+# --policy names -> CacheConfig fields: the feature cache's selections, and the block KV caches
 POLICIES = {
     "paper": {"selection": "paper"},
     "frontier": {"selection": "frontier"},
     "frontier-only": {"selection": "frontier", "frontier_only": True},
+    "block-prefix": {"policy": "block-prefix"},
+    "block-dual": {"policy": "block-dual"},
 }
+BLOCK_POLICIES = ("block-prefix", "block-dual")
 
 
 @dataclass(frozen=True)
@@ -81,14 +88,19 @@ class CacheSetting:
 
     @property
     def label(self) -> str:
-        label = f"Kp={self.prompt_interval} Kr={self.response_interval} r={self.transfer_ratio:g}"
-        if self.policy != "paper":
-            label += f" {self.policy}"
+        if self.policy in BLOCK_POLICIES:  # Kp, Kr and the ratio do not apply
+            label = self.policy
+        else:
+            label = f"Kp={self.prompt_interval} Kr={self.response_interval} r={self.transfer_ratio:g}"
+            if self.policy != "paper":
+                label += f" {self.policy}"
         return label + " compiled" if self.compile else label
 
     def to_config(self) -> Any:
         from dllm_cache.config import CacheConfig
 
+        if self.policy in BLOCK_POLICIES:
+            return CacheConfig(compile=self.compile, **POLICIES[self.policy])
         return CacheConfig(
             prompt_interval=self.prompt_interval,
             response_interval=self.response_interval,
@@ -138,6 +150,7 @@ class Row:
     peak_mem_gb: float | None = None  # whole-process peak (torch allocator), CUDA only
     estimated_peak_gb: float | None = None  # the same from the shapes (dllm_cache.memory)
     cache_bytes: dict[str, int] | None = None  # what the cache held after the run, by kind
+    decoding: str = "fixed"  # the unmasking rule: fixed schedule, threshold, factor or a replayed trace
     notes: list[str] = field(default_factory=list)
 
 
@@ -176,12 +189,15 @@ def timed_generate(
     max_steps: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    decoding: Decoding | None = None,
 ) -> TimedRun:
     """Run `generate`, timing every denoising step (one model forward + its sampler work).
 
     Steps are delimited by a forward pre-hook on `model`; with `max_steps`, the hook stops
     the generation at the start of step `max_steps` and keeps the ids it was called with.
+    `decoding`: the unmasking rule (default the fixed schedule).
     """
+    sampler = (decoding or Decoding()).sampler_kwargs(input_ids.shape[0], workload.gen_len, workload.block_length)
     clock = _Clock(device)
     calls = 0
     captured: list[torch.Tensor] = []
@@ -197,16 +213,16 @@ def timed_generate(
 
     handle = model.register_forward_pre_hook(pre_hook, with_kwargs=True)
     truncated = False
-    options = dict(gen_length=workload.gen_len, steps=workload.steps, temperature=0.0, progress=progress)
-    if adapter_for(model).sampler == "llada":  # Dream's sampler has no blocks
-        options["block_length"] = workload.block_length
+    # Dream's sampler decodes one window unless the workload gives it blocks (--dream-block-length)
+    options = dict(gen_length=workload.gen_len, steps=workload.steps, block_length=workload.block_length,
+                   temperature=0.0, progress=progress)
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.synchronize()
     clock.mark()
     try:
         with torch.no_grad():
-            out = generate(model, input_ids, **options)
+            out = generate(model, input_ids, **options, **sampler)
         clock.mark()
     except _Truncate:
         truncated = True
@@ -224,32 +240,29 @@ def timed_generate(
     )
 
 
-def _step_kinds(n: int, config: Any | None) -> list[str]:
-    return [step_kind(s, config) for s in range(n)]
-
-
-def per_kind_ms(run: TimedRun, config: Any | None) -> dict[str, float | None]:
-    """Mean measured time of each step kind (ms), None if the kind was not run."""
+def per_kind_ms(run: TimedRun, kinds: list[str]) -> dict[str, float | None]:
+    """Mean measured time of each step kind (ms), None if the kind was not run. `kinds`: the
+    generation's step kinds in order (bench_decoding.run_kinds)."""
     by_kind: dict[str, list[float]] = {k: [] for k in STEP_KINDS}
-    for kind, seconds in zip(_step_kinds(run.n_steps, config), run.step_s):
+    for kind, seconds in zip(kinds, run.step_s):
         by_kind[kind].append(seconds)
     return {k: (1e3 * statistics.fmean(v) if v else None) for k, v in by_kind.items()}
 
 
-def estimate_latency(run: TimedRun, config: Any | None, steps: int) -> float:
+def estimate_latency(run: TimedRun, kinds: list[str]) -> float:
     """Whole-generation latency: measured, or extrapolated from a truncated run.
 
     The schedule is periodic, so the cost is linear in steps: setup + sum over the full
-    schedule of the mean measured time of each step's kind.
+    schedule (`kinds`, every step's kind) of the mean measured time of each step's kind.
     """
     if not run.truncated:
         return run.total_s
-    means = per_kind_ms(run, config)
+    means = per_kind_ms(run, kinds)
     # A kind missing from the window: a prompt refresh costs about a full step; else the mean.
     fallback = {k: 1e3 * statistics.fmean(run.step_s) for k in STEP_KINDS}
     if means["full"] is not None:
         fallback["prompt"] = means["full"]
-    total_ms = sum(means[k] if means[k] is not None else fallback[k] for k in _step_kinds(steps, config))
+    total_ms = sum(means[k] if means[k] is not None else fallback[k] for k in kinds)
     return run.setup_s + total_ms / 1e3
 
 
@@ -394,9 +407,12 @@ def _settings(args: argparse.Namespace) -> list[CacheSetting]:
         combos += [(kp, kr0, r0) for kp in kps if kp != kp0]
     compiles = {"off": (False,), "on": (True,), "both": (False, True)}[args.compile]
     seen: list[CacheSetting] = []
+    reference = (_reference(kps, 100), _reference(krs, 8), _reference(ratios, 0.25))
     for kp, kr, r in combos:
         for compiled in compiles:
             for policy in args.policy:
+                if policy in BLOCK_POLICIES:  # no Kp / Kr / ratio to sweep: one run per policy
+                    kp, kr, r = reference
                 setting = CacheSetting(kp, kr, r, compiled, policy)
                 if setting not in seen:
                     seen.append(setting)
@@ -408,19 +424,32 @@ def _reference(values: list, default: Any) -> Any:
     return default if default in values else values[0]
 
 
-def _workload(args: argparse.Namespace) -> Workload:
+def _workload(args: argparse.Namespace, config: Any | None = None, decoding: Decoding | None = None) -> Workload:
+    """The run's lengths: --workload, overridden by explicit options; a Dream model's semi-AR block is
+    --dream-block-length (default none: Dream's own sampler); a replayed trace fixes gen length and block."""
     base = dict(WORKLOADS[args.workload]) if args.workload else {}
     for key in ("prompt_len", "gen_len", "steps", "block_length"):
         value = getattr(args, key)
         if value is not None:
             base[key] = value
+    if decoding is not None and decoding.trace_path is not None:  # the trace knows the generation length
+        base.setdefault("gen_len", int(decoding.trace_meta["gen_length"]))
+        base.setdefault("steps", base["gen_len"])
     missing = [k for k in ("prompt_len", "gen_len", "steps") if k not in base]
     if missing:
         raise SystemExit(
             f"workload incomplete, missing {missing}: pass --workload gsm8k|hotpotqa or all of "
             "--prompt-len --gen-len --steps"
         )
-    return Workload(base["prompt_len"], base["gen_len"], base["steps"], base.get("block_length"))
+    workload = Workload(base["prompt_len"], base["gen_len"], base["steps"], base.get("block_length"))
+    block_arg = args.block_length
+    if config is not None and bench_memory.family_of_config(config) == "dream":
+        workload = replace(workload, block_length=args.dream_block_length)
+        block_arg = args.dream_block_length
+    if decoding is not None:
+        workload = apply_trace_lengths(workload, decoding, {"gen_len": args.gen_len, "block_length": block_arg,
+                                                            "steps": args.steps})
+    return workload
 
 
 def _window(args: argparse.Namespace, settings: list[CacheSetting], steps: int) -> int | None:
@@ -438,12 +467,21 @@ def _window(args: argparse.Namespace, settings: list[CacheSetting], steps: int) 
     return None if window >= steps else window
 
 
-def _warmup_steps(args: argparse.Namespace, setting: CacheSetting | None, steps: int) -> int:
+def _warmup_steps(args: argparse.Namespace, setting: CacheSetting | None, steps: int, whole: bool = False) -> int:
     """Untimed steps before each timed run: 2 Kr + 1, so every cached step kind has run twice
-    (eagerly, which also compiles, then captured as a CUDA graph) and timed steps only replay."""
+    (eagerly, which also compiles, then captured as a CUDA graph) and timed steps only replay.
+    `whole`: runs whose step kinds follow blocks or a trace warm up over a whole generation."""
     if args.warmup_steps is not None:
         return min(args.warmup_steps, steps)
+    if whole:
+        return steps
     return min(steps, 2 if setting is None else 2 * setting.response_interval + 1)
+
+
+def _windowed(decoding: Decoding, setting: CacheSetting | None) -> bool:
+    """Whether a run may be timed on its first steps and extrapolated (--max-steps): only where the
+    step kinds repeat with the step index (fixed schedule, feature cache or none)."""
+    return decoding.fixed and (setting is None or setting.policy not in BLOCK_POLICIES)
 
 
 def _stats_dict(stats: Any) -> dict[str, Any]:
@@ -474,6 +512,7 @@ def _timed_runs(
     window: int | None,
     warmup: int,
     args: argparse.Namespace,
+    decoding: Decoding | None = None,
 ) -> tuple[list[TimedRun], dict[str, Any] | None]:
     """Warm-up, then `args.repeats` timed runs of one configuration (None = uncached).
 
@@ -490,7 +529,7 @@ def _timed_runs(
             if setting is not None:
                 reset_cache(run_model)
             return timed_generate(
-                run_model, prompts, workload, device, max_steps, args.seed, args.step_progress
+                run_model, prompts, workload, device, max_steps, args.seed, args.step_progress, decoding
             )
 
         if warmup:
@@ -516,9 +555,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
-    workload = _workload(args)
+    decoding = load_decoding(args.threshold, args.factor, args.trace)
+    workload = _workload(args, _config_for(args), decoding)
     settings = _settings(args)
-    window = _window(args, settings, workload.steps)
+    window = _window(args, [s for s in settings if _windowed(decoding, s)], workload.steps)
     on_gpu = device.type == "cuda"
     peak_tflops = args.peak_tflops if on_gpu else None
     peak_tbps = args.peak_tbps if on_gpu else None
@@ -542,6 +582,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "and at least one full Kr period); whole-generation latency = setup + sum over "
             "the full schedule of the mean measured time per step kind (full/response/"
             "partial): the schedule is periodic, so cost is linear in steps"
+            + ("; runs with block policies or parallel decoding are timed whole" if
+               any(not _windowed(decoding, s) for s in settings) or not decoding.fixed else "")
+        )
+    if not decoding.fixed:
+        notes.append(
+            f"decoding: {decoding.label} for every run but the uncached one-token-per-step baseline "
+            "(speedups are over that baseline; agreement is with the uncached run of the same decoding); "
+            "tokens/s count generated positions only"
         )
     if not on_gpu:
         notes.append("roofline skipped on CPU")
@@ -566,7 +614,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     rows: list[Row] = []
     flop_checks: list[dict[str, Any]] = []
-    n_runs = len(args.batch_size) * (1 + len(settings))
+    fixed = Decoding()
+    plan = [(None, fixed)] + ([] if decoding.fixed else [(None, decoding)]) + [(s, decoding) for s in settings]
+    n_runs = len(args.batch_size) * len(plan)
     bar = tqdm(total=n_runs, desc="bench", file=sys.stderr, disable=args.no_progress)
     for batch in args.batch_size:
         prompts = random_prompts(config, batch, workload.prompt_len, args.seed).to(device)
@@ -590,35 +640,42 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             print(f"[bench] warning: non-finite logits at batch {batch}", file=sys.stderr)
 
         baseline: Row | None = None
-        baseline_state: torch.Tensor | None = None
-        for setting in [None, *settings]:
+        references: dict[str, torch.Tensor] = {}  # decoding label -> uncached output, for agreement
+        for setting, dec in plan:
             cache_config = setting.to_config() if setting is not None else None
-            bar.set_postfix_str(f"b={batch} {setting.label if setting else 'uncached'}")
+            label = setting.label if setting else "uncached"
+            label += f" + {dec.label}" if dec.label else ""
+            bar.set_postfix_str(f"b={batch} {label}")
+            per_block = dec.steps_per_block(batch, workload.gen_len, workload.block_length)
+            kinds = run_kinds(cache_config, workload.prompt_len, workload.gen_len, workload.steps,
+                              workload.block_length, per_block, dims.logit_shift)
+            windowed = _windowed(dec, setting)
             runs, stats = _timed_runs(
-                model, setting, prompts, workload, device, window,
-                _warmup_steps(args, setting, workload.steps), args
+                model, setting, prompts, workload, device, window if windowed else None,
+                _warmup_steps(args, setting, len(kinds), whole=not windowed), args, dec,
             )
-            latencies = [estimate_latency(r, cache_config, workload.steps) for r in runs]
+            latencies = [estimate_latency(r, kinds) for r in runs]
             latency = statistics.median(latencies)
             run = runs[0]
             cost = generation_cost(
                 dims, batch, workload.prompt_len, workload.gen_len, workload.steps,
                 cache_config, workload.block_length,
                 logits_tokens=logits_tokens if setting is not None else workload.prompt_len + workload.gen_len,
-                dtype_bytes=dtype_bytes, peak_tflops=peak_tflops, peak_tbps=peak_tbps,
+                dtype_bytes=dtype_bytes, peak_tflops=peak_tflops, peak_tbps=peak_tbps, steps_per_block=per_block,
             )
             estimate = bench_memory.run_peak(config, batch, workload.prompt_len, workload.gen_len,
-                                             workload.block_length, dtype_bytes, setting is not None)
+                                             workload.block_length, dtype_bytes, setting is not None,
+                                             deltas=cache_config is None or not cache_config.is_block)
             roof_step = None
             if peak_tflops and peak_tbps:
                 roof_step = {
-                    k: 1e3 * max(cost.flops_per_kind[k] / (peak_tflops * 1e12),
-                                 cost.bytes_per_kind[k] / (peak_tbps * 1e12))
+                    k: 1e3 * max(cost.flops_per_kind.get(k, 0) / (peak_tflops * 1e12),
+                                 cost.bytes_per_kind.get(k, 0) / (peak_tbps * 1e12))
                     for k in STEP_KINDS
                 }
             row = Row(
                 batch_size=batch,
-                label=setting.label if setting else "uncached",
+                label=label,
                 cache=asdict(setting) if setting else None,
                 latency_s=latency,
                 latencies_s=latencies,
@@ -633,34 +690,30 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 measured_over_roofline=(latency / cost.roofline_s) if cost.roofline_s else None,
                 agreement=1.0,
                 step_counts=cost.step_counts,
-                step_ms=per_kind_ms(run, cache_config),
+                step_ms=per_kind_ms(run, kinds),
                 roofline_step_ms=roof_step,
                 peak_mem_gb=(torch.cuda.max_memory_allocated(device) / 2**30) if on_gpu else None,
                 estimated_peak_gb=estimate["total"] / 2**30,
                 cache_bytes=stats.pop("cache_bytes", None) if stats else None,
+                decoding=dec.label or "fixed",
             )
+            if baseline is None:
+                baseline = row
+            row.speedup = baseline.latency_s / latency
+            row.flop_reduction = baseline.flops / cost.flops
             if setting is None:
-                baseline, baseline_state = row, run.state
+                references[dec.label] = run.state
             else:
-                assert baseline is not None and baseline_state is not None
-                row.speedup = baseline.latency_s / latency
-                row.flop_reduction = baseline.flops / cost.flops
-                row.agreement = agreement(run.state, baseline_state, workload.prompt_len, mask_id)
+                row.agreement = agreement(run.state, references[dec.label], workload.prompt_len, mask_id)
                 row.cache_stats = stats
                 if stats and stats.get("tokens_total"):
                     row.recomputed_fraction = stats["tokens_recomputed"] / stats["tokens_total"]
-                expected = schedule_counts(run.n_steps, cache_config)
-                got = {
-                    "full": stats.get("full_steps"),
-                    "response": stats.get("response_refresh_steps"),
-                    "prompt": stats.get("prompt_refresh_steps", 0),
-                    "partial": stats.get("partial_steps"),
-                } if stats else {}
+                expected = schedule_counts(run.n_steps, cache_config) if run.truncated else cost.step_counts
+                names = {"full": "full_steps", "response": "response_refresh_steps", "prompt": "prompt_refresh_steps",
+                         "partial": "partial_steps", "block": "block_steps"}
+                got = {k: stats.get(names[k], 0) for k in expected} if stats else {}
                 if got and got != expected:
                     row.notes.append(f"cache_stats step counts {got} != schedule {expected}")
-            if setting is None:
-                row.speedup = 1.0
-                row.flop_reduction = 1.0
             rows.append(row)
             bar.update(1)
     bar.close()
@@ -680,6 +733,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "batch_sizes": list(args.batch_size),
             "timed_steps": window or workload.steps,
             "warmup_steps": args.warmup_steps if args.warmup_steps is not None else "2 uncached, 2 Kr + 1 cached",
+            "decoding": decoding.describe(),
             "repeats": args.repeats,
             "peak_tflops": peak_tflops,
             "peak_tbps": peak_tbps,
@@ -722,13 +776,13 @@ def dry_run(args: argparse.Namespace) -> str:
     """
     config = _config_for(args)
     dims = ModelDims.from_config(config)
-    w = _workload(args)
+    decoding = load_decoding(args.threshold, args.factor, args.trace)
+    w = _workload(args, config, decoding)
     tied = bool(getattr(config, "weight_tying", False))  # LLaDA: no separate head to patch
     family = bench_memory.family_of_config(config)
     cached_rows = bench_memory.head_rows(family, w.prompt_len, w.gen_len, w.block_length, tied)
     settings = _settings(args)
-    window = _window(args, settings, w.steps)
-    timed = window or w.steps
+    window = _window(args, [s for s in settings if _windowed(decoding, s)], w.steps)
     dtype_bytes = torch.finfo(DTYPES[args.dtype or "bf16"]).bits // 8
 
     def step_s(flops: int, nbytes: int) -> float:
@@ -738,32 +792,40 @@ def dry_run(args: argparse.Namespace) -> str:
 
     lines = [
         f"dry run: {args.model or args.shape} dims {dims.to_dict()}",
-        f"workload {asdict(w)}; timed steps {timed} x {args.repeats} + warm-up per run; estimates at "
-        f"{args.assume_tflops} TFLOP/s, {args.assume_tbps} TB/s, +{args.assume_overhead_ms} ms/step",
-        "| batch | cache | TFLOP (whole gen) | FLOP cut | roofline s | est. gen s | est. GPU s in bench | est. peak GiB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        f"workload {asdict(w)}; decoding {decoding.label or 'fixed'}; timed steps {window or 'all'} x {args.repeats} "
+        f"+ warm-up per run; estimates at {args.assume_tflops} TFLOP/s, {args.assume_tbps} TB/s, "
+        f"+{args.assume_overhead_ms} ms/step",
+        "| batch | cache | steps | TFLOP (whole gen) | FLOP cut | roofline s | est. gen s | est. GPU s in bench "
+        "| est. peak GiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     total = 0.0
+    plan = [(None, Decoding())] + ([] if decoding.fixed else [(None, decoding)]) + [(s, decoding) for s in settings]
     for batch in args.batch_size:
         base = None
-        for setting in [None, *settings]:
+        for setting, dec in plan:
             cfg = setting.to_config() if setting else None
+            per_block = dec.steps_per_block(batch, w.gen_len, w.block_length)
+            kinds = run_kinds(cfg, w.prompt_len, w.gen_len, w.steps, w.block_length, per_block, dims.logit_shift)
             cost = generation_cost(
                 dims, batch, w.prompt_len, w.gen_len, w.steps, cfg, w.block_length,
                 logits_tokens=cached_rows if setting else w.prompt_len + w.gen_len, dtype_bytes=dtype_bytes,
-                peak_tflops=args.peak_tflops, peak_tbps=args.peak_tbps,
+                peak_tflops=args.peak_tflops, peak_tbps=args.peak_tbps, steps_per_block=per_block,
             )
             peak = bench_memory.run_peak(config, batch, w.prompt_len, w.gen_len, w.block_length, dtype_bytes,
-                                         setting is not None)["total"]
+                                         setting is not None, deltas=cfg is None or not cfg.is_block)["total"]
             base = base or cost.flops
-            per_step = {k: step_s(cost.flops_per_kind[k], cost.bytes_per_kind[k]) for k in STEP_KINDS}
-            gen_s = sum(per_step[k] for k in _step_kinds(w.steps, cfg))
-            runs = [_warmup_steps(args, setting, w.steps)] + [timed] * args.repeats
-            bench_s = sum(per_step[k] for n in runs for k in _step_kinds(n, cfg))
+            per_step = {k: step_s(cost.flops_per_kind.get(k, 0), cost.bytes_per_kind.get(k, 0)) for k in STEP_KINDS}
+            gen_s = sum(per_step[k] for k in kinds)
+            windowed = _windowed(dec, setting)
+            timed = (window or len(kinds)) if windowed else len(kinds)
+            runs = [_warmup_steps(args, setting, len(kinds), whole=not windowed)] + [timed] * args.repeats
+            bench_s = sum(per_step[k] for n in runs for k in kinds[:n])
             total += bench_s
+            label = (setting.label if setting else "uncached") + (f" + {dec.label}" if dec.label else "")
             lines.append(
-                f"| {batch} | {setting.label if setting else 'uncached'} | {cost.flops / 1e12:.1f} | "
-                f"{base / cost.flops:.2f}x | {cost.roofline_s:.2f} | {gen_s:.2f} | {bench_s:.1f} | {peak / 2**30:.1f} |"
+                f"| {batch} | {label} | {len(kinds)} | {cost.flops / 1e12:.1f} | {base / cost.flops:.2f}x | "
+                f"{cost.roofline_s:.2f} | {gen_s:.2f} | {bench_s:.1f} | {peak / 2**30:.1f} |"
             )
         total += step_s(step_flops(dims, batch, w.prompt_len, w.gen_len, "full"), 0)  # FLOP check
     lines.append(
@@ -803,7 +865,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", choices=("off", "on", "both"), default="off",
                    help="run cached configs with CacheConfig(compile=True) (torch.compile of the cached layer)")
     p.add_argument("--policy", nargs="+", choices=tuple(POLICIES), default=["paper"],
-                   help="refresh policies to run (CacheConfig.selection / frontier_only), each with every setting")
+                   help="cache policies to run: the feature cache's selections (CacheConfig.selection / "
+                        "frontier_only), each with every setting, and Fast-dLLM's block KV caches "
+                        "(CacheConfig.policy block-prefix / block-dual, one run each)")
+    p.add_argument("--dream-block-length", type=int,
+                   help="semi-AR block of the Dream sampler (default none: Dream's own single window; "
+                        "--block-length and the workloads' blocks are LLaDA's)")
+    dec = p.add_mutually_exclusive_group()
+    dec.add_argument("--threshold", type=float, help="parallel decoding: unmask every token above this confidence")
+    dec.add_argument("--factor", type=float, help="parallel decoding: Fast-dLLM's factor rule")
+    dec.add_argument("--trace", help="replay a decoding trace (eval/traces.py JSON): the steps real parallel "
+                                     "decoding took on a trained proxy; sets gen length and block")
     p.add_argument("--grid", choices=("axes", "product"), default="axes",
                    help="axes: vary one knob at a time around the reference (0.25, Kr 8, Kp 100 "
                         "or the first value given); product: every combination")

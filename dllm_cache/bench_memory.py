@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from dllm_cache import memory
-from dllm_cache.flops import ModelDims
+from dllm_cache.flops import ModelDims, sampler_logit_rows
 
 
 def family_of_config(config: Any) -> str:
@@ -15,13 +15,10 @@ def family_of_config(config: Any) -> str:
 
 
 def sampler_rows(family: str, prompt_len: int, gen_len: int, block_length: int | None) -> tuple[int, int]:
-    """Rows [lo, hi) whose logits our sampler asks a cached model for (dllm_cache.generate):
-    LLaDA the current block (the first here: every block has as many rows), Dream rows
-    P-1 .. L-2 (its logits are shifted by one)."""
-    if family == "dream":
-        seq = prompt_len + gen_len
-        return (prompt_len - 1, seq - 1) if prompt_len else (0, max(seq - 1, 1))
-    return prompt_len, prompt_len + (block_length or gen_len)
+    """Rows [lo, hi) whose logits our sampler asks a cached model for (dllm_cache.generate): those
+    predicting the current block (the first here: every block has as many rows), i.e. LLaDA the
+    block, Dream one row earlier (its logits are shifted by one); no block: the whole response."""
+    return sampler_logit_rows(prompt_len, 0, block_length or gen_len, int(family == "dream"))
 
 
 def head_rows(family: str, prompt_len: int, gen_len: int, block_length: int | None, tied: bool) -> dict[str, int]:
@@ -29,24 +26,26 @@ def head_rows(family: str, prompt_len: int, gen_len: int, block_length: int | No
     samplers: the asked rows on prompt refreshes, their response rows otherwise (prompt rows come
     from the last refresh). A model without a separate head module (tied) computes every row."""
     if tied:
-        return dict.fromkeys(("full", "prompt", "response", "partial"), prompt_len + gen_len)
+        return dict.fromkeys(("full", "prompt", "response", "partial", "block"), prompt_len + gen_len)
     lo, hi = sampler_rows(family, prompt_len, gen_len, block_length)
     refresh, cached = hi - lo, hi - max(lo, prompt_len)
-    return {"full": refresh, "prompt": refresh, "response": cached, "partial": cached}
+    # block steps (block KV-cache policies) compute every asked row
+    return {"full": refresh, "prompt": refresh, "response": cached, "partial": cached, "block": refresh}
 
 
 def run_peak(config: Any, batch: int, prompt_len: int, gen_len: int, block_length: int | None, dtype_bytes: int,
-             cached: bool) -> dict[str, int]:
-    """Estimated whole-process peak of one bench run (memory.generation_peak_bytes), by term."""
+             cached: bool, deltas: bool = True) -> dict[str, int]:
+    """Estimated whole-process peak of one bench run (memory.generation_peak_bytes), by term;
+    deltas False: a block KV-cache policy (K/V only)."""
     dims = ModelDims.from_config(config)
     family = family_of_config(config)
     tied = bool(getattr(config, "weight_tying", False))
     lo, hi = sampler_rows(family, prompt_len, gen_len, block_length)
-    scored = hi - lo if family == "llada" else gen_len
+    scored = block_length or gen_len  # rows the sampler scores (softmax) per step
     return memory.generation_peak_bytes(
         dims, batch, prompt_len, gen_len, dtype_bytes, cached=cached,
         logit_rows=hi - lo if cached and not tied else None, sampler_rows=scored,
-        prompt_logit_rows=max(min(hi, prompt_len) - lo, 0), tied=tied,
+        prompt_logit_rows=max(min(hi, prompt_len) - lo, 0), tied=tied, deltas=deltas,
     )
 
 

@@ -15,7 +15,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ref = report["meta"]["reference"]
-    cached = [r for r in report["results"] if r["cache"] is not None]
+    # the knob sweeps: feature-cache runs with the fixed schedule (block policies have no knobs)
+    cached = [r for r in report["results"] if r["cache"] is not None and r["cache"].get("policy") not in
+              ("block-prefix", "block-dual") and r.get("decoding", "fixed") == "fixed"]
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     panels = [
         ("transfer_ratio", "response_interval", "transfer ratio", axes[0]),

@@ -31,6 +31,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"Workload {w['name'] or 'custom'}: prompt {w['prompt_len']}, gen {w['gen_len']}, "
         f"steps {w['steps']}, block {w['block_length']}; timed steps {meta['timed_steps']}; "
         f"peaks {meta['peak_tflops']} TFLOP/s, {meta['peak_tbps']} TB/s.",
+        *_decoding_lines(meta.get("decoding")),
         "",
         "| batch | cache | latency s (median) | spread | tok/s | speedup | TFLOP | FLOP cut | TFLOP/s | "
         "roofline s | meas/roof | agree | recomputed | peak GiB |",
@@ -75,6 +76,21 @@ def markdown_table(report: dict[str, Any]) -> str:
         for note in r["notes"]:
             lines.append(f"- batch {r['batch_size']} {r['label']}: {note}")
     return "\n".join(lines) + "\n"
+
+
+def _decoding_lines(decoding: dict[str, Any] | None) -> list[str]:
+    """The unmasking rule, and for a replayed trace what the proxy model decoded with it."""
+    if not decoding or decoding.get("rule") == "fixed schedule":
+        return []
+    line = f"Decoding: {decoding['rule']} (every run but the uncached one-token-per-step baseline)"
+    meta, summary = decoding.get("trace_meta") or {}, decoding.get("trace_summary") or {}
+    if summary:
+        line += f"; {summary['tokens_per_step']:.2f} tokens per step over {summary['rows']} recorded rows"
+    if meta.get("accuracy") is not None:
+        line += f"; proxy accuracy {100 * meta['accuracy']:.1f}%"
+        if meta.get("uncached_accuracy") is not None:
+            line += f" (uncached one token per step {100 * meta['uncached_accuracy']:.1f}%)"
+    return [line + "."]
 
 
 def _peak(row: dict[str, Any]) -> str:

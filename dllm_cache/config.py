@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
+POLICIES = ("feature", "block-prefix", "block-dual")
 SELECTIONS = ("paper", "frontier")
 SHIFTED_ROWS = ("prompt", "response")
 # Decoding window of the frontier selection when the sampler declared no semi-AR block (Dream).
@@ -13,7 +14,22 @@ DEFAULT_FRONTIER_WINDOW = 32
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """How often each feature group is refreshed, and which response tokens are recomputed between.
+    """Which cache, how often it is refreshed, and which tokens are recomputed between refreshes.
+
+    policy: the family of cache.
+        "feature" (default): the dLLM-Cache method. Per token and layer the attention and FFN
+        outputs are reused; prompt_interval, response_interval, transfer_ratio, cfg_interval and the
+        selection fields below say what is refreshed when.
+        "block-prefix" / "block-dual": Fast-dLLM's block KV cache. Only K and V are reused. A full
+        forward refreshes them at the start of every semi-autoregressive block (the rows the sampler
+        asks logits for change) and every `block_refresh` steps; in between, "block-prefix"
+        recomputes the decoded block and everything after it, "block-dual" the decoded block only
+        (the K/V after it are reused too). The decoded block is the rows the sampler asks logits
+        for (`logits_to_keep`; on shifted models such as Dream, also the tokens those rows predict):
+        ask for all rows and every row is recomputed. prompt_interval, response_interval,
+        transfer_ratio, cfg_interval and shifted_row do not apply.
+    block_refresh: block policies only: also refresh every N steps within a block (1 = every step,
+        which equals the uncached model); None (default) = at block starts only, as Fast-dLLM.
 
     prompt_interval (Kp): prompt tokens' K/V, attention and FFN outputs are recomputed
         every Kp denoising steps and reused in between. None: only on the first step of a
@@ -62,9 +78,11 @@ class CacheConfig:
     frontier_window: int | None = None
     frontier_only: bool = False
     shifted_row: str = "prompt"
+    policy: str = "feature"
+    block_refresh: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("prompt_interval", "response_interval", "cfg_interval", "frontier_window"):
+        for name in ("prompt_interval", "response_interval", "cfg_interval", "frontier_window", "block_refresh"):
             value = getattr(self, name)
             if value is None and name != "response_interval":
                 continue
@@ -73,7 +91,7 @@ class CacheConfig:
                 none = " or None" if name != "response_interval" else ""
                 raise ValueError(f"CacheConfig.{name} must be an integer >= 1{none} ({meaning}), got {value!r}.")
             object.__setattr__(self, name, int(value))  # numpy / torch integers become plain ints
-        for name, allowed in (("selection", SELECTIONS), ("shifted_row", SHIFTED_ROWS)):
+        for name, allowed in (("policy", POLICIES), ("selection", SELECTIONS), ("shifted_row", SHIFTED_ROWS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"CacheConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         for name in ("cuda_graphs", "compile", "frontier_only"):
@@ -86,6 +104,30 @@ class CacheConfig:
                 f"recomputed on partial steps; the paper uses 0.25), got {ratio!r}."
             )
         object.__setattr__(self, "transfer_ratio", float(ratio))
+        self._check_policy_fields()
+
+    def _check_policy_fields(self) -> None:
+        """Fields of one cache family set on the other are an error, not silently ignored."""
+        if self.is_block:
+            feature_only = {"selection": ("paper", self.selection), "frontier_only": (False, self.frontier_only),
+                            "frontier_window": (None, self.frontier_window), "shifted_row": ("prompt", self.shifted_row)}
+            wrong = [name for name, (default, value) in feature_only.items() if value != default]
+            if wrong:
+                raise ValueError(
+                    f"CacheConfig.{', '.join(wrong)} choose what the feature cache recomputes and do not apply to "
+                    f"policy={self.policy!r}, which recomputes the decoded block (and, for block-prefix, what "
+                    "follows it). Leave them at their defaults, or use policy='feature'."
+                )
+        elif self.block_refresh is not None:
+            raise ValueError(
+                f"CacheConfig.block_refresh={self.block_refresh!r} applies to the block policies only "
+                "(policy='block-prefix' or 'block-dual'); the feature cache refreshes on response_interval."
+            )
+
+    @property
+    def is_block(self) -> bool:
+        """A block KV-cache policy (Fast-dLLM's prefix or dual cache)."""
+        return self.policy != "feature"
 
     @property
     def uncond_response_interval(self) -> int:

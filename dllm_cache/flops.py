@@ -38,9 +38,14 @@ partial   layer 0 as in "response" (its input, the embeddings, changes whenever 
 prompt    a prompt refresh (step % Kp == 0) that is not a response refresh: layer 0 "full";
           every other layer recomputes the P prompt tokens (q/k/v/o, FFN, P queries against
           P + R keys) plus the "partial" work on the response.
+block     block KV-cache policies (`dllm_cache.blockcache`): `rows` rows through every layer
+          (q/k/v/o, FFN), their queries against all P + R keys (the others' K/V cached). Their
+          refreshes are "full" steps. Which rows: `block_region` of the block the sampler decodes
+          (dual: the block, plus the last block token on a shifted model; prefix: the block and
+          everything after it), so a generation's cost depends on its blocks and steps per block.
 
-These are exactly the matmuls `dllm_cache.layer` runs; tests check every kind against
-FlopCounterMode on a cached forward.
+These are exactly the matmuls `dllm_cache.layer` and `dllm_cache.blockcache` run; tests check
+every kind against FlopCounterMode on a cached forward.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ import torch
 if TYPE_CHECKING:
     from dllm_cache.config import CacheConfig
 
-STEP_KINDS = ("full", "response", "prompt", "partial")
+FEATURE_KINDS = ("full", "response", "prompt", "partial")  # the feature cache's step kinds
+STEP_KINDS = (*FEATURE_KINDS, "block")  # "block": the block KV-cache policies
 _KIND_ALIASES = {"uncached": "full"}
 
 
@@ -194,7 +200,7 @@ def lm_head_tokens(kind: str, prompt_len: int, resp_len: int) -> int:
     """Rows per batch row that go through the LM head on a step of `kind`, as the cache runs it.
 
     Prompt refreshes ("full", "prompt") recompute all P + R rows; otherwise the prompt rows'
-    logits are reused and only the R response rows are computed.
+    logits are reused and only the R response rows are computed ("block": at most those).
     """
     kind = _normalise_kind(kind)
     return prompt_len + resp_len if kind in ("full", "prompt") else resp_len
@@ -223,6 +229,7 @@ def step_flops(
     transfer_ratio: float = 0.25,
     logits_tokens: int | dict[str, int] | None = None,
     selected: int | None = None,
+    rows: int | None = None,
 ) -> int:
     """Matmul FLOPs of one model forward (one denoising step) of `kind`.
 
@@ -231,8 +238,8 @@ def step_flops(
     through the LM head (default `lm_head_tokens(kind, P, R)`, what the cache does for a call
     that asks for every row; a dict gives it per step kind); `selected` the tokens recomputed per
     partial layer (default int(R * transfer_ratio)). A partial layer with nothing selected projects
-    no V either (there is nothing to test). See the module docstring for what each kind
-    recomputes. Returns an exact integer.
+    no V either (there is nothing to test); `rows` the rows a "block" step recomputes (required
+    for it). See the module docstring for what each kind recomputes. Returns an exact integer.
     """
     d = _as_dims(dims)
     kind = _normalise_kind(kind)
@@ -241,7 +248,11 @@ def step_flops(
 
     full_layer = total * d.flops_token_layer + d.attention_flops(total, total)
     response_layer = resp_len * d.flops_token_layer + d.attention_flops(resp_len, total)
-    if kind == "full":
+    if kind == "block":
+        if rows is None:
+            raise ValueError("a 'block' step needs rows= (the rows it recomputes, see schedule.block_region)")
+        layers = d.n_layers * (rows * d.flops_token_layer + d.attention_flops(rows, total))
+    elif kind == "full":
         layers = d.n_layers * full_layer
     elif kind == "response":
         layers = d.n_layers * response_layer
@@ -282,6 +293,7 @@ def step_bytes(
     * K/V: each layer that runs attention reads K and V of all P + R keys per row.
     * cached features on partial (and prompt-refresh) steps, layers 1..L-1: the cached V of
       the R response tokens (drift test) and their cached attention and FFN outputs (reuse).
+      Block steps read K/V only.
     * logits written: batch * logits_tokens * vocab (the reused prompt rows' copy is ignored).
     Other activations are assumed to stay on chip. All tensors in `dtype_bytes` per element.
     """
@@ -326,6 +338,9 @@ def step_kind(step: int, config: CacheConfig | None) -> str:
     """
     if config is None:
         return "full"
+    if config.is_block:
+        raise ValueError(f"policy={config.policy!r}: step kinds follow the decoded blocks, not the step index; "
+                         "use block_schedule (or generation_cost with steps_per_block).")
     try:
         from dllm_cache.schedule import step_kind as schedule_step_kind
     except ImportError:  # core not installed yet; same rule as DESIGN.md
@@ -334,9 +349,10 @@ def step_kind(step: int, config: CacheConfig | None) -> str:
 
 
 def schedule_counts(steps: int, config: CacheConfig | None) -> dict[str, int]:
-    """Number of steps of each kind over `steps` denoising steps."""
+    """Number of steps of each kind over `steps` denoising steps of the feature cache (uncached:
+    all "full"); block policies depend on the blocks, see `block_schedule`."""
     counts = Counter(step_kind(s, config) for s in range(steps))
-    return {kind: counts.get(kind, 0) for kind in STEP_KINDS}
+    return {kind: counts.get(kind, 0) for kind in FEATURE_KINDS}
 
 
 @dataclass(frozen=True)
@@ -351,6 +367,40 @@ class GenerationCost:
     roofline_s: float | None = None
 
 
+def sampler_logit_rows(prompt_len: int, block: int, block_length: int, logit_shift: int) -> tuple[int, int]:
+    """Rows [lo, hi) whose logits our samplers ask for while decoding `block`: LLaDA the block's
+    rows; Dream (logit_shift 1) the rows predicting them, one earlier (at the very start of the
+    sequence row 0 stands in for itself, so one row fewer is asked)."""
+    lo = prompt_len + block * block_length
+    if lo - logit_shift >= 0:
+        return lo - logit_shift, lo + block_length - logit_shift
+    return 0, max(lo + block_length - logit_shift, 1)
+
+
+def block_schedule(
+    config: CacheConfig, prompt_len: int, gen_len: int, block_length: int | None, steps_per_block: list[int],
+    logit_shift: int = 0,
+) -> list[tuple[str, int | None, int]]:
+    """(kind, recomputed rows or None, logit rows asked) of every step of a generation under a block
+    policy, as the engine plans it for our samplers (`schedule.plan_block_step`): a full refresh on
+    each block's first step and every `block_refresh` steps, block steps in between."""
+    from dllm_cache.schedule import block_region, plan_block_step
+
+    B = block_length or gen_len
+    seq = prompt_len + gen_len
+    out = []
+    for b, n in enumerate(steps_per_block):
+        asked = sampler_logit_rows(prompt_len, b, B, logit_shift)
+        region = block_region(asked, seq, logit_shift, config.policy)
+        since: int | None = None
+        for _ in range(n):
+            plan = plan_block_step(since, config, region)
+            rows = None if plan.rows is None else plan.rows[1] - plan.rows[0]
+            out.append((plan.kind, rows, asked[1] - asked[0]))
+            since = 1 if plan.kind == "full" else since + 1
+    return out
+
+
 def generation_cost(
     dims: ModelDims | Any,
     batch: int,
@@ -363,18 +413,29 @@ def generation_cost(
     dtype_bytes: int = 2,
     peak_tflops: float | None = None,
     peak_tbps: float | None = None,
+    steps_per_block: list[int] | None = None,
 ) -> GenerationCost:
     """FLOPs, bytes and (optionally) roofline time of a whole generation.
 
     The response is the whole generated region (R = gen_len) on every step, whatever the
     semi-autoregressive block: every step runs the full sequence. `block_length` (the sampler's,
-    None for Dream) only sets the "frontier" selection's window, hence its count with
-    `frontier_only`. With `shifted_row="response"` on a shifted model the cache's response
-    region starts one row earlier (P - 1 prompt rows, R + 1 response rows).
-    `config` None = uncached (every step "full").
+    None for Dream without blocks) sets the "frontier" selection's window, hence its count with
+    `frontier_only`, and the blocks of the block policies. With `shifted_row="response"` on a
+    shifted model the cache's response region starts one row earlier (P - 1 prompt rows, R + 1
+    response rows). `config` None = uncached (every step "full").
+
+    `steps_per_block`: the steps each block took (parallel decoding, a replayed trace); default
+    `steps` spread evenly over the blocks. Block policies: their cost depends on it (a refresh per
+    block), and the LM head computes the rows our samplers ask for unless `logits_tokens` says
+    otherwise; `flops_per_kind` / `bytes_per_kind` are then the mean over that kind's steps.
     """
     if block_length is not None and (block_length <= 0 or gen_len % block_length):
         raise ValueError(f"gen_len {gen_len} must be a multiple of block_length {block_length}")
+    if steps_per_block is not None:
+        steps = sum(steps_per_block)
+    if config is not None and config.is_block:
+        return _block_generation_cost(dims, batch, prompt_len, gen_len, steps, config, block_length, logits_tokens,
+                                      dtype_bytes, peak_tflops, peak_tbps, steps_per_block)
     ratio = config.transfer_ratio if config is not None else 1.0
     P, R = prompt_len, gen_len
     if config is not None and config.shifted_row == "response" and P > 0:
@@ -384,7 +445,7 @@ def generation_cost(
     counts = schedule_counts(steps, config)
     flops_k: dict[str, int] = {}
     bytes_k: dict[str, int] = {}
-    for kind in STEP_KINDS:
+    for kind in FEATURE_KINDS:
         flops_k[kind] = step_flops(dims, batch, P, R, kind, ratio, logits_tokens, selected)
         bytes_k[kind] = step_bytes(dims, batch, P, R, kind, ratio, logits_tokens, dtype_bytes, selected)
     roofline = None
@@ -401,6 +462,39 @@ def generation_cost(
         bytes_per_kind=bytes_k,
         roofline_s=roofline,
     )
+
+
+def _block_generation_cost(dims, batch, P, R, steps, config, block_length, logits_tokens, dtype_bytes, peak_tflops,
+                           peak_tbps, steps_per_block) -> GenerationCost:
+    """generation_cost under a block policy: summed step by step (block steps differ by block)."""
+    d = _as_dims(dims)
+    n_blocks = R // (block_length or R)
+    if steps_per_block is None:
+        if steps % n_blocks:
+            raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks ({n_blocks})")
+        steps_per_block = [steps // n_blocks] * n_blocks
+    counts = dict.fromkeys(STEP_KINDS, 0)
+    flops_k = dict.fromkeys(STEP_KINDS, 0)
+    bytes_k = dict.fromkeys(STEP_KINDS, 0)
+    total_flops = total_bytes = 0
+    roofline = 0.0
+    for kind, rows, asked in block_schedule(config, P, R, block_length, steps_per_block, d.logit_shift):
+        head = asked if logits_tokens is None else logits_tokens
+        f = step_flops(d, batch, P, R, kind, logits_tokens=head, rows=rows)
+        b = step_bytes(d, batch, P, R, kind, logits_tokens=head, dtype_bytes=dtype_bytes)
+        counts[kind] += 1
+        flops_k[kind] += f
+        bytes_k[kind] += b
+        total_flops += f
+        total_bytes += b
+        if peak_tflops and peak_tbps:
+            roofline += roofline_seconds(f, b, peak_tflops, peak_tbps)
+    for kind, n in counts.items():
+        if n:
+            flops_k[kind] //= n
+            bytes_k[kind] //= n
+    return GenerationCost(flops=total_flops, bytes=total_bytes, step_counts=counts, flops_per_kind=flops_k,
+                          bytes_per_kind=bytes_k, roofline_s=roofline if peak_tflops and peak_tbps else None)
 
 
 def generation_flops(

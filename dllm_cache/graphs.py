@@ -1,6 +1,6 @@
 """CUDA-graph replay of cached denoising steps.
 
-A partial or response-refresh step does little arithmetic (a few hundred tokens of a few
+A partial, response-refresh or block step does little arithmetic (a few hundred tokens of a few
 thousand), so in eager PyTorch the ~70 small kernels per layer are bound by Python and launch
 overhead. Within one generation every such step has the same shapes and reads/writes the same
 persistent buffers, so one captured graph per step kind replays them all.
@@ -23,7 +23,7 @@ import torch
 
 from .state import BranchState
 
-GRAPH_KINDS = ("partial", "response")
+GRAPH_KINDS = ("partial", "response", "block")
 
 
 @dataclass

@@ -43,10 +43,11 @@ def branch_bytes(branch: BranchState) -> dict[str, int]:
         prompt_kv = kv * branch.prompt_len // store.k.shape[2] if store.k.shape[2] else 0
         out["prompt_kv"] += prompt_kv
         out["response_kv"] += kv - prompt_kv
-        out["response_deltas"] += _nbytes(store.attn) + _nbytes(store.ffn)
+        out["response_deltas"] += _nbytes(store.attn) + _nbytes(store.ffn)  # none under block policies
         out["prompt_deltas"] += _nbytes(store.prompt_attn) + _nbytes(store.prompt_ffn)
     out["prompt_logits"] = _nbytes(branch.prompt_logits)
-    out["other"] = sum(_nbytes(getattr(branch, n)) for n in ("rope_cos", "rope_sin", "key_mask", "logit_index"))
+    out["other"] = sum(_nbytes(getattr(branch, n))
+                       for n in ("rope_cos", "rope_sin", "key_mask", "logit_index", "block_index"))
     return out
 
 
@@ -79,12 +80,13 @@ def estimate_cache_bytes(
     prompt_logit_rows: int = 0,
     prompt_deltas: bool = False,
     n_layers: int | None = None,
+    deltas: bool = True,
 ) -> dict[str, int]:
     """What `state_bytes` will report for one branch of this shape, by kind, plus "total".
 
     prompt_logit_rows: prompt rows whose logits the caller keeps (Dream's sampler: 1, LLaDA's: 0,
     a plain model(x) call: all P); prompt_deltas: the model's LM head cannot be patched.
-    n_layers: layers on the device in question (default all)."""
+    n_layers: layers on the device in question (default all). deltas False: a block policy (K/V only)."""
     layers = dims.n_layers if n_layers is None else n_layers
     kv = 2 * dims.kv_dim * dtype_bytes
     delta = 2 * dims.d_model * dtype_bytes
@@ -92,8 +94,8 @@ def estimate_cache_bytes(
     out = {
         "prompt_kv": batch * layers * prompt_len * kv,
         "response_kv": batch * layers * gen_len * kv,
-        "response_deltas": batch * layers * gen_len * delta,
-        "prompt_deltas": batch * layers * prompt_len * delta if prompt_deltas else 0,
+        "response_deltas": batch * layers * gen_len * delta if deltas else 0,
+        "prompt_deltas": batch * layers * prompt_len * delta if prompt_deltas and deltas else 0,
         "prompt_logits": batch * prompt_logit_rows * dims.vocab * dtype_bytes,
         "other": 2 * batch * seq * dims.head_dim * 4 + batch * seq,  # float32 RoPE tables, key mask
     }
@@ -129,13 +131,15 @@ def generation_peak_bytes(
     prompt_logit_rows: int = 0,
     branches: int = 1,
     tied: bool = False,
+    deltas: bool = True,
 ) -> dict[str, int]:
     """Estimated whole-process peak of a generation: weights, the cache (cached runs), the
     temporaries of a full step, and the sampler's float32 softmax of `sampler_rows` rows.
 
     logit_rows: rows through the LM head on a full step (default all P + R: what an uncached
     model computes). Cached runs also keep each captured step's temporaries (two step kinds per
-    branch, R rows each). Returns the terms and "total"."""
+    branch, R rows each). deltas False: a block KV-cache policy, which keeps K/V only. Returns the
+    terms and "total"."""
     seq = prompt_len + gen_len
     rows = seq if logit_rows is None else logit_rows
     out = {
@@ -147,7 +151,7 @@ def generation_peak_bytes(
     }
     if cached:
         out["cache"] = branches * estimate_cache_bytes(
-            dims, batch, prompt_len, gen_len, dtype_bytes, prompt_logit_rows, prompt_deltas=tied
+            dims, batch, prompt_len, gen_len, dtype_bytes, prompt_logit_rows, prompt_deltas=tied, deltas=deltas
         )["total"]
         out["graphs"] = 2 * branches * estimate_step_bytes(dims, batch, gen_len, min(rows, gen_len), dtype_bytes)
     out["total"] = sum(out.values())
@@ -196,6 +200,7 @@ def check_generation_fits(
     logit_rows: int,
     prompt_logit_rows: int,
     prompt_deltas: bool,
+    deltas: bool = True,
 ) -> None:
     """Before step 0 of a cached generation: raise NotEnoughMemoryError when this branch's cache
     plus a full step's temporaries cannot fit on a device that holds its layers, naming the
@@ -226,7 +231,7 @@ def check_generation_fits(
 
         def need(b: int, n_layers: int = n_layers, has_head: bool = has_head) -> int:
             cache = estimate_cache_bytes(dims, b, P, seq - P, dtype_bytes, prompt_logit_rows if has_head else 0,
-                                         prompt_deltas, n_layers)["total"]
+                                         prompt_deltas, n_layers, deltas)["total"]
             return cache + estimate_step_bytes(dims, b, seq, logit_rows, dtype_bytes, head=has_head)
 
         available = free + held.get(device, 0)

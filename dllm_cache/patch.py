@@ -22,7 +22,8 @@ from dllm_cache.hooks import adapter_for
 from dllm_cache.models.layers import key_mask_from
 from dllm_cache.models.rope import rope_cos_sin
 
-from .compiled import compiled_block_forward
+from .blockcache import block_rows_forward
+from .compiled import compiled_block_forward, compiled_block_rows
 from .config import CacheConfig
 from .frontier import frontier_priority
 from .graphs import graphable, run_step
@@ -93,25 +94,29 @@ class _Patched:
         self.saved_model_forward = model.__dict__.get("forward", _MISSING)
         self.head: nn.Module | None = None
         self.saved_head_forward = _MISSING
-        self.layer_forward = _layer_forward(state.config)
+        self.layer_forward, self.block_forward = _layer_forwards(state.config)
 
     def __getstate__(self) -> dict:
         """Copies keep config and stats but start without features, captured CUDA graphs or
         compiled code (none of which copy); their next forward starts a new generation."""
         d = dict(self.__dict__)
         old = self.state
-        d["state"] = CacheState(old.config, old.n_layers, old.mask_token_id)
+        d["state"] = CacheState(old.config, old.n_layers, old.mask_token_id, old.logit_shift)
         d["state"].stats = copy.copy(old.stats)
-        d["layer_forward"] = None
+        d["state"].mask_embedding = old.mask_embedding
+        d["layer_forward"] = d["block_forward"] = None
         return d
 
     def __setstate__(self, d: dict) -> None:
         self.__dict__.update(d)
-        self.layer_forward = _layer_forward(self.state.config)
+        self.layer_forward, self.block_forward = _layer_forwards(self.state.config)
 
 
-def _layer_forward(config: CacheConfig) -> Callable:
-    return compiled_block_forward() if config.compile else cached_block_forward
+def _layer_forwards(config: CacheConfig) -> tuple[Callable, Callable]:
+    """(feature-cache layer, block-cache layer), compiled when the config asks."""
+    if config.compile:
+        return compiled_block_forward(), compiled_block_rows()
+    return cached_block_forward, block_rows_forward
 
 
 class _InferenceOnly(torch.autograd.Function):
@@ -156,11 +161,11 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
     # LLaDA-family models (official LLaDA, MMaDA) also take the padding mask as a 4-D boolean attention_bias.
     mask_source = attention_mask if attention_mask is not None else kwargs.get("attention_bias")
     lo, hi = _logit_rows(kwargs.pop("logits_to_keep", None), tokens.shape[1])
-    branch, plan = state.begin_step(tokens)
+    branch, plan = state.begin_step(tokens, (lo, hi))
     if branch.step == 1:  # step 0 of a generation: say now if its cache cannot fit
         n_prompt_rows = max(min(hi, branch.prompt_len) - lo, 0)
         check_generation_fits(patched.model, list(patched.blocks), branch, tokens, hi - lo, n_prompt_rows,
-                              prompt_deltas=patched.head is None)
+                              prompt_deltas=patched.head is None, deltas=not state.config.is_block)
     if plan.refresh_prompt or branch.rope_cos is None:
         # Positions and padding are fixed within a generation: computed on prompt refreshes only,
         # into persistent buffers that captured graphs read.
@@ -182,6 +187,7 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
         selected=state.selected_count(branch, tokens.shape[1]),
         head_cached=patched.head is not None,
         logit_rows=(lo, hi),
+        rows_index=branch.block_index if plan.kind == "block" else None,
     )
     rest = {k: v for k, v in kwargs.items() if k not in ("input_ids", "inputs_embeds", "attention_mask")}
 
@@ -217,12 +223,15 @@ def _logit_layout(patched: _Patched, branch, plan, lo: int, hi: int, device) -> 
     persistent index `branch.logit_index` (so one captured graph serves every LLaDA block) and
     serves prompt rows [lo, min(hi, P)) from the logits kept at the last prompt refresh."""
     P = branch.prompt_len
+    if plan.kind == "block":  # block policies: the recomputed rows, and the asked ones among them
+        branch.persist("block_index", torch.arange(*plan.rows, device=device))
+        if patched.head is not None:
+            _persist_logit_index(branch, lo, hi, device)
+        return "block", plan.rows[1] - plan.rows[0], hi - lo
     if patched.head is None or plan.refresh_prompt:
         return ()
     start = max(lo, P)
-    if branch.logit_index is None or branch.logit_index.numel() != hi - start or branch.logit_index_start != start:
-        branch.persist("logit_index", torch.arange(start, hi, device=device))
-        branch.logit_index_start = start
+    _persist_logit_index(branch, start, hi, device)
     n_prompt = max(min(hi, P) - lo, 0)
     kept_lo, kept_hi = branch.prompt_logit_rows
     if n_prompt and not (kept_lo <= lo and lo + n_prompt <= kept_hi):
@@ -233,6 +242,13 @@ def _logit_layout(patched: _Patched, branch, plan, lo: int, hi: int, device) -> 
             "(logits_to_keep), or for response rows only."
         )
     return n_prompt, lo - kept_lo if n_prompt else 0, hi - start
+
+
+def _persist_logit_index(branch, start: int, hi: int, device) -> None:
+    """Rows [start, hi) the patched LM head computes, in the persistent index captured graphs read."""
+    if branch.logit_index is None or branch.logit_index.numel() != hi - start or branch.logit_index_start != start:
+        branch.persist("logit_index", torch.arange(start, hi, device=device))
+        branch.logit_index_start = start
 
 
 def _with_logits(out, logits: torch.Tensor):
@@ -270,8 +286,11 @@ def _block_forward(patched: _Patched, adapter, dims, index: int, parts, original
         return original(*args, **kwargs)
     x = _arg(args, kwargs, 0, "hidden_states", "x")
     branch = state.branch()
-    if ctx.plan.refresh_prompt and ctx.plan.refresh_response:
-        store = branch.store_for(index, state.n_layers, x, dims.n_kv_heads, dims.head_dim, not ctx.head_cached)
+    if ctx.plan.kind == "block":
+        out = patched.block_forward(parts, dims, branch.layers[index], ctx, x)
+    elif ctx.plan.refresh_prompt and ctx.plan.refresh_response:
+        store = branch.store_for(index, state.n_layers, x, dims.n_kv_heads, dims.head_dim, not ctx.head_cached,
+                                 deltas=not state.config.is_block)
         out = full_block_forward(parts, dims, store, ctx, x)
     else:
         store = branch.layers[index]
@@ -293,6 +312,8 @@ def _head_forward(patched: _Patched, original, h: torch.Tensor, *args, **kwargs)
     branch = state.branch()
     P = ctx.prompt_len
     lo, hi = ctx.logit_rows
+    if ctx.plan.kind == "block":  # the asked rows lie inside the recomputed ones
+        return original(h.index_select(1, branch.logit_index), *args, **kwargs)
     n_prompt = max(min(hi, P) - lo, 0)
     if ctx.plan.refresh_prompt:
         logits = original(h[:, lo:hi], *args, **kwargs)
@@ -340,6 +361,7 @@ def enable_cache(model: nn.Module, config: CacheConfig | None = None) -> nn.Modu
             warnings.warn(f"dllm-cache: compile=True has no effect on {adapter.family} models (data-dependent "
                           "shapes in the block forward); the cached layer runs eagerly.", stacklevel=2)
             patched.layer_forward = cached_block_forward
+            patched.block_forward = block_rows_forward
     for i, block in enumerate(blocks):
         block.forward = partial(_block_forward, patched, adapter, dims, i, adapter.parts(block), block.forward)
     head = adapter.lm_head(model)

@@ -1,4 +1,5 @@
-"""Which feature groups a denoising step refreshes, from the step index alone."""
+"""Which feature groups a denoising step refreshes: from the step index alone (the feature cache),
+or from the decoded block (the block KV-cache policies)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from .config import CacheConfig
 class StepPlan:
     refresh_prompt: bool
     refresh_response: bool
+    rows: tuple[int, int] | None = None  # block policies: the rows [lo, hi) a "block" step recomputes
 
     @property
     def kind(self) -> str:
         """"full" | "response" (response refreshed, prompt reused) |
-        "prompt" (prompt refreshed, response partial) | "partial" (V-verify subset only)."""
+        "prompt" (prompt refreshed, response partial) | "partial" (V-verify subset only) |
+        "block" (block policies: rows [lo, hi) recomputed against cached K/V)."""
+        if self.rows is not None:
+            return "block"
         if self.refresh_prompt:
             return "full" if self.refresh_response else "prompt"
         return "response" if self.refresh_response else "partial"
@@ -31,3 +36,20 @@ def plan_step(step: int, config: CacheConfig, response_interval: int | None = No
 
 def step_kind(step: int, config: CacheConfig) -> str:
     return plan_step(step, config).kind
+
+
+def block_region(asked: tuple[int, int], seq: int, logit_shift: int, policy: str) -> tuple[int, int]:
+    """Rows [lo, hi) a block step recomputes, from the rows whose logits the sampler asks for
+    (the decoded block; on a shifted model, Dream, the rows predicting it, so the block's own last
+    token comes too): "block-dual" those rows only, "block-prefix" those and everything after."""
+    lo, hi = asked
+    return (lo, seq) if policy == "block-prefix" else (lo, min(hi + logit_shift, seq))
+
+
+def plan_block_step(since_refresh: int | None, config: CacheConfig, region: tuple[int, int]) -> StepPlan:
+    """Block policies: a full refresh when a new block starts (`since_refresh` None) or every
+    `config.block_refresh` steps, else recompute `region` against the cached K/V."""
+    every = config.block_refresh
+    if since_refresh is None or (every is not None and since_refresh >= every):
+        return StepPlan(refresh_prompt=True, refresh_response=True)
+    return StepPlan(refresh_prompt=False, refresh_response=False, rows=region)

@@ -8,7 +8,8 @@ refreshes, because the LM head serves prompt-row logits from the last refresh; t
 only for models whose head the cache cannot patch (then the prompt rows' hidden states must be
 rebuilt on every step). Per branch: the logits of the prompt rows the caller asked for
 (`logits_to_keep`), none for our samplers but Dream's row P-1. Buffers are allocated once per
-generation shape and overwritten in place afterwards.
+generation shape and overwritten in place afterwards. The block policies (Fast-dLLM's prefix and
+dual cache) reuse only K and V: their stores hold no deltas.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import CacheConfig
-from .schedule import StepPlan, plan_step
+from .schedule import StepPlan, block_region, plan_block_step, plan_step
 
 
 @dataclass
 class LayerStore:
     k: torch.Tensor  # (batch, kv_heads, seq, head_dim), RoPE applied, prompt and response
     v: torch.Tensor  # (batch, kv_heads, seq, head_dim)
-    attn: torch.Tensor  # (batch, R, d_model): response rows' attention output added to the residual
-    ffn: torch.Tensor  # (batch, R, d_model): response rows' FFN output added to the residual
+    # (batch, R, d_model) each: response rows' attention / FFN outputs added to the residual; None
+    # under the block policies, which reuse K/V only
+    attn: torch.Tensor | None
+    ffn: torch.Tensor | None
     # (batch, P, d_model) each, or None: prompt rows' deltas, kept only when the LM head is not
     # patched (prompt rows must then be rebuilt on cached steps).
     prompt_attn: torch.Tensor | None = None
@@ -35,6 +38,8 @@ class LayerStore:
 
     def keep_deltas(self, attn: torch.Tensor, ffn: torch.Tensor) -> None:
         """Store a full step's deltas (batch, seq, d_model): response rows, and prompt rows if kept."""
+        if self.attn is None:  # a block policy: K/V only
+            return
         P = attn.shape[1] - self.attn.shape[1]
         self.attn.copy_(attn[:, P:])
         self.ffn.copy_(ffn[:, P:])
@@ -62,6 +67,9 @@ class StepContext:
     priority: torch.Tensor | None = None
     # Rows [lo, hi) whose logits the caller asked for (logits_to_keep); all rows by default.
     logit_rows: tuple[int, int] = (0, 0)
+    # (n,) int64, block steps only: the rows recomputed (persistent, so one captured graph serves
+    # every block of the same size)
+    rows_index: torch.Tensor | None = None
 
     @property
     def prompt_rows_dead(self) -> bool:
@@ -75,6 +83,7 @@ class Stats:
     response_refresh_steps: int = 0
     prompt_refresh_steps: int = 0
     partial_steps: int = 0
+    block_steps: int = 0
     tokens_recomputed: int = 0
     tokens_total: int = 0
     generations: int = 0
@@ -111,6 +120,11 @@ class BranchState:
     key_mask: torch.Tensor | None = None
     logit_index: torch.Tensor | None = None
     logit_index_start: int = -1
+    # Block policies: the logit rows asked for on the last step (a change starts a new block), the
+    # steps since the last full refresh, and the persistent index of the rows a block step recomputes.
+    asked_rows: tuple[int, int] | None = None
+    since_refresh: int = 0
+    block_index: torch.Tensor | None = None
     declared: bool = False  # set by reset_cache(prompt_length=...): skip the per-step prompt check
     masked: int = -1  # undeclared generations: masked response tokens at the previous step
     graphs: dict = field(default_factory=dict)  # (kind, shape key) -> captured step
@@ -158,21 +172,24 @@ class BranchState:
         return self.layers[0].k.shape[2] if self.layers and self.layers[0] is not None else -1
 
     def store_for(
-        self, layer: int, n_layers: int, x: torch.Tensor, kv_heads: int, head_dim: int, prompt_deltas: bool
+        self, layer: int, n_layers: int, x: torch.Tensor, kv_heads: int, head_dim: int, prompt_deltas: bool,
+        deltas: bool = True,
     ) -> LayerStore:
         """The layer's buffers, (re)allocated only when shape, dtype or device changed.
 
-        x: (batch, seq, d_model) block input; the response is x's last seq - prompt_len rows."""
+        x: (batch, seq, d_model) block input; the response is x's last seq - prompt_len rows.
+        deltas False (block policies): K and V only."""
         batch, seq, d_model = x.shape
         resp = seq - self.prompt_len
         if len(self.layers) != n_layers:
             self.layers = [None] * n_layers  # type: ignore[list-item]
         store = self.layers[layer]
         kv_shape = (batch, kv_heads, seq, head_dim)
-        prompt_shape = (batch, self.prompt_len, d_model) if prompt_deltas else None
+        prompt_shape = (batch, self.prompt_len, d_model) if prompt_deltas and deltas else None
+        delta_shape = (batch, resp, d_model) if deltas else None
         if (
             store is None
-            or store.attn.shape != (batch, resp, d_model)
+            or (None if store.attn is None else store.attn.shape) != delta_shape
             or store.k.shape != kv_shape
             or (None if store.prompt_attn is None else store.prompt_attn.shape) != prompt_shape
             or store.k.dtype != x.dtype
@@ -184,10 +201,10 @@ class BranchState:
             store = LayerStore(
                 k=torch.empty(kv_shape, **kw),
                 v=torch.empty(kv_shape, **kw),
-                attn=torch.empty(batch, resp, d_model, **kw),
-                ffn=torch.empty(batch, resp, d_model, **kw),
-                prompt_attn=torch.empty(prompt_shape, **kw) if prompt_deltas else None,
-                prompt_ffn=torch.empty(prompt_shape, **kw) if prompt_deltas else None,
+                attn=torch.empty(delta_shape, **kw) if deltas else None,
+                ffn=torch.empty(delta_shape, **kw) if deltas else None,
+                prompt_attn=torch.empty(prompt_shape, **kw) if prompt_shape else None,
+                prompt_ffn=torch.empty(prompt_shape, **kw) if prompt_shape else None,
             )
             self.layers[layer] = store
         return store
@@ -198,7 +215,7 @@ class BranchState:
         for i, store in enumerate(self.layers):
             if store is not None:
                 out.update({f"layers.{i}.{k}": t for k, t in store.tensors().items() if t is not None})
-        for name in ("prompt_logits", "rope_cos", "rope_sin", "key_mask", "logit_index"):
+        for name in ("prompt_logits", "rope_cos", "rope_sin", "key_mask", "logit_index", "block_index"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
@@ -265,8 +282,11 @@ class CacheState:
         cols = masked.nonzero()
         return int(cols[0]) if len(cols) else input_ids.shape[1]
 
-    def begin_step(self, input_ids: torch.Tensor) -> tuple[BranchState, StepPlan]:
-        """Advance the active branch by one denoising step; start a new generation when needed."""
+    def begin_step(self, input_ids: torch.Tensor, asked: tuple[int, int] | None = None) -> tuple[BranchState, StepPlan]:
+        """Advance the active branch by one denoising step; start a new generation when needed.
+
+        asked: the rows [lo, hi) whose logits the caller wants (default all): under the block
+        policies, the decoded block."""
         b = self.branch()
         pending = self.pending_prompt_len.pop(self.active_branch, None)
         if pending is not None or b.is_new_generation(input_ids, self.mask_token_id):
@@ -282,8 +302,10 @@ class CacheState:
             b.started = True
             b.declared = pending is not None
             b.masked = -1 if b.declared else int(b.count_masked(input_ids, self.mask_token_id))
+            b.asked_rows = None
             self.stats.generations += 1
-        plan = plan_step(b.step, self.config, b.response_interval)
+        plan = self._block_plan(b, input_ids, asked) if self.config.is_block else plan_step(
+            b.step, self.config, b.response_interval)
         b.step += 1
         s = self.stats
         s.steps += 1
@@ -292,12 +314,28 @@ class CacheState:
         s.response_refresh_steps += kind == "response"
         s.prompt_refresh_steps += kind == "prompt"
         s.partial_steps += kind == "partial"
-        if not plan.refresh_response:  # V-verify on every layer but the first
+        s.block_steps += kind == "block"
+        if kind == "block":  # every layer recomputes the region's rows
+            resp = input_ids.shape[1] - b.prompt_len
+            lo, hi = plan.rows
+            s.tokens_recomputed += input_ids.shape[0] * self.n_layers * (hi - max(lo, b.prompt_len))
+            s.tokens_total += input_ids.shape[0] * self.n_layers * resp
+        elif not plan.refresh_response:  # V-verify on every layer but the first
             resp = input_ids.shape[1] - b.prompt_len
             rows_layers = input_ids.shape[0] * (self.n_layers - 1)
             s.tokens_recomputed += rows_layers * self.selected_count(b, input_ids.shape[1])
             s.tokens_total += rows_layers * resp
         return b, plan
+
+    def _block_plan(self, b: BranchState, input_ids: torch.Tensor, asked: tuple[int, int] | None) -> StepPlan:
+        """Block policies: refresh when the decoded block (the asked rows) changes, else recompute it."""
+        seq = input_ids.shape[1]
+        asked = asked or (0, seq)
+        since = None if asked != b.asked_rows else b.since_refresh
+        plan = plan_block_step(since, self.config, block_region(asked, seq, self.logit_shift, self.config.policy))
+        b.asked_rows = asked
+        b.since_refresh = 1 if plan.kind == "full" else b.since_refresh + 1
+        return plan
 
     def selected_count(self, b: BranchState, seq_len: int) -> int:
         return self.config.selected_count(seq_len - b.prompt_len, b.block_length)

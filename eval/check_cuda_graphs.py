@@ -1,5 +1,6 @@
 """GPU check: cached steps replayed as CUDA graphs give the same outputs as eager cached steps,
-and refresh-every-step still reproduces the uncached model. Exits non-zero on any mismatch.
+and refresh-every-step still reproduces the uncached model, for the feature cache and the block
+KV caches (block-prefix, block-dual). Exits non-zero on any mismatch.
 
     PYTHONPATH=. python -m eval.check_cuda_graphs
 """
@@ -56,6 +57,19 @@ def main() -> int:
             print(f"    compiled+graph vs graph (default schedule): identical {torch.equal(compiled, graph)}, "
                   f"agreement {c_agree:.3f}")
             ok &= same_graph and (same_exact or dtype != torch.float32)
+            # Block KV caches (block steps replay one graph per block size), with threshold decoding too.
+            for policy in ("block-prefix", "block-dual"):
+                for extra in ({}, {"threshold": 0.05}):
+                    args = {**kw, **extra}
+                    base = _run(model, ids, mask, None, **args)
+                    b_eager, _ = _run(model, ids, mask, CacheConfig(policy=policy, cuda_graphs=False), **args)
+                    b_graph, b_stats = _run(model, ids, mask, CacheConfig(policy=policy), **args)
+                    b_exact, _ = _run(model, ids, mask, CacheConfig(policy=policy, block_refresh=1), **args)
+                    same = torch.equal(b_eager, b_graph)
+                    exact_ok = torch.equal(b_exact, base)
+                    print(f"    {policy}{' threshold' if extra else ''}: graph == eager {same}; refresh-every-step "
+                          f"== uncached {exact_ok}; block steps {b_stats['block_steps']} of {b_stats['steps']}")
+                    ok &= same and (exact_ok or dtype != torch.float32)
     print("CUDA graph check:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 

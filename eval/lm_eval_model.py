@@ -159,11 +159,15 @@ class DLLMCacheLM(LM):
         remasking: LLaDA's remasking rule (low_confidence | random; default low_confidence).
         alg: Dream's unmasking order (entropy | maskgit_plus | topk_margin | origin; default entropy).
         top_p: Dream's nucleus sampling threshold (None: off).
-        threshold: LLaDA: optional confidence threshold for parallel decoding (None: fixed schedule).
-        Options the model's family does not use (alg and top_p on LLaDA; block_length, cfg_scale,
-        threshold, remasking on Dream) and unknown arguments are errors naming the valid ones.
+        threshold: optional confidence threshold for parallel decoding (None: fixed schedule).
+        factor: Fast-dLLM's factor rule for parallel decoding instead (None: off).
+        stop_at_eos: stop each answer once its end token is decoded with nothing masked before it.
+        Options the model's family does not use (alg and top_p on LLaDA; cfg_scale and remasking
+        on Dream) and unknown arguments are errors naming the valid ones.
         cache: on/off; when on, `dllm_cache.enable_cache` with the three intervals below.
         prompt_interval, response_interval, transfer_ratio, cfg_interval: CacheConfig fields.
+        policy, block_refresh: CacheConfig fields: "feature" (dLLM-Cache, default), or Fast-dLLM's
+            block KV cache "block-prefix" / "block-dual" (the intervals above then do not apply).
         compile: CacheConfig(compile=True): torch.compile the cached layer (GPU; pays on long runs).
         mc_num, mc_batch_size: Monte-Carlo draws per loglikelihood request, rows per forward.
         apply_chat_template: wrap each context as one user turn of the tokenizer's chat template.
@@ -193,12 +197,16 @@ class DLLMCacheLM(LM):
         alg: str | None = None,
         top_p: float | str | None = None,
         threshold: float | str | None = None,
+        factor: float | str | None = None,
+        stop_at_eos: bool | str = False,
         cache: bool | str = False,
         prompt_interval: int | str = 100,
         response_interval: int | str = 8,
         transfer_ratio: float | str = 0.25,
         cfg_interval: int | str | None = None,
         compile: bool | str = False,
+        policy: str = "feature",
+        block_refresh: int | str | None = None,
         mc_num: int | str = 128,
         mc_batch_size: int | str | None = None,
         apply_chat_template: bool | str = False,
@@ -281,10 +289,12 @@ class DLLMCacheLM(LM):
             raise ValueError(f"{path}/config.json has no mask_token_id; a diffusion LM needs one")
         self.pad_id = self._pick_pad_id()
         # Options this family's sampler takes; a wrong-family or misspelled one fails here, not mid-run.
+        self.factor = parse_float(factor, "factor", optional=True)
+        self.stop_at_eos = parse_bool(stop_at_eos, "stop_at_eos")
         self.sampler_options = check_options(self.family, dict(
             gen_length=self.gen_length, steps=self.steps, block_length=self.block_length, temperature=self.temperature,
             cfg_scale=self.cfg_scale, remasking=self.remasking, alg=self.alg, threshold=self.threshold, mask_id=self.mask_id,
-            top_p=self.top_p,
+            top_p=self.top_p, factor=self.factor, stop_at_eos=self.stop_at_eos,
         ), SAMPLERS)
         self.stop_ids = self._collect_stop_ids()
         limit = parse_int(max_length, "max_length", minimum=2, optional=True)
@@ -302,6 +312,10 @@ class DLLMCacheLM(LM):
             cfg_int = parse_int(cfg_interval, "cfg_interval", minimum=1, optional=True)
             if cfg_int is not None:
                 cfg_kw["cfg_interval"] = cfg_int
+            cfg_kw["policy"] = str(policy)
+            refresh = parse_int(block_refresh, "block_refresh", minimum=1, optional=True)
+            if refresh is not None:
+                cfg_kw["block_refresh"] = refresh
             self.cache_config = dllm_cache.CacheConfig(**cfg_kw)
             dllm_cache.enable_cache(self.model, self.cache_config)
         else:
@@ -519,7 +533,8 @@ class DLLMCacheLM(LM):
                 "cache_config": self._cache_config_dict() if self.cache_on else None,
                 "sampler": {"gen_length": self.gen_length, "steps": self.steps, "block_length": self.block_length,
                             "temperature": self.temperature, "top_p": self.top_p, "cfg_scale": self.cfg_scale,
-                            "remasking": self.remasking, "alg": self.alg, "threshold": self.threshold},
+                            "remasking": self.remasking, "alg": self.alg, "threshold": self.threshold,
+                            "factor": self.factor, "stop_at_eos": self.stop_at_eos},
                 "batch_size": self.batch_size,
                 "mc_num": self.mc_num,
             },
@@ -528,6 +543,8 @@ class DLLMCacheLM(LM):
 
     def _cache_config_dict(self) -> dict[str, Any]:
         cfg = self.cache_config
+        if cfg.is_block:  # Fast-dLLM's block KV cache: the intervals do not apply
+            return {"policy": cfg.policy, "block_refresh": cfg.block_refresh}
         return {"prompt_interval": cfg.prompt_interval, "response_interval": cfg.response_interval,
                 "transfer_ratio": cfg.transfer_ratio}
 

@@ -6,7 +6,9 @@ forward inside `meter.track(task, ...)` is counted, classified by the cache coun
 (full / prompt / response / partial; an uncached forward is "full") and charged its FLOPs by
 `dllm_cache.flops.step_flops` at its real shape (rows, prompt width, response length). So the
 numbers hold for any sampler schedule (parallel decoding, CFG's second pass), not only the
-nominal one.
+nominal one. A block step (block KV-cache policies) is charged the response rows it recomputed
+(from the cache's counter: Dream's one prompt row in its first block is left out) and logits on
+those rows, a close upper bound on the rows the sampler asked for.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dllm_cache.flops import STEP_KINDS, ModelDims, step_flops
 
 # cache_stats counter -> step kind (names of dllm_cache.flops)
 _KIND_COUNTERS = {"full_steps": "full", "prompt_refresh_steps": "prompt",
-                  "response_refresh_steps": "response", "partial_steps": "partial"}
+                  "response_refresh_steps": "response", "partial_steps": "partial", "block_steps": "block"}
 _TOKEN_COUNTERS = ("tokens_recomputed", "tokens_total")
 
 
@@ -138,7 +140,13 @@ class SpeedMeter:
         for key in _TOKEN_COUNTERS:
             setattr(record, key, getattr(record, key) + int(after.get(key, 0) - self._before.get(key, 0)))
         logits_tokens = seq if self._head_all_rows else None
-        record.flops += step_flops(self.dims, rows, seq - response, response, kind, self._ratio, logits_tokens)
+        block_rows = None
+        if kind == "block":  # block policies: the response rows the step recomputed (per row and layer)
+            moved_tokens = after.get("tokens_recomputed", 0) - self._before.get("tokens_recomputed", 0)
+            block_rows = int(moved_tokens) // max(1, rows * self.dims.n_layers)
+            logits_tokens = logits_tokens or block_rows
+        record.flops += step_flops(self.dims, rows, seq - response, response, kind, self._ratio, logits_tokens,
+                                   rows=block_rows)
 
     def summary(self) -> dict[str, dict[str, Any]]:
         return {task: record.summary() for task, record in self.tasks.items()}

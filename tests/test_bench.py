@@ -148,3 +148,67 @@ def test_bench_local_model_dir(tmp_path, capsys):
     report = json.loads((tmp_path / "local.json").read_text())
     assert report["meta"]["family"] == "Dream" and len(report["results"]) == 2
     assert "Mean time per denoising step" in capsys.readouterr().out
+
+
+def test_bench_block_policies(tmp_path, capsys):
+    """Fast-dLLM's prefix and dual cache beside the feature cache in one bench: a refresh per block
+    (2 blocks of 8), block steps otherwise, the counts the cache saw, fewer FLOPs, no deltas held."""
+    report = _run(tmp_path, capsys, "tiny-llada", "blocks", "--policy", "paper", "block-prefix", "block-dual",
+                  "--max-steps", "10")
+    for batch in (1, 2):
+        rows = {r["label"]: r for r in report["results"] if r["batch_size"] == batch}
+        assert list(rows) == ["uncached", "Kp=100 Kr=8 r=0.25", "block-prefix", "block-dual"]
+        assert rows["uncached"]["extrapolated"] and rows["Kp=100 Kr=8 r=0.25"]["extrapolated"]
+        for name in ("block-prefix", "block-dual"):
+            r = rows[name]
+            assert not r["extrapolated"] and r["timed_steps"] == 16 and not r["notes"]  # stats = schedule
+            assert r["step_counts"]["full"] == 2 and r["step_counts"]["block"] == 14
+            assert r["cache_stats"]["block_steps"] == 14 and r["cache_bytes"]["response_deltas"] == 0
+            assert r["flops"] < rows["uncached"]["flops"]
+        assert rows["block-dual"]["flops"] < rows["block-prefix"]["flops"]
+        assert rows["block-dual"]["recomputed_fraction"] == pytest.approx(8 / 16)
+
+
+def _trace_file(tmp_path, gen=16, block=8):
+    from dllm_cache.generate import generate
+    from dllm_cache.models.tiny import tiny_llada
+    from dllm_cache.trace import DecodeTrace, write_trace
+
+    trace = DecodeTrace()
+    ids = torch.randint(0, 200, (3, 6), generator=torch.Generator().manual_seed(0))
+    generate(tiny_llada(), ids, gen_length=gen, steps=gen, block_length=block, threshold=0.05, trace=trace)
+    return write_trace(tmp_path / "trace_tiny.json", trace.rows(),
+                       {"gen_length": gen, "block_length": block, "accuracy": 0.5}), trace.rows()
+
+
+def test_bench_replays_a_trace(tmp_path, capsys):
+    """--trace: every run but the one-token-per-step baseline takes the recorded steps per block."""
+    from dllm_cache.trace import steps_per_block
+
+    path, rows = _trace_file(tmp_path)
+    report = _run(tmp_path, capsys, "tiny-llada", "traced", "--trace", str(path), "--policy", "paper", "block-dual")
+    assert report["meta"]["decoding"]["trace_meta"]["accuracy"] == 0.5
+    assert "Decoding: trace trace_tiny" in (tmp_path / "traced.md").read_text()
+    assert "proxy accuracy 50.0%" in (tmp_path / "traced.md").read_text()
+    for batch in (1, 2):
+        steps = sum(steps_per_block(rows[:batch], 2))
+        assert steps < 16
+        got = {r["label"]: r for r in report["results"] if r["batch_size"] == batch}
+        assert list(got) == ["uncached", "uncached + trace trace_tiny", "Kp=100 Kr=8 r=0.25 + trace trace_tiny",
+                             "block-dual + trace trace_tiny"]
+        assert got["uncached"]["timed_steps"] == 16 and got["uncached"]["decoding"] == "fixed"
+        for label, r in got.items():
+            if label != "uncached":
+                assert r["timed_steps"] == steps and sum(r["step_counts"].values()) == steps and not r["notes"]
+                assert r["flops"] < got["uncached"]["flops"] and r["decoding"] == "trace trace_tiny"
+        assert got["block-dual + trace trace_tiny"]["step_counts"]["full"] == 2
+    with pytest.raises(SystemExit, match="disagrees with the trace"):
+        main(["--shape", "tiny-llada", "--prompt-len", "8", "--gen-len", "32", "--trace", str(path), "--dry-run"])
+
+
+def test_bench_dry_run_with_blocks_and_a_trace(tmp_path, capsys):
+    path, _ = _trace_file(tmp_path, gen=256, block=32)
+    assert main(["--shape", "llada-8b", "--workload", "gsm8k", "--batch-size", "1", "--policy", "block-dual",
+                 "--trace", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "block-dual + trace trace_tiny" in out and "decoding trace trace_tiny" in out

@@ -66,3 +66,22 @@ def test_compile_failure_falls_back_to_eager(small_model, monkeypatch):
         with pytest.warns(UserWarning, match="torch.compile of the cached layer failed"):
             out = logits_along(small_model, seqs, mask)
     assert max_err(out, eager) == 0
+
+
+def test_compiled_block_policy_matches_eager(small_model):
+    """The block KV-cache layer compiled: same logits as eager, stale K/V and all."""
+    from tests.test_block_cache import P, R, _blockwise
+
+    seqs, mask = trajectory(small_model, batch=3, prompt_len=P, resp_len=R, steps=6)
+    blocks = [0, 0, 0, 1, 1, 2]
+    config = CacheConfig(policy="block-dual")
+    with cache_enabled(small_model, config):
+        eager = _blockwise(small_model, seqs, mask, blocks)
+    calls_before = counters["stats"]["calls_captured"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with cache_enabled(small_model, CacheConfig(policy="block-dual", compile=True)):
+            out = _blockwise(small_model, seqs, mask, blocks)
+            assert cache_stats(small_model)["block_steps"] == 3
+    assert counters["stats"]["calls_captured"] > calls_before
+    assert max_err(out, eager) <= ATOL_FP32

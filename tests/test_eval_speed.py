@@ -43,7 +43,7 @@ def test_speed_record_matches_the_schedule_and_flops(llada_dir):
         rec = speed[task]
         assert rec["requests"] == sum(batches) and rec["gen_tokens"] == 8 * sum(batches)
         assert rec["forwards"] == 8 * len(batches)
-        assert rec["steps"] == {k: n * len(batches) for k, n in nominal.step_counts.items()}
+        assert rec["steps"] == {**dict.fromkeys(STEP_KINDS, 0), **{k: n * len(batches) for k, n in nominal.step_counts.items()}}
         expected = sum(
             generation_cost(lm.speed.dims, rows, 4, 8, 8, lm.cache_config, logits_tokens=head_rows).flops for rows in batches
         )
@@ -191,3 +191,17 @@ def test_multiple_choice_with_cache_on_and_off(llada_dir, tmp_path):
     lls = {c: [s["resps"] for s in out["samples"]["tiny_mc"]] for c, out in outs.items()}
     assert lls["on"] == lls["off"]
     assert outs["on"]["results"]["tiny_mc"]["acc,none"] == outs["off"]["results"]["tiny_mc"]["acc,none"]
+
+
+def test_block_policy_and_parallel_decoding_in_lm_eval(llada_dir):
+    """model_args policy=block-dual with factor decoding: the speed record counts the block steps
+    (one refresh per block of 4) and charges them FLOPs; the settings are in the results' config."""
+    lm = DLLMCacheLM(pretrained=str(llada_dir), device="cpu", batch_size=2, gen_length=8, steps=8, block_length=4,
+                     cache="on", policy="block-dual", factor="2.0", stop_at_eos="false")
+    lm.generate_until([_req("aaaa", "a"), _req("aaab", "a")], disable_tqdm=True)
+    info = lm.get_model_info()
+    rec = info["dllm_cache_speed"]["a"]
+    assert info["dllm_cache"]["cache_config"]["policy"] == "block-dual"
+    assert info["dllm_cache"]["sampler"]["factor"] == 2.0
+    assert rec["steps"]["full"] == 2 and rec["forwards"] == rec["steps"]["full"] + rec["steps"]["block"]
+    assert rec["forwards"] <= 8 and rec["flops"] > 0

@@ -7,7 +7,7 @@ import torch
 
 from dllm_cache import CacheConfig, disable_cache, enable_cache, reset_cache
 from dllm_cache.flops import (
-    STEP_KINDS,
+    FEATURE_KINDS,
     ModelDims,
     generation_cost,
     generation_flops,
@@ -67,13 +67,13 @@ def test_ratio_one_partial_equals_response():
 def test_ordering_partial_response_full(config_fn, shape):
     dims = ModelDims.from_config(config_fn())
     p, r = shape
-    f = {k: step_flops(dims, 1, p, r, k, 0.25) for k in STEP_KINDS}
+    f = {k: step_flops(dims, 1, p, r, k, 0.25) for k in FEATURE_KINDS}
     assert f["partial"] < f["response"] < f["full"]
     assert f["partial"] < f["prompt"] <= f["full"]
-    b = {k: step_bytes(dims, 1, p, r, k, 0.25) for k in STEP_KINDS}
+    b = {k: step_bytes(dims, 1, p, r, k, 0.25) for k in FEATURE_KINDS}
     # Batch 1: every kind reads all weights once (logits writes aside), so bytes barely move.
     assert max(b.values()) < 1.10 * min(b.values())
-    roof = {k: roofline_seconds(f[k], b[k], 790, 3.0) for k in STEP_KINDS}
+    roof = {k: roofline_seconds(f[k], b[k], 790, 3.0) for k in FEATURE_KINDS}
     assert roof["partial"] <= 1.01 * roof["full"] and roof["response"] <= 1.01 * roof["full"]
     # Batch 8 GSM8K shape: the full step is compute bound, the partial one memory bound.
     f8 = {k: step_flops(dims, 8, 700, 256, k, 0.25) for k in ("full", "partial")}
@@ -162,4 +162,4 @@ def test_cached_step_kinds_match_flop_counter(factory):
             ids[:, p + s] = 7  # unmask one token per step
     finally:
         disable_cache(model)
-    assert seen == set(STEP_KINDS)
+    assert seen == set(FEATURE_KINDS)

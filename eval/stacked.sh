@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Stacked speed on one GPU (issue 11): decoding traces on the proxy model, the LLaDA-8B-shaped
+# bench replaying them, and the side-by-side with the peers' code. Stages run in order; each is
+# a few minutes on an H100 (see README "Parallel decoding and the block KV cache").
+#
+#   bash eval/stacked.sh traces        # proxy traces -> eval/results/traces_llada_*.json        (~3 min)
+#   bash eval/stacked.sh bench         # dllm-cache bench, GSM8K and HotpotQA shapes, traces    (~6 min)
+#   bash eval/stacked.sh peers         # eval.peers, batch 1, both workloads -> stacked.json    (~6 min)
+#
+# The peers stage needs clones of the peers' code in peers/ (ignored by git, see eval/peers.py).
+# When $OUT is set (device machine), every file written to eval/results is copied there too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=.
+R=eval/results
+MODEL=${MODEL:-eval/tiny/model}
+stage=${1:-all}
+
+copy_out() { if [ -n "${OUT:-}" ]; then cp "$@" "$OUT"/ 2>/dev/null || true; fi; }
+
+if [[ $stage == traces || $stage == all ]]; then
+  # GSM8K-shaped: gen 256 in blocks of 32 (Fast-dLLM's GSM8K setting, the bench's gsm8k workload)
+  python -m eval.traces --model "$MODEL" --name llada --task arith --gen 256,256,32 --no-progress \
+      --rule fixed threshold:0.9 factor:1.0 --cache none default block-dual block-prefix
+  python -m eval.traces --model "$MODEL" --name llada --task arith --gen 256,256,32 --no-progress \
+      --rule threshold:0.9 --cache block-dual --stop-at-eos
+  # HotpotQA-shaped: gen 32, one block of 32
+  python -m eval.traces --model "$MODEL" --name llada --task multihop --no-progress \
+      --rule fixed threshold:0.9 --cache none default block-dual
+  copy_out $R/traces_llada_*.json
+fi
+
+if [[ $stage == bench || $stage == all ]]; then
+  B="python -m dllm_cache.bench --shape llada-8b --no-progress --out-dir $R --compile on"
+  $B --workload gsm8k --batch-size 1 16 --max-steps 33 --policy paper block-prefix block-dual \
+     --trace $R/traces_llada_arith_threshold0.9_block-dual.json --tag llada8b-gsm8k-stacked
+  $B --workload hotpotqa --batch-size 1 4 --policy paper block-dual \
+     --trace $R/traces_llada_multihop_threshold0.9_block-dual.json --tag llada8b-hotpotqa-stacked
+  copy_out $R/llada8b-*-stacked.*
+fi
+
+if [[ $stage == peers || $stage == all ]]; then
+  P="python -m eval.peers run --dllm-cache-repo peers/dLLM-cache --fast-dllm-repo peers/Fast-dLLM --batch 1"
+  $P --workload gsm8k --traces $R/traces_llada_arith
+  $P --workload hotpotqa --traces $R/traces_llada_multihop
+  copy_out $R/stacked.json $R/stacked.md $R/stacked.png
+fi

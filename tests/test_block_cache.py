@@ -1,0 +1,188 @@
+"""Block KV-cache policies (Fast-dLLM's prefix and dual cache) in the same engine: exact when
+refreshed every step, what each recomputes (counts and positions), and FLOPs as it runs them."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import dllm_cache.patch as patch_module
+from dllm_cache import CacheConfig, cache_enabled, cache_memory, cache_stats, is_cache_enabled
+from dllm_cache.flops import ModelDims, _extra_flop_formulas, block_schedule, generation_cost
+from dllm_cache.generate import generate
+from dllm_cache.models.tiny import tiny_dream, tiny_llada
+from dllm_cache.trace import DecodeTrace, steps_per_block
+from tests.helpers import max_err, trajectory
+
+ATOL_FP32 = 1e-5
+POLICIES = ("block-prefix", "block-dual")
+P, R, B = 10, 16, 4  # prompt, response, block
+
+
+def _blockwise(model, seqs, mask, block_of_step):
+    """Logits of each step's decoded block (as our LLaDA / Dream samplers ask for them)."""
+    shift = 1 if "dream" in model.config.model_type else 0
+    out = []
+    for seq, b in zip(seqs, block_of_step):
+        lo = P + b * B - shift
+        if is_cache_enabled(model):
+            out.append(model(seq, attention_mask=mask, logits_to_keep=slice(lo, lo + B)).logits)
+        else:
+            out.append(model(seq, attention_mask=mask).logits[:, lo : lo + B])
+    return out
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_refresh_every_step_reproduces_uncached_logits(model, policy):
+    seqs, mask = trajectory(model, batch=3, prompt_len=P, resp_len=R, steps=6, padded=True)
+    blocks = [0, 0, 1, 1, 2, 2]
+    ref = _blockwise(model, seqs, mask, blocks)
+    with cache_enabled(model, CacheConfig(policy=policy, block_refresh=1)):
+        out = _blockwise(model, seqs, mask, blocks)
+        stats = cache_stats(model)
+    assert max_err(out, ref) <= ATOL_FP32
+    assert stats["full_steps"] == 6 and stats["block_steps"] == 0
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_block_step_on_unchanged_tokens_equals_uncached(model, policy):
+    """Right after a refresh every cached K/V is current: a block step (gathered rows, their RoPE
+    positions, the padding mask, K/V written back) must give the uncached logits."""
+    seqs, mask = trajectory(model, batch=3, prompt_len=P, resp_len=R, steps=2, padded=True)
+    same = [seqs[1]] * 4
+    ref = _blockwise(model, same, mask, [1] * 4)
+    with cache_enabled(model, CacheConfig(policy=policy)):
+        out = _blockwise(model, same, mask, [1] * 4)
+        stats = cache_stats(model)
+    assert stats["full_steps"] == 1 and stats["block_steps"] == 3
+    assert max_err(out, ref) <= ATOL_FP32
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_block_steps_reuse_stale_kv(policy):
+    """Tokens change inside the block: the rows outside it keep the K/V of the last refresh, so the
+    logits move away from uncached (the cache is really reused), yet stay finite."""
+    model = tiny_llada()
+    seqs, mask = trajectory(model, batch=2, prompt_len=P, resp_len=R, steps=2, padded=False)
+    x = seqs[1].clone()
+    x[:, P + B : P + 2 * B] = 7  # the whole block decoded since the refresh
+    ref = _blockwise(model, [seqs[1], x], mask, [1, 1])
+    with cache_enabled(model, CacheConfig(policy=policy)):
+        out = _blockwise(model, [seqs[1], x], mask, [1, 1])
+        first = patch_module._state(model).branch().layers[0]
+    with cache_enabled(model, CacheConfig(policy=policy, block_refresh=1)):
+        _blockwise(model, [seqs[1], x], mask, [1, 1])
+        fresh = patch_module._state(model).branch().layers[0]
+    assert max_err(out[:1], ref[:1]) <= ATOL_FP32
+    assert max_err(out[1:], ref[1:]) > 1e-4 and torch.isfinite(out[1]).all()
+    # layer 0 sees embeddings only: the recomputed rows' K/V written back are the fresh ones
+    lo, hi = P + B, P + 2 * B if policy == "block-dual" else P + R
+    assert max_err([first.k[:, :, lo:hi], first.v[:, :, lo:hi]], [fresh.k[:, :, lo:hi], fresh.v[:, :, lo:hi]]) <= 1e-6
+
+
+def _recorded_rows(monkeypatch):
+    rows = []
+    real = patch_module.block_rows_forward
+
+    def recording(parts, dims, store, ctx, x):
+        rows.append(ctx.rows_index.tolist())
+        return real(parts, dims, store, ctx, x)
+
+    monkeypatch.setattr(patch_module, "block_rows_forward", recording)
+    return rows
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("factory", [tiny_llada, tiny_dream], ids=["llada", "dream"])
+def test_what_each_policy_recomputes(monkeypatch, policy, factory):
+    """Fixed schedule, 4 blocks of 4 tokens, 2 steps per block: each block starts with a full
+    refresh; its second step recomputes the block (dual; on Dream also the row predicting its first
+    token) or the block and everything after it (prefix), in every layer."""
+    model = factory()
+    shift = 1 if factory is tiny_dream else 0
+    rows = _recorded_rows(monkeypatch)
+    ids = torch.randint(0, 200, (2, P), generator=torch.Generator().manual_seed(0))
+    with cache_enabled(model, CacheConfig(policy=policy)):
+        generate(model, ids, gen_length=R, steps=8, block_length=B)
+        stats = cache_stats(model)
+        memory = cache_memory(model)
+    n_layers = model.config.num_hidden_layers if shift else model.config.n_layers
+    assert stats["full_steps"] == 4 and stats["block_steps"] == 4
+    assert len(rows) == 4 * n_layers
+    L = P + R
+    for b in range(4):
+        lo = P + b * B - shift
+        expected = list(range(lo, L)) if policy == "block-prefix" else list(range(lo, P + (b + 1) * B))
+        assert rows[b * n_layers : (b + 1) * n_layers] == [expected] * n_layers, b
+    counted = sum(len(r) - (r[0] < P) for r in rows[::n_layers])  # response rows recomputed per step
+    assert stats["tokens_recomputed"] == 2 * n_layers * counted
+    assert stats["tokens_total"] == 2 * n_layers * R * 4
+    assert memory["response_deltas"] == 0 and memory["prompt_deltas"] == 0  # K/V only
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("factory", [tiny_llada, tiny_dream], ids=["llada", "dream"])
+@pytest.mark.parametrize("sampler", [dict(), dict(threshold=0.05), dict(factor=3.0)], ids=["fixed", "thr", "factor"])
+def test_sampler_refreshed_every_step_equals_uncached(policy, factory, sampler):
+    model = factory()
+    ids = torch.randint(0, 200, (3, P), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    ids[0, :3] = model.config.pad_token_id
+    ref = generate(model, ids, mask, gen_length=R, steps=R, block_length=B, **sampler)
+    with cache_enabled(model, CacheConfig(policy=policy, block_refresh=1)):
+        out = generate(model, ids, mask, gen_length=R, steps=R, block_length=B, **sampler)
+    assert torch.equal(out, ref)
+
+
+def _measured_flops(model, **kw):
+    ids = torch.randint(0, 200, (2, P), generator=torch.Generator().manual_seed(1))
+    counter = FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas())
+    with counter:
+        generate(model, ids, gen_length=R, block_length=B, **kw)
+    return int(counter.get_total_flops())
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize(
+    "factory", [tiny_llada, tiny_dream, lambda: tiny_llada(weight_tying=True)], ids=["llada", "dream", "tied"]
+)
+def test_flops_count_the_policy_as_the_engine_runs_it(policy, factory):
+    """The whole generation under FlopCounterMode equals the analytic count: fixed schedule with
+    a refresh every 3 steps, and parallel decoding through its recorded steps per block."""
+    model = factory()
+    dims = ModelDims.from_config(model.config)
+    tied = getattr(model.config, "weight_tying", False)
+    head = P + R if tied else None  # no head module to patch: logits on every row
+    config = CacheConfig(policy=policy, block_refresh=3)
+    with cache_enabled(model, config):
+        measured = _measured_flops(model, steps=R)
+        assert measured == generation_cost(dims, 2, P, R, R, config, B, logits_tokens=head).flops
+        trace = DecodeTrace()
+        measured = _measured_flops(model, steps=R, threshold=0.05, trace=trace)
+    per_block = steps_per_block(trace.rows(), R // B)
+    assert sum(per_block) < R
+    cost = generation_cost(dims, 2, P, R, R, config, B, logits_tokens=head, steps_per_block=per_block)
+    assert measured == cost.flops
+    assert cost.step_counts["full"] == 4 + sum((n - 1) // 3 for n in per_block)
+    # the dual cache does less than the prefix cache, both less than uncached
+    uncached = generation_cost(dims, 2, P, R, R, None, B).flops
+    assert generation_cost(dims, 2, P, R, R, config, B).flops < uncached
+
+
+def test_block_schedule_kinds_and_rows():
+    llada = block_schedule(CacheConfig(policy="block-dual", block_refresh=2), P, R, B, [3, 1, 2, 2])
+    assert [k for k, _, _ in llada] == ["full", "block", "full", "full", "full", "block", "full", "block"]
+    assert {rows for _, rows, _ in llada if rows} == {B}
+    prefix = block_schedule(CacheConfig(policy="block-prefix"), P, R, B, [2, 2, 2, 2], logit_shift=1)
+    assert [rows for _, rows, _ in prefix if rows] == [R + 1, R - B + 1, R - 2 * B + 1, B + 1]
+
+
+def test_config_keeps_the_two_families_apart():
+    with pytest.raises(ValueError, match="do not apply to policy='block-dual'"):
+        CacheConfig(policy="block-dual", selection="frontier")
+    with pytest.raises(ValueError, match="block policies only"):
+        CacheConfig(block_refresh=2)
+    with pytest.raises(ValueError, match="policy must be one of"):
+        CacheConfig(policy="dual")
+    with pytest.raises(ValueError, match="block_refresh must be an integer"):
+        CacheConfig(policy="block-dual", block_refresh=0)

@@ -1,0 +1,118 @@
+"""eval/peers.py on CPU without the peers' code (never committed): identical weights by parameter
+name, the Fast-dLLM transfer stand-in, the plan built from decoding traces, and our worker end to
+end through its own process, with stacked.json / .md / .png."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from eval import peers  # noqa: E402
+
+
+class _Two(torch.nn.Module):
+    def __init__(self, order):
+        super().__init__()
+        for name in order:  # the same names, registered in another order
+            setattr(self, name, torch.nn.Linear(4, 4))
+
+
+def test_init_by_name_ignores_parameter_order():
+    a, b = _Two(["x", "y"]), _Two(["y", "x"])
+    peers.init_by_name(a, seed=3, std=0.1)
+    peers.init_by_name(b, seed=3, std=0.1)
+    assert torch.equal(a.x.weight, b.x.weight) and torch.equal(a.y.weight, b.y.weight)
+    assert not torch.equal(a.x.weight, a.y.weight) and (a.x.bias == 0).all()
+    peers.init_by_name(b, seed=4, std=0.1)
+    assert not torch.equal(a.x.weight, b.x.weight)
+
+
+def test_replay_transfer_keeps_the_recorded_count_of_most_confident_tokens():
+    calls = []
+
+    def original(logits, temperature, remasking, mask_index, x, num, threshold=None):
+        calls.append(threshold)
+        return logits.argmax(-1), torch.zeros_like(mask_index)
+
+    logits = torch.zeros(1, 5, 7)
+    for i, p in enumerate([3.0, 9.0, 1.0, 7.0, 5.0]):
+        logits[0, i, i] = p
+    mask = torch.tensor([[True, True, True, True, False]])
+    transfer = peers.replay_transfer(original, [2, 1])
+    assert transfer(logits, 0.0, "low_confidence", mask, None, None, 0.9)[1].tolist() == [[False, True, False, True, False]]
+    assert transfer(logits, 0.0, "low_confidence", mask, None, None, 0.9)[1].tolist() == [[False, True, False, False, False]]
+    transfer.reset()
+    assert transfer(logits, 0.0, "low_confidence", mask, None, None, 0.9)[1].sum() == 2
+    assert calls == [0.9] * 3  # the peer's own function ran every time
+    assert peers.replay_transfer(original, None)(logits, 0.0, "x", mask, None, None)[1].sum() == 0
+
+
+def _traces(tmp_path, gen=16, block=8, names=("threshold0.9_none", "threshold0.9_default", "threshold0.9_block-dual")):
+    from dllm_cache.trace import write_trace
+
+    rows = [{"blocks": [[3, 3, 2], [4, 4]], "stopped": False}]
+    for i, name in enumerate(names):
+        write_trace(tmp_path / f"traces_t_{name}.json", rows,
+                    {"gen_length": gen, "block_length": block, "accuracy": 0.5 + 0.01 * i, "uncached_accuracy": 0.52})
+    return str(tmp_path / "traces_t")
+
+
+def _args(**kw):
+    base = dict(traces=None, workload="gsm8k", dllm_cache_repo=None, fast_dllm_repo=None, compile=False,
+                prompt_len=None, gen_len=None, block_length=None)
+    return type("A", (), {**base, **kw})()
+
+
+def test_plan_takes_lengths_and_accuracies_from_the_traces(tmp_path):
+    prefix = _traces(tmp_path)
+    settings, w, notes = peers.plan(_args(traces=prefix, dllm_cache_repo="x", fast_dllm_repo="y"))
+    assert (w["gen_len"], w["block_length"], w["steps"], w["prompt_len"]) == (16, 8, 16, 700)
+    ours = {s["setting"]: s for s in settings["ours"]}
+    assert list(ours) == ["uncached, 1 token/step", "cache (Kp 100, Kr 8, r 0.25)", "threshold 0.9",
+                          "cache + threshold 0.9", "block-dual cache + threshold 0.9"]
+    assert ours["uncached, 1 token/step"]["proxy_accuracy"] == 0.52
+    assert ours["block-dual cache + threshold 0.9"]["cache"]["policy"] == "block-dual"
+    assert ours["cache (Kp 100, Kr 8, r 0.25)"]["proxy_accuracy"] is None  # no fixed_default trace
+    fast = settings["fast-dllm"][0]
+    assert fast["trace_row"]["blocks"] == [[3, 3, 2], [4, 4]] and fast["same_as"] == "block-dual cache + threshold 0.9"
+    assert settings["dllm-cache-original"][0]["peer_cache"]["response_interval"] == 8
+    assert any("fixed_default: missing" in n for n in notes)
+    _traces(tmp_path, gen=32, names=("threshold0.9_none",))
+    with pytest.raises(SystemExit, match="different gen_length"):
+        peers.plan(_args(traces=prefix))
+
+
+def test_run_ours_end_to_end_and_report(tmp_path, capsys):
+    prefix = _traces(tmp_path)
+    out = tmp_path / "stacked.json"
+    stale = {"impl": "ours", "setting": "best: old", "workload": "gsm8k", "batch": 1, "gen_length": 16, "device": "cpu"}
+    other = {**stale, "setting": "kept", "workload": "hotpotqa"}
+    out.write_text(json.dumps([stale, other]))
+    assert peers.main(["run", "--shape", "tiny-llada", "--traces", prefix, "--prompt-len", "8", "--device", "cpu",
+                       "--no-compile", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert rows[0]["setting"] == "kept" and not any(r["setting"] == "best: old" for r in rows)
+    mine = [r for r in rows if r["workload"] == "gsm8k"]
+    assert all(r["impl"] == "ours" and not r["error"] for r in mine), mine
+    for key in ("impl", "setting", "workload", "batch", "gen_length", "seconds", "tokens_per_s", "speedup",
+                "proxy_accuracy", "device"):
+        assert all(key in r for r in mine)
+    by = {r["setting"]: r for r in mine}
+    assert by["uncached, 1 token/step"]["speedup"] == 1.0 and by["uncached, 1 token/step"]["steps"] == 16
+    for name in ("threshold 0.9", "cache + threshold 0.9", "block-dual cache + threshold 0.9"):
+        assert by[name]["steps"] == 5 and by[name]["tokens_per_s"] == pytest.approx(16 / by[name]["seconds"])
+    best = [r for r in mine if r["setting"].startswith("best: ")]
+    # the fastest of ours whose proxy accuracy is within a point of uncached (52%: the 50% trace is out)
+    eligible = [r for r in mine if not r["baseline"] and (r["proxy_accuracy"] is None or r["proxy_accuracy"] >= 0.51)]
+    assert by["threshold 0.9"]["proxy_accuracy"] == 0.5 and by["threshold 0.9"] not in eligible
+    assert len(best) == 1 and best[0]["tokens_per_s"] == max(r["tokens_per_s"] for r in eligible)
+    assert (tmp_path / "stacked.md").read_text().count("| gsm8k | 1 | 16 | ours |") == 6
+    assert (tmp_path / "stacked.png").stat().st_size > 0
