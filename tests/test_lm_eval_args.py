@@ -27,8 +27,8 @@ def test_wrong_family_and_bad_choices_fail_at_construction(llada_dir, dream_dir)
         DLLMCacheLM(pretrained=str(llada_dir), device="cpu", alg="bogus")
     with pytest.raises(ValueError, match="alg must be one of"):
         DLLMCacheLM(pretrained=str(dream_dir), device="cpu", alg="bogus")
-    with pytest.raises(ValueError, match="block_length=4 is an option of the llada sampler"):
-        DLLMCacheLM(pretrained=str(dream_dir), device="cpu", block_length="4")
+    with pytest.raises(ValueError, match="cfg_scale=1.5 is an option of the llada sampler"):
+        DLLMCacheLM(pretrained=str(dream_dir), device="cpu", cfg_scale="1.5")
     with pytest.raises(ValueError, match="remasking must be one of"):
         DLLMCacheLM(pretrained=str(llada_dir), device="cpu", remasking="nope")
 
