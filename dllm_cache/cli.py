@@ -12,10 +12,10 @@ eval:     lm-eval with the `dllm_cache` model registered. Needs a source checkou
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
+import os
+import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -63,12 +63,17 @@ def _load(model_arg: str | None, device: str, dtype: torch.dtype):
 
 
 def _eval_checkout() -> bool:
-    """eval/ (lm-eval glue, task YAMLs, data) is not installed: reach it from a source checkout."""
-    if not (CHECKOUT / "eval" / "lm_eval_model.py").exists():
-        return False
-    if str(CHECKOUT) not in sys.path:
-        sys.path.insert(0, str(CHECKOUT))
-    return True
+    """eval/ (lm-eval glue, task YAMLs, data) is not installed: it is there in a source checkout only."""
+    return (CHECKOUT / "eval" / "lm_eval_launch.py").exists()
+
+
+def _launcher(args: list[str], capture: bool = False) -> subprocess.CompletedProcess:
+    """Run the checkout's `python -m eval.lm_eval_launch ARGS` in its own process: the library never
+    imports eval/ (a wheel has none), so the lm-eval glue runs from the checkout beside it."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHECKOUT), env.get("PYTHONPATH")) if p)
+    return subprocess.run([sys.executable, "-m", "eval.lm_eval_launch", *args], env=env, text=True,
+                          capture_output=capture, check=False)
 
 
 def _prompts(tok, args, vocab: int, special: set[int]) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
@@ -192,20 +197,10 @@ def eval_help() -> str:
             "\n`dllm-cache eval` needs a source checkout (its eval/ folder: lm-eval glue, task YAMLs, data),\n"
             "which a wheel install does not have: clone the repository and `pip install -e \".[eval]\"` there.\n"
         )
-    from eval.lm_eval_model import DLLMCacheLM
-
-    doc = inspect.getdoc(DLLMCacheLM) or ""
-    args_doc = textwrap.dedent(doc.split("Args", 1)[1].split("\n", 1)[1]) if "Args" in doc else doc
-    params = list(inspect.signature(DLLMCacheLM.__init__).parameters.values())[1:]
-    defaults = ", ".join(
-        f"{p.name}=" + ("(required)" if p.default is inspect.Parameter.empty else str(p.default)) for p in params
-    )
-    return (
-        head
-        + "\ndllm_cache model arguments (--model_args key=value,key=value,...):\n"
-        + "\n".join("  " + line for line in args_doc.splitlines())
-        + "\n\ndefaults: " + defaults + "\n\nlm-eval's own options follow (`lm-eval run --help`).\n"
-    )
+    listing = _launcher(["--model-args-help"], capture=True)
+    if listing.returncode:
+        raise SystemExit(f"dllm-cache eval: could not list the model arguments:\n{listing.stderr[-2000:]}")
+    return head + "\n" + listing.stdout + "\nlm-eval's own options follow (`lm-eval run --help`).\n"
 
 
 def cmd_eval(argv: list[str]) -> int:
@@ -219,9 +214,7 @@ def cmd_eval(argv: list[str]) -> int:
             "`dllm-cache eval` needs a source checkout of dllm-cache (its eval/ folder: lm-eval glue, task YAMLs, "
             "data); a wheel install does not have it. Clone the repository and `pip install -e \".[eval]\"` there."
         )
-    from eval.lm_eval_launch import main
-
-    return main(argv)
+    return _launcher(argv).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -118,9 +118,36 @@ def expand_preset(argv: list[str], name: str) -> list[str]:
     return [*argv, *additions]
 
 
+MODEL_ARGS_HELP = "--model-args-help"  # prints model_args_help() (for `dllm-cache eval --help`) and exits
+
+
+def model_args_help() -> str:
+    """The dllm_cache model arguments with their defaults, read from the model class so the help
+    stays in step with it."""
+    import inspect
+    import textwrap
+
+    from eval.lm_eval_model import DLLMCacheLM
+
+    doc = inspect.getdoc(DLLMCacheLM) or ""
+    args_doc = textwrap.dedent(doc.split("Args", 1)[1].split("\n", 1)[1]) if "Args" in doc else doc
+    params = list(inspect.signature(DLLMCacheLM.__init__).parameters.values())[1:]
+    defaults = ", ".join(
+        f"{p.name}=" + ("(required)" if p.default is inspect.Parameter.empty else str(p.default)) for p in params
+    )
+    return (
+        "dllm_cache model arguments (--model_args key=value,key=value,...):\n"
+        + "\n".join("  " + line for line in args_doc.splitlines())
+        + "\n\ndefaults: " + defaults + "\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point for `python -m eval.lm_eval_launch` and `dllm-cache eval`; returns an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == [MODEL_ARGS_HELP]:
+        print(model_args_help(), end="")
+        return 0
     try:
         argv, preset, compare = split_launcher_options(argv)
         if preset:
