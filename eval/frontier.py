@@ -25,7 +25,6 @@ import json
 import math
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.tiny import tasks
-from eval.tiny.evaluate import GEN_SETTINGS, accuracy_of, load_model, sampler_settings
+from eval.tiny.evaluate import GEN_SETTINGS, accuracy_of, load_model, mean_flops, prompt_lengths
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASK_NAMES = {"arith": "arith", "hotpot": "multihop"}  # family -> name in the reports
@@ -87,23 +86,6 @@ def _config_fields(cfg) -> dict | None:
     if cfg is None:
         return None
     return {k: v for k, v in asdict(cfg).items() if k not in ("cuda_graphs", "compile")}
-
-
-def prompt_lengths(tok, family: str, examples: list[dict]) -> Counter:
-    """How many examples have each prompt length (tokens, unpadded)."""
-    prompts = [tasks.prompt_and_target(family, ex)[0] for ex in examples]
-    return Counter(len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"])
-
-
-def mean_flops(model, lengths: Counter, settings: dict, cfg) -> float:
-    """Mean analytic FLOPs of one generation (batch 1, each example's unpadded prompt length)."""
-    from dllm_cache import flops
-
-    dims = flops.ModelDims.from_config(model.config)
-    block = sampler_settings(model, settings).get("block_length")
-    total = sum(n * flops.generation_flops(dims, 1, P, settings["gen_length"], settings["steps"], cfg, block)
-                for P, n in lengths.items())
-    return total / max(1, sum(lengths.values()))
 
 
 def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpot"), only: list[str] | None = None,

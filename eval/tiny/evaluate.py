@@ -19,6 +19,7 @@ import contextlib
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -127,21 +128,28 @@ def cache_configs(sweep: bool = True, thresholds: tuple[float, ...] = ()) -> lis
     return configs
 
 
+def prompt_lengths(tok, family: str, examples: list[dict]) -> Counter:
+    """How many examples have each prompt length (tokens, unpadded)."""
+    prompts = [tasks.prompt_and_target(family, ex)[0] for ex in examples]
+    return Counter(len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"])
+
+
+def mean_flops(model, lengths: Counter, settings: dict, config) -> float:
+    """Mean analytic FLOPs of one generation (batch 1, each example's unpadded prompt length), with
+    the block length the model's sampler actually uses."""
+    from dllm_cache import flops
+
+    dims = flops.ModelDims.from_config(model.config)
+    block = sampler_settings(model, settings).get("block_length")
+    total = sum(n * flops.generation_flops(dims, 1, P, settings["gen_length"], settings["steps"], config, block)
+                for P, n in lengths.items())
+    return total / max(1, sum(lengths.values()))
+
+
 def analytic_flops(model, tok, family: str, examples: list[dict], settings: dict, config) -> float | None:
-    """Mean FLOPs per example (batch 1, unpadded prompt) from dllm_cache.flops; None if unavailable."""
+    """mean_flops over `examples`; None if unavailable (the column is optional here)."""
     try:
-        from dllm_cache import flops
-    except ImportError:
-        return None
-    try:
-        dims = flops.ModelDims.from_config(model.config)
-        total = 0
-        for ex in examples:
-            P = len(tok(tasks.prompt_and_target(family, ex)[0], add_special_tokens=False)["input_ids"])
-            total += flops.generation_flops(
-                dims, 1, P, settings["gen_length"], settings["steps"], config, settings["block_length"]
-            )
-        return total / max(1, len(examples))
+        return mean_flops(model, prompt_lengths(tok, family, examples), settings, config)
     except Exception as err:  # the FLOPs column is optional
         print(f"[evaluate] FLOPs unavailable: {err!r}", file=sys.stderr)
         return None
