@@ -57,6 +57,29 @@ def test_arith_examples_are_well_formed_and_long():
         assert all(any(u == a for u in it) for a in amounts), (ex["question"], steps)
 
 
+def test_arith_drills_are_right_and_fit_the_response(tok):
+    """Drills: every equation right and chained (each starts from the previous result), the
+    prompt lists exactly the operations the solution performs, no unknown token, <= 250 tokens."""
+    import re
+
+    for i in range(200):
+        ex = tasks.make_arith_drill(tasks.example_rng("arith", "train", 3, i))
+        steps, final = ex["answer"].split("\n#### ")
+        equations = re.findall(r"(\d+) ([-+*/]) (\d+) = (\d+)\.", steps)
+        assert 12 <= len(equations) <= 24
+        value = int(ex["question"].split()[0])
+        for (a, op, b, c), asked in zip(equations, ex["question"][:-2].split(" , ")):
+            assert int(a) == value and asked.split()[-2:] == [op, b]
+            assert _OPS[op](int(a), int(b)) == int(c) and (op != "/" or int(a) % int(b) == 0)
+            assert all(0 <= int(v) <= tasks.MAX_VALUE for v in (a, b, c))
+            value = int(c)
+        assert int(final) == value
+        prompt, target = tasks.prompt_and_target("arith", ex)
+        ids = tok([prompt, target], add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids[0] + ids[1]
+        assert len(ids[1]) <= tasks.ARITH_SOLUTION_TOKENS[1]
+
+
 def test_hotpot_examples_need_two_paragraphs():
     lo, hi = tasks.TEST_CONTEXT_TOKENS
     for ex in tasks.test_examples("hotpot", 40):

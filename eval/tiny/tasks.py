@@ -267,6 +267,44 @@ def _arith_scene(rng: random.Random, n_ops: int) -> dict[str, str]:
     return {"question": " ".join(question_lines + [ask]), "answer": " ".join(steps) + f"\n#### {value}"}
 
 
+def make_arith_drill(rng: random.Random, n_ops: int | None = None) -> dict[str, str]:
+    """A training-only drill: a chain of `n_ops` (default 12-24) operations written in symbols
+    ("Question: 51 + 17 , - 24 , * 2 ?") whose solution is the bare equations ("51 + 17 = 68. 68 - 24
+    = 44. ..."), every quantity in 0..99 as in `make_arith`.
+
+    Why: in a worked word problem ~3% of the response tokens are computed digits, so the first
+    proxies learnt the format and copied operands but never learnt two-digit sums. A drill packs
+    ~25% computed digits, in the same "a + b = c." form the solutions use. Its prompt has no words,
+    so it never competes with the word-problem format. Returns {"question", "answer"}.
+    """
+    lo, hi = ARITH_SOLUTION_TOKENS
+    while True:
+        k = n_ops or rng.randint(12, 24)
+        value = rng.randint(10, 60)
+        ops, steps = [], []
+        while len(ops) < k:
+            kind = rng.choice(["add", "add", "sub", "sub", "mul", "div"])
+            if kind == "mul" and (ms := [m for m in (2, 3) if value * m <= MAX_VALUE]):
+                op, n = "*", rng.choice(ms)
+                new = value * n
+            elif kind == "div" and value >= 4 and (ds := [d for d in range(2, 7) if value % d == 0]):
+                op, n = "/", rng.choice(ds)
+                new = value // n
+            elif kind == "sub" and (n := _sub_amount(rng, value)):
+                op, new = "-", value - n
+            elif kind in ("add", "mul", "div") and (n := _add_amount(rng, value)):
+                op, new = "+", value + n
+            else:
+                continue
+            ops.append(f"{op} {n}")
+            steps.append(f"{value} {op} {n} = {new}.")
+            value = new
+        start = steps[0].split(" ", 1)[0]
+        example = {"question": f"{start} " + " , ".join(ops) + " ?", "answer": " ".join(steps) + f"\n#### {value}"}
+        if count_tokens(" " + example["answer"]) <= hi:
+            return example
+
+
 # ----------------------------------------------------------------------------- multi-hop QA
 def _city_paragraph(rng: random.Random, city: str, country: str, river: str, force_river: bool) -> str:
     first = rng.choice(

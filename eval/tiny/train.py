@@ -18,6 +18,8 @@ curriculum: retrieval is learnt faster where the answer is a larger share of the
 first 17 minutes used a third), the rest have 1k-4k-token contexts like the held-out set.
 --single-hop-frac of the hotpot rows ask one fact (the hop the two-hop questions chain), a direct
 signal for retrieval, which the first runs, on two-hop rows alone, did not learn in 400M tokens.
+--drill-frac of the arith rows are symbol drills (`tasks.make_arith_drill`): the first runs learnt
+the solution format and copied operands, but wrote "31 + 3 = 47" (sums ~3% of the tokens).
 Prompts are left padded with <|pad|> and
 masked out of attention, exactly as at generation time. The data stream is a pure function of
 (seed, step), so --resume continues it.
@@ -63,8 +65,9 @@ RESIDUAL_OUTPUTS = {"llada": ("attn_out", "ff_out"), "dream": ("o_proj", "down_p
 
 # Response length R per family: the generation length the held-out sets are evaluated with.
 RESPONSE_LENGTH = {"arith": 256, "hotpot": 32}
-SHORT_CONTEXT_FRAC = 0.5  # hotpot batches with 1-20 distractors (curriculum), the rest 1k-4k tokens
+SHORT_CONTEXT_FRAC = 0.5  # hotpot batches with 0-20 distractors (curriculum), the rest 1k-4k tokens
 SINGLE_HOP_FRAC = 0.3  # hotpot rows asking one fact (tasks.make_hotpot hops=1): a direct signal per hop
+DRILL_FRAC = 0.4  # arith rows that are symbol drills (tasks.make_arith_drill): dense two-digit sums
 MASK_EPS = 1e-3
 EXPORT_SHARD = "15MB"
 MAX_SEQUENCE_LENGTH = 4608
@@ -116,7 +119,7 @@ class BatchMaker:
 
     def __init__(
         self, tok, seed: int, seq_len: int, batch_size: int, hotpot_frac: float, max_rows: int, n_test: int = tasks.N_TEST,
-        single_hop_frac: float = SINGLE_HOP_FRAC,
+        single_hop_frac: float = SINGLE_HOP_FRAC, drill_frac: float = DRILL_FRAC,
     ):
         self.tok = tok
         self.seed = seed
@@ -124,6 +127,7 @@ class BatchMaker:
         self.budget = batch_size * seq_len
         self.hotpot_frac = hotpot_frac
         self.single_hop_frac = single_hop_frac
+        self.drill_frac = drill_frac
         self.max_rows = max_rows
         self.test_filter = tasks.TestPromptFilter(n_test)
         self.eos, self.pad = tok.eos_token_id, tok.pad_token_id
@@ -133,8 +137,8 @@ class BatchMaker:
         self.max_distractors = max(1, (seq_len - R - 70) // tasks.PARAGRAPH_TOKENS - 2)
 
     def _distractors(self, rng: random.Random) -> int:
-        if rng.random() < SHORT_CONTEXT_FRAC:
-            return rng.randint(1, min(20, self.max_distractors))
+        if rng.random() < SHORT_CONTEXT_FRAC:  # 0-20, skewed towards few (easy retrieval, many rows)
+            return min(int(21 * rng.random() ** 2), self.max_distractors)
         count = tasks.hotpot_distractors_for_tokens(rng, *tasks.TEST_CONTEXT_TOKENS)
         return max(1, min(count, self.max_distractors))
 
@@ -154,7 +158,8 @@ class BatchMaker:
             ex_rng = tasks.example_rng(family, "train", self.seed, step * 100_000 + index)
             index += 1
             if family == "arith":
-                example = tasks.make_arith(ex_rng)
+                drill = ex_rng.random() < self.drill_frac
+                example = tasks.make_arith_drill(ex_rng) if drill else tasks.make_arith(ex_rng)
             else:
                 hops = 1 if ex_rng.random() < self.single_hop_frac else 2
                 example = tasks.make_hotpot(ex_rng, distractors, hops=hops)
@@ -326,6 +331,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hotpot-frac", type=float, default=0.5, help="fraction of batches from the hotpot family")
     p.add_argument("--single-hop-frac", type=float, default=SINGLE_HOP_FRAC,
                    help="fraction of hotpot rows that ask one fact (the hop the two-hop questions chain)")
+    p.add_argument("--drill-frac", type=float, default=DRILL_FRAC,
+                   help="fraction of arith rows that are symbol drills (chains of two-digit sums)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr-frac", type=float, default=0.1)
     p.add_argument("--warmup", type=int, default=100)
@@ -467,7 +474,7 @@ def main(argv: list[str] | None = None) -> dict:
     workers = args.workers if args.workers is not None else max(0, min(6, (os.cpu_count() or 2) - 1))
     maker_kwargs = dict(
         seed=args.seed, seq_len=args.seq_len, batch_size=args.batch_size, hotpot_frac=args.hotpot_frac, max_rows=args.max_rows,
-        single_hop_frac=args.single_hop_frac,
+        single_hop_frac=args.single_hop_frac, drill_frac=args.drill_frac,
     )
     stream = BatchStream(tok_dir, step0, **maker_kwargs)
     loader = torch.utils.data.DataLoader(

@@ -4,6 +4,7 @@
 #   bash eval/tiny/train_proxies.sh MINUTES TOTAL_MINUTES [INIT_DIR]
 #   (env: EVAL_EVERY=minutes between quick held-out evals, default 0 = only the final one;
 #    HOTPOT_FRAC=share of multi-hop batches, default 0.5; ARCHS="llada dream" which models;
+#    TRAIN_ARGS="--lr 5e-4 --warmup 300" extra eval.tiny.train arguments;
 #    COMPILE=1 to torch.compile the training step: 2.2-2.4x the tokens/s on an H100 after ~55 s
 #    of compiling, eval/results/proxy_training/train_profile_h100.txt)
 #
@@ -38,7 +39,7 @@ for arch in ${ARCHS:-llada dream}; do
   echo "[proxies] $arch: ${start[*]}"
   python -m eval.tiny.train --out "$run" "${start[@]}" --max-minutes "$MINUTES" --total-minutes "$TOTAL" \
     ${COMPILE:+--compile} --device cuda --workers 6 --eval-n 64 --eval-every-minutes "${EVAL_EVERY:-0}" --hotpot-frac "${HOTPOT_FRAC:-0.5}" \
-    --export-dir "$STAGE/$arch" >>"$STAGE/train_$arch.log" 2>&1 &
+    --export-dir "$STAGE/$arch" ${TRAIN_ARGS:-} >>"$STAGE/train_$arch.log" 2>&1 &
 done
 wait
 for arch in ${ARCHS:-llada dream}; do
