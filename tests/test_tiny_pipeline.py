@@ -349,3 +349,44 @@ def test_train_resume_and_evaluate(tmp_path):
         assert rows[name]["threshold"] == 0.0 and rows[name]["steps_per_generation"] == 2
         assert rows[name]["flops_per_example"] is None  # analytic FLOPs assume the fixed schedule
     assert rows["default thr=0.0"]["cache_stats"]["steps"] == 2  # both examples in one batch
+
+
+def test_suffix_masking_hides_everything_after_a_cut_within_the_target():
+    """Suffix rows: from some cut inside the target (or at its end) every response token is masked,
+    the prompt never is; the cut falls at different places; plain rows (suffix_frac 0) do not
+    always mask a whole suffix."""
+    import torch
+
+    from eval.tiny import train
+
+    torch.manual_seed(0)
+    rows, P, R, target, mask_id, eos = 64, 6, 12, 7, 99, 2
+    ids = torch.randint(3, 50, (rows, P + R))
+    ids[:, P + target :] = eos
+    batch = train.Batch("arith", ids, torch.ones_like(ids), R, 0)
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, attention_mask=None):
+            seen["x"] = x.clone()
+            return type("Out", (), {"logits": torch.zeros(*x.shape, 100, requires_grad=True)})()
+
+    def suffix_starts(x):
+        masked = x == mask_id
+        assert not masked[:, :P].any()
+        starts = []
+        for row in masked[:, P:]:
+            i = R
+            while i > 0 and row[i - 1]:
+                i -= 1
+            starts.append(i)  # first position of the all-masked tail
+        return starts
+
+    loss, count = train.masked_diffusion_loss(Spy(), batch, mask_id, suffix_frac=1.0, eos_id=eos)
+    starts = suffix_starts(seen["x"])
+    assert all(s <= target for s in starts) and len(set(starts)) > 3
+    assert torch.isfinite(loss) and count > 0
+    train.masked_diffusion_loss(Spy(), batch, mask_id, suffix_frac=0.0, eos_id=eos)
+    assert any(s > target for s in suffix_starts(seen["x"]))
+    with pytest.raises(ValueError, match="eos_id"):
+        train.masked_diffusion_loss(Spy(), batch, mask_id, suffix_frac=0.5)

@@ -18,6 +18,9 @@ curriculum: retrieval is learnt faster where the answer is a larger share of the
 first 17 minutes used a third), the rest have 1k-4k-token contexts like the held-out set.
 --single-hop-frac of the hotpot rows ask one fact (the hop the two-hop questions chain), a direct
 signal for retrieval, which the first runs, on two-hop rows alone, did not learn in 400M tokens.
+--suffix-frac of the rows mask the response from a random cut on, as semi-AR decoding sees it
+(`masked_diffusion_loss`): under uniform masking alone a result can be copied from its later
+restatement, and the first proxies never learnt to compute one.
 --drill-frac of the arith rows are symbol drills (`tasks.make_arith_drill`): the first runs learnt
 the solution format and copied operands, but wrote "31 + 3 = 47" (sums ~3% of the tokens).
 Prompts are left padded with <|pad|> and
@@ -67,6 +70,7 @@ RESIDUAL_OUTPUTS = {"llada": ("attn_out", "ff_out"), "dream": ("o_proj", "down_p
 RESPONSE_LENGTH = {"arith": 256, "hotpot": 32}
 SHORT_CONTEXT_FRAC = 0.5  # hotpot batches with 0-20 distractors (curriculum), the rest 1k-4k tokens
 SINGLE_HOP_FRAC = 0.3  # hotpot rows asking one fact (tasks.make_hotpot hops=1): a direct signal per hop
+SUFFIX_FRAC = 0.5  # rows masked from a random cut on, so results must be computed, not copied
 DRILL_FRAC = 0.4  # arith rows that are symbol drills (tasks.make_arith_drill): dense two-digit sums
 MASK_EPS = 1e-3
 EXPORT_SHARD = "15MB"
@@ -215,10 +219,25 @@ def collate_identity(x):
 
 
 # ----------------------------------------------------------------------------- objective
-def masked_diffusion_loss(model, batch: Batch, mask_id: int, generator: torch.Generator | None = None, shifted: bool = False):
+def masked_diffusion_loss(
+    model,
+    batch: Batch,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+    shifted: bool = False,
+    suffix_frac: float = 0.0,
+    eos_id: int | None = None,
+):
     """LLaDA SFT loss of a batch on the model's device -> (loss, masked token count as a tensor).
 
-    `shifted` (Dream): the logits at position i - 1 predict token i."""
+    `shifted` (Dream): the logits at position i - 1 predict token i.
+    `suffix_frac`: that share of rows also masks every response token from a random cut on (cut
+    uniform over the target, before the eos padding, found from `eos_id`), as semi-autoregressive
+    decoding sees it. Why: the solutions restate each result ("= 68. Now she has 68"), so under
+    uniform masking a result can nearly always be copied from a later visible restatement, and the
+    model never has to compute it; generation decodes left to right, where nothing later is known.
+    Suffix rows keep the loss scale (1/p of the masked tokens over R, with p the row's masked share).
+    """
     ids, attn = batch.input_ids, batch.attention_mask
     rows, L = ids.shape
     R = batch.response_len
@@ -228,6 +247,15 @@ def masked_diffusion_loss(model, batch: Batch, mask_id: int, generator: torch.Ge
     response[:, L - R :] = True
     draw = torch.rand(ids.shape, device=ids.device, generator=generator)
     masked = response & (draw < p[:, None])  # (rows, L)
+    if suffix_frac > 0:
+        if eos_id is None:
+            raise ValueError("suffix masking needs eos_id (to find where each target ends)")
+        target_len = (ids[:, L - R :] != eos_id).sum(1)  # (rows,) the target precedes the eos padding
+        cut = (torch.rand(rows, device=ids.device, generator=generator) * (target_len + 1)).long()
+        suffix_row = torch.rand(rows, device=ids.device, generator=generator) < suffix_frac
+        after = torch.arange(L, device=ids.device)[None, :] >= (L - R + cut)[:, None]  # (rows, L)
+        masked = masked | (suffix_row[:, None] & after)
+        p = torch.where(suffix_row, masked.sum(1).float() / R, p).clamp_min(1.0 / R)
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
     logits = model(noisy, attention_mask=attn).logits  # (rows, L, vocab)
     if shifted:  # masked positions are response positions >= 1, so i - 1 is always in range
@@ -331,6 +359,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hotpot-frac", type=float, default=0.5, help="fraction of batches from the hotpot family")
     p.add_argument("--single-hop-frac", type=float, default=SINGLE_HOP_FRAC,
                    help="fraction of hotpot rows that ask one fact (the hop the two-hop questions chain)")
+    p.add_argument("--suffix-frac", type=float, default=SUFFIX_FRAC,
+                   help="fraction of rows whose response is masked from a random cut on (semi-AR decoding's view)")
     p.add_argument("--drill-frac", type=float, default=DRILL_FRAC,
                    help="fraction of arith rows that are symbol drills (chains of two-digit sums)")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -418,6 +448,9 @@ def main(argv: list[str] | None = None) -> dict:
             for key in ("step", "train_seconds", "tokens", "examples"):
                 meta[key] = prev.get(key, meta[key])
             meta["evals"] = prev.get("evals", [])
+        # A fresh optimizer gets a fresh LR schedule: --total-minutes counts from here, not from
+        # the first run (otherwise a continued model trains at the floor LR from its first step).
+        meta["schedule_from_seconds"] = meta["train_seconds"]
     tok = load_or_build(tok_dir)
 
     torch.manual_seed(args.seed + meta["step"])
@@ -509,7 +542,8 @@ def main(argv: list[str] | None = None) -> dict:
         if time.time() >= deadline:
             break
         train_seconds = train_seconds0 + (time.time() - loop_start)
-        progress = step / args.steps if args.steps else train_seconds / horizon_s
+        schedule_seconds = train_seconds - float(meta.get("schedule_from_seconds", 0.0))
+        progress = step / args.steps if args.steps else schedule_seconds / horizon_s
         lr = lr_at(step, progress, args, rewarm_from=step0 if args.init_from and not args.resume else None)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -521,7 +555,9 @@ def main(argv: list[str] | None = None) -> dict:
             batch.step,
         )
         with torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16, enabled=on_cuda):
-            loss, _ = masked_diffusion_loss(train_model, batch, mask_id, shifted=arch == "dream")
+            loss, _ = masked_diffusion_loss(
+                train_model, batch, mask_id, shifted=arch == "dream", suffix_frac=args.suffix_frac, eos_id=config.eos_token_id
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
