@@ -16,10 +16,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/memor
 timeout 150 python -m eval.check_cuda_graphs >"$OUT/check_cuda_graphs.txt" 2>&1
 echo "check_cuda_graphs rc=$?" | tee -a "$OUT/check_cuda_graphs.txt"
 for shape in llada-8b dream-7b; do
-  timeout 150 python -m eval.memory --shape "$shape" --runs hotpotqa:1,4,8,16 gsm8k:1,8,16 16000/32:1 \
+  timeout 150 python -m eval.memory --shape "$shape" --runs hotpotqa:1,4,8,16 gsm8k:1,8,16 16000/32:1 --max-length 16384 \
     --out "$OUT/memory.json" 2>&1 | grep -v Warning | tail -14
 done
 B="python -m dllm_cache.bench --shape llada-8b --no-progress --out-dir $OUT --compile on"
 timeout 150 $B --workload gsm8k --batch-size 1 8 16 --max-steps 33 --tag llada8b-gsm8k-memory 2>&1 | tail -8
-timeout 90 $B --workload hotpotqa --batch-size 1 4 --tag llada8b-hotpotqa-memory 2>&1 | tail -8
+timeout 150 $B --workload hotpotqa --batch-size 1 4 --tag llada8b-hotpotqa-memory 2>&1 | tail -8
 tail -3 "$OUT/check_cuda_graphs.txt"

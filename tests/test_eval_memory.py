@@ -32,3 +32,15 @@ def test_run_specs():
     assert (name, workload.prompt_len, workload.steps, workload.block_length) == ("prompt16000-gen32", 16000, 32, 32)
     with pytest.raises(SystemExit, match="expected WORKLOAD:B1,B2"):
         parse_run("hotpotqa")
+
+
+def test_too_long_runs_are_refused_before_any_work_unless_lifted(tmp_path):
+    """tiny-llada's limit is 512 positions: a 600-token run is refused up front (no row written,
+    the message names the run and --max-length); --max-length 700 measures it. Rows are written
+    as they come, so a run that fails later keeps the earlier ones."""
+    out = tmp_path / "memory.json"
+    with pytest.raises(SystemExit, match=r"prompt584-gen16 \(600 tokens\).*--max-length"):
+        main(["--shape", "tiny-llada", "--runs", "16/16:1", "584/16:1", "--out", str(out)])
+    assert not out.exists()
+    assert main(["--shape", "tiny-llada", "--runs", "584/16:1", "--max-length", "700", "--out", str(out)]) == 0
+    assert [r["prompt_len"] for r in json.loads(out.read_text())] == [584]
