@@ -5,7 +5,18 @@
 # Writes eval/results/multi_gpu_1gpu.json, multi_gpu_2gpu.json and multi_gpu_compare.json (exit 1 if any
 # document's output differs). batch_size=1 so every document is computed alone in both runs (LLaDA numbers
 # positions from 0 whatever the left padding: a different batch mix would change padded rows).
+# On the offline GPU machine, lm-eval travels as wheels: `bash eval/device_wheels.sh` here, then carry
+# .whl; this script installs them into /tmp/site when lm-eval is missing.
 set -euo pipefail
+if ! python -c "import lm_eval" 2>/dev/null; then
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:.${PYTHONPATH:+:$PYTHONPATH}
+  else
+    echo "lm-eval is not installed: pip install -e '.[eval]' (offline GPU machine: bash eval/device_wheels.sh here, carry .whl)" >&2
+    exit 2
+  fi
+fi
 MODEL=${MODEL:-eval/tiny/model}
 # 0-shot by default: lm-eval draws random few-shot examples from one generator per process, so a
 # sharded few-shot task (gsm8k_local is 5-shot) gives its documents other examples than one process.
