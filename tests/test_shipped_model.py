@@ -75,28 +75,12 @@ def test_default_model_writes_a_worked_solution():
 
 def test_default_model_computes_results_instead_of_copying_them():
     """Each result of a held-out worked solution, with it and everything after it masked (what
-    left-to-right decoding sees): the model must compute it, since no later restatement is visible.
-    Measured: 47 of 51 equations right on these 8 problems; the model shipped before suffix-masked
-    training got 0 of 51 (it copied results from their later restatements)."""
-    import re
+    left-to-right decoding sees, `eval.tiny.probe`): the model must compute it, since no later
+    restatement is visible. Measured: 47 of 51 equations right on these 8 problems; the model
+    shipped before suffix-masked training got 0 of 51 (it copied results from their restatements)."""
+    from eval.tiny.probe import equation_accuracy
 
     model = AutoModel.from_pretrained(MODELS["llada"], dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(MODELS["llada"])
-    right = total = 0
-    for ex in tasks.test_examples("arith", 8):
-        prompt, target = tasks.prompt_and_target("arith", ex)
-        p = tok(prompt, add_special_tokens=False)["input_ids"]
-        t = tok(target, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([p + t + [tok.eos_token_id] * (RESPONSE["arith"] - len(t))])
-        pieces = tok.convert_ids_to_tokens(t)
-        for i, piece in enumerate(pieces):
-            if piece != "\u2581=":
-                continue
-            digits = [len(p) + i + 1]  # the result's digits: "▁6" then "8"
-            while re.fullmatch(r"[0-9]", pieces[digits[-1] - len(p) + 1]):
-                digits.append(digits[-1] + 1)
-            with torch.no_grad():
-                logits = model(torch.cat([ids[:, : digits[0]], torch.full_like(ids[:, digits[0] :], tok.mask_token_id)], 1)).logits
-            right += bool((logits[0, digits].argmax(-1) == ids[0, digits]).all())
-            total += 1
+    right, total = equation_accuracy(model, tok, tasks.test_examples("arith", 8))
     assert total > 40 and right / total >= 0.75, (right, total)

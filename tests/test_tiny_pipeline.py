@@ -390,3 +390,19 @@ def test_suffix_masking_hides_everything_after_a_cut_within_the_target():
     assert any(s > target for s in suffix_starts(seen["x"]))
     with pytest.raises(ValueError, match="eos_id"):
         train.masked_diffusion_loss(Spy(), batch, mask_id, suffix_frac=0.5)
+
+
+def test_probe_counts_every_result_and_hop(tok):
+    """eval.tiny.probe on a random micro model: one check per '=' of each solution, two hops per
+    chain question, scores within the counts (the trained model's scores: test_shipped_model)."""
+    import torch
+
+    from eval.tiny import probe, train
+
+    torch.manual_seed(0)
+    model = train.model_class("llada")(train.model_config(tok, "llada", tiny=True)).eval()
+    examples = tasks.test_examples("arith", 2)
+    right, total = probe.equation_accuracy(model, tok, examples)
+    assert total == sum(ex["answer"].count(" = ") for ex in examples) and 0 <= right <= total
+    hops = probe.hop_accuracy(model, tok, distractors=1, n=3)
+    assert {k: t for k, (_, t) in hops.items()} == {"hop1": 3, "hop2": 3}
