@@ -400,9 +400,10 @@ def test_probe_counts_every_result_and_hop(tok):
     from eval.tiny import probe, train
 
     torch.manual_seed(0)
-    model = train.model_class("llada")(train.model_config(tok, "llada", tiny=True)).eval()
     examples = tasks.test_examples("arith", 2)
-    right, total = probe.equation_accuracy(model, tok, examples)
-    assert total == sum(ex["answer"].count(" = ") for ex in examples) and 0 <= right <= total
-    hops = probe.hop_accuracy(model, tok, distractors=1, n=3)
-    assert {k: t for k, (_, t) in hops.items()} == {"hop1": 3, "hop2": 3}
+    for arch in ("llada", "dream"):  # Dream: the logits one position earlier are read
+        model = train.model_class(arch)(train.model_config(tok, arch, tiny=True)).eval()
+        right, total = probe.equation_accuracy(model, tok, examples)
+        assert total == sum(ex["answer"].count(" = ") for ex in examples) and 0 <= right <= total
+        hops = probe.hop_accuracy(model, tok, distractors=1, n=3)
+        assert {k: t for k, (_, t) in hops.items()} == {"hop1": 3, "hop2": 3}
