@@ -81,6 +81,12 @@ def as_number(value, name: str, low: float, high: float | None = None, *, low_op
     return float(value)
 
 
+def position_limit(config) -> int | None:
+    """The most positions a model takes (LLaDA: max_sequence_length, Dream: max_position_embeddings);
+    None if its config names neither."""
+    return getattr(config, "max_sequence_length", None) or getattr(config, "max_position_embeddings", None)
+
+
 def check_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, gen_length: int) -> None:
     """Shapes, dtypes, devices, token range and total length of one generate() call."""
     if not isinstance(input_ids, torch.Tensor):
@@ -109,8 +115,7 @@ def check_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
         lo, hi = int(input_ids.min()), int(input_ids.max())  # one host sync
         if lo < 0 or hi >= n_tokens:
             raise ValueError(f"generate(): input_ids hold ids in [{lo}, {hi}], outside the model's [0, {n_tokens - 1}].")
-    cfg = model.config
-    limit = getattr(cfg, "max_sequence_length", None) or getattr(cfg, "max_position_embeddings", None)
+    limit = position_limit(model.config)
     total = input_ids.shape[1] + gen_length
     if limit and total > limit:
         raise ValueError(

@@ -45,7 +45,7 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from dllm_cache.generate import SAMPLERS
-from dllm_cache.sampler_args import check_options
+from dllm_cache.sampler_args import check_options, position_limit
 from eval.presets import apply_preset
 from eval.speed import SpeedMeter, TaskSpeed, merge_summaries
 
@@ -298,9 +298,7 @@ class DLLMCacheLM(LM):
         ), SAMPLERS)
         self.stop_ids = self._collect_stop_ids()
         limit = parse_int(max_length, "max_length", minimum=2, optional=True)
-        self.max_length = limit or int(
-            getattr(self.config, "max_sequence_length", None) or getattr(self.config, "max_position_embeddings", 4096)
-        )
+        self.max_length = limit or int(position_limit(self.config) or 4096)
 
         if self.cache_on:
             cfg_kw = dict(

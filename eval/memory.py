@@ -28,6 +28,7 @@ from dllm_cache import CacheConfig, cache_memory, disable_cache, enable_cache, r
 from dllm_cache.bench import DTYPES, SHAPES, WORKLOADS, Workload, build_model, random_prompts, timed_generate
 from dllm_cache.bench_memory import run_peak
 from dllm_cache.bench_report import human_bytes
+from dllm_cache.sampler_args import position_limit
 
 KEY = ("model", "workload", "batch", "prompt_len", "device")
 
@@ -79,10 +80,6 @@ def _generation(model, prompts: torch.Tensor, workload: Workload, device: torch.
         return cache_memory(model)
     finally:
         disable_cache(model)
-
-
-def position_limit(config) -> int | None:
-    return getattr(config, "max_sequence_length", None) or getattr(config, "max_position_embeddings", None)
 
 
 def check_lengths(config, runs, max_length: int | None) -> None:
@@ -208,14 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     old = json.loads(args.out.read_text()) if args.out.exists() else []
 
-    def save(new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def save(new: list[dict[str, Any]]) -> None:
         rows = merge(old, new)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
         args.out.with_suffix(".md").write_text(markdown(rows))
-        return rows
 
-    rows = save(measure_rows(args, on_row=save))
+    rows = merge(old, measure_rows(args, on_row=save))  # on_row has written every row already
     print(markdown(rows))
     return 0
 

@@ -19,15 +19,14 @@ import re
 import torch
 
 from . import tasks
-
-RESPONSE = {"arith": 256, "hotpot": 32}
+from .train import RESPONSE_LENGTH, arch_of
 
 
 def _ids(tok, family: str, example: dict) -> tuple[list[int], list[int], torch.Tensor]:
     prompt, target = tasks.prompt_and_target(family, example)
     p = tok(prompt, add_special_tokens=False)["input_ids"]
     t = tok(target, add_special_tokens=False)["input_ids"]
-    return p, t, torch.tensor([p + t + [tok.eos_token_id] * (RESPONSE[family] - len(t))])
+    return p, t, torch.tensor([p + t + [tok.eos_token_id] * (RESPONSE_LENGTH[family] - len(t))])
 
 
 @torch.no_grad()
@@ -36,7 +35,7 @@ def _predict(model, ids: torch.Tensor, start: int, positions: list[int], mask_id
     x = ids.clone()
     x[0, start:] = mask_id
     logits = model(x.to(model.device)).logits[0]
-    if getattr(model.config, "model_type", "").lower() == "dream":
+    if arch_of(model.config) == "dream":
         positions = [i - 1 for i in positions]
     return logits[positions].argmax(-1).tolist()
 

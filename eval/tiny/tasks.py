@@ -277,7 +277,7 @@ def make_arith_drill(rng: random.Random, n_ops: int | None = None) -> dict[str, 
     ~25% computed digits, in the same "a + b = c." form the solutions use. Its prompt has no words,
     so it never competes with the word-problem format. Returns {"question", "answer"}.
     """
-    lo, hi = ARITH_SOLUTION_TOKENS
+    hi = ARITH_SOLUTION_TOKENS[1]
     while True:
         k = n_ops or rng.randint(12, 24)
         value = rng.randint(10, 60)
