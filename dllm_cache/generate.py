@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from dllm_cache.hooks import sampler_of
 
 from .decoding import EarlyStop, Unmasker, tokens_per_step, topk_rows
-from .patch import cache_branch, declared_generation, is_cache_enabled
+from .patch import cache_branch, declared_generation, is_cache_enabled, rows_only
 from .prompt import model_inputs, prompt_tokens
 from .sampler_args import DREAM_ALGS, LLADA_REMASKING, as_int, as_number, check_inputs, check_options, to_left_padding
 from .trace import DecodeTrace, ReplaySchedule
@@ -61,12 +61,14 @@ def _mask_id(model: nn.Module, mask_id: int | None) -> int:
 def _logits_of_rows(model: nn.Module, inputs: dict, mask: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
     """Logits of rows [lo, hi) -> (batch, hi - lo, vocab); `inputs` is input_ids= or inputs_embeds=.
     A cached model is asked for those rows only (logits_to_keep), so it neither computes nor keeps
-    the others."""
+    the others. An uncached model computes every row; the rows are copied out so the full logits
+    are freed now: a view would keep them alive through the next step's forward, two full
+    (batch, seq, vocab) tensors at once (2 GiB of the 4k-token peak on LLaDA-8B)."""
     inputs = dict(inputs)
     args = (inputs.pop("input_ids"),) if "input_ids" in inputs else ()  # ids positionally, as forward hooks expect
     if is_cache_enabled(model):
         return model(*args, **inputs, attention_mask=mask, logits_to_keep=slice(lo, hi)).logits
-    return model(*args, **inputs, attention_mask=mask).logits[:, lo:hi]
+    return rows_only(model(*args, **inputs, attention_mask=mask).logits, lo, hi)
 
 
 def _prompt(model, input_ids, inputs_embeds, attention_mask, gen_length: int, mask_id: int):

@@ -66,6 +66,11 @@ def _key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     return key_mask_from(attention_mask)
 
 
+def rows_only(logits: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Rows [lo, hi) of (batch, seq, vocab) logits in their own memory (the whole tensor as is)."""
+    return logits if (lo, hi) == (0, logits.shape[1]) else logits[:, lo:hi].clone()
+
+
 def _logit_rows(logits_to_keep, seq: int) -> tuple[int, int]:
     """Rows [lo, hi) whose logits a forward returns, from transformers-style `logits_to_keep`:
     0 or None all rows, an int N the last N rows, a slice(lo, hi) those rows."""
@@ -212,7 +217,7 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
     finally:
         state.ctx = None
     if patched.head is None and (lo, hi) != (0, tokens.shape[1]):
-        out = _with_logits(out, out.logits[:, lo:hi])  # no head to patch: every row was computed
+        out = _with_logits(out, rows_only(out.logits, lo, hi))  # no head to patch: every row was computed
     return out if anchor is None else _inference_only(out, anchor)
 
 

@@ -130,3 +130,15 @@ def _check_same_tokens(model, monkeypatch, **kwargs):
     with cache_enabled(model, cfg):
         old = generate(model, ids, mask, **run)
     assert torch.equal(new, old)
+
+
+@pytest.mark.parametrize("rows", ROWS, ids=ROW_IDS)
+def test_uncached_rows_do_not_keep_the_full_logits(model, rows):
+    """The samplers' rows of an uncached forward live in their own memory: a view would keep
+    every row's logits alive through the next step's forward (twice the logits at the peak)."""
+    lo, hi = rows
+    ids = torch.randint(0, model.config.vocab_size - 1, (2, P + R))
+    kept = gen_mod._logits_of_rows(model, {"input_ids": ids}, None, lo, hi)
+    full = model(ids).logits
+    assert kept.untyped_storage().nbytes() == kept.numel() * kept.element_size() == 2 * (hi - lo) * full.shape[-1] * 4
+    assert torch.equal(kept, full[:, lo:hi])
