@@ -6,20 +6,32 @@
 # 2. eval.memory: whole-process peaks, uncached vs cached in one process, LLaDA-8B and Dream-7B
 #    shapes, the batches plus a 16k-token prompt at batch 1 -> memory.json.
 # 3. The published LLaDA-8B speed rows again (compiled cache only; README table), to check
-#    that the slimmer cache is at least as fast: llada8b-gsm8k-memory / llada8b-hotpotqa-memory.
-# Each stage is bounded by `timeout` so a slow one cannot starve the rest.
+#    that the slimmer cache is at least as fast: llada8b-gsm8k-memory / llada8b-hotpotqa-memory,
+#    and the Dream-7B rows: dream7b-gsm8k-memory / dream7b-hotpotqa-memory.
+# Each stage is bounded by `timeout` so a slow one cannot starve the rest. STAGES picks stages
+# (default "check memory speed"; the three together need ~14 min, over one device call's 10).
 set -u
 OUT=${OUT:-eval/results}
 mkdir -p "$OUT"
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/memory_device.txt"
-timeout 150 python -m eval.check_cuda_graphs >"$OUT/check_cuda_graphs.txt" 2>&1
-echo "check_cuda_graphs rc=$?" | tee -a "$OUT/check_cuda_graphs.txt"
-for shape in llada-8b dream-7b; do
-  timeout 150 python -m eval.memory --shape "$shape" --runs hotpotqa:1,4,8,16 gsm8k:1,8,16 16000/32:1 --max-length 16384 \
-    --out "$OUT/memory.json" 2>&1 | grep -v Warning | tail -14
-done
-B="python -m dllm_cache.bench --shape llada-8b --no-progress --out-dir $OUT --compile on"
-timeout 150 $B --workload gsm8k --batch-size 1 8 16 --max-steps 33 --tag llada8b-gsm8k-memory 2>&1 | tail -8
-timeout 150 $B --workload hotpotqa --batch-size 1 4 --tag llada8b-hotpotqa-memory 2>&1 | tail -8
-tail -3 "$OUT/check_cuda_graphs.txt"
+STAGES=${STAGES:-check memory speed}
+if [[ " $STAGES " == *" check "* ]]; then
+  timeout 150 python -m eval.check_cuda_graphs >"$OUT/check_cuda_graphs.txt" 2>&1
+  echo "check_cuda_graphs rc=$?" | tee -a "$OUT/check_cuda_graphs.txt"
+fi
+if [[ " $STAGES " == *" memory "* ]]; then
+  for shape in llada-8b dream-7b; do
+    timeout 150 python -m eval.memory --shape "$shape" --runs hotpotqa:1,4,8,16 gsm8k:1,8,16 16000/32:1 --max-length 16384 \
+      --out "$OUT/memory.json" 2>&1 | grep -v Warning | tail -14
+  done
+fi
+if [[ " $STAGES " == *" speed "* ]]; then
+  B="python -m dllm_cache.bench --shape llada-8b --no-progress --out-dir $OUT --compile on"
+  D="python -m dllm_cache.bench --shape dream-7b --no-progress --out-dir $OUT --compile on"
+  timeout 150 $B --workload gsm8k --batch-size 1 8 16 --max-steps 33 --tag llada8b-gsm8k-memory 2>&1 | tail -8
+  timeout 150 $B --workload hotpotqa --batch-size 1 4 --tag llada8b-hotpotqa-memory 2>&1 | tail -8
+  timeout 120 $D --workload gsm8k --batch-size 1 8 --max-steps 33 --tag dream7b-gsm8k-memory 2>&1 | tail -8
+  timeout 120 $D --workload hotpotqa --batch-size 1 4 --tag dream7b-hotpotqa-memory 2>&1 | tail -8
+fi
+[ -f "$OUT/check_cuda_graphs.txt" ] && tail -3 "$OUT/check_cuda_graphs.txt"
