@@ -71,3 +71,20 @@ def test_run_and_report(micro_model, tmp_path):
     assert "multihop" in summary["llada"]
     assert (tmp_path / "frontier.md").read_text().count("| paper-default |") == 2
     assert (tmp_path / "frontier.png").stat().st_size > 0
+
+
+def test_tasks_run_as_separate_commands_merge_per_model(micro_model, tmp_path):
+    """`run --families arith` then `--families hotpot` leave one file with both tasks; running a
+    task again replaces its rows; another model's file is refused."""
+    common = ["--model", str(micro_model), "--n", "2", "--device", "cpu", "--only", "Kr=2", "--arith-gen", "8,8,8",
+              "--hotpot-gen", "8,8,8", "--out-dir", str(tmp_path), "--no-progress"]
+    path = tmp_path / "frontier_llada.json"
+    for families in ("arith", "hotpot", "arith"):
+        frontier.main(["run", "--name", "llada", "--families", families, *common])
+        report = json.loads(path.read_text())
+    assert sorted((r["task"], r["name"]) for r in report["rows"]) == [
+        ("arith", "Kr=2"), ("arith", "uncached"), ("multihop", "Kr=2"), ("multihop", "uncached")]
+    assert [c.split("--families ")[1].split()[0] for c in report["commands"]] == ["hotpot", "arith"]
+    path.rename(tmp_path / "frontier_dream.json")
+    with pytest.raises(SystemExit, match="holds model 'llada'"):
+        frontier.main(["run", "--name", "dream", "--families", "arith", *common])
