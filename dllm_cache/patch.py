@@ -426,8 +426,8 @@ def reset_cache(model: nn.Module, prompt_length: int | None = None, block_length
 def cache_stats(model: nn.Module, reset: bool = False) -> dict:
     """Step counts by kind, generations started, response refreshes the measured drift triggered
     (`drift_refreshes`, CacheConfig.response_drift_threshold) and the fraction of response tokens
-    recomputed on partial steps (each layer's own budget with layer_ratios), counted since the cache was enabled (or the last reset=True, which zeroes
-    the counters after reading them)."""
+    recomputed on partial steps (each layer's own budget with layer_ratios), counted since the
+    cache was enabled (or the last reset=True, which zeroes the counters after reading them)."""
     state = _state(model)
     stats = state.stats.as_dict()
     if reset:
