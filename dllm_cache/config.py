@@ -66,6 +66,27 @@ class CacheConfig:
         "prompt": with the prompt, refreshed every Kp steps (as the paper's cache serves it);
         "response": with the response, so it is refreshed and selected like a response token.
         No effect on unshifted models (LLaDA).
+
+    response_drift_threshold: refresh the response when it drifted, not on a fixed clock. Each
+        partial step measures the mean Value drift its V-verify sees anyway (1 - cos(V_new, V_cached),
+        averaged over response rows and the layers that ran V-verify; `drift.step_drift`); when it
+        reaches this threshold the next step refreshes every response token. response_interval is
+        then the longest interval (a refresh is due after that many steps whatever the drift) and
+        response_min_interval the shortest. Helps when the response changes in bursts (many tokens
+        unmasked at once, a new semi-AR block) and sits still in between: refreshes go where the
+        features moved. 0 = refresh every response_min_interval steps. None (default): fixed Kr.
+        The schedule then depends on data read back every step, so cached steps run eagerly (no
+        CUDA graphs) and compile=True is refused; see `dllm_cache.drift`.
+    response_min_interval: with response_drift_threshold, the fewest steps between two response
+        refreshes (1 .. response_interval). A refresh step measures no drift, so with a positive
+        threshold a drift-triggered refresh comes 2 steps after the last refresh at the earliest.
+    layer_ratios: a transfer ratio per layer (one entry per layer of the model, checked by
+        enable_cache), replacing transfer_ratio on partial steps: layer i recomputes
+        int(R * layer_ratios[i]) tokens. Layer 0 always recomputes every response token (its input,
+        the embeddings, changes on every unmask), so entry 0 is not used. Helps when deeper layers'
+        features drift more than shallow ones' (each layer's input is the previous ones' output,
+        so staleness compounds with depth): `layer_budget.ramp_ratios` moves budget from shallow to
+        deep layers at the same mean. None (default): transfer_ratio on every layer.
     """
 
     prompt_interval: int | None = 100
@@ -80,15 +101,19 @@ class CacheConfig:
     shifted_row: str = "prompt"
     policy: str = "feature"
     block_refresh: int | None = None
+    response_drift_threshold: float | None = None
+    response_min_interval: int = 1
+    layer_ratios: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("prompt_interval", "response_interval", "cfg_interval", "frontier_window", "block_refresh"):
+        for name in ("prompt_interval", "response_interval", "cfg_interval", "frontier_window", "block_refresh",
+                     "response_min_interval"):
             value = getattr(self, name)
-            if value is None and name != "response_interval":
+            if value is None and name not in ("response_interval", "response_min_interval"):
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 meaning = "tokens" if name == "frontier_window" else "refresh every N steps; 1 = every step"
-                none = " or None" if name != "response_interval" else ""
+                none = " or None" if name not in ("response_interval", "response_min_interval") else ""
                 raise ValueError(f"CacheConfig.{name} must be an integer >= 1{none} ({meaning}), got {value!r}.")
             object.__setattr__(self, name, int(value))  # numpy / torch integers become plain ints
         for name, allowed in (("policy", POLICIES), ("selection", SELECTIONS), ("shifted_row", SHIFTED_ROWS)):
@@ -104,12 +129,62 @@ class CacheConfig:
                 f"recomputed on partial steps; the paper uses 0.25), got {ratio!r}."
             )
         object.__setattr__(self, "transfer_ratio", float(ratio))
+        self._check_layer_ratios()
         self._check_policy_fields()
+        self._check_drift_fields()
+
+    def _check_layer_ratios(self) -> None:
+        ratios = self.layer_ratios
+        if ratios is None:
+            return
+        if isinstance(ratios, (str, bytes)) or not hasattr(ratios, "__len__") or len(ratios) == 0:
+            raise ValueError("CacheConfig.layer_ratios must be a non-empty sequence of numbers in [0, 1], one per "
+                             f"layer of the model (or None for transfer_ratio on every layer), got {ratios!r}.")
+        bad = [r for r in ratios if isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0.0 <= r <= 1.0]
+        if bad:
+            raise ValueError(f"CacheConfig.layer_ratios entries must be numbers in [0, 1] (fraction of response "
+                             f"tokens a layer recomputes on partial steps), got {bad[0]!r} in {tuple(ratios)!r}.")
+        object.__setattr__(self, "layer_ratios", tuple(float(r) for r in ratios))  # hashable, plain floats
+
+    def _check_drift_fields(self) -> None:
+        """The drift-triggered refresh: a sane threshold, min <= max, and a schedule the engine can run."""
+        threshold = self.response_drift_threshold
+        if threshold is None:
+            if self.response_min_interval != 1:
+                raise ValueError(
+                    f"CacheConfig.response_min_interval={self.response_min_interval} applies only with "
+                    "response_drift_threshold set (a fixed schedule refreshes every response_interval steps).")
+            return
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 2.0:
+            raise ValueError(
+                "CacheConfig.response_drift_threshold must be a number in [0, 2] (mean 1 - cosine similarity of "
+                f"response Value vectors at which the response is refreshed; 0 = always) or None, got {threshold!r}.")
+        object.__setattr__(self, "response_drift_threshold", float(threshold))
+        longest = min(self.response_interval, self.uncond_response_interval)
+        if self.response_min_interval > longest:
+            raise ValueError(
+                f"CacheConfig.response_min_interval={self.response_min_interval} exceeds the longest interval "
+                f"{longest} (response_interval, and cfg_interval if set, are the longest intervals between "
+                "response refreshes once response_drift_threshold is set); lower it or raise those.")
+        if self.is_block:
+            raise ValueError(f"CacheConfig.response_drift_threshold applies to policy='feature' only; "
+                             f"policy={self.policy!r} refreshes on block starts.")
+        if self.compile:
+            raise ValueError(
+                "CacheConfig.response_drift_threshold cannot be combined with compile=True: the drift is read back "
+                "after every step to plan the next one, and the compiled layer has no such output. Use compile=False.")
+        budgets = self.layer_ratios[1:] if self.layer_ratios is not None else (self.transfer_ratio,)
+        if not any(budgets):
+            raise ValueError(
+                "CacheConfig.response_drift_threshold needs V-verify to measure drift, but partial steps recompute "
+                "nothing (transfer_ratio, or layer_ratios past layer 0, all 0). Give them a budget, or drop the "
+                "threshold.")
 
     def _check_policy_fields(self) -> None:
         """Fields of one cache family set on the other are an error, not silently ignored."""
         if self.is_block:
             feature_only = {"selection": ("paper", self.selection), "frontier_only": (False, self.frontier_only),
+                            "layer_ratios": (None, self.layer_ratios),
                             "frontier_window": (None, self.frontier_window), "shifted_row": ("prompt", self.shifted_row)}
             wrong = [name for name, (default, value) in feature_only.items() if value != default]
             if wrong:
@@ -137,10 +212,31 @@ class CacheConfig:
         """Decoding window of the frontier selection, given the sampler's declared block (if any)."""
         return self.frontier_window or block_length or DEFAULT_FRONTIER_WINDOW
 
-    def selected_count(self, num_response: int, block_length: int | None = None) -> int:
+    @property
+    def drift_triggered(self) -> bool:
+        """Response refreshes follow the measured drift (response_drift_threshold set)."""
+        return self.response_drift_threshold is not None
+
+    def selected_count(self, num_response: int, block_length: int | None = None, ratio: float | None = None) -> int:
         """Response tokens recomputed per row and layer on a partial step: int(R * ratio), capped
-        at the decoding window with `frontier_only`."""
-        k = int(num_response * self.transfer_ratio)
+        at the decoding window with `frontier_only`. ratio: a layer's own (default transfer_ratio)."""
+        k = int(num_response * (self.transfer_ratio if ratio is None else ratio))
         if self.selection == "frontier" and self.frontier_only:
             k = min(k, self.window(block_length), num_response)
         return k
+
+    def check_layers(self, n_layers: int) -> None:
+        """layer_ratios must give one ratio per layer of the model the cache is enabled on."""
+        if self.layer_ratios is not None and len(self.layer_ratios) != n_layers:
+            raise ValueError(
+                f"CacheConfig.layer_ratios has {len(self.layer_ratios)} entries but the model has {n_layers} layers; "
+                "give one ratio per layer (entry 0 is not used: layer 0 recomputes every token), e.g. "
+                f"dllm_cache.layer_budget.ramp_ratios({n_layers}, transfer_ratio).")
+
+    def layer_counts(self, num_response: int, n_layers: int, block_length: int | None = None) -> tuple[int, ...]:
+        """Response tokens each layer recomputes per row on a partial step (entry 0 unused: layer 0
+        recomputes all): selected_count with each layer's ratio."""
+        if self.layer_ratios is None:
+            return (self.selected_count(num_response, block_length),) * n_layers
+        self.check_layers(n_layers)
+        return tuple(self.selected_count(num_response, block_length, r) for r in self.layer_ratios)

@@ -34,7 +34,9 @@ response  the R response tokens through every layer (q/k/v/o, FFN); their querie
 partial   layer 0 as in "response" (its input, the embeddings, changes whenever a token is
           unmasked); every other layer projects V for all R response tokens (for the drift
           test) and recomputes q/k/o + FFN + attention only for k = int(R * transfer_ratio)
-          selected tokens, whose queries attend to all P + R keys.
+          selected tokens, whose queries attend to all P + R keys (with `layer_ratios`, each
+          layer its own k = int(R * ratio)). The drift-triggered refresh changes no step's
+          work, only how many steps of each kind a generation takes.
 prompt    a prompt refresh (step % Kp == 0) that is not a response refresh: layer 0 "full";
           every other layer recomputes the P prompt tokens (q/k/v/o, FFN, P queries against
           P + R keys) plus the "partial" work on the response.
@@ -51,6 +53,7 @@ every kind against FlopCounterMode on a cached forward.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -220,6 +223,17 @@ def selected_tokens(resp_len: int, transfer_ratio: float) -> int:
     return int(resp_len * transfer_ratio)
 
 
+def _partial_counts(d: ModelDims, resp_len: int, transfer_ratio: float, selected) -> list[int]:
+    """Tokens recomputed by each of layers 1 .. L-1 on a partial step."""
+    if selected is None:
+        return [selected_tokens(resp_len, transfer_ratio)] * (d.n_layers - 1)
+    if isinstance(selected, int):
+        return [selected] * (d.n_layers - 1)
+    if len(selected) != d.n_layers:
+        raise ValueError(f"selected has {len(selected)} per-layer counts for {d.n_layers} layers (entry 0 unused)")
+    return list(selected[1:])
+
+
 def step_flops(
     dims: ModelDims | Any,
     batch: int,
@@ -228,7 +242,7 @@ def step_flops(
     kind: str,
     transfer_ratio: float = 0.25,
     logits_tokens: int | dict[str, int] | None = None,
-    selected: int | None = None,
+    selected: int | Sequence[int] | None = None,
     rows: int | None = None,
 ) -> int:
     """Matmul FLOPs of one model forward (one denoising step) of `kind`.
@@ -237,7 +251,8 @@ def step_flops(
     are computed like real ones); `logits_tokens` is the number of positions per row that go
     through the LM head (default `lm_head_tokens(kind, P, R)`, what the cache does for a call
     that asks for every row; a dict gives it per step kind); `selected` the tokens recomputed per
-    partial layer (default int(R * transfer_ratio)). A partial layer with nothing selected projects
+    partial layer (default int(R * transfer_ratio)), or one count per layer (per-layer budgets,
+    `CacheConfig.layer_counts`; entry 0 unused). A partial layer with nothing selected projects
     no V either (there is nothing to test); `rows` the rows a "block" step recomputes (required
     for it). See the module docstring for what each kind recomputes. Returns an exact integer.
     """
@@ -257,17 +272,17 @@ def step_flops(
     elif kind == "response":
         layers = d.n_layers * response_layer
     else:
-        k = selected_tokens(resp_len, transfer_ratio) if selected is None else selected
-        partial_layer = (
+        partial_layers = sum(
             (resp_len * d.flops_v if k else 0)
             + k * (d.flops_q + d.flops_k + d.flops_o + d.flops_ffn)
             + d.attention_flops(k, total)
+            for k in _partial_counts(d, resp_len, transfer_ratio, selected)
         )
         if kind == "partial":
-            layers = response_layer + (d.n_layers - 1) * partial_layer
+            layers = response_layer + partial_layers
         else:  # "prompt": prompt tokens recomputed on top of the partial response work
             prompt_layer = prompt_len * d.flops_token_layer + d.attention_flops(prompt_len, total)
-            layers = full_layer + (d.n_layers - 1) * (prompt_layer + partial_layer)
+            layers = full_layer + (d.n_layers - 1) * prompt_layer + partial_layers
     lm_head = logits_tokens * 2 * d.d_model * d.vocab
     return batch * (layers + lm_head)
 
@@ -281,7 +296,7 @@ def step_bytes(
     transfer_ratio: float = 0.25,
     logits_tokens: int | dict[str, int] | None = None,
     dtype_bytes: int = 2,
-    selected: int | None = None,
+    selected: int | Sequence[int] | None = None,
 ) -> int:
     """Minimum HBM bytes of one step of `kind`, for a roofline bound.
 
@@ -303,9 +318,9 @@ def step_bytes(
     logits_tokens = _head_rows(logits_tokens, kind, prompt_len, resp_len)
 
     weights = d.n_layers * d.params_layer + d.params_lm_head
-    k = selected_tokens(resp_len, transfer_ratio) if selected is None else selected
-    if kind == "partial" and k == 0:  # layers 1.. do nothing at all
-        weights = d.params_layer + d.params_lm_head
+    if kind == "partial":  # a layer past the first with nothing selected does nothing at all
+        working = sum(1 for k in _partial_counts(d, resp_len, transfer_ratio, selected) if k)
+        weights = (1 + working) * d.params_layer + d.params_lm_head
     kv_reads = batch * d.n_layers * total * 2 * d.kv_dim
     cached = 0
     if kind in ("partial", "prompt"):
@@ -341,6 +356,10 @@ def step_kind(step: int, config: CacheConfig | None) -> str:
     if config.is_block:
         raise ValueError(f"policy={config.policy!r}: step kinds follow the decoded blocks, not the step index; "
                          "use block_schedule (or generation_cost with steps_per_block).")
+    if config.drift_triggered:
+        raise ValueError("response_drift_threshold: response refreshes follow the measured drift, not the step "
+                         "index; count the steps a run took (cache_stats) and pass them to generation_cost as "
+                         "step_counts.")
     try:
         from dllm_cache.schedule import step_kind as schedule_step_kind
     except ImportError:  # core not installed yet; same rule as DESIGN.md
@@ -414,6 +433,7 @@ def generation_cost(
     peak_tflops: float | None = None,
     peak_tbps: float | None = None,
     steps_per_block: list[int] | None = None,
+    step_counts: Mapping[str, float] | None = None,
 ) -> GenerationCost:
     """FLOPs, bytes and (optionally) roofline time of a whole generation.
 
@@ -428,6 +448,11 @@ def generation_cost(
     `steps` spread evenly over the blocks. Block policies: their cost depends on it (a refresh per
     block), and the LM head computes the rows our samplers ask for unless `logits_tokens` says
     otherwise; `flops_per_kind` / `bytes_per_kind` are then the mean over that kind's steps.
+
+    `step_counts`: steps of each feature-cache kind a run took (e.g. cache_stats' counts divided
+    by its generations; fractions allowed) instead of the schedule's; required with
+    `response_drift_threshold`, whose refreshes follow the measured drift. `layer_ratios`: each
+    layer's own count of recomputed tokens.
     """
     if block_length is not None and (block_length <= 0 or gen_len % block_length):
         raise ValueError(f"gen_len {gen_len} must be a multiple of block_length {block_length}")
@@ -441,8 +466,11 @@ def generation_cost(
     if config is not None and config.shifted_row == "response" and P > 0:
         shift = _as_dims(dims).logit_shift
         P, R = P - shift, R + shift
-    selected = config.selected_count(R, block_length) if config is not None else None
-    counts = schedule_counts(steps, config)
+    selected: int | tuple[int, ...] | None = None
+    if config is not None:
+        selected = (config.layer_counts(R, _as_dims(dims).n_layers, block_length) if config.layer_ratios is not None
+                    else config.selected_count(R, block_length))
+    counts = schedule_counts(steps, config) if step_counts is None else {k: step_counts.get(k, 0) for k in FEATURE_KINDS}
     flops_k: dict[str, int] = {}
     bytes_k: dict[str, int] = {}
     for kind in FEATURE_KINDS:

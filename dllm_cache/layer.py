@@ -16,6 +16,7 @@ from dllm_cache.hooks.base import BlockParts, Dims
 from dllm_cache.models.layers import attend
 from dllm_cache.models.rope import apply_rope
 
+from .drift import layer_drift
 from .select import select_drifted
 from .state import LayerStore, StepContext
 
@@ -87,6 +88,8 @@ def _response_queries(
     if ctx.selected == 0:  # nothing to recompute: no drift test, no V (as the paper's code does)
         return hr.new_empty(hr.shape[0], 0, dtype=torch.long), None
     v_new = _heads(parts.v_proj(hr), hd)  # (batch, kv_heads, R, hd): needed for the drift test
+    if ctx.drift is not None:  # drift-triggered refresh: the step's drift, from the same V
+        ctx.drift.append(layer_drift(v_new, store.v[:, :, P:]))
     sel = select_drifted(v_new, store.v[:, :, P:], ctx.selected, ctx.priority)  # (batch, k)
     store.v[:, :, P:] = v_new  # computed anyway: every response V is refreshed
     hs = _gather_tokens(hr, sel)

@@ -25,6 +25,7 @@ from dllm_cache.models.rope import rope_cos_sin
 from .blockcache import block_rows_forward
 from .compiled import compiled_block_forward, compiled_block_rows
 from .config import CacheConfig
+from .drift import step_drift
 from .frontier import frontier_priority
 from .graphs import graphable, run_step
 from .layer import cached_block_forward, full_block_forward
@@ -190,6 +191,8 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
         rope=(branch.rope_cos, branch.rope_sin),
         key_mask=branch.key_mask,
         selected=state.selected_count(branch, tokens.shape[1]),
+        layer_selected=state.layer_counts(branch, tokens.shape[1]) if state.config.layer_ratios is not None else None,
+        drift=[] if state.config.drift_triggered else None,
         head_cached=patched.head is not None,
         logit_rows=(lo, hi),
         rows_index=branch.block_index if plan.kind == "block" else None,
@@ -214,6 +217,8 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
                 out = run_step(branch, plan.kind, forward, tokens, attention_mask, state.disable_graphs, layout)
             else:
                 out = forward(tokens, attention_mask)
+        if state.ctx.drift is not None:
+            branch.drift = step_drift(state.ctx.drift)  # plans the next step (drift.plan_drift_step)
     finally:
         state.ctx = None
     if patched.head is None and (lo, hi) != (0, tokens.shape[1]):
@@ -299,7 +304,7 @@ def _block_forward(patched: _Patched, adapter, dims, index: int, parts, original
         out = full_block_forward(parts, dims, store, ctx, x)
     else:
         store = branch.layers[index]
-        out = patched.layer_forward(parts, dims, store, ctx, x, index == 0)
+        out = patched.layer_forward(parts, dims, store, ctx.for_layer(index), x, index == 0)
     return adapter.block_output(out)
 
 
@@ -352,11 +357,12 @@ def enable_cache(model: nn.Module, config: CacheConfig | None = None) -> nn.Modu
     config = config or CacheConfig()
     if not isinstance(config, CacheConfig):
         raise TypeError(f"enable_cache expects a dllm_cache.CacheConfig, got {type(config).__name__}.")
+    adapter = adapter_for(model)
+    blocks = adapter.blocks(model)
+    config.check_layers(len(blocks))  # before undoing a previous cache: a wrong config changes nothing
     if is_cache_enabled(model):
         disable_cache(model)
-    adapter = adapter_for(model)
     dims = adapter.dims(model.config)
-    blocks = adapter.blocks(model)
     state = CacheState(config, len(blocks), getattr(model.config, "mask_token_id", None), adapter.logit_shift)
     state.mask_embedding = partial(_mask_embedding, model, state.mask_token_id)
     patched = _Patched(model, state, blocks)
@@ -423,9 +429,10 @@ def reset_cache(model: nn.Module, prompt_length: int | None = None, block_length
 
 
 def cache_stats(model: nn.Module, reset: bool = False) -> dict:
-    """Step counts by kind, generations started, and the fraction of response tokens recomputed
-    on partial steps, counted since the cache was enabled (or the last reset=True, which zeroes
-    the counters after reading them)."""
+    """Step counts by kind, generations started, response refreshes the measured drift triggered
+    (`drift_refreshes`, CacheConfig.response_drift_threshold) and the fraction of response tokens
+    recomputed on partial steps (each layer's own budget with layer_ratios), counted since the
+    cache was enabled (or the last reset=True, which zeroes the counters after reading them)."""
     state = _state(model)
     stats = state.stats.as_dict()
     if reset:

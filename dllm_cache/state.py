@@ -15,11 +15,12 @@ dual cache) reuse only K and V: their stores hold no deltas.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from .config import CacheConfig
+from .drift import plan_drift_step
 from .schedule import StepPlan, block_region, plan_block_step, plan_step
 
 
@@ -70,6 +71,16 @@ class StepContext:
     # (n,) int64, block steps only: the rows recomputed (persistent, so one captured graph serves
     # every block of the same size)
     rows_index: torch.Tensor | None = None
+    # CacheConfig.layer_ratios: each layer's `selected` (entry 0 unused), else None (one for all)
+    layer_selected: tuple[int, ...] | None = None
+    # drift-triggered refresh: each V-verify layer appends its drift (drift.layer_drift), else None
+    drift: list[torch.Tensor] | None = None
+
+    def for_layer(self, index: int) -> StepContext:
+        """The context layer `index` runs with: its own `selected` under per-layer budgets."""
+        if self.layer_selected is None or self.selected == self.layer_selected[index]:
+            return self
+        return replace(self, selected=self.layer_selected[index])
 
     @property
     def prompt_rows_dead(self) -> bool:
@@ -84,6 +95,7 @@ class Stats:
     prompt_refresh_steps: int = 0
     partial_steps: int = 0
     block_steps: int = 0
+    drift_refreshes: int = 0  # response refreshes triggered by the measured drift (response_drift_threshold)
     tokens_recomputed: int = 0
     tokens_total: int = 0
     generations: int = 0
@@ -130,6 +142,9 @@ class BranchState:
     graphs: dict = field(default_factory=dict)  # (kind, shape key) -> captured step
     seen_kinds: set = field(default_factory=set)  # kinds run eagerly once (warm-up) in this layout
     started: bool = False
+    # drift-triggered refresh: steps since the last response refresh, and the last step's drift
+    since_response: int = 0
+    drift: float = 0.0
 
     def persist(self, name: str, value: torch.Tensor | None) -> torch.Tensor | None:
         """Keep `value` in the branch's buffer of that name, in place when the layout allows,
@@ -304,8 +319,15 @@ class CacheState:
             b.masked = -1 if b.declared else int(b.count_masked(input_ids, self.mask_token_id))
             b.asked_rows = None
             self.stats.generations += 1
-        plan = self._block_plan(b, input_ids, asked) if self.config.is_block else plan_step(
-            b.step, self.config, b.response_interval)
+        if self.config.is_block:
+            plan = self._block_plan(b, input_ids, asked)
+        elif self.config.drift_triggered:
+            plan, triggered = plan_drift_step(b.step, b.since_response, b.drift, self.config, b.response_interval)
+            self.stats.drift_refreshes += triggered
+            b.since_response = 1 if plan.refresh_response else b.since_response + 1
+            b.drift = 0.0  # until this step's V-verify measures one
+        else:
+            plan = plan_step(b.step, self.config, b.response_interval)
         b.step += 1
         s = self.stats
         s.steps += 1
@@ -323,7 +345,7 @@ class CacheState:
         elif not plan.refresh_response:  # V-verify on every layer but the first
             resp = input_ids.shape[1] - b.prompt_len
             rows_layers = input_ids.shape[0] * (self.n_layers - 1)
-            s.tokens_recomputed += rows_layers * self.selected_count(b, input_ids.shape[1])
+            s.tokens_recomputed += input_ids.shape[0] * sum(self.layer_counts(b, input_ids.shape[1])[1:])
             s.tokens_total += rows_layers * resp
         return b, plan
 
@@ -339,3 +361,7 @@ class CacheState:
 
     def selected_count(self, b: BranchState, seq_len: int) -> int:
         return self.config.selected_count(seq_len - b.prompt_len, b.block_length)
+
+    def layer_counts(self, b: BranchState, seq_len: int) -> tuple[int, ...]:
+        """Tokens each layer recomputes per row on a partial step (entry 0 unused)."""
+        return self.config.layer_counts(seq_len - b.prompt_len, self.n_layers, b.block_length)

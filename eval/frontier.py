@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.tiny import tasks
-from eval.tiny.evaluate import GEN_SETTINGS, accuracy_of, load_model, mean_flops, prompt_lengths
+from eval.tiny.evaluate import GEN_SETTINGS, accuracy_of, load_model, mean_flops, prompt_lengths, sampler_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASK_NAMES = {"arith": "arith", "hotpot": "multihop"}  # family -> name in the reports
@@ -51,11 +51,13 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def settings_for(family: str, arch: str) -> list[tuple[str, object]]:
+def settings_for(family: str, arch: str, n_layers: int | None = None) -> list[tuple[str, object]]:
     """(name, CacheConfig or None) for one task: uncached, the paper's default, the official
     per-task setting, sweeps of Kr, transfer_ratio and Kp around the paper default, the library
-    default and the refresh policies beyond the paper. Duplicates keep the first name."""
+    default and the refresh policies beyond the paper (per-layer budgets need the model's
+    `n_layers`). Duplicates keep the first name."""
     from dllm_cache import CacheConfig
+    from dllm_cache.layer_budget import ramp_ratios
 
     paper = CacheConfig(prompt_interval=100, response_interval=8, transfer_ratio=0.25, selection="paper", cuda_graphs=False)
     rows: list[tuple[str, object]] = [("uncached", None), ("paper-default", paper)]
@@ -74,12 +76,38 @@ def settings_for(family: str, arch: str) -> list[tuple[str, object]]:
         ("frontier-only Kr=16", replace(frontier, frontier_only=True, response_interval=16)),
         ("frontier-only no-prompt-refresh", replace(frontier, frontier_only=True, prompt_interval=None)),
     ]
+    # Drift-triggered response refresh: Kr=16 the longest interval, 2 the shortest, thresholds to bracket
+    # the mean Value drift (1 - cos) of a partial step; per-layer budgets: deeper layers recompute more.
+    drift = {t: replace(paper, response_drift_threshold=t, response_min_interval=2, response_interval=16)
+             for t in (0.02, 0.1)}
+    rows += [(f"drift={t:g}", cfg) for t, cfg in drift.items()]
+    rows.append(("frontier-only drift=0.02", replace(drift[0.02], selection="frontier", frontier_only=True)))
+    if n_layers is not None:
+        ramp = ramp_ratios(n_layers, paper.transfer_ratio, 0.5)
+        rows += [("per-layer", replace(paper, layer_ratios=ramp)),
+                 ("frontier per-layer", replace(frontier, layer_ratios=ramp)),
+                 ("per-layer drift=0.02", replace(drift[0.02], layer_ratios=ramp))]
     if arch == "dream":  # the row whose logits predict the first response token: cached with the prompt or the response
         rows += [
             ("paper shifted-row=response", replace(paper, shifted_row="response")),
             ("frontier-only shifted-row=response", replace(frontier, frontier_only=True, shifted_row="response")),
         ]
     return rows
+
+
+def realized_flops(model, lengths, settings: dict, config, stats: dict) -> float:
+    """mean_flops of a drift-refreshed setting, whose step kinds follow the data: the steps of each
+    kind cache_stats counted per generation (every row of a batch shares them), at each prompt length."""
+    from dllm_cache import flops
+
+    dims = flops.ModelDims.from_config(model.config)
+    block = sampler_settings(model, settings).get("block_length")
+    per_gen = max(1, stats["generations"])
+    counts = {kind: stats[key] / per_gen for kind, key in (("full", "full_steps"), ("response", "response_refresh_steps"),
+                                                           ("prompt", "prompt_refresh_steps"), ("partial", "partial_steps"))}
+    total = sum(n * flops.generation_cost(dims, 1, P, settings["gen_length"], settings["steps"], config, block,
+                                          step_counts=counts).flops for P, n in lengths.items())
+    return total / max(1, sum(lengths.values()))
 
 
 def _config_fields(cfg) -> dict | None:
@@ -94,7 +122,7 @@ def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpo
 
     `gen` overrides a family's generation settings (tests use short generations on CPU)."""
     from dllm_cache import cache_enabled, cache_stats
-    from dllm_cache.hooks import family_of
+    from dllm_cache.hooks import adapter_for, family_of
 
     arch = family_of(model)
     batch = {**BATCH, **(batch or {})}
@@ -108,7 +136,7 @@ def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpo
         base_texts: list[str] | None = None
         base_seconds = None
         done: dict = {}
-        todo = settings_for(family, arch)
+        todo = settings_for(family, arch, len(adapter_for(model).blocks(model)))
         if only:
             todo = [(s, c) for s, c in todo if s in only or s == "uncached"]
         for setting, cfg in tqdm(todo, desc=f"{name}/{TASK_NAMES[family]}", disable=not progress):
@@ -142,7 +170,8 @@ def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpo
                 "ci95": list(wilson_interval(correct, len(examples))),
                 "agreement_with_uncached": None if base_texts is None else
                 sum(a == tasks.answer_key(family, b) for a, b in zip(keys, base_texts)) / len(texts),
-                "flops": mean_flops(model, lengths, settings, cfg),
+                "flops": mean_flops(model, lengths, settings, cfg) if cfg is None or not cfg.drift_triggered
+                else realized_flops(model, lengths, settings, cfg, stats),
                 "gpu_seconds": seconds / len(examples),
                 "speedup": None if base_seconds is None else base_seconds / seconds,
                 "recompute_fraction": None if stats is None else stats.get("recompute_fraction"),

@@ -4,6 +4,7 @@ Inductor on CPU; float32 sums may be reordered, hence a tolerance instead of bit
 """
 
 import warnings
+from dataclasses import replace
 
 import pytest
 from torch._dynamo.utils import counters
@@ -85,3 +86,15 @@ def test_compiled_block_policy_matches_eager(small_model):
             assert cache_stats(small_model)["block_steps"] == 3
     assert counters["stats"]["calls_captured"] > calls_before
     assert max_err(out, eager) <= ATOL_FP32
+
+
+def test_compiled_layer_with_per_layer_budgets_matches_eager():
+    """layer_ratios: each layer compiled with its own count of recomputed tokens, same logits as eager."""
+    model = tiny_llada(n_layers=3).eval()
+    seqs, mask = trajectory(model, batch=2, steps=5)
+    config = CacheConfig(100, 8, layer_ratios=(1.0, 0.25, 0.75))
+    with cache_enabled(model, config):
+        eager = logits_along(model, seqs, mask)
+    out, stats = _compiled_run(model, replace(config, compile=True), seqs, mask)
+    assert max_err(out, eager) <= ATOL_FP32
+    assert stats["tokens_recomputed"] == 4 * 2 * (4 + 12)  # 4 partial steps, 2 rows, int(16 * 0.25) + int(16 * 0.75)

@@ -35,6 +35,11 @@ def test_settings_cover_the_issue_sweeps():
     assert all(c is None or not c.cuda_graphs for c in configs.values())  # eager on both sides
     dream = [n for n, _ in frontier.settings_for("hotpot", "dream")]
     assert any("shifted-row" in n for n in dream) and not any("shifted-row" in n for n in names)
+    assert "drift=0.02" in names and "per-layer" not in names  # per-layer budgets need the layer count
+    with_layers = dict(frontier.settings_for("arith", "llada", n_layers=4))
+    assert with_layers["per-layer"].layer_ratios[1:] == pytest.approx((0.125, 0.25, 0.375))
+    assert with_layers["frontier per-layer"].selection == "frontier"
+    assert configs["drift=0.02"].response_drift_threshold == 0.02 and configs["drift=0.02"].response_interval == 16
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +53,7 @@ def micro_model(tmp_path_factory):
 
 
 def test_run_and_report(micro_model, tmp_path):
-    only = "paper-default,Kr=2,frontier"
+    only = "paper-default,Kr=2,frontier,drift=0.02,per-layer"
     frontier.main(["run", "--model", str(micro_model), "--name", "llada", "--n", "3", "--device", "cpu",
                    "--only", only, "--arith-gen", "16,16,8", "--hotpot-gen", "8,8,8", "--arith-batch", "3",
                    "--hotpot-batch", "2", "--out-dir", str(tmp_path), "--no-progress"])

@@ -1,0 +1,51 @@
+"""Drift-triggered response refresh (CacheConfig.response_drift_threshold).
+
+A fixed Kr refreshes the response on a clock, whether its features moved or not. But every
+partial step already measures how far they moved: V-verify compares each response token's fresh
+Value vector with the cached one. The mean of 1 - cos over the response rows and the layers that
+ran V-verify is the step's drift; when it reaches the threshold the next step refreshes every
+response token, never sooner than `response_min_interval` steps after the last refresh and always
+by `response_interval`. No extra forward: the drift is a by-product of the drift test.
+
+The decision needs the drift on the host before the next step is planned: one device-to-host read
+per step. Cached steps of such a config run eagerly (enable_cache turns CUDA graphs off): a captured
+step would still need that read between replays, which stalls the launch queue graphs keep full.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import CacheConfig
+from .schedule import StepPlan, plan_step
+from .select import value_similarity
+
+
+def layer_drift(v_new: torch.Tensor, v_old: torch.Tensor) -> torch.Tensor:
+    """Mean 1 - cos(V_new, V_cached) over batch and response tokens, a 0-d float32 tensor.
+
+    v_new, v_old: (batch, kv_heads, R, head_dim), as V-verify compares them."""
+    return (1.0 - value_similarity(v_new, v_old)).mean()
+
+
+def step_drift(layer_drifts: list[torch.Tensor]) -> float:
+    """The step's drift: mean over the layers that measured one (0.0 if none did, e.g. a response
+    refresh). One host sync."""
+    return float(torch.stack(layer_drifts).mean()) if layer_drifts else 0.0
+
+
+def plan_drift_step(
+    step: int, since_refresh: int, drift: float, config: CacheConfig, longest: int
+) -> tuple[StepPlan, bool]:
+    """(plan, drift_triggered) for step `step` of a generation.
+
+    since_refresh: steps since the last response refresh; drift: the previous step's `step_drift`;
+    longest: the branch's longest interval (response_interval, or cfg_interval for CFG's
+    unconditional pass). Prompt refreshes keep their Kp clock; step 0 refreshes everything."""
+    prompt = plan_step(step, config, longest).refresh_prompt
+    if step == 0:
+        return StepPlan(refresh_prompt=True, refresh_response=True), False
+    due = since_refresh >= longest
+    triggered = (not due and since_refresh >= config.response_min_interval
+                 and drift >= config.response_drift_threshold)
+    return StepPlan(refresh_prompt=prompt, refresh_response=due or triggered), triggered
