@@ -18,14 +18,14 @@ import torch
 
 from .config import CacheConfig
 from .schedule import StepPlan, plan_step
-from .select import value_similarity
 
 
-def layer_drift(v_new: torch.Tensor, v_old: torch.Tensor) -> torch.Tensor:
+def layer_drift(sim: torch.Tensor) -> torch.Tensor:
     """Mean 1 - cos(V_new, V_cached) over batch and response tokens, a 0-d float32 tensor.
 
-    v_new, v_old: (batch, kv_heads, R, head_dim), as V-verify compares them."""
-    return (1.0 - value_similarity(v_new, v_old)).mean()
+    sim: (batch, R) `select.value_similarity` of the fresh and cached Values, the one V-verify
+    ranks tokens by (computed once for both)."""
+    return (1.0 - sim).mean()
 
 
 def step_drift(layer_drifts: list[torch.Tensor]) -> float:

@@ -17,7 +17,7 @@ from dllm_cache.models.layers import attend
 from dllm_cache.models.rope import apply_rope
 
 from .drift import layer_drift
-from .select import select_drifted
+from .select import select_drifted, value_similarity
 from .state import LayerStore, StepContext
 
 # Few queries against a long sequence at small batch: FlashAttention's split-KV path beats the
@@ -88,9 +88,11 @@ def _response_queries(
     if ctx.selected == 0:  # nothing to recompute: no drift test, no V (as the paper's code does)
         return hr.new_empty(hr.shape[0], 0, dtype=torch.long), None
     v_new = _heads(parts.v_proj(hr), hd)  # (batch, kv_heads, R, hd): needed for the drift test
-    if ctx.drift is not None:  # drift-triggered refresh: the step's drift, from the same V
-        ctx.drift.append(layer_drift(v_new, store.v[:, :, P:]))
-    sel = select_drifted(v_new, store.v[:, :, P:], ctx.selected, ctx.priority)  # (batch, k)
+    sim = None
+    if ctx.drift is not None:  # drift-triggered refresh: the step's drift, from V-verify's similarity
+        sim = value_similarity(v_new, store.v[:, :, P:])
+        ctx.drift.append(layer_drift(sim))
+    sel = select_drifted(v_new, store.v[:, :, P:], ctx.selected, ctx.priority, sim)  # (batch, k)
     store.v[:, :, P:] = v_new  # computed anyway: every response V is refreshed
     hs = _gather_tokens(hr, sel)
     cs, ss = _gather_tokens(cos[:, P:], sel), _gather_tokens(sin[:, P:], sel)

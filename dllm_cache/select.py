@@ -16,15 +16,17 @@ def value_similarity(v_new: torch.Tensor, v_old: torch.Tensor) -> torch.Tensor:
     return dot / norms.clamp_min(1e-8)
 
 
-def select_drifted(v_new: torch.Tensor, v_old: torch.Tensor, k: int, priority: torch.Tensor | None = None) -> torch.Tensor:
+def select_drifted(v_new: torch.Tensor, v_old: torch.Tensor, k: int, priority: torch.Tensor | None = None,
+                   sim: torch.Tensor | None = None) -> torch.Tensor:
     """Indices (batch, k) into the response tokens, lowest similarity first picked, sorted ascending.
 
     priority: (batch, R) integer levels (or bool) or None. Higher levels are picked first, the most
     drifted first within a level: cosine similarity lies in [-1, 1], so lowering it by 3 per level
     puts every token of a level below every token of the levels under it, keeping their order.
     Sorted so gathers and scatters walk memory in order; each row picks its own tokens.
+    sim: their `value_similarity`, when the caller has it already (the drift-triggered refresh).
     """
-    sim = value_similarity(v_new, v_old)
+    sim = value_similarity(v_new, v_old) if sim is None else sim
     if priority is not None:
         sim = sim - 3.0 * priority
     idx = sim.topk(k, dim=-1, largest=False).indices

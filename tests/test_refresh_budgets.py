@@ -68,8 +68,8 @@ def _recorded_counts(monkeypatch):
     """Wrap select_drifted inside the cached layer; record how many tokens each call picked."""
     counts = []
 
-    def recording(v_new, v_old, k, priority=None):
-        idx = select_drifted(v_new, v_old, k, priority)
+    def recording(v_new, v_old, k, priority=None, sim=None):
+        idx = select_drifted(v_new, v_old, k, priority, sim)
         counts.append(idx.shape[1])
         return idx
 

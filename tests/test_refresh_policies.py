@@ -96,8 +96,8 @@ def _recorded_selections(monkeypatch):
     """Wrap select_drifted inside the cached layer and record what every partial layer picked."""
     picked = []
 
-    def recording(v_new, v_old, k, priority=None):
-        idx = select_drifted(v_new, v_old, k, priority)
+    def recording(v_new, v_old, k, priority=None, sim=None):
+        idx = select_drifted(v_new, v_old, k, priority, sim)
         picked.append((idx.clone(), None if priority is None else priority.clone()))
         return idx
 
