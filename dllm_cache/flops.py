@@ -466,10 +466,7 @@ def generation_cost(
     if config is not None and config.shifted_row == "response" and P > 0:
         shift = _as_dims(dims).logit_shift
         P, R = P - shift, R + shift
-    selected: int | tuple[int, ...] | None = None
-    if config is not None:
-        selected = (config.layer_counts(R, _as_dims(dims).n_layers, block_length) if config.layer_ratios is not None
-                    else config.selected_count(R, block_length))
+    selected = config.layer_counts(R, _as_dims(dims).n_layers, block_length) if config is not None else None
     counts = schedule_counts(steps, config) if step_counts is None else {k: step_counts.get(k, 0) for k in FEATURE_KINDS}
     flops_k: dict[str, int] = {}
     bytes_k: dict[str, int] = {}
