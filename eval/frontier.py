@@ -192,7 +192,8 @@ def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpo
 
 def merge_into(path: Path, report: dict) -> dict:
     """`report` plus the rows of the tasks it did not run from an earlier run of the same model at
-    `path`, so the tasks can be run by separate commands (each within a device call's limit)."""
+    `path`, so the tasks can be run by separate commands (each within a device call's limit; every
+    row names its command)."""
     if not path.exists():
         return report
     old = json.loads(path.read_text())
@@ -200,8 +201,12 @@ def merge_into(path: Path, report: dict) -> dict:
         raise SystemExit(f"{path} holds model {old.get('model')!r}, not {report['model']!r}")
     tasks_now = {r["task"] for r in report["rows"]}
     kept = [r for r in old["rows"] if r["task"] not in tasks_now]
-    commands = [c for c in dict.fromkeys([r.get("command", old.get("command")) for r in kept] + [report["command"]]) if c]
-    return {**report, "rows": kept + report["rows"], "commands": commands}
+    return {**report, "rows": kept + report["rows"]}
+
+
+def commands_of(report: dict) -> list[str]:
+    """The commands that produced a frontier_<name>.json's rows, in order, once each."""
+    return list(dict.fromkeys(row.get("command", report["command"]) for row in report["rows"]))
 
 
 # ----------------------------------------------------------------------------- report
@@ -323,13 +328,13 @@ def main(argv: list[str] | None = None) -> int:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         path = args.out_dir / f"frontier_{args.name}.json"
         command = "PYTHONPATH=. python -m eval.frontier " + " ".join(argv if argv is not None else sys.argv[1:])
+        options = dict(name=args.name, n=args.n, device=args.device, only=args.only.split(",") if args.only else None,
+                       batch={"arith": args.arith_batch, "hotpot": args.hotpot_batch}, progress=not args.no_progress,
+                       gen={f: dict(zip(("gen_length", "steps", "block_length"), map(int, v.split(","))))
+                            for f, v in (("arith", args.arith_gen), ("hotpot", args.hotpot_gen)) if v})
         for family in args.families.split(","):  # one family at a time, each written when done
             t0 = time.time()
-            report = run(model, tok, name=args.name, n=args.n, device=args.device, families=(family,),
-                         only=args.only.split(",") if args.only else None,
-                         batch={"arith": args.arith_batch, "hotpot": args.hotpot_batch}, progress=not args.no_progress,
-                         gen={f: dict(zip(("gen_length", "steps", "block_length"), map(int, v.split(","))))
-                              for f, v in (("arith", args.arith_gen), ("hotpot", args.hotpot_gen)) if v})
+            report = run(model, tok, families=(family,), **options)
             for row in report["rows"]:
                 row["command"], row["seconds"] = command, round(time.time() - t0, 1)
             report.update(model_path=args.model, device=args.device, dtype=str(dtype).removeprefix("torch."),
@@ -350,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no frontier_<name>.json in {args.out_dir}; run `python -m eval.frontier run ...` first")
     summary = summarise(reports)
     (args.out_dir / "frontier.json").write_text(json.dumps(summary, indent=1))
-    commands = list(dict.fromkeys(c for r in reports for c in r.get("commands", [r["command"]])))
+    commands = list(dict.fromkeys(c for r in reports for c in commands_of(r)))
     (args.out_dir / "frontier.md").write_text(markdown(summary, commands))
     plot(summary, args.out_dir / "frontier.png")
     print(markdown(summary, commands))

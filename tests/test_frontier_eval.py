@@ -89,7 +89,7 @@ def test_tasks_run_as_separate_commands_merge_per_model(micro_model, tmp_path):
         report = json.loads(path.read_text())
     assert sorted((r["task"], r["name"]) for r in report["rows"]) == [
         ("arith", "Kr=2"), ("arith", "uncached"), ("multihop", "Kr=2"), ("multihop", "uncached")]
-    assert [c.split("--families ")[1].split()[0] for c in report["commands"]] == ["hotpot", "arith"]
+    assert [c.split("--families ")[1].split()[0] for c in frontier.commands_of(report)] == ["hotpot", "arith"]
     path.rename(tmp_path / "frontier_dream.json")
     with pytest.raises(SystemExit, match="holds model 'llada'"):
         frontier.main(["run", "--name", "dream", "--families", "arith", *common])
