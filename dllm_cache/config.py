@@ -106,14 +106,15 @@ class CacheConfig:
     layer_ratios: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        required = ("response_interval", "response_min_interval")  # the rest may be None
         for name in ("prompt_interval", "response_interval", "cfg_interval", "frontier_window", "block_refresh",
                      "response_min_interval"):
             value = getattr(self, name)
-            if value is None and name not in ("response_interval", "response_min_interval"):
+            if value is None and name not in required:
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 meaning = "tokens" if name == "frontier_window" else "refresh every N steps; 1 = every step"
-                none = " or None" if name not in ("response_interval", "response_min_interval") else ""
+                none = " or None" if name not in required else ""
                 raise ValueError(f"CacheConfig.{name} must be an integer >= 1{none} ({meaning}), got {value!r}.")
             object.__setattr__(self, name, int(value))  # numpy / torch integers become plain ints
         for name, allowed in (("policy", POLICIES), ("selection", SELECTIONS), ("shifted_row", SHIFTED_ROWS)):
