@@ -256,7 +256,11 @@ def worker_fast_dllm(spec: dict[str, Any]) -> list[dict[str, Any]]:
                       mask_id=spec["config"]["mask_token_id"], threshold=threshold)
 
         try:
-            out.append({**s, **timed(run, model, device, spec["repeats"], w["gen_len"])})
+            row = {**s, **timed(run, model, device, spec["repeats"], w["gen_len"])}
+            counts = _replay_counts(s.get("trace_row"))
+            if counts is not None:
+                row["replayed_counts"] = f"{transfer.used()}/{len(counts)}"
+            out.append(row)
         finally:
             gen.get_transfer_index = original
     return out
@@ -264,14 +268,19 @@ def worker_fast_dllm(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 def replay_transfer(original, counts: list[int] | None):
     """A stand-in for Fast-dLLM's get_transfer_index: calls it (its cost is paid, its x0 kept), then
-    keeps the next recorded count of the most confident masked tokens (at least one). counts None:
-    the original unchanged. `.reset()` restarts the count sequence (one per generation)."""
+    keeps the next recorded count of the most confident masked tokens (at least one). A call with
+    nothing masked (Fast-dLLM's dual cache runs one more forward on a block its first forward already
+    finished) decodes nothing and takes no count, so the counts stay aligned with the trace's blocks.
+    counts None: the original unchanged. `.reset()` restarts the count sequence (one per generation);
+    `.used()` is how many counts the last generation took (all of them when the replay kept step)."""
     state = {"i": 0}
 
     def transfer(logits, temperature, remasking, mask_index, x, num_transfer_tokens, threshold=None):
         x0, picked = original(logits, temperature, remasking, mask_index, x, num_transfer_tokens, threshold)
         if counts is None:
             return x0, picked
+        if not bool(mask_index.any()):
+            return x0, picked & mask_index
         k = counts[state["i"]] if state["i"] < len(counts) else 1
         state["i"] += 1
         # ranked by probability, as our samplers rank (so the same trace picks the same tokens)
@@ -281,6 +290,7 @@ def replay_transfer(original, counts: list[int] | None):
         return x0, keep & mask_index
 
     transfer.reset = lambda: state.update(i=0)
+    transfer.used = lambda: state["i"]
     return transfer
 
 
@@ -399,7 +409,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                          "tokens_per_s": args.batch * w["gen_len"] / r["seconds"] if r.get("seconds") else None,
                          "speedup": None, "proxy_accuracy": r.get("proxy_accuracy"), "device": device_name,
                          "baseline": bool(r.get("baseline")), "error": r.get("error"), "shape": args.shape,
-                         "same_as": r.get("same_as"), "tokens": r.get("tokens")})
+                         "same_as": r.get("same_as"), "tokens": r.get("tokens"),
+                         "replayed_counts": r.get("replayed_counts")})
     _agreement(rows)
     base = next((r for r in rows if r["baseline"] and r["seconds"]), None)
     for r in rows:

@@ -52,6 +52,10 @@ def test_replay_transfer_keeps_the_recorded_count_of_most_confident_tokens():
     transfer.reset()
     assert transfer(logits, 0.0, "low_confidence", mask, None, None, 0.9)[1].sum() == 2
     assert calls == [0.9] * 3  # the peer's own function ran every time
+    transfer.reset()
+    nothing = torch.zeros_like(mask)  # a forward on a finished block: decodes nothing, takes no count
+    assert transfer(logits, 0.0, "low_confidence", nothing, None, None, 0.9)[1].sum() == 0 and transfer.used() == 0
+    assert transfer(logits, 0.0, "low_confidence", mask, None, None, 0.9)[1].sum() == 2 and transfer.used() == 1
     assert peers.replay_transfer(original, None)(logits, 0.0, "x", mask, None, None)[1].sum() == 0
 
 
