@@ -28,7 +28,7 @@ original dLLM-Cache has no parallel decoding: one token per step.
     PYTHONPATH=. python -m eval.peers report          # stacked.json -> stacked.md / stacked.png
 
 `--traces PREFIX` names the trace files PREFIX_<rule>_<cache>.json (eval/traces.py's names):
-threshold0.9_none, threshold0.9_default, threshold0.9_block-dual (and fixed_default for the proxy
+threshold0.9_none, threshold0.9_paper, threshold0.9_block-dual (and fixed_paper for the proxy
 accuracy of the cache at one token per step; threshold0.9_block-dual_eos adds our run with the early
 stop, which the peers' generate functions do not have). Rows of eval/results/stacked.json: impl, setting,
 workload, batch, gen_length, seconds (one whole generation), tokens_per_s (generated tokens),
@@ -318,7 +318,7 @@ def _trace(prefix: str | None, name: str) -> dict[str, Any] | None:
 def plan(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], list[str]]:
     """Settings per implementation, the workload (lengths from the traces when given), notes."""
     thr = f"threshold{THRESHOLD:g}"
-    names = (f"{thr}_none", f"{thr}_default", f"{thr}_block-dual", "fixed_default", f"{thr}_block-dual_eos")
+    names = (f"{thr}_none", f"{thr}_paper", f"{thr}_block-dual", "fixed_paper", f"{thr}_block-dual_eos")
     traces = {k: _trace(args.traces, k) for k in names}
     notes = [f"trace {k}: {'missing' if v is None else 'found'}" for k, v in traces.items() if args.traces]
     w = dict(WORKLOADS[args.workload])
@@ -341,15 +341,16 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], dic
         return None if traces.get(name) is None else traces[name]["meta"].get(key)
 
     uncached_acc = next((t["meta"].get("uncached_accuracy") for t in found), None)
-    cache = {"prompt_interval": 100, "response_interval": 8, "transfer_ratio": 0.25}
+    # the published policy, as the original dLLM-Cache runs it (our default selection is "frontier")
+    cache = {"prompt_interval": 100, "response_interval": 8, "transfer_ratio": 0.25, "selection": "paper"}
     compiled = {**cache, "compile": True} if args.compile else cache
     ours = [
         {"setting": "uncached, 1 token/step", "cache": None, "proxy_accuracy": uncached_acc, "baseline": True},
-        {"setting": "cache (Kp 100, Kr 8, r 0.25)", "cache": compiled, "proxy_accuracy": acc("fixed_default")},
+        {"setting": "cache (Kp 100, Kr 8, r 0.25)", "cache": compiled, "proxy_accuracy": acc("fixed_paper")},
     ]
     dual = {"policy": "block-dual", "compile": args.compile}
     for name, label, cfg in ((f"{thr}_none", f"threshold {THRESHOLD:g}", None),
-                             (f"{thr}_default", f"cache + threshold {THRESHOLD:g}", compiled),
+                             (f"{thr}_paper", f"cache + threshold {THRESHOLD:g}", compiled),
                              (f"{thr}_block-dual", f"block-dual cache + threshold {THRESHOLD:g}", dual),
                              (f"{thr}_block-dual_eos", f"block-dual cache + threshold {THRESHOLD:g} + early stop", dual)):
         if traces[name] is not None:
@@ -357,7 +358,7 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], dic
     peers: dict[str, list[dict[str, Any]]] = {"ours": ours}
     if args.dllm_cache_repo:
         peers["dllm-cache-original"] = [{"setting": "cache (Kp 100, Kr 8, r 0.25), 1 token/step", "peer_cache": cache,
-                                         "proxy_accuracy": acc("fixed_default"), "same_as": ours[1]["setting"]}]
+                                         "proxy_accuracy": acc("fixed_paper"), "same_as": ours[1]["setting"]}]
     if args.fast_dllm_repo:
         row = traces[f"{thr}_block-dual"]
         replay = None if row is None else row["rows"][0]

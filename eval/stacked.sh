@@ -21,12 +21,12 @@ copy_out() { if [ -n "${OUT:-}" ]; then cp "$@" "$OUT"/ 2>/dev/null || true; fi;
 if [[ $stage == traces || $stage == all ]]; then
   # GSM8K-shaped: gen 256 in blocks of 32 (Fast-dLLM's GSM8K setting, the bench's gsm8k workload)
   python -m eval.traces --model "$MODEL" --name llada --task arith --gen 256,256,32 --no-progress \
-      --rule fixed threshold:0.9 factor:1.0 --cache none default block-dual block-prefix
+      --rule fixed threshold:0.9 factor:1.0 --cache none paper default block-dual block-prefix
   python -m eval.traces --model "$MODEL" --name llada --task arith --gen 256,256,32 --no-progress \
       --rule threshold:0.9 --cache block-dual --stop-at-eos
   # HotpotQA-shaped: gen 32, one block of 32
   python -m eval.traces --model "$MODEL" --name llada --task multihop --no-progress \
-      --rule fixed threshold:0.9 --cache none default block-dual
+      --rule fixed threshold:0.9 --cache none paper default block-dual
   copy_out $R/traces_llada_*.json
 fi
 

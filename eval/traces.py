@@ -10,8 +10,11 @@ uncached one-token-per-step run (also run, first) and the mean tokens per step. 
     PYTHONPATH=. python -m eval.traces --model eval/tiny/model --name llada --task arith --n 500 \
         --rule threshold:0.9 factor:1.0 --cache none default block-dual --stop-at-eos --device cuda
 
-Rules: `fixed` (the sampler's schedule), `threshold:T`, `factor:F`. Caches: `none`, `default`
-(CacheConfig()), `kr2` (response_interval 2), `frontier-only`, `block-prefix`, `block-dual`. The
+Rules: `fixed` (the sampler's schedule), `threshold:T`, `factor:F`. Caches: `none`, `paper` (the
+published policy: Kp 100, Kr 8, ratio 0.25, V-verify selection; the original dLLM-Cache's setting),
+`default` (CacheConfig(): the same intervals with the "frontier" selection; until 2026-11-26 it was
+the paper's, and the traces recorded then were renamed `_paper`), `kr2` (response_interval 2),
+`frontier-only`, `block-prefix`, `block-dual`. The
 tasks' generation settings are eval/tiny/evaluate.py's (arith: gen 256, block 8; multihop: gen
 32, block 32; Dream without blocks), overridable with --gen L,S,B.
 """
@@ -42,6 +45,7 @@ def cache_config(name: str):
 
     configs = {
         "none": None,
+        "paper": CacheConfig(selection="paper", cuda_graphs=False),
         "default": CacheConfig(cuda_graphs=False),
         "kr2": CacheConfig(response_interval=2, cuda_graphs=False),
         "frontier-only": CacheConfig(selection="frontier", frontier_only=True, cuda_graphs=False),
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     p.add_argument("--n", type=int, default=tasks.N_TEST, help="held-out examples")
     p.add_argument("--rule", nargs="+", default=["threshold:0.9"], help="fixed | threshold:T | factor:F")
     p.add_argument("--cache", nargs="+", default=["none"],
-                   help="none | default | kr2 | frontier-only | block-prefix | block-dual")
+                   help="none | paper | default | kr2 | frontier-only | block-prefix | block-dual")
     p.add_argument("--stop-at-eos", action="store_true", help="stop each answer at its end token (early stop)")
     p.add_argument("--gen", default=None, metavar="L,S,B", help="gen_length,steps,block_length (default: the task's)")
     p.add_argument("--batch-size", type=int, default=None, help="default 256 (arith) / 64 (multihop)")

@@ -59,7 +59,7 @@ def test_replay_transfer_keeps_the_recorded_count_of_most_confident_tokens():
     assert peers.replay_transfer(original, None)(logits, 0.0, "x", mask, None, None)[1].sum() == 0
 
 
-def _traces(tmp_path, gen=16, block=8, names=("threshold0.9_none", "threshold0.9_default", "threshold0.9_block-dual")):
+def _traces(tmp_path, gen=16, block=8, names=("threshold0.9_none", "threshold0.9_paper", "threshold0.9_block-dual")):
     from dllm_cache.trace import write_trace
 
     rows = [{"blocks": [[3, 3, 2], [4, 4]], "stopped": False}]
@@ -84,11 +84,11 @@ def test_plan_takes_lengths_and_accuracies_from_the_traces(tmp_path):
                           "cache + threshold 0.9", "block-dual cache + threshold 0.9"]
     assert ours["uncached, 1 token/step"]["proxy_accuracy"] == 0.52
     assert ours["block-dual cache + threshold 0.9"]["cache"]["policy"] == "block-dual"
-    assert ours["cache (Kp 100, Kr 8, r 0.25)"]["proxy_accuracy"] is None  # no fixed_default trace
+    assert ours["cache (Kp 100, Kr 8, r 0.25)"]["proxy_accuracy"] is None  # no fixed_paper trace
     fast = settings["fast-dllm"][0]
     assert fast["trace_row"]["blocks"] == [[3, 3, 2], [4, 4]] and fast["same_as"] == "block-dual cache + threshold 0.9"
     assert settings["dllm-cache-original"][0]["peer_cache"]["response_interval"] == 8
-    assert any("fixed_default: missing" in n for n in notes)
+    assert any("fixed_paper: missing" in n for n in notes)
     _traces(tmp_path, gen=32, names=("threshold0.9_none",))
     with pytest.raises(SystemExit, match="different gen_length"):
         peers.plan(_args(traces=prefix))
