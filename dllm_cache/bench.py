@@ -867,7 +867,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", nargs="+", choices=tuple(POLICIES), default=["paper"],
                    help="cache policies to run: the feature cache's selections (CacheConfig.selection / "
                         "frontier_only), each with every setting, and Fast-dLLM's block KV caches "
-                        "(CacheConfig.policy block-prefix / block-dual, one run each)")
+                        "(CacheConfig.policy block-prefix / block-dual, one run each). Default 'paper', the "
+                        "published policy the README's speed rows were measured with; CacheConfig()'s own "
+                        "selection is 'frontier' (same FLOPs)")
     p.add_argument("--dream-block-length", type=int,
                    help="semi-AR block of the Dream sampler (default none: Dream's own single window; "
                         "--block-length and the workloads' blocks are LLaDA's)")

@@ -27,6 +27,8 @@ def decoding_window(tokens: torch.Tensor, mask_id: int, window: int, block_align
     """
     R = tokens.shape[1]
     masked = tokens == mask_id
+    if R == 0:  # nothing generated (a forward on the prompt alone): an empty window
+        return masked
     first = torch.where(masked.any(dim=1), masked.int().argmax(dim=1), torch.full_like(masked[:, 0], R, dtype=torch.long))
     lo = torch.div(first, window, rounding_mode="floor") * window if block_aligned else first
     pos = torch.arange(R, device=tokens.device)

@@ -276,7 +276,7 @@ def _track_frontier(state: CacheState, branch, plan, ids: torch.Tensor) -> None:
     other steps mark what to recompute first (ctx.priority). Runs inside the step's forward, so a
     captured CUDA graph redoes it from each replay's input ids."""
     config = state.config
-    if config.selection != "frontier" or state.mask_token_id is None:
+    if config.is_block or config.selection != "frontier" or state.mask_token_id is None:
         return
     tokens = ids[:, branch.token_prompt_len :]  # (batch, R) generated region
     if plan.refresh_response:

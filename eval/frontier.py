@@ -211,15 +211,40 @@ def commands_of(report: dict) -> list[str]:
 
 # ----------------------------------------------------------------------------- report
 SUMMARY_KEYS = ("name", "accuracy", "ci95", "flops", "gpu_seconds", "speedup", "flops_vs_uncached",
-                "agreement_with_uncached", "recompute_fraction", "config", "device")
+                "agreement_with_uncached", "recompute_fraction", "config", "device", "measured_as")
+
+
+def default_config_fields() -> dict:
+    """The fields of what `CacheConfig()` does now, as the rows store them (CUDA graphs off)."""
+    from dllm_cache import CacheConfig
+
+    return json.loads(json.dumps(_config_fields(replace(CacheConfig(), cuda_graphs=False)), default=str))
+
+
+def with_current_default(rows: list[dict]) -> list[dict]:
+    """The "default" row is the measured row whose configuration is what `CacheConfig()` does now
+    (under whatever name it ran), so the summary follows a change of default without a re-run and
+    never shows a default measured under an older one. Fields a row predates count as their default."""
+    want = default_config_fields()
+    match = next((r for r in rows if r.get("config") and r["name"] != "default"
+                  and all(r["config"].get(k, v) == v for k, v in want.items())), None)
+    if match is None:
+        return [r for r in rows if r["name"] != "default"]
+    default = {**match, "name": "default", "measured_as": match["name"]}
+    at = next((i for i, r in enumerate(rows) if r["name"] == "default"), None)
+    rest = [r for r in rows if r["name"] != "default"]
+    rest.insert(len(rest) if at is None else at, default)
+    return rest
 
 
 def summarise(reports: list[dict]) -> dict:
-    """frontier.json: {model: {task: {"n", "device", "settings": [...]}}}."""
+    """frontier.json: {model: {task: {"n", "device", "settings": [...]}}}; "default" is
+    `with_current_default`'s."""
     out: dict = {}
     for rep in reports:
         for task in dict.fromkeys(r["task"] for r in rep["rows"]):
             rows = [dict(r, device=rep.get("gpu") or rep.get("device")) for r in rep["rows"] if r["task"] == task]
+            rows = with_current_default(rows)
             out.setdefault(rep["model"], {})[task] = {
                 "n": rows[0]["n"],
                 "device": rep.get("gpu") or rep.get("device"),
@@ -252,8 +277,9 @@ def markdown(summary: dict, commands: list[str]) -> str:
                     sel += ", shifted row fresh"
                 lo, hi = s["ci95"]
                 speed = "-" if s["speedup"] is None else f"{s['speedup']:.2f}x"
+                name = s["name"] + (f" (= {s['measured_as']})" if s.get("measured_as") else "")
                 lines.append(
-                    f"| {s['name']} | {c.get('prompt_interval', '-')} | {c.get('response_interval', '-')} | "
+                    f"| {name} | {c.get('prompt_interval', '-')} | {c.get('response_interval', '-')} | "
                     f"{c.get('transfer_ratio', '-')} | {sel} | {_pct(s['accuracy'])} | {_pct(lo)}-{_pct(hi)} | "
                     f"{_pct(s['agreement_with_uncached'])} | {s['flops'] / 1e12:.3f} | {s['flops_vs_uncached']:.3f} | "
                     f"{1e3 * s['gpu_seconds']:.2f} | {speed} |"

@@ -178,8 +178,12 @@ def test_block_schedule_kinds_and_rows():
 
 
 def test_config_keeps_the_two_families_apart():
-    with pytest.raises(ValueError, match="do not apply to policy='block-dual'"):
-        CacheConfig(policy="block-dual", selection="frontier")
+    # a feature-cache field away from its default is refused on a block policy, whatever the default is
+    other = "paper" if CacheConfig().selection != "paper" else "frontier"
+    with pytest.raises(ValueError, match="selection choose .* do not apply to policy='block-dual'"):
+        CacheConfig(policy="block-dual", selection=other)
+    with pytest.raises(ValueError, match="frontier_only choose .* do not apply to policy='block-prefix'"):
+        CacheConfig(policy="block-prefix", frontier_only=True)
     with pytest.raises(ValueError, match="block policies only"):
         CacheConfig(block_refresh=2)
     with pytest.raises(ValueError, match="policy must be one of"):

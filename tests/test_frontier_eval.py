@@ -52,6 +52,24 @@ def micro_model(tmp_path_factory):
     return out / "model"
 
 
+def test_default_row_is_the_measured_row_that_cacheconfig_does_now():
+    rows = [{"name": n, "config": frontier._config_fields(c), "accuracy": i / 100}
+            for i, (n, c) in enumerate(frontier.settings_for("arith", "llada")) if n != "default"]
+    stale = {"name": "default", "config": {**rows[1]["config"], "selection": "stale"}, "accuracy": 0.0}
+    rows.insert(3, stale)
+    out = frontier.with_current_default(rows)
+    want = frontier.default_config_fields()
+    (default,) = [r for r in out if r["name"] == "default"]
+    assert out.index(default) == 3 and default["config"] == want and default["accuracy"] > 0
+    source = next(r for r in rows if r["name"] == default["measured_as"])
+    assert source["config"] == want and source["accuracy"] == default["accuracy"]
+    # rows measured before a field existed count as its default; no measured match: no default row
+    old = [{**r, "config": r["config"] and {k: v for k, v in r["config"].items() if k != "layer_ratios"}} for r in rows]
+    assert [r["name"] for r in frontier.with_current_default(old)] == [r["name"] for r in out]
+    others = [r for r in rows if r["config"] is None or r["config"] != want]
+    assert "default" not in [r["name"] for r in frontier.with_current_default(others)]
+
+
 def test_run_and_report(micro_model, tmp_path):
     only = "paper-default,Kr=2,frontier,drift=0.02,per-layer"
     frontier.main(["run", "--model", str(micro_model), "--name", "llada", "--n", "3", "--device", "cpu",
@@ -70,7 +88,10 @@ def test_run_and_report(micro_model, tmp_path):
     frontier.main(["report", "--out-dir", str(tmp_path)])
     summary = json.loads((tmp_path / "frontier.json").read_text())
     entry = summary["llada"]["arith"]
-    assert entry["n"] == 3 and {s["name"] for s in entry["settings"]} == {"uncached", *only.split(",")}
+    # the summary names the row that CacheConfig() does now "default" (here "frontier", run under that name)
+    assert entry["n"] == 3 and {s["name"] for s in entry["settings"]} == {"uncached", "default", *only.split(",")}
+    (default,) = [s for s in entry["settings"] if s["name"] == "default"]
+    assert default["config"] == frontier.default_config_fields() and default["measured_as"] in only.split(",")
     for s in entry["settings"]:
         assert {"name", "accuracy", "ci95", "flops", "gpu_seconds", "device"} <= set(s)
     assert "multihop" in summary["llada"]

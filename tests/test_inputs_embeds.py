@@ -50,16 +50,19 @@ def test_cached_inputs_embeds_reproduce_uncached(model):
 
 
 def test_default_schedule_same_with_embeds_as_with_ids(model):
-    """The same sequence as ids or as their embeddings takes the same cached path, step for step."""
+    """The same sequence as ids or as their embeddings takes the same cached path, step for step.
+    Embeddings carry no token ids to find the decoding frontier, so the default ("frontier")
+    selection ranks by V-verify alone there: the ids' path under selection="paper"."""
     seqs, mask = trajectory(model, batch=2, steps=5)
-    with cache_enabled(model, CacheConfig()):
+    with cache_enabled(model, CacheConfig(selection="paper")):
         by_ids = logits_along(model, seqs, mask)
         ids_stats = cache_stats(model)
-    with cache_enabled(model, CacheConfig()):
-        by_embeds = _embeds_logits(model, _embedded(model, seqs), mask)
-        embeds_stats = cache_stats(model)
-    assert max_err(by_embeds, by_ids) <= ATOL_FP32
-    assert embeds_stats == ids_stats and embeds_stats["partial_steps"] > 0
+    for config in (CacheConfig(selection="paper"), CacheConfig()):
+        with cache_enabled(model, config):
+            by_embeds = _embeds_logits(model, _embedded(model, seqs), mask)
+            embeds_stats = cache_stats(model)
+        assert max_err(by_embeds, by_ids) <= ATOL_FP32
+        assert embeds_stats == ids_stats and embeds_stats["partial_steps"] > 0
 
 
 def test_changed_prompt_embeddings_start_a_new_generation(model):

@@ -43,6 +43,8 @@ def test_decoding_window_block_aligned_and_free():
     free = decoding_window(tokens, M, 3, block_aligned=False)
     assert free[0].nonzero().flatten().tolist() == [5, 6, 7]
     assert free[1].nonzero().flatten().tolist() == [2, 3, 4]
+    # nothing generated (a forward on the prompt alone): an empty window, not an error
+    assert decoding_window(tokens[:, :0], M, 4, block_aligned=True).shape == (3, 0)
 
 
 def test_frontier_priority_marks_window_recent_and_predicting_rows():
