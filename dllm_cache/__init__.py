@@ -34,6 +34,7 @@ from .patch import (  # noqa: E402
     disable_cache,
     enable_cache,
     is_cache_enabled,
+    measure_drift,
     reset_cache,
 )
 
@@ -48,5 +49,6 @@ __all__ = [
     "disable_cache",
     "enable_cache",
     "is_cache_enabled",
+    "measure_drift",
     "reset_cache",
 ]

@@ -78,7 +78,9 @@ class CacheConfig:
         unmasked at once, a new semi-AR block) and sits still in between: refreshes go where the
         features moved. 0 = refresh every response_min_interval steps. None (default): fixed Kr.
         The schedule then depends on data read back every step, so cached steps run eagerly (no
-        CUDA graphs) and compile=True is refused; see `dllm_cache.drift`.
+        CUDA graphs) and compile=True is refused; see `dllm_cache.drift`. Each step's drift is kept
+        in cache_stats(model)["drift"]; `dllm_cache.measure_drift(model)` records it under a fixed
+        schedule too, and eval/tiny/drift_profile.py turns it into thresholds.
     response_min_interval: with response_drift_threshold, the fewest steps between two response
         refreshes (1 .. response_interval). A refresh step measures no drift, so with a positive
         threshold a drift-triggered refresh comes 2 steps after the last refresh at the earliest.
@@ -176,8 +178,7 @@ class CacheConfig:
             raise ValueError(
                 "CacheConfig.response_drift_threshold cannot be combined with compile=True: the drift is read back "
                 "after every step to plan the next one, and the compiled layer has no such output. Use compile=False.")
-        budgets = self.layer_ratios[1:] if self.layer_ratios is not None else (self.transfer_ratio,)
-        if not any(budgets):
+        if not self.verifies_values:
             raise ValueError(
                 "CacheConfig.response_drift_threshold needs V-verify to measure drift, but partial steps recompute "
                 "nothing (transfer_ratio, or layer_ratios past layer 0, all 0). Give them a budget, or drop the "
@@ -213,6 +214,12 @@ class CacheConfig:
     def window(self, block_length: int | None = None) -> int:
         """Decoding window of the frontier selection, given the sampler's declared block (if any)."""
         return self.frontier_window or block_length or DEFAULT_FRONTIER_WINDOW
+
+    @property
+    def verifies_values(self) -> bool:
+        """Partial steps run V-verify on some layer (a budget past layer 0), so they measure a drift."""
+        budgets = self.layer_ratios[1:] if self.layer_ratios is not None else (self.transfer_ratio,)
+        return any(budgets)
 
     @property
     def drift_triggered(self) -> bool:

@@ -10,9 +10,18 @@ by `response_interval`. No extra forward: the drift is a by-product of the drift
 The decision needs the drift on the host before the next step is planned: one device-to-host read
 per step. Cached steps of such a config run eagerly (enable_cache turns CUDA graphs off): a captured
 step would still need that read between replays, which stalls the launch queue graphs keep full.
+
+To choose a threshold, look at the drift: every step that measured one is kept in a `DriftTrace`
+(cache_stats()["drift"]), with its steps since the last response refresh. A drift-triggered config
+keeps it at no extra cost (the drift is on the host anyway); any other config measures and keeps it
+inside `dllm_cache.measure_drift(model)` only, where it costs that read per step and CUDA graphs.
+`eval/tiny/drift_profile.py` turns such traces into percentiles and thresholds.
 """
 
 from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
 
 import torch
 
@@ -49,3 +58,34 @@ def plan_drift_step(
     triggered = (not due and since_refresh >= config.response_min_interval
                  and drift >= config.response_drift_threshold)
     return StepPlan(refresh_prompt=prompt, refresh_response=due or triggered), triggered
+
+
+# Entries a DriftTrace keeps per branch (the latest; ~256 generations of 256 steps): bounded memory
+# for a long-running cached model whose stats are never reset.
+TRACE_LIMIT = 1 << 16
+
+
+@dataclass
+class DriftTrace:
+    """The drift of every step of one branch that measured one: partial and prompt-refresh steps
+    (a response refresh measures none). Flat lists, one entry per such step, oldest first; the latest
+    `limit` are kept and `dropped` counts the older ones."""
+
+    limit: int = TRACE_LIMIT
+    step: deque = field(default_factory=deque)  # the step's index in its generation (0 = its first step)
+    since_refresh: deque = field(default_factory=deque)  # steps since the last response refresh: 1 = the next
+    drift: deque = field(default_factory=deque)  # `step_drift`: mean 1 - cos over response rows and layers
+    dropped: int = 0
+
+    def add(self, step: int, since_refresh: int, drift: float) -> None:
+        if len(self.drift) == self.limit:
+            for column in (self.step, self.since_refresh, self.drift):
+                column.popleft()
+            self.dropped += 1
+        self.step.append(step)
+        self.since_refresh.append(since_refresh)
+        self.drift.append(drift)
+
+    def as_dict(self) -> dict:
+        return {"step": list(self.step), "since_refresh": list(self.since_refresh), "drift": list(self.drift),
+                "dropped": self.dropped}

@@ -108,7 +108,7 @@ class _Patched:
         d = dict(self.__dict__)
         old = self.state
         d["state"] = CacheState(old.config, old.n_layers, old.mask_token_id, old.logit_shift)
-        d["state"].stats = copy.copy(old.stats)
+        d["state"].stats = copy.deepcopy(old.stats)  # its own drift traces
         d["state"].mask_embedding = old.mask_embedding
         d["layer_forward"] = d["block_forward"] = None
         return d
@@ -192,7 +192,7 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
         key_mask=branch.key_mask,
         selected=state.selected_count(branch, tokens.shape[1]),
         layer_selected=state.layer_counts(branch, tokens.shape[1]) if state.config.layer_ratios is not None else None,
-        drift=[] if state.config.drift_triggered else None,
+        drift=[] if state.measures_drift else None,
         head_cached=patched.head is not None,
         logit_rows=(lo, hi),
         rows_index=branch.block_index if plan.kind == "block" else None,
@@ -213,12 +213,12 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
         with torch.no_grad():
             if args[2:]:  # unusual positional arguments: keep the plain call
                 out = original(*args, **kwargs)
-            elif graphable(state.config, plan.kind, tokens, branch, state.graphs_disabled):
+            elif graphable(state.config, plan.kind, tokens, branch, state.graphs_disabled or state.measuring_drift):
                 out = run_step(branch, plan.kind, forward, tokens, attention_mask, state.disable_graphs, layout)
             else:
                 out = forward(tokens, attention_mask)
-        if state.ctx.drift is not None:
-            branch.drift = step_drift(state.ctx.drift)  # plans the next step (drift.plan_drift_step)
+        if state.ctx.drift is not None:  # plans the next step (drift.plan_drift_step); kept in cache_stats
+            state.note_drift(branch, plan, step_drift(state.ctx.drift))
     finally:
         state.ctx = None
     if patched.head is None and (lo, hi) != (0, tokens.shape[1]):
@@ -432,7 +432,15 @@ def cache_stats(model: nn.Module, reset: bool = False) -> dict:
     """Step counts by kind, generations started, response refreshes the measured drift triggered
     (`drift_refreshes`, CacheConfig.response_drift_threshold) and the fraction of response tokens
     recomputed on partial steps (each layer's own budget with layer_ratios), counted since the
-    cache was enabled (or the last reset=True, which zeroes the counters after reading them)."""
+    cache was enabled (or the last reset=True, which zeroes the counters after reading them).
+
+    "drift", only when steps measured one (a drift-triggered config, or inside `measure_drift`):
+    per branch ("cond"; "uncond" for CFG's unconditional pass), flat lists with one entry per step
+    that measured a drift (`drift.DriftTrace`): "step" (its index in the generation),
+    "since_refresh" (steps since the last response refresh, 1 = the step after it), "drift" (mean
+    1 - cos of fresh and cached response Values over rows and V-verify layers; the value
+    response_drift_threshold is compared with), and "dropped" (older entries beyond the last
+    drift.TRACE_LIMIT)."""
     state = _state(model)
     stats = state.stats.as_dict()
     if reset:
@@ -458,6 +466,34 @@ def cache_enabled(model: nn.Module, config: CacheConfig | None = None) -> Iterat
             disable_cache(model)
         else:
             enable_cache(model, previous)
+
+
+@contextlib.contextmanager
+def measure_drift(model: nn.Module) -> Iterator[None]:
+    """`with measure_drift(model): ...` makes every cached step inside the block measure its Value
+    drift and keep it in cache_stats(model)["drift"], whatever the schedule: e.g. the paper's fixed
+    Kr, to choose a CacheConfig.response_drift_threshold (eval/tiny/drift_profile.py). Outputs do
+    not change. V-verify computes the similarity anyway; keeping it costs one device-to-host read
+    per partial step, and the steps inside run eagerly (no CUDA graph replay), so it is never on by
+    default. A drift-triggered config keeps its drift without this. Enter it after enable_cache: a
+    cache enabled anew inside the block starts without it."""
+    state = _state(model)
+    config = state.config
+    if config.is_block:
+        raise ValueError(f"measure_drift needs the feature cache's V-verify; policy={config.policy!r} measures no "
+                         "drift. Use CacheConfig(policy='feature').")
+    if config.compile:
+        raise ValueError("measure_drift cannot run with CacheConfig(compile=True): the compiled layer returns no "
+                         "drift. Measure with compile=False (outputs match up to float rounding).")
+    if not config.verifies_values:
+        raise ValueError("measure_drift needs V-verify, but partial steps recompute nothing (transfer_ratio, or "
+                         "layer_ratios past layer 0, all 0), so no step measures a drift. Give them a budget.")
+    previous = state.measuring_drift
+    state.measuring_drift = True
+    try:
+        yield
+    finally:
+        state.measuring_drift = previous
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .config import CacheConfig
-from .drift import plan_drift_step
+from .drift import DriftTrace, plan_drift_step
 from .schedule import StepPlan, block_region, plan_block_step, plan_step
 
 
@@ -73,7 +73,8 @@ class StepContext:
     rows_index: torch.Tensor | None = None
     # CacheConfig.layer_ratios: each layer's `selected` (entry 0 unused), else None (one for all)
     layer_selected: tuple[int, ...] | None = None
-    # drift-triggered refresh: each V-verify layer appends its drift (drift.layer_drift), else None
+    # each V-verify layer appends its drift (drift.layer_drift) when the step measures one
+    # (CacheState.measures_drift), else None
     drift: list[torch.Tensor] | None = None
 
     def for_layer(self, index: int) -> StepContext:
@@ -99,10 +100,14 @@ class Stats:
     tokens_recomputed: int = 0
     tokens_total: int = 0
     generations: int = 0
+    # branch name -> the drift of each step that measured one (CacheState.measures_drift)
+    drift: dict[str, DriftTrace] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        d = dict(self.__dict__)
+        d = {k: v for k, v in self.__dict__.items() if k != "drift"}
         d["recompute_fraction"] = self.tokens_recomputed / self.tokens_total if self.tokens_total else None
+        if self.drift:  # only when steps measured a drift: other configs' stats stay flat counters
+            d["drift"] = {name: trace.as_dict() for name, trace in self.drift.items()}
         return d
 
 
@@ -142,7 +147,8 @@ class BranchState:
     graphs: dict = field(default_factory=dict)  # (kind, shape key) -> captured step
     seen_kinds: set = field(default_factory=set)  # kinds run eagerly once (warm-up) in this layout
     started: bool = False
-    # drift-triggered refresh: steps since the last response refresh, and the last step's drift
+    # feature policy: steps since the last response refresh as of the current step (0 on a refresh);
+    # drift-triggered refresh: the last step's drift, which plans the next one
     since_response: int = 0
     drift: float = 0.0
 
@@ -256,8 +262,25 @@ class CacheState:
         self.ctx: StepContext | None = None
         self.stats = Stats()
         self.graphs_disabled = False
+        # patch.measure_drift: steps of any schedule measure their drift (one host read per step, no graphs)
+        self.measuring_drift = False
         # () -> the mask token's input embedding, or None; finds the response in inputs_embeds steps.
         self.mask_embedding: Callable[[], torch.Tensor | None] = _no_mask_embedding  # a module function: picklable
+
+    @property
+    def measures_drift(self) -> bool:
+        """Cached steps measure their drift: always under a drift-triggered config (it plans the next
+        step), under any other inside `patch.measure_drift`."""
+        return self.config.drift_triggered or self.measuring_drift
+
+    def note_drift(self, b: BranchState, plan: StepPlan, drift: float) -> None:
+        """A step of branch `b` measured `drift` (drift.step_drift): it plans the branch's next step
+        (drift-triggered config) and joins the stats' trace, unless the step refreshed the response
+        (which measures none)."""
+        b.drift = drift
+        if not plan.refresh_response:
+            trace = self.stats.drift.setdefault(self.active_branch, DriftTrace())
+            trace.add(b.step - 1, b.since_response, drift)
 
     def disable_graphs(self) -> None:
         self.graphs_disabled = True
@@ -321,13 +344,14 @@ class CacheState:
             self.stats.generations += 1
         if self.config.is_block:
             plan = self._block_plan(b, input_ids, asked)
-        elif self.config.drift_triggered:
-            plan, triggered = plan_drift_step(b.step, b.since_response, b.drift, self.config, b.response_interval)
-            self.stats.drift_refreshes += triggered
-            b.since_response = 1 if plan.refresh_response else b.since_response + 1
-            b.drift = 0.0  # until this step's V-verify measures one
         else:
-            plan = plan_step(b.step, self.config, b.response_interval)
+            if self.config.drift_triggered:  # steps since the refresh, counting this one
+                plan, triggered = plan_drift_step(b.step, b.since_response + 1, b.drift, self.config, b.response_interval)
+                self.stats.drift_refreshes += triggered
+                b.drift = 0.0  # until this step's V-verify measures one
+            else:
+                plan = plan_step(b.step, self.config, b.response_interval)
+            b.since_response = 0 if plan.refresh_response else b.since_response + 1
         b.step += 1
         s = self.stats
         s.steps += 1
