@@ -30,6 +30,28 @@ def logits_along(model, seqs, mask):
     return [model(s, attention_mask=mask).logits for s in seqs]
 
 
+STEP_COUNTERS = {"full": "full_steps", "response": "response_refresh_steps", "prompt": "prompt_refresh_steps",
+              "partial": "partial_steps"}  # step kind -> its cache_stats counter
+
+
+def cached_steps(model, config, seqs, mask, prompt_len):
+    """Feed `seqs` to the model under `config`, one step each: per step its kind (the cache_stats
+    counter it moved) and the stats before and after it; then the stats of the whole run."""
+    from dllm_cache import cache_enabled, cache_stats, reset_cache
+
+    kinds, pairs = [], []
+    with cache_enabled(model, config):
+        reset_cache(model, prompt_length=prompt_len)
+        for s in seqs:
+            before = cache_stats(model)
+            model(s, attention_mask=mask)
+            after = cache_stats(model)
+            kinds.append(next(k for k, key in STEP_COUNTERS.items() if after[key] > before[key]))
+            pairs.append((before, after))
+        stats = cache_stats(model)
+    return kinds, pairs, stats
+
+
 def max_err(a, b):
     return max((x - y).abs().max().item() for x, y in zip(a, b))
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import dllm_cache.patch as patch_module
-from dllm_cache import CacheConfig, cache_branch, cache_enabled, cache_stats, enable_cache, measure_drift, reset_cache
+from dllm_cache import CacheConfig, cache_branch, cache_enabled, cache_stats, enable_cache, measure_drift
 from dllm_cache.drift import DriftTrace
 from dllm_cache.generate import generate
 from dllm_cache.models.tiny import tiny_llada
-from tests.helpers import logits_along, trajectory
+from tests.helpers import cached_steps, logits_along, trajectory
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -25,21 +25,10 @@ if str(REPO) not in sys.path:
 
 from eval.tiny import drift_profile  # noqa: E402
 
-KEYS = {"full": "full_steps", "response": "response_refresh_steps", "prompt": "prompt_refresh_steps",
-        "partial": "partial_steps"}
-
 
 def _kinds_and_trace(model, config, seqs, mask, P):
     """Each step's kind (from the cache_stats counters) and the drift trace the run kept."""
-    kinds = []
-    with cache_enabled(model, config):
-        reset_cache(model, prompt_length=P)
-        for s in seqs:
-            before = cache_stats(model)
-            model(s, attention_mask=mask)
-            after = cache_stats(model)
-            kinds.append(next(k for k, key in KEYS.items() if after[key] > before[key]))
-        stats = cache_stats(model)
+    kinds, _, stats = cached_steps(model, config, seqs, mask, P)
     return kinds, stats
 
 

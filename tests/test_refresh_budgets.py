@@ -16,10 +16,9 @@ from dllm_cache.hooks import adapter_for
 from dllm_cache.layer_budget import ramp_ratios
 from dllm_cache.models.tiny import tiny_dream, tiny_llada
 from dllm_cache.select import select_drifted
-from tests.helpers import logits_along, max_err, trajectory
+from tests.helpers import cached_steps, logits_along, max_err, trajectory
 
 ATOL_FP32 = 1e-5
-KINDS = ("full", "response", "prompt", "partial")
 
 
 def _n_layers(model) -> int:
@@ -128,17 +127,8 @@ def _drift_run(model, config, seqs, mask, P, monkeypatch):
     measured = []
     real = drift_module.step_drift
     monkeypatch.setattr(patch_module, "step_drift", lambda drifts: measured.append(real(drifts)) or measured[-1])
-    kinds, triggered = [], []
-    with cache_enabled(model, config):
-        reset_cache(model, prompt_length=P)
-        for s in seqs:
-            before = cache_stats(model)
-            model(s, attention_mask=mask)
-            after = cache_stats(model)
-            kinds.append(next(k for k, key in zip(KINDS, ("full_steps", "response_refresh_steps",
-                                                          "prompt_refresh_steps", "partial_steps"))
-                              if after[key] > before[key]))
-            triggered.append(after["drift_refreshes"] > before["drift_refreshes"])
+    kinds, pairs, _ = cached_steps(model, config, seqs, mask, P)
+    triggered = [after["drift_refreshes"] > before["drift_refreshes"] for before, after in pairs]
     return kinds, measured, triggered
 
 
