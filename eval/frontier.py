@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.tiny import tasks
-from eval.tiny.evaluate import GEN_SETTINGS, accuracy_of, load_model, mean_flops, prompt_lengths, sampler_settings
+from eval.tiny.evaluate import GEN_SETTINGS, accuracy_of, load_model, mean_flops, parse_gen, prompt_lengths, sampler_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASK_NAMES = {"arith": "arith", "hotpot": "multihop"}  # family -> name in the reports
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "PYTHONPATH=. python -m eval.frontier " + " ".join(argv if argv is not None else sys.argv[1:])
         options = dict(name=args.name, n=args.n, device=args.device, only=args.only.split(",") if args.only else None,
                        batch={"arith": args.arith_batch, "hotpot": args.hotpot_batch}, progress=not args.no_progress,
-                       gen={f: dict(zip(("gen_length", "steps", "block_length"), map(int, v.split(","))))
+                       gen={f: parse_gen(v, f"{f}-gen")
                             for f, v in (("arith", args.arith_gen), ("hotpot", args.hotpot_gen)) if v})
         for family in args.families.split(","):  # one family at a time, each written when done
             t0 = time.time()

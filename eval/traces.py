@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eval.tiny import tasks
-from eval.tiny.evaluate import GEN_SETTINGS, load_model, sampler_settings
+from eval.tiny.evaluate import GEN_SETTINGS, load_model, parse_gen, sampler_settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = {"arith": "arith", "multihop": "hotpot"}  # report name -> task family of eval/tiny
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     family = TASKS[args.task]
     settings = dict(GEN_SETTINGS[family])
     if args.gen:
-        settings.update(zip(("gen_length", "steps", "block_length"), map(int, args.gen.split(","))))
+        settings.update(parse_gen(args.gen, "gen"))
     rules = {r: parse_rule(r) for r in args.rule}
     caches = {c: cache_config(c) for c in args.cache}
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))

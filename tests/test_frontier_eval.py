@@ -24,6 +24,15 @@ def test_wilson_interval():
     assert 0.69 < lo < 0.73  # not a degenerate [1, 1]
 
 
+def test_gen_option_takes_exactly_three_integers():
+    from eval.tiny.evaluate import parse_gen
+
+    assert parse_gen("16,16,8", "arith-gen") == {"gen_length": 16, "steps": 16, "block_length": 8}
+    for bad in ("256,256", "256,256,8,1", "256,x,8"):  # never padded or truncated silently
+        with pytest.raises(SystemExit, match="--arith-gen takes gen_length,steps,block_length"):
+            parse_gen(bad, "arith-gen")
+
+
 def test_settings_cover_the_issue_sweeps():
     names = [n for n, _ in frontier.settings_for("arith", "llada")]
     for expected in ("uncached", "paper-default", "official", "default", "Kr=1", "Kr=2", "Kr=4", "Kr=16",

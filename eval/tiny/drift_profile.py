@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import tasks
-from .evaluate import GEN_SETTINGS, generate_texts, load_model
+from .evaluate import GEN_SETTINGS, generate_texts, load_model, parse_gen
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 TASK_NAMES = {"arith": "arith", "hotpot": "multihop"}  # family -> name in the reports (as eval.frontier)
@@ -325,14 +325,6 @@ def write_outputs(report: dict, out: Path) -> None:
     out.with_suffix(".md").write_text(markdown(report))
 
 
-def _gen_arg(value: str, family: str) -> dict:
-    try:
-        length, steps, block = (int(v) for v in value.split(","))
-    except ValueError:
-        raise SystemExit(f"--{family}-gen takes gen_length,steps,block_length as three integers, got {value!r}") from None
-    return {"gen_length": length, "steps": steps, "block_length": block}
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m eval.tiny.drift_profile", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -394,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict:
                 response_drift_threshold=0.0)  # the drift-triggered config the thresholds are for
     except ValueError as err:
         p.error(str(err))
-    gen = {f: _gen_arg(v, f) for f, v in (("arith", args.arith_gen), ("hotpot", args.hotpot_gen)) if v}
+    gen = {f: parse_gen(v, f"{f}-gen") for f, v in (("arith", args.arith_gen), ("hotpot", args.hotpot_gen)) if v}
 
     model = tok = None
     dtype_name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")

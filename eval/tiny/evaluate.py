@@ -36,6 +36,16 @@ GEN_SETTINGS = {
 }
 
 
+def parse_gen(value: str, flag: str) -> dict:
+    """A `--<flag> L,S,B` option -> {"gen_length", "steps", "block_length"}; anything but three
+    integers is an error that names the option (a short list is never padded from the defaults)."""
+    try:
+        length, steps, block = (int(v) for v in value.split(","))
+    except ValueError:
+        raise SystemExit(f"--{flag} takes gen_length,steps,block_length as three integers, got {value!r}") from None
+    return {"gen_length": length, "steps": steps, "block_length": block}
+
+
 def sampler_settings(model, settings: dict) -> dict:
     """`settings` as the model's sampler takes them (Dream's has no semi-AR blocks)."""
     from dllm_cache.hooks import family_of
@@ -435,8 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {}
     for family, value in (("arith", args.arith_gen), ("hotpot", args.hotpot_gen)):
         if value:
-            length, steps, block = (int(v) for v in value.split(","))
-            settings[family] = {"gen_length": length, "steps": steps, "block_length": block}
+            settings[family] = parse_gen(value, f"{family}-gen")
     report = run(
         model,
         tok,
