@@ -38,6 +38,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TASK_NAMES = {"arith": "arith", "hotpot": "multihop"}  # family -> name in the reports
 BATCH = {"arith": 500, "hotpot": 100}  # rows per generate() call on the GPU (hotpot prompts are 1k-4k tokens)
 Z95 = 1.959964
+# response_drift_threshold per task for the drift-triggered rows (longest interval 16, shortest 2), calibrated
+# on the LLaDA proxy by `python -m eval.tiny.drift_profile` (eval/results/drift_profile.md, "batch mean" view:
+# the trigger reads the batch's mean drift, and these rows run batches of 500 / 100): replayed on the profile,
+# they refresh the response about every 4, 8 and 12 steps (8: the paper's Kr, placed by the drift; multihop's
+# 32 steps allow 32 / k only). The earlier guesses, 0.02 and 0.1, were above every arith step's batch drift.
+DRIFT_THRESHOLDS = {"arith": (0.00245, 0.00345, 0.00411), "hotpot": (0.0101, 0.0257, 0.0304)}
 
 
 def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -76,17 +82,19 @@ def settings_for(family: str, arch: str, n_layers: int | None = None) -> list[tu
         ("frontier-only Kr=16", replace(frontier, frontier_only=True, response_interval=16)),
         ("frontier-only no-prompt-refresh", replace(frontier, frontier_only=True, prompt_interval=None)),
     ]
-    # Drift-triggered response refresh: Kr=16 the longest interval, 2 the shortest, thresholds to bracket
-    # the mean Value drift (1 - cos) of a partial step; per-layer budgets: deeper layers recompute more.
+    # Drift-triggered response refresh: Kr=16 the longest interval, 2 the shortest, the task's calibrated
+    # thresholds (DRIFT_THRESHOLDS); the variants at the middle one (~8 steps per refresh, as Kr=8);
+    # per-layer budgets: deeper layers recompute more.
     drift = {t: replace(paper, response_drift_threshold=t, response_min_interval=2, response_interval=16)
-             for t in (0.02, 0.1)}
+             for t in DRIFT_THRESHOLDS[family]}
     rows += [(f"drift={t:g}", cfg) for t, cfg in drift.items()]
-    rows.append(("frontier-only drift=0.02", replace(drift[0.02], selection="frontier", frontier_only=True)))
+    mid = DRIFT_THRESHOLDS[family][1]
+    rows.append((f"frontier-only drift={mid:g}", replace(drift[mid], selection="frontier", frontier_only=True)))
     if n_layers is not None:
         ramp = ramp_ratios(n_layers, paper.transfer_ratio, 0.5)
         rows += [("per-layer", replace(paper, layer_ratios=ramp)),
                  ("frontier per-layer", replace(frontier, layer_ratios=ramp)),
-                 ("per-layer drift=0.02", replace(drift[0.02], layer_ratios=ramp))]
+                 (f"per-layer drift={mid:g}", replace(drift[mid], layer_ratios=ramp))]
     if arch == "dream":  # the row whose logits predict the first response token: cached with the prompt or the response
         rows += [
             ("paper shifted-row=response", replace(paper, shifted_row="response")),

@@ -310,3 +310,20 @@ def test_profile_needs_a_model_or_a_report(tmp_path, capsys, args, message):
         drift_profile.main([a.format(tmp=tmp_path) for a in args])
     assert message in capsys.readouterr().err
 
+
+def test_frontier_rows_use_the_committed_calibration():
+    """eval.frontier's drift rows are the thresholds the committed profile found (batch-mean view), for
+    the intervals it assumed: re-running the profile without updating the rows fails here."""
+    from eval import frontier
+
+    report = json.loads((REPO / "eval" / "results" / "drift_profile.json").read_text())
+    trigger = report["trigger"]
+    for family, thresholds in frontier.DRIFT_THRESHOLDS.items():
+        rows = report["tasks"][family]["views"]["batch_mean"]["thresholds"]
+        assert tuple(r["threshold"] for r in rows) == thresholds
+        for t in thresholds:
+            cfg = dict(frontier.settings_for(family, "llada"))[f"drift={t:g}"]
+            assert (cfg.response_min_interval, cfg.response_interval) == (trigger["response_min_interval"],
+                                                                          trigger["response_interval"])
+            assert (cfg.prompt_interval, cfg.transfer_ratio) == (report["policy"]["prompt_interval"],
+                                                                 report["policy"]["transfer_ratio"])

@@ -35,11 +35,17 @@ def test_settings_cover_the_issue_sweeps():
     assert all(c is None or not c.cuda_graphs for c in configs.values())  # eager on both sides
     dream = [n for n, _ in frontier.settings_for("hotpot", "dream")]
     assert any("shifted-row" in n for n in dream) and not any("shifted-row" in n for n in names)
-    assert "drift=0.02" in names and "per-layer" not in names  # per-layer budgets need the layer count
+    calibrated = frontier.DRIFT_THRESHOLDS["arith"]
+    assert all(f"drift={t:g}" in names for t in calibrated) and "per-layer" not in names  # needs the layer count
     with_layers = dict(frontier.settings_for("arith", "llada", n_layers=4))
     assert with_layers["per-layer"].layer_ratios[1:] == pytest.approx((0.125, 0.25, 0.375))
     assert with_layers["frontier per-layer"].selection == "frontier"
-    assert configs["drift=0.02"].response_drift_threshold == 0.02 and configs["drift=0.02"].response_interval == 16
+    mid = configs[f"drift={calibrated[1]:g}"]
+    assert mid.response_drift_threshold == calibrated[1] and mid.response_interval == 16
+    assert configs[f"frontier-only drift={calibrated[1]:g}"].response_drift_threshold == calibrated[1]
+    hotpot = dict(frontier.settings_for("hotpot", "llada"))  # each task its own thresholds
+    assert [hotpot[f"drift={t:g}"].response_drift_threshold for t in frontier.DRIFT_THRESHOLDS["hotpot"]] == \
+        list(frontier.DRIFT_THRESHOLDS["hotpot"])
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +59,15 @@ def micro_model(tmp_path_factory):
 
 
 def test_run_and_report(micro_model, tmp_path):
-    only = "paper-default,Kr=2,frontier,drift=0.02,per-layer"
+    common = ["paper-default", "Kr=2", "frontier", "per-layer"]
+    drift = {task: f"drift={frontier.DRIFT_THRESHOLDS[family][1]:g}" for family, task in frontier.TASK_NAMES.items()}
+    only = ",".join([*common, *drift.values()])  # a name of the other task's list is not run
     frontier.main(["run", "--model", str(micro_model), "--name", "llada", "--n", "3", "--device", "cpu",
                    "--only", only, "--arith-gen", "16,16,8", "--hotpot-gen", "8,8,8", "--arith-batch", "3",
                    "--hotpot-batch", "2", "--out-dir", str(tmp_path), "--no-progress"])
     rows = json.loads((tmp_path / "frontier_llada.json").read_text())["rows"]
     assert {(r["task"], r["name"]) for r in rows} == {(t, n) for t in ("arith", "multihop")
-                                                     for n in ("uncached", *only.split(","))}
+                                                     for n in ("uncached", *common, drift[t])}
     for r in rows:
         assert r["n"] == 3 and 0 <= r["accuracy"] <= 1 and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1]
         assert r["gpu_seconds"] > 0 and r["flops"] > 0
@@ -70,7 +78,7 @@ def test_run_and_report(micro_model, tmp_path):
     frontier.main(["report", "--out-dir", str(tmp_path)])
     summary = json.loads((tmp_path / "frontier.json").read_text())
     entry = summary["llada"]["arith"]
-    assert entry["n"] == 3 and {s["name"] for s in entry["settings"]} == {"uncached", *only.split(",")}
+    assert entry["n"] == 3 and {s["name"] for s in entry["settings"]} == {"uncached", *common, drift["arith"]}
     for s in entry["settings"]:
         assert {"name", "accuracy", "ci95", "flops", "gpu_seconds", "device"} <= set(s)
     assert "multihop" in summary["llada"]
