@@ -225,7 +225,7 @@ def micro_model(tmp_path_factory):
     return out
 
 
-def test_profile_end_to_end(micro_model, tmp_path):
+def test_profile_end_to_end(micro_model, tmp_path, monkeypatch):
     out = tmp_path / "drift_profile.json"
     drift_profile.main(["--model", str(micro_model), "--n", "2", "--arith-gen", "24,24,8", "--hotpot-gen", "8,8,8",
                         "--targets", "3,6", "--verify", "--out", str(out), "--no-progress"])
@@ -253,16 +253,26 @@ def test_profile_end_to_end(micro_model, tmp_path):
                     assert 2 <= measured["steps_per_refresh"] <= 16 and 0 <= measured["accuracy"] <= 1
     md = out.with_suffix(".md").read_text()
     assert md.count("| since |") == 2 and "multihop" in md and report["commands"][0] in md
-    # new targets from the stored traces, no model; the same targets give the same thresholds
+    # new targets from the stored traces, no model; the same targets give the same thresholds, which keep their runs
     again = tmp_path / "again.json"
     derived = drift_profile.main(["--from-json", str(out), "--targets", "3,6,5", "--out", str(again), "--no-progress"])
     for family, entry in derived["tasks"].items():
         for view in drift_profile.VIEWS:
             before = report["tasks"][family]["views"][view]["thresholds"]
             after = entry["views"][view]["thresholds"]
-            assert [r["target"] for r in after] == [3, 6, 5] and all("verified" not in r for r in after)
-            assert [r["threshold"] for r in after[:2]] == [r["threshold"] for r in before]
+            assert [r["target"] for r in after] == [3, 6, 5]
+            assert [(r["threshold"], r.get("verified")) for r in after[:2]] == \
+                [(r["threshold"], r.get("verified")) for r in before]
+            assert "verified" not in after[2] or after[2]["threshold"] in [r["threshold"] for r in before]
     assert len(derived["commands"]) == 2 and "--from-json" in derived["commands"][1]
+    # --verify again on the same thresholds and intervals keeps the runs it has (an interrupted run resumes)
+    monkeypatch.setattr(drift_profile, "verify_threshold", lambda *a, **k: pytest.fail("ran a verified threshold again"))
+    drift_profile.main(["--from-json", str(out), "--model", str(micro_model), "--verify", "--targets", "3,6",
+                        "--out", str(tmp_path / "resumed.json"), "--no-progress"])
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    for family, entry in resumed["tasks"].items():
+        for view in drift_profile.VIEWS:
+            assert entry["views"][view] == report["tasks"][family]["views"][view]
 
 
 @pytest.mark.parametrize("args,message", [

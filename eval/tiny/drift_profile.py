@@ -38,6 +38,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -235,28 +236,47 @@ def stored_traces(entry: dict) -> list[dict]:
 
 
 def derive(report: dict, *, targets=TARGETS, min_interval: int = 2, longest: int = 16, model=None, tok=None,
-           device: str = "cpu", progress: bool = True) -> dict:
+           device: str = "cpu", progress: bool = True, save: Callable[[dict], None] | None = None) -> dict:
     """Percentiles and thresholds of every task in `report` from its traces; with a model, run the
-    drift-triggered config at each threshold and record what it took (`verified`)."""
+    drift-triggered config at each threshold and record what it took (`verified`).
+
+    A threshold the report already verified under the same intervals keeps its run (so an
+    interrupted --verify resumes); `save(report)` is called after each run."""
     from dllm_cache import CacheConfig
 
     trigger = CacheConfig(**{**report["policy"], "response_interval": longest}, cuda_graphs=False,
                           response_drift_threshold=0.0, response_min_interval=min_interval)
+    same_trigger = report.get("trigger") == {"response_min_interval": min_interval, "response_interval": longest}
     report.update(trigger={"response_min_interval": min_interval, "response_interval": longest}, targets=list(targets))
-    for family, entry in report["tasks"].items():
+    for entry in report["tasks"].values():
+        done = {(view, row["threshold"]): row["verified"] for view, v in entry.get("views", {}).items()
+                for row in v["thresholds"] if "verified" in row} if same_trigger else {}
         entry["views"] = analyse(stored_traces(entry), entry["generation"]["steps"], targets, min_interval, longest)
-        entry.pop("verify_seconds", None)
-        if model is None:
-            continue
+        entry.pop("verify_seconds", None)  # older reports: now per run, in `verified`
+        for view, v in entry["views"].items():
+            for row in v["thresholds"]:
+                if (view, row["threshold"]) in done:
+                    row["verified"] = done[view, row["threshold"]]
+    if model is None:
+        return report
+    for family, entry in report["tasks"].items():
         examples = tasks.test_examples(family, entry["n"])
-        t0 = time.time()
-        jobs = [(view, row) for view in VIEWS for row in entry["views"][view]["thresholds"] if row["threshold"] is not None]
+        jobs = [(view, row) for view in VIEWS for row in entry["views"][view]["thresholds"]
+                if row["threshold"] is not None and "verified" not in row]
+        runs: dict = {}  # (view, threshold) -> its run: two targets may find the same threshold
         for view, row in tqdm(jobs, desc=f"verify {entry['task']}", disable=not progress):
+            if (view, row["threshold"]) in runs:
+                row["verified"] = runs[view, row["threshold"]]
+                continue
             config = replace(trigger, response_drift_threshold=row["threshold"])
             batch = 1 if view == "per_example" else len(examples)
+            t0 = time.time()
             row["verified"] = verify_threshold(model, tok, family, examples, config, batch=batch,
                                                settings=entry["generation"], device=device)
-        entry["verify_seconds"] = round(time.time() - t0, 1)
+            row["verified"]["seconds"] = round(time.time() - t0, 1)
+            runs[view, row["threshold"]] = row["verified"]
+            if save is not None:
+                save(report)
     return report
 
 
@@ -271,15 +291,22 @@ def _num(x) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
+def _verify_seconds(entry: dict) -> str:
+    runs = [r["verified"]["seconds"] for v in entry["views"].values() for r in v["thresholds"]
+            if "seconds" in r.get("verified", {})]
+    return f", verify {sum(runs):.0f} ({len(runs)} runs)" if runs else ""
+
+
 def markdown(report: dict) -> str:
     pol, trig = report["policy"], report["trigger"]
     lines = [
         f"# Value drift per step on the proxy tasks ({report.get('model', '?')})", "",
+        *([report["note"], ""] if report.get("note") else []),  # e.g. which weights a path held when profiled
         f"Policy profiled: Kp {pol['prompt_interval']}, Kr {pol['response_interval']}, ratio {pol['transfer_ratio']} "
         f"({pol['selection']} selection), n = {report['n']} held-out problems per task, {report.get('device', '?')} "
         f"{report.get('dtype', '')}, {report.get('threads', '?')} threads; seconds: "
-        + ", ".join(f"{e['task']} profile {e['profile_seconds']}" + (f", verify {e['verify_seconds']}" if 'verify_seconds' in e
-                                                                   else "") for e in report["tasks"].values()) + ".", "",
+        + ", ".join(f"{e['task']} profile {e['profile_seconds']}" + _verify_seconds(e) for e in report["tasks"].values())
+        + ".", "",
         "Drift: mean 1 - cos(V_new, V_cached) over response rows and V-verify layers of a partial step, the value "
         "`response_drift_threshold` is compared with. `since`: steps since the last response refresh. Per example: "
         "each problem generated alone (batch 1). Batch mean: the problems' drift averaged per step, the drift one "
@@ -398,9 +425,10 @@ def main(argv: list[str] | None = None) -> dict:
                      progress=not args.no_progress)
         report.update(model=args.model, device=args.device, dtype=dtype_name, torch=torch.__version__,
                       threads=torch.get_num_threads(), commands=[])
+    report["commands"] = list(dict.fromkeys([*report.get("commands", []), command]))  # a resumed run: once
     derive(report, targets=targets, min_interval=args.min_interval, longest=args.max_interval,
-           model=model if args.verify else None, tok=tok, device=args.device, progress=not args.no_progress)
-    report["commands"] = [*report.get("commands", []), command]
+           model=model if args.verify else None, tok=tok, device=args.device, progress=not args.no_progress,
+           save=lambda r: write_outputs(r, args.out))
     write_outputs(report, args.out)
     print(markdown(report))
     print(f"[drift_profile] wrote {args.out} and {args.out.with_suffix('.md')}")
