@@ -1,4 +1,5 @@
-"""GPU check: cached steps replayed as CUDA graphs give the same outputs as eager cached steps,
+"""GPU check: cached steps replayed as CUDA graphs give the same outputs as eager cached steps
+(CacheConfig()'s frontier selection and the paper's),
 and refresh-every-step still reproduces the uncached model, for the feature cache and the block
 KV caches (block-prefix, block-dual). Exits non-zero on any mismatch.
 
@@ -57,6 +58,11 @@ def main() -> int:
             print(f"    compiled+graph vs graph (default schedule): identical {torch.equal(compiled, graph)}, "
                   f"agreement {c_agree:.3f}")
             ok &= same_graph and (same_exact or dtype != torch.float32)
+            # the published selection (CacheConfig()'s is "frontier") under graphs too
+            p_eager, _ = _run(model, ids, mask, CacheConfig(selection="paper", cuda_graphs=False), **kw)
+            p_graph, _ = _run(model, ids, mask, CacheConfig(selection="paper", cuda_graphs=True), **kw)
+            print(f"    paper selection: graph == eager {torch.equal(p_eager, p_graph)}")
+            ok &= torch.equal(p_eager, p_graph)
             # Block KV caches (block steps replay one graph per block size), with threshold decoding too.
             for policy in ("block-prefix", "block-dual"):
                 for extra in ({}, {"threshold": 0.05}):

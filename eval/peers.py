@@ -318,7 +318,8 @@ def _trace(prefix: str | None, name: str) -> dict[str, Any] | None:
 def plan(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], list[str]]:
     """Settings per implementation, the workload (lengths from the traces when given), notes."""
     thr = f"threshold{THRESHOLD:g}"
-    names = (f"{thr}_none", f"{thr}_paper", f"{thr}_block-dual", "fixed_paper", f"{thr}_block-dual_eos")
+    names = (f"{thr}_none", f"{thr}_paper", f"{thr}_default", f"{thr}_block-prefix", f"{thr}_block-dual", "fixed_paper",
+             f"{thr}_block-dual_eos")
     traces = {k: _trace(args.traces, k) for k in names}
     notes = [f"trace {k}: {'missing' if v is None else 'found'}" for k, v in traces.items() if args.traces]
     w = dict(WORKLOADS[args.workload])
@@ -349,8 +350,12 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], dic
         {"setting": "cache (Kp 100, Kr 8, r 0.25)", "cache": compiled, "proxy_accuracy": acc("fixed_paper")},
     ]
     dual = {"policy": "block-dual", "compile": args.compile}
+    prefix = {"policy": "block-prefix", "compile": args.compile}
+    frontier = {**compiled, "selection": "frontier"}  # CacheConfig()'s selection
     for name, label, cfg in ((f"{thr}_none", f"threshold {THRESHOLD:g}", None),
                              (f"{thr}_paper", f"cache + threshold {THRESHOLD:g}", compiled),
+                             (f"{thr}_default", f"frontier cache + threshold {THRESHOLD:g}", frontier),
+                             (f"{thr}_block-prefix", f"block-prefix cache + threshold {THRESHOLD:g}", prefix),
                              (f"{thr}_block-dual", f"block-dual cache + threshold {THRESHOLD:g}", dual),
                              (f"{thr}_block-dual_eos", f"block-dual cache + threshold {THRESHOLD:g} + early stop", dual)):
         if traces[name] is not None:
@@ -360,16 +365,19 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], dic
         peers["dllm-cache-original"] = [{"setting": "cache (Kp 100, Kr 8, r 0.25), 1 token/step", "peer_cache": cache,
                                          "proxy_accuracy": acc("fixed_paper"), "same_as": ours[1]["setting"]}]
     if args.fast_dllm_repo:
-        row = traces[f"{thr}_block-dual"]
-        replay = None if row is None else row["rows"][0]
-        note = "" if replay is not None else " (no trace: 1 token/step on random weights)"
-        peers["fast-dllm"] = [
-            {"setting": f"dual cache + threshold {THRESHOLD:g}{note}", "function": "generate_with_dual_cache",
-             "threshold": THRESHOLD, "trace_row": replay, "proxy_accuracy": acc(f"{thr}_block-dual"),
-             "same_as": f"block-dual cache + threshold {THRESHOLD:g}"},
-            {"setting": f"prefix cache + threshold {THRESHOLD:g}{note}", "function": "generate_with_prefix_cache",
-             "threshold": THRESHOLD, "trace_row": replay, "proxy_accuracy": None},
-        ]
+        # each of Fast-dLLM's caches replays the trace of our policy that does what it does
+        dual_trace = traces[f"{thr}_block-dual"]
+        prefix_trace = traces[f"{thr}_block-prefix"] or dual_trace
+        peers["fast-dllm"] = []
+        for kind, function, trace, ours_name in (("dual", "generate_with_dual_cache", dual_trace, "block-dual"),
+                                                 ("prefix", "generate_with_prefix_cache", prefix_trace, "block-prefix")):
+            replay = None if trace is None else trace["rows"][0]
+            note = "" if replay is not None else " (no trace: 1 token/step on random weights)"
+            same = traces[f"{thr}_{ours_name}"] is not None and trace is traces[f"{thr}_{ours_name}"]
+            peers["fast-dllm"].append(
+                {"setting": f"{kind} cache + threshold {THRESHOLD:g}{note}", "function": function, "threshold": THRESHOLD,
+                 "trace_row": replay, "proxy_accuracy": acc(f"{thr}_{ours_name}") if same else None,
+                 **({"same_as": f"{ours_name} cache + threshold {THRESHOLD:g}"} if same else {})})
     return peers, w, notes
 
 
@@ -458,6 +466,24 @@ def merge(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept + rows
 
 
+def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """Per workload, batch and gen length: our best row (`_best_ours`) against Fast-dLLM's fastest
+    setting in the same run, the issue's "faster than the peer at its best" check."""
+    out = []
+    for key in dict.fromkeys((r["workload"], r["batch"], r["gen_length"], r["device"]) for r in rows):
+        same = [r for r in rows if (r["workload"], r["batch"], r["gen_length"], r["device"]) == key]
+        best = next((r for r in same if r["impl"] == "ours" and r["setting"].startswith("best: ")), None)
+        peer = max((r for r in same if r["impl"] == "fast-dllm" and r.get("tokens_per_s")),
+                   key=lambda r: r["tokens_per_s"], default=None)
+        if best is None or peer is None:
+            continue
+        ratio = best["tokens_per_s"] / peer["tokens_per_s"]
+        out.append(f"- {key[0]}, batch {key[1]}, gen {key[2]} ({key[3]}): ours at best ({best['setting'][6:]}, "
+                   f"{best['tokens_per_s']:.1f} tokens/s) is {ratio:.2f}x Fast-dLLM at its best ({peer['setting']}, "
+                   f"{peer['tokens_per_s']:.1f} tokens/s): {'faster' if ratio > 1 else 'NOT faster'}.")
+    return out
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| workload | batch | gen | impl | setting | steps | seconds | tokens/s | speedup | proxy acc "
              "| agrees with ours | device |",
@@ -473,7 +499,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                      f"{f(r.get('speedup'), '.2f')}{'x' if r.get('speedup') else ''} | "
                      f"{f(None if acc is None else 100 * acc, '.1f')} | "
                      f"{f(r.get('agreement_with_ours'), '.3f')} | {r['device']} |")
-    return "\n".join(lines) + "\n"
+    found = verdicts(rows)
+    return "\n".join(lines + (["", "Against Fast-dLLM (\"best\": our fastest within 1 point of uncached proxy "
+                                "accuracy):", *found] if found else [])) + "\n"
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

@@ -6,6 +6,10 @@
 #   bash eval/stacked.sh traces        # proxy traces -> eval/results/traces_llada_*.json        (~3 min)
 #   bash eval/stacked.sh bench         # dllm-cache bench, GSM8K and HotpotQA shapes, traces    (~6 min)
 #   bash eval/stacked.sh peers         # eval.peers, batch 1, both workloads -> stacked.json    (~6 min)
+#   bash eval/stacked.sh traces512     # gen-512 traces from the gen-256 ones (CPU, seconds)
+#   bash eval/stacked.sh bench512      # the 8B bench replaying them, batch 1 and 16           (~3 min)
+#   bash eval/stacked.sh peers512      # eval.peers at gen 512, batch 1                        (~4 min)
+# ("all" runs the first three.)
 #
 # The peers stage needs clones of the peers' code in peers/ (ignored by git, see eval/peers.py).
 # When $OUT is set (device machine), every file written to eval/results is copied there too.
@@ -43,5 +47,26 @@ if [[ $stage == peers || $stage == all ]]; then
   P="python -m eval.peers run --dllm-cache-repo peers/dLLM-cache --fast-dllm-repo peers/Fast-dLLM --batch 1"
   $P --workload gsm8k --traces $R/traces_llada_arith
   $P --workload hotpotqa --traces $R/traces_llada_multihop
+  copy_out $R/stacked.json $R/stacked.md $R/stacked.png
+fi
+
+# gen 512 (Fast-dLLM's long-generation setting). The proxy was trained on answers padded to 256
+# tokens and cannot decode 512 (eval/extend_trace.py), so the gen-512 traces extend the gen-256
+# ones with end-of-text blocks decoded as the proxy decodes them; accuracies are those at gen 256.
+if [[ $stage == traces512 ]]; then
+  python -m eval.extend_trace --gen 512 --name llada-gen512 $R/traces_llada_arith_fixed_paper.json \
+      $R/traces_llada_arith_threshold0.9_*.json  # what eval.peers and the bench replay
+fi
+
+if [[ $stage == bench512 ]]; then
+  python -m dllm_cache.bench --shape llada-8b --no-progress --out-dir $R --compile on \
+     --workload gsm8k --batch-size 1 16 --max-steps 33 --policy paper frontier block-prefix block-dual \
+     --trace $R/traces_llada-gen512_arith_threshold0.9_block-prefix.json --tag llada8b-gsm8k512-stacked
+  copy_out $R/llada8b-gsm8k512-stacked.*
+fi
+
+if [[ $stage == peers512 ]]; then
+  python -m eval.peers run --dllm-cache-repo peers/dLLM-cache --fast-dllm-repo peers/Fast-dLLM --batch 1 \
+      --workload gsm8k --traces $R/traces_llada-gen512_arith
   copy_out $R/stacked.json $R/stacked.md $R/stacked.png
 fi

@@ -94,6 +94,44 @@ def test_plan_takes_lengths_and_accuracies_from_the_traces(tmp_path):
         peers.plan(_args(traces=prefix))
 
 
+def test_plan_pairs_each_fast_dllm_cache_with_our_trace_of_the_same_cache(tmp_path):
+    names = ("threshold0.9_none", "threshold0.9_default", "threshold0.9_block-prefix", "threshold0.9_block-dual")
+    prefix = _traces(tmp_path, names=names)
+    data = json.loads((tmp_path / "traces_t_threshold0.9_block-prefix.json").read_text())
+    data["rows"][0]["blocks"] = [[8], [8]]  # tell the two caches' traces apart
+    (tmp_path / "traces_t_threshold0.9_block-prefix.json").write_text(json.dumps(data))
+    settings, _, _ = peers.plan(_args(traces=prefix, fast_dllm_repo="y", compile=True))
+    ours = {s["setting"]: s for s in settings["ours"]}
+    assert ours["frontier cache + threshold 0.9"]["cache"] == {"prompt_interval": 100, "response_interval": 8,
+                                                              "transfer_ratio": 0.25, "selection": "frontier",
+                                                              "compile": True}
+    assert ours["block-prefix cache + threshold 0.9"]["cache"] == {"policy": "block-prefix", "compile": True}
+    dual, pre = settings["fast-dllm"]
+    assert (dual["function"], dual["trace_row"]["blocks"], dual["same_as"]) == \
+        ("generate_with_dual_cache", [[3, 3, 2], [4, 4]], "block-dual cache + threshold 0.9")
+    assert (pre["function"], pre["trace_row"]["blocks"], pre["same_as"]) == \
+        ("generate_with_prefix_cache", [[8], [8]], "block-prefix cache + threshold 0.9")
+    assert pre["proxy_accuracy"] == pytest.approx(0.52)  # the block-prefix trace's (third written)
+    # without a block-prefix trace the prefix cache replays the dual one and claims no accuracy or twin
+    (tmp_path / "traces_t_threshold0.9_block-prefix.json").unlink()
+    _, pre = peers.plan(_args(traces=prefix, fast_dllm_repo="y"))[0]["fast-dllm"]
+    assert pre["trace_row"]["blocks"] == [[3, 3, 2], [4, 4]] and pre["proxy_accuracy"] is None and "same_as" not in pre
+
+
+def test_verdicts_compare_our_best_with_fast_dllm_at_its_best():
+    base = {"workload": "gsm8k", "batch": 1, "gen_length": 256, "device": "H100"}
+    rows = [{**base, "impl": "ours", "setting": "best: block-prefix", "tokens_per_s": 300.0},
+            {**base, "impl": "fast-dllm", "setting": "dual", "tokens_per_s": 200.0},
+            {**base, "impl": "fast-dllm", "setting": "prefix", "tokens_per_s": 250.0},
+            {**base, "gen_length": 512, "impl": "ours", "setting": "best: x", "tokens_per_s": 100.0},
+            {**base, "gen_length": 512, "impl": "fast-dllm", "setting": "dual", "tokens_per_s": 125.0},
+            {**base, "workload": "hotpotqa", "impl": "ours", "setting": "best: y", "tokens_per_s": 1.0}]
+    found = peers.verdicts(rows)
+    assert len(found) == 2  # hotpotqa has no Fast-dLLM row
+    assert "1.20x Fast-dLLM at its best (prefix" in found[0] and found[0].endswith("faster.")
+    assert "0.80x" in found[1] and "NOT faster" in found[1]
+
+
 def test_run_ours_end_to_end_and_report(tmp_path, capsys):
     prefix = _traces(tmp_path)
     out = tmp_path / "stacked.json"
