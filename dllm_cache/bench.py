@@ -484,11 +484,25 @@ def _windowed(decoding: Decoding, setting: CacheSetting | None) -> bool:
     return decoding.fixed and (setting is None or setting.policy not in BLOCK_POLICIES)
 
 
+def _drift_summary(traces: dict[str, Any]) -> dict[str, Any]:
+    """cache_stats' per-step drift (per branch: step, since_refresh, drift lists) as a few numbers
+    a report can hold: steps measured, mean and max drift."""
+    out = {}
+    for branch, t in traces.items():
+        d = [float(x) for x in t.get("drift", [])]
+        out[branch] = {"steps": len(d), "mean": sum(d) / len(d) if d else None, "max": max(d, default=None),
+                       "dropped": t.get("dropped", 0)}
+    return out
+
+
 def _stats_dict(stats: Any) -> dict[str, Any]:
+    """Flat, JSON-ready cache_stats: the drift trace summarised (it holds one entry per step)."""
     if hasattr(stats, "__dataclass_fields__"):
         stats = asdict(stats)
-    return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
-            for k, v in dict(stats).items()}
+    stats = dict(stats)
+    if isinstance(stats.get("drift"), dict):
+        stats["drift"] = _drift_summary(stats["drift"])
+    return {k: (v if isinstance(v, (int, float, str, bool, dict)) or v is None else str(v)) for k, v in stats.items()}
 
 
 def _stats_delta(after: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any]:

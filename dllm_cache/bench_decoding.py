@@ -33,7 +33,7 @@ class Decoding:
     @property
     def label(self) -> str:
         if self.trace_path is not None:
-            return f"trace {Path(self.trace_path).stem}"
+            return f"trace {Path(self.trace_path).name.removesuffix('.gz').removesuffix('.json')}"
         if self.threshold is not None:
             return f"threshold {self.threshold:g}"
         return "" if self.factor is None else f"factor {self.factor:g}"

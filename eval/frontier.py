@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import math
+import shlex
 import sys
 import time
 from dataclasses import asdict, replace
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tok = load_model(args.model, args.device, dtype)
         args.out_dir.mkdir(parents=True, exist_ok=True)
         path = args.out_dir / f"frontier_{args.name}.json"
-        command = "PYTHONPATH=. python -m eval.frontier " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "PYTHONPATH=. python -m eval.frontier " + shlex.join(argv if argv is not None else sys.argv[1:])
         options = dict(name=args.name, n=args.n, device=args.device, only=args.only.split(",") if args.only else None,
                        batch={"arith": args.arith_batch, "hotpot": args.hotpot_batch}, progress=not args.no_progress,
                        gen={f: parse_gen(v, f"{f}-gen")

@@ -212,3 +212,12 @@ def test_bench_dry_run_with_blocks_and_a_trace(tmp_path, capsys):
                  "--trace", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "block-dual + trace trace_tiny" in out and "decoding trace trace_tiny" in out
+def test_stats_dict_summarises_the_per_step_drift():
+    from dllm_cache.bench import _stats_dict
+
+    stats = {"steps": 3, "recompute_fraction": None, "config": object(),
+             "drift": {"cond": {"step": [1, 2, 3], "since_refresh": [1, 2, 1], "drift": [0.1, 0.3, 0.2], "dropped": 4}}}
+    out = _stats_dict(stats)
+    assert out["steps"] == 3 and out["recompute_fraction"] is None and isinstance(out["config"], str)
+    assert out["drift"] == {"cond": {"steps": 3, "mean": pytest.approx(0.2), "max": 0.3, "dropped": 4}}
+    json.dumps(out)  # a report can hold it

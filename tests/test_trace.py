@@ -88,3 +88,15 @@ def test_replay_schedule_rejects_mismatched_traces():
     with pytest.raises(ValueError, match="cannot be combined"):
         generate(model, _ids(1), gen_length=16, steps=16, block_length=8, threshold=0.5,
                  schedule=ReplaySchedule([good], 16, 8))
+
+
+def test_gzipped_trace_files_read_back_the_same(tmp_path):
+    rows = [{"blocks": [[3, 1], [4]], "stopped": False, "text": "x" * 50}] * 40
+    meta = {"gen_length": 8, "block_length": 4}
+    plain = read_trace(write_trace(tmp_path / "t.json", rows, meta))
+    packed = write_trace(tmp_path / "t.json.gz", rows, meta)
+    assert packed.stat().st_size < (tmp_path / "t.json").stat().st_size / 5
+    assert read_trace(packed) == plain
+    (tmp_path / "bad.json.gz").write_bytes(__import__("gzip").compress(b'{"rows": []}'))
+    with pytest.raises(ValueError, match="not a decoding trace"):
+        read_trace(tmp_path / "bad.json.gz")
