@@ -318,8 +318,8 @@ def _trace(prefix: str | None, name: str) -> dict[str, Any] | None:
 def plan(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], list[str]]:
     """Settings per implementation, the workload (lengths from the traces when given), notes."""
     thr = f"threshold{THRESHOLD:g}"
-    names = (f"{thr}_none", f"{thr}_paper", f"{thr}_default", f"{thr}_block-prefix", f"{thr}_block-dual", "fixed_paper",
-             f"{thr}_block-dual_eos")
+    names = (f"{thr}_none", f"{thr}_paper", f"{thr}_default", f"{thr}_kr2", f"{thr}_block-prefix", f"{thr}_block-dual",
+             "fixed_paper", f"{thr}_block-dual_eos")
     traces = {k: _trace(args.traces, k) for k in names}
     notes = [f"trace {k}: {'missing' if v is None else 'found'}" for k, v in traces.items() if args.traces]
     w = dict(WORKLOADS[args.workload])
@@ -355,6 +355,8 @@ def plan(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], dic
     for name, label, cfg in ((f"{thr}_none", f"threshold {THRESHOLD:g}", None),
                              (f"{thr}_paper", f"cache + threshold {THRESHOLD:g}", compiled),
                              (f"{thr}_default", f"frontier cache + threshold {THRESHOLD:g}", frontier),
+                             (f"{thr}_kr2", f"frontier cache, Kr 2 + threshold {THRESHOLD:g}",
+                              {**frontier, "response_interval": 2}),
                              (f"{thr}_block-prefix", f"block-prefix cache + threshold {THRESHOLD:g}", prefix),
                              (f"{thr}_block-dual", f"block-dual cache + threshold {THRESHOLD:g}", dual),
                              (f"{thr}_block-dual_eos", f"block-dual cache + threshold {THRESHOLD:g} + early stop", dual)):

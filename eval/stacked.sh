@@ -27,6 +27,8 @@ if [[ $stage == traces || $stage == all ]]; then
   python -m eval.traces --model "$MODEL" --name llada --task arith --gen 256,256,32 --no-progress \
       --rule fixed threshold:0.9 factor:1.0 --cache none paper default block-dual block-prefix
   python -m eval.traces --model "$MODEL" --name llada --task arith --gen 256,256,32 --no-progress \
+      --rule threshold:0.9 --cache kr2     # the frontier cache refreshing the response every 2 steps
+  python -m eval.traces --model "$MODEL" --name llada --task arith --gen 256,256,32 --no-progress \
       --rule threshold:0.9 --cache block-dual --stop-at-eos
   # HotpotQA-shaped: gen 32, one block of 32
   python -m eval.traces --model "$MODEL" --name llada --task multihop --no-progress \

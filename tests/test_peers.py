@@ -95,7 +95,8 @@ def test_plan_takes_lengths_and_accuracies_from_the_traces(tmp_path):
 
 
 def test_plan_pairs_each_fast_dllm_cache_with_our_trace_of_the_same_cache(tmp_path):
-    names = ("threshold0.9_none", "threshold0.9_default", "threshold0.9_block-prefix", "threshold0.9_block-dual")
+    names = ("threshold0.9_none", "threshold0.9_default", "threshold0.9_block-prefix", "threshold0.9_block-dual",
+             "threshold0.9_kr2")
     prefix = _traces(tmp_path, names=names)
     data = json.loads((tmp_path / "traces_t_threshold0.9_block-prefix.json").read_text())
     data["rows"][0]["blocks"] = [[8], [8]]  # tell the two caches' traces apart
@@ -106,6 +107,8 @@ def test_plan_pairs_each_fast_dllm_cache_with_our_trace_of_the_same_cache(tmp_pa
                                                               "transfer_ratio": 0.25, "selection": "frontier",
                                                               "compile": True}
     assert ours["block-prefix cache + threshold 0.9"]["cache"] == {"policy": "block-prefix", "compile": True}
+    assert ours["frontier cache, Kr 2 + threshold 0.9"]["cache"]["response_interval"] == 2
+    assert ours["frontier cache, Kr 2 + threshold 0.9"]["trace_rows"][0]["blocks"] == [[3, 3, 2], [4, 4]]
     dual, pre = settings["fast-dllm"]
     assert (dual["function"], dual["trace_row"]["blocks"], dual["same_as"]) == \
         ("generate_with_dual_cache", [[3, 3, 2], [4, 4]], "block-dual cache + threshold 0.9")
