@@ -309,10 +309,12 @@ WORKERS = {"ours": worker_ours, "dllm-cache-original": worker_dllm_cache, "fast-
 
 
 def _trace(prefix: str | None, name: str) -> dict[str, Any] | None:
+    from dllm_cache.trace import read_trace
+
     if prefix is None:
         return None
     path = Path(f"{prefix}_{name}.json")
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_trace(path) if path.is_file() else None
 
 
 def plan(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], list[str]]:
@@ -457,14 +459,19 @@ def _best_ours(rows: list[dict[str, Any]], base: dict[str, Any] | None) -> dict[
     return max(ok, key=lambda r: r["tokens_per_s"], default=None)
 
 
+def _run_of(r: dict[str, Any]) -> tuple:
+    """The measurement a row belongs to: rows of one (workload, batch, gen length, device) share a
+    baseline and one "best" row."""
+    return r["workload"], r["batch"], r["gen_length"], r["device"]
+
+
 def merge(path: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows of `path` with these rows replacing those of the same key (impl, setting, workload, ...)."""
     old = json.loads(path.read_text()) if path.is_file() else []
     new_keys = {tuple(r[k] for k in KEY) for r in rows}
-    same_run = {(r["workload"], r["batch"], r["gen_length"], r["device"]) for r in rows}
+    same_run = {_run_of(r) for r in rows}
     kept = [r for r in old if tuple(r.get(k) for k in KEY) not in new_keys
-            and not (r.get("setting", "").startswith("best: ") and (r["workload"], r["batch"], r["gen_length"],
-                                                                     r["device"]) in same_run)]
+            and not (r.get("setting", "").startswith("best: ") and _run_of(r) in same_run)]
     return kept + rows
 
 
@@ -472,8 +479,8 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     """Per workload, batch and gen length: our best row (`_best_ours`) against Fast-dLLM's fastest
     setting in the same run, the issue's "faster than the peer at its best" check."""
     out = []
-    for key in dict.fromkeys((r["workload"], r["batch"], r["gen_length"], r["device"]) for r in rows):
-        same = [r for r in rows if (r["workload"], r["batch"], r["gen_length"], r["device"]) == key]
+    for key in dict.fromkeys(_run_of(r) for r in rows):
+        same = [r for r in rows if _run_of(r) == key]
         best = next((r for r in same if r["impl"] == "ours" and r["setting"].startswith("best: ")), None)
         peer = max((r for r in same if r["impl"] == "fast-dllm" and r.get("tokens_per_s")),
                    key=lambda r: r["tokens_per_s"], default=None)

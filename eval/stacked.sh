@@ -21,6 +21,7 @@ MODEL=${MODEL:-eval/tiny/model}
 stage=${1:-all}
 
 copy_out() { if [ -n "${OUT:-}" ]; then cp "$@" "$OUT"/ 2>/dev/null || true; fi; }
+P="python -m eval.peers run --dllm-cache-repo peers/dLLM-cache --fast-dllm-repo peers/Fast-dLLM --batch 1"
 
 if [[ $stage == traces || $stage == all ]]; then
   # GSM8K-shaped: gen 256 in blocks of 32 (Fast-dLLM's GSM8K setting, the bench's gsm8k workload)
@@ -46,7 +47,6 @@ if [[ $stage == bench || $stage == all ]]; then
 fi
 
 if [[ $stage == peers || $stage == all ]]; then
-  P="python -m eval.peers run --dllm-cache-repo peers/dLLM-cache --fast-dllm-repo peers/Fast-dLLM --batch 1"
   $P --workload gsm8k --traces $R/traces_llada_arith
   $P --workload hotpotqa --traces $R/traces_llada_multihop
   copy_out $R/stacked.json $R/stacked.md $R/stacked.png
@@ -68,7 +68,6 @@ if [[ $stage == bench512 ]]; then
 fi
 
 if [[ $stage == peers512 ]]; then
-  python -m eval.peers run --dllm-cache-repo peers/dLLM-cache --fast-dllm-repo peers/Fast-dLLM --batch 1 \
-      --workload gsm8k --traces $R/traces_llada-gen512_arith
+  $P --workload gsm8k --traces $R/traces_llada-gen512_arith
   copy_out $R/stacked.json $R/stacked.md $R/stacked.png
 fi

@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import tasks
-from .evaluate import GEN_SETTINGS, generate_texts, load_model, parse_gen
+from .evaluate import GEN_SETTINGS, accuracy_of, generate_texts, load_model, parse_gen
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 TASK_NAMES = {"arith": "arith", "hotpot": "multihop"}  # family -> name in the reports (as eval.frontier)
@@ -196,14 +196,12 @@ def verify_threshold(model, tok, family: str, examples: list[dict], config, *, b
     """Run a drift-triggered config: the steps per response refresh it took, its refreshes and accuracy."""
     from dllm_cache import cache_enabled, cache_stats
 
-    prompts = [tasks.prompt_and_target(family, ex)[0] for ex in examples]
     with cache_enabled(model, config):
-        texts = generate_texts(model, tok, prompts, device=device, settings=settings, batch_size=batch)
+        accuracy, _ = accuracy_of(model, tok, family, examples, device=device, settings=settings, batch_size=batch)
         stats = cache_stats(model)
     refreshes = stats["full_steps"] + stats["response_refresh_steps"]
     return {"steps_per_refresh": stats["steps"] / refreshes, "drift_refreshes": stats["drift_refreshes"],
-            "generations": stats["generations"], "steps": stats["steps"],
-            "accuracy": sum(tasks.is_correct(family, t, ex["answer"]) for t, ex in zip(texts, examples)) / len(examples)}
+            "generations": stats["generations"], "steps": stats["steps"], "accuracy": accuracy}
 
 
 def run(model, tok, *, families, n: int, device: str, policy, gen: dict | None = None, progress: bool = True) -> dict:
