@@ -126,10 +126,11 @@ def _config_fields(cfg) -> dict | None:
 
 
 def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpot"), only: list[str] | None = None,
-        batch: dict | None = None, gen: dict | None = None, progress: bool = True) -> dict:
+        batch: dict | None = None, gen: dict | None = None, progress: bool = True, part: tuple[int, int] | None = None) -> dict:
     """Every setting on every family -> report dict with one row per (setting, family).
 
-    `gen` overrides a family's generation settings (tests use short generations on CPU)."""
+    `gen` overrides a family's generation settings (tests use short generations on CPU); `part`
+    (i, k) runs every k-th setting from the i-th (1-based), plus uncached, so k GPUs share a task."""
     from dllm_cache import cache_enabled, cache_stats
     from dllm_cache.hooks import adapter_for, family_of
 
@@ -148,6 +149,9 @@ def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpo
         todo = settings_for(family, arch, len(adapter_for(model).blocks(model)))
         if only:
             todo = [(s, c) for s, c in todo if s in only or s == "uncached"]
+        if part:
+            i, k = part
+            todo = [todo[0]] + [sc for j, sc in enumerate(todo[1:]) if j % k == i - 1]
         for setting, cfg in tqdm(todo, desc=f"{name}/{TASK_NAMES[family]}", disable=not progress):
             if cfg is not None and cfg in done:  # same configuration under another name
                 rows.append({**done[cfg], "name": setting})
@@ -199,17 +203,29 @@ def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpo
     return {"model": name, "arch": arch, "n": n, "rows": rows}
 
 
+def parse_part(text: str) -> tuple[int, int]:
+    """'2/3' -> (2, 3): the second of three shares of the settings."""
+    try:
+        i, k = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"--part: expected I/K with integers, e.g. 2/3; got {text!r}") from None
+    if not 1 <= i <= k:
+        raise SystemExit(f"--part {text}: need 1 <= I <= K")
+    return i, k
+
+
 def merge_into(path: Path, report: dict) -> dict:
-    """`report` plus the rows of the tasks it did not run from an earlier run of the same model at
-    `path`, so the tasks can be run by separate commands (each within a device call's limit; every
-    row names its command)."""
+    """`report` plus the rows of an earlier run of the same model at `path` that it did not redo
+    (same task and setting name), so tasks, or parts of a task's settings (`--only`), can run as
+    separate commands, each within a device call's limit or on its own GPU; every row names its
+    command."""
     if not path.exists():
         return report
     old = json.loads(path.read_text())
     if old.get("model") != report["model"]:
         raise SystemExit(f"{path} holds model {old.get('model')!r}, not {report['model']!r}")
-    tasks_now = {r["task"] for r in report["rows"]}
-    kept = [r for r in old["rows"] if r["task"] not in tasks_now]
+    redone = {(r["task"], r["name"]) for r in report["rows"]}
+    kept = [r for r in old["rows"] if (r["task"], r["name"]) not in redone]
     return {**report, "rows": kept + report["rows"]}
 
 
@@ -343,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help="default: bfloat16 on CUDA, float32 on CPU")
     r.add_argument("--families", default="arith,hotpot")
     r.add_argument("--only", default=None, help="comma-separated setting names (uncached always runs)")
+    r.add_argument("--part", default=None, metavar="I/K",
+                   help="run the I-th of K interleaved shares of the settings (plus uncached), e.g. one per GPU")
     r.add_argument("--arith-batch", type=int, default=BATCH["arith"])
     r.add_argument("--hotpot-batch", type=int, default=BATCH["hotpot"])
     for fam in ("arith", "hotpot"):
@@ -355,8 +373,18 @@ def main(argv: list[str] | None = None) -> int:
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     rep.add_argument("--out-dir", type=Path, default=RESULTS)
     rep.add_argument("--inputs", nargs="*", default=None, help="default: <out-dir>/frontier_*.json")
+    mer = sub.add_parser("merge", help="merge frontier_<name>.json files of one model (e.g. --part runs) into one")
+    mer.add_argument("--into", type=Path, required=True, help="the model's frontier_<name>.json (created if missing)")
+    mer.add_argument("parts", nargs="+", type=Path)
     args = p.parse_args(argv)
 
+    if args.cmd == "merge":
+        for part in args.parts:
+            merged = merge_into(args.into, json.loads(part.read_text()))
+            args.into.parent.mkdir(parents=True, exist_ok=True)
+            args.into.write_text(json.dumps(merged, indent=1, default=str))
+        print(f"[frontier] merged {len(args.parts)} file(s) into {args.into}: {len(merged['rows'])} rows")
+        return 0
     if args.cmd == "run":
         dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
         model, tok = load_model(args.model, args.device, dtype)
@@ -364,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         path = args.out_dir / f"frontier_{args.name}.json"
         command = "PYTHONPATH=. python -m eval.frontier " + shlex.join(argv if argv is not None else sys.argv[1:])
         options = dict(name=args.name, n=args.n, device=args.device, only=args.only.split(",") if args.only else None,
+                       part=parse_part(args.part) if args.part else None,
                        batch={"arith": args.arith_batch, "hotpot": args.hotpot_batch}, progress=not args.no_progress,
                        gen={f: parse_gen(v, f"{f}-gen")
                             for f, v in (("arith", args.arith_gen), ("hotpot", args.hotpot_gen)) if v})

@@ -128,6 +128,33 @@ def test_tasks_run_as_separate_commands_merge_per_model(micro_model, tmp_path):
     assert sorted((r["task"], r["name"]) for r in report["rows"]) == [
         ("arith", "Kr=2"), ("arith", "uncached"), ("multihop", "Kr=2"), ("multihop", "uncached")]
     assert [c.split("--families ")[1].split()[0] for c in frontier.commands_of(report)] == ["hotpot", "arith"]
+    # a task's settings split over two commands (e.g. one per GPU) merge too; the later uncached row wins
+    split = [c if c != "Kr=2" else "Kr=4" for c in common]
+    frontier.main(["run", "--name", "llada", "--families", "arith", *split])
+    report = json.loads(path.read_text())
+    assert sorted((r["task"], r["name"]) for r in report["rows"]) == [
+        ("arith", "Kr=2"), ("arith", "Kr=4"), ("arith", "uncached"), ("multihop", "Kr=2"), ("multihop", "uncached")]
+    assert "Kr=4" in next(r["command"] for r in report["rows"] if r["name"] == "uncached" and r["task"] == "arith")
     path.rename(tmp_path / "frontier_dream.json")
     with pytest.raises(SystemExit, match="holds model 'llada'"):
         frontier.main(["run", "--name", "dream", "--families", "arith", *common])
+
+
+def test_parts_split_the_settings_and_merge(micro_model, tmp_path):
+    """--part I/K runs interleaved shares of the settings (each with uncached), one per GPU; `merge`
+    joins them into the model's file; a malformed part is refused."""
+    common = ["--model", str(micro_model), "--name", "llada", "--n", "2", "--device", "cpu", "--families", "arith",
+              "--only", "Kr=2,Kr=4,Kr=8", "--arith-gen", "8,8,8", "--no-progress"]
+    names = {}
+    for i in (1, 2):
+        frontier.main(["run", *common, "--part", f"{i}/2", "--out-dir", str(tmp_path / f"p{i}")])
+        names[i] = [r["name"] for r in json.loads((tmp_path / f"p{i}" / "frontier_llada.json").read_text())["rows"]]
+    assert names == {1: ["uncached", "Kr=2", "Kr=8"], 2: ["uncached", "Kr=4"]}
+    into = tmp_path / "all" / "frontier_llada.json"
+    frontier.main(["merge", "--into", str(into), *(str(tmp_path / f"p{i}" / "frontier_llada.json") for i in (1, 2))])
+    merged = json.loads(into.read_text())
+    assert sorted(r["name"] for r in merged["rows"]) == ["Kr=2", "Kr=4", "Kr=8", "uncached"]
+    with pytest.raises(SystemExit, match="I/K"):
+        frontier.main(["run", *common, "--part", "2", "--out-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="1 <= I <= K"):
+        frontier.main(["run", *common, "--part", "3/2", "--out-dir", str(tmp_path)])

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from . import tasks
+from .distributed import Ranks
 from .tokenizer import load_or_build
 
 # The proxy models shipped with the project (bf16 safetensors in shards <= 15 MB):
@@ -74,6 +75,7 @@ SINGLE_HOP_FRAC = 0.3  # hotpot rows asking one fact (tasks.make_hotpot hops=1):
 SUFFIX_FRAC = 0.5  # rows masked from a random cut on, so results must be computed, not copied
 DRILL_FRAC = 0.4  # arith rows that are symbol drills (tasks.make_arith_drill): dense two-digit sums
 MASK_EPS = 1e-3
+SYNC_EVERY = 10  # steps between rank 0's clock decisions (stop, evaluate, save) in data-parallel runs
 EXPORT_SHARD = "15MB"
 MAX_SEQUENCE_LENGTH = 4608
 
@@ -197,13 +199,14 @@ class BatchMaker:
 
 
 class BatchStream(torch.utils.data.IterableDataset):
-    """Batches for steps start, start+1, ...; worker w of W makes steps start+w, start+w+W, ...
+    """Batches for steps start, start+1, ...; worker w of K makes steps start+w, start+w+K, ...
     (the DataLoader interleaves workers round-robin, so the order is exact)."""
 
-    def __init__(self, tok_dir: str | None, start: int, **maker_kwargs):
+    def __init__(self, tok_dir: str | None, start: int, rank: int = 0, world: int = 1, **maker_kwargs):
         super().__init__()
         self.tok_dir = tok_dir
         self.start = start
+        self.rank, self.world = rank, world  # data-parallel rank r of W makes global batches step * W + r
         self.maker_kwargs = maker_kwargs
 
     def __iter__(self):
@@ -214,7 +217,7 @@ class BatchStream(torch.utils.data.IterableDataset):
         maker = BatchMaker(load_or_build(self.tok_dir), **self.maker_kwargs)
         step = self.start + worker
         while True:
-            yield maker.make(step)
+            yield maker.make(step * self.world + self.rank)
             step += workers
 
 
@@ -425,9 +428,22 @@ def main(argv: list[str] | None = None) -> dict:
     start_time = time.time()
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    device = args.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but torch.cuda.is_available() is False; pass --device cpu.")
+    ranks = Ranks.from_env(args.device)  # one process unless launched by torchrun
+    device = ranks.device
+    try:
+        return _train(args, ranks, device, start_time)
+    finally:
+        ranks.close()
+
+
+def _say(ranks: Ranks, text: str) -> None:
+    if ranks.main:
+        print(text, flush=True)
+
+
+def _train(args: argparse.Namespace, ranks: Ranks, device: str, start_time: float) -> dict:
     on_cuda = device.startswith("cuda")
     reserve = args.reserve_seconds if args.reserve_seconds is not None else (30.0 if on_cuda else 5.0)
     deadline = start_time + args.max_minutes * 60 - reserve
@@ -457,7 +473,8 @@ def main(argv: list[str] | None = None) -> dict:
         meta["schedule_from_seconds"] = meta["train_seconds"]
     tok = load_or_build(tok_dir)
 
-    torch.manual_seed(args.seed + meta["step"])
+    # Each rank draws its own masks; a resumed multi-rank run reseeds instead of restoring RNG states.
+    torch.manual_seed(args.seed + meta["step"] + 1_000_003 * ranks.rank)
     if args.resume or args.init_from:
         from safetensors.torch import load_file
         from transformers import AutoConfig
@@ -499,6 +516,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.resume:
         saved = torch.load(ckpt_dir / "optimizer.pt", map_location="cpu", weights_only=False)
         optimizer.load_state_dict(saved["optimizer"])
+    if args.resume and ranks.world == 1:
         rng = saved["rng"]
         random.setstate(rng["python"])
         torch.set_rng_state(rng["torch"])
@@ -513,7 +531,7 @@ def main(argv: list[str] | None = None) -> dict:
         seed=args.seed, seq_len=args.seq_len, batch_size=args.batch_size, hotpot_frac=args.hotpot_frac, max_rows=args.max_rows,
         single_hop_frac=args.single_hop_frac, drill_frac=args.drill_frac,
     )
-    stream = BatchStream(tok_dir, step0, **maker_kwargs)
+    stream = BatchStream(tok_dir, step0, rank=ranks.rank, world=ranks.world, **maker_kwargs)
     loader = torch.utils.data.DataLoader(
         stream,
         batch_size=None,
@@ -523,13 +541,14 @@ def main(argv: list[str] | None = None) -> dict:
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
-    train_model = torch.compile(model, dynamic=True) if args.compile else model
-    print(
+    train_model = ranks.wrap(model)
+    train_model = torch.compile(train_model, dynamic=True) if args.compile else train_model
+    _say(
+        ranks,
         f"[train] {arch} model {n_params / 1e6:.2f} M params ({2 * n_params / 1e6:.1f} MB bf16), vocab {len(tok)} "
         f"(embedding {model.get_input_embeddings().weight.shape[0]}), device {device}, workers {workers}, start step {step0}, "
         f"budget {args.max_minutes} min, schedule {horizon_s / 60:.1f} train-min, "
-        f"batch ~{args.batch_size}x{args.seq_len} tokens",
-        flush=True,
+        f"batch ~{args.batch_size}x{args.seq_len} tokens" + (f" per rank, {ranks.world} ranks" if ranks.world > 1 else ""),
     )
 
     mask_id = config.mask_token_id
@@ -539,12 +558,22 @@ def main(argv: list[str] | None = None) -> dict:
     last_log, last_eval, last_save = time.time(), time.time(), time.time()
     window = _new_window(device)
     stop_reason = "time"
+    tokens0, examples0 = int(meta["tokens"]), int(meta["examples"])
+    local_tokens = local_examples = 0  # this rank's, since this run started
+    do_eval = do_save = False
     for batch in loader:
         if args.steps is not None and step >= args.steps:
             stop_reason = "steps"
             break
-        if time.time() >= deadline:
-            break
+        if ranks.world == 1 or (step - step0) % SYNC_EVERY == 0:  # rank 0's clock decides for all
+            now = time.time()
+            stop, do_eval, do_save = ranks.agree(
+                now >= deadline,
+                bool(args.eval_every_minutes) and now - last_eval > args.eval_every_minutes * 60 and now + 30 < deadline,
+                bool(args.save_every_minutes) and now - last_save > args.save_every_minutes * 60,
+            )
+            if stop:
+                break
         train_seconds = train_seconds0 + (time.time() - loop_start)
         schedule_seconds = train_seconds - float(meta.get("schedule_from_seconds", 0.0))
         progress = step / args.steps if args.steps else schedule_seconds / horizon_s
@@ -571,9 +600,11 @@ def main(argv: list[str] | None = None) -> dict:
         window[batch.family] += loss.detach()  # summed on the device: no host sync per step
         window["n_" + batch.family] += 1
         window["tokens"] += n_tokens
-        meta["tokens"] += n_tokens
-        meta["examples"] += batch.input_ids.shape[0]
-        if step % args.log_every == 0 or step == step0 + 1:
+        local_tokens += n_tokens
+        local_examples += batch.input_ids.shape[0]
+        if step % args.log_every == 0 or step == step0 + 1:  # every rank: the token count is a collective
+            window["tokens"] = ranks.total(window["tokens"])
+            meta["tokens"] = tokens0 + ranks.total(local_tokens)
             now = time.time()
             sums = {k: float(window[k]) for k in ("arith", "hotpot")}
             counts = {k: window["n_" + k] for k in ("arith", "hotpot")}
@@ -581,30 +612,42 @@ def main(argv: list[str] | None = None) -> dict:
             if not math.isfinite(mean):
                 raise SystemExit(f"loss is {mean} near step {step}; lower --lr (now {args.lr}).")
             fam = " ".join(f"{k} {sums[k] / counts[k]:.3f}" if counts[k] else f"{k} -" for k in sums)
-            print(
+            _say(
+                ranks,
                 f"[train] step {step} loss {mean:.4f} ({fam}) lr {lr:.2e} "
                 f"tok/s {window['tokens'] / max(1e-9, now - last_log):,.0f} tokens {meta['tokens'] / 1e6:.1f}M "
                 f"elapsed {now - start_time:.0f}s",
-                flush=True,
             )
             window = _new_window(device)
             last_log = now
-        if args.eval_every_minutes and time.time() - last_eval > args.eval_every_minutes * 60 and time.time() + 30 < deadline:
-            result = {"step": step, **quick_eval(model, tok, args, device)}
-            meta["evals"].append(result)
-            print(f"[eval] {result}", flush=True)
-            last_eval = time.time()
-        if args.save_every_minutes and time.time() - last_save > args.save_every_minutes * 60:
-            meta.update(step=step, train_seconds=train_seconds0 + time.time() - loop_start)
-            save_checkpoint(ckpt_dir, model, optimizer, tok, {**meta, "args": vars(args)})
-            last_save = time.time()
+        if do_eval:
+            if ranks.main:
+                result = {"step": step, **quick_eval(model, tok, args, device)}
+                meta["evals"].append(result)
+                print(f"[eval] {result}", flush=True)
+            ranks.barrier()
+            last_eval, do_eval = time.time(), False
+        if do_save:
+            meta.update(
+                step=step, train_seconds=train_seconds0 + time.time() - loop_start, tokens=tokens0 + ranks.total(local_tokens)
+            )
+            if ranks.main:
+                save_checkpoint(ckpt_dir, model, optimizer, tok, {**meta, "args": vars(args)})
+            ranks.barrier()
+            last_save, do_save = time.time(), False
 
-    meta.update(step=step, train_seconds=round(train_seconds0 + time.time() - loop_start, 1))
-    print(
+    meta.update(
+        step=step, train_seconds=round(train_seconds0 + time.time() - loop_start, 1),
+        tokens=tokens0 + ranks.total(local_tokens), examples=examples0 + ranks.total(local_examples),
+    )
+    _say(
+        ranks,
         f"[train] stopped ({stop_reason}) at step {step} after {time.time() - start_time:.0f}s; "
         f"{meta['tokens'] / 1e6:.1f}M tokens, {meta['examples']} examples in total",
-        flush=True,
     )
+    if not ranks.main:  # rank 0 saves, evaluates and exports
+        ranks.barrier()
+        return {}
     save_checkpoint(ckpt_dir, model, optimizer, tok, {**meta, "args": vars(args)})
     if not args.no_final_eval:
         result = {"step": step, "final": True, **quick_eval(model, tok, args, device)}
@@ -618,6 +661,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
         "device": device,
+        "ranks": ranks.world,
         "torch": torch.__version__,
     }
     files = export_model(model, tok, out / "model", summary)
@@ -627,6 +671,7 @@ def main(argv: list[str] | None = None) -> dict:
         sizes = {f: os.path.getsize(Path(args.export_dir) / f) for f in files}
         print(f"[export] {args.export_dir}: {sizes}", flush=True)
     print(f"[train] done in {time.time() - start_time:.0f}s", flush=True)
+    ranks.barrier()
     return summary
 
 
