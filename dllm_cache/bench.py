@@ -98,6 +98,13 @@ class CacheSetting:
         label += f" kv-{self.kv_cache_dtype}" if self.kv_cache_dtype else ""
         return label + " compiled" if self.compile else label
 
+    def as_dict(self) -> dict[str, Any]:
+        """The report's `cache` field; kv_cache_dtype only when set (exact runs' rows are as before)."""
+        d = asdict(self)
+        if d["kv_cache_dtype"] is None:
+            del d["kv_cache_dtype"]
+        return d
+
     def to_config(self) -> Any:
         from dllm_cache.config import CacheConfig
 
@@ -699,7 +706,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             row = Row(
                 batch_size=batch,
                 label=label,
-                cache=asdict(setting) if setting else None,
+                cache=setting.as_dict() if setting else None,
                 latency_s=latency,
                 latencies_s=latencies,
                 timed_steps=run.n_steps,
