@@ -36,7 +36,8 @@ def block_rows_forward(parts: BlockParts, dims: Dims, store: LayerStore, ctx: St
     q = apply_rope(_heads(parts.q_proj(h), hd), cos, sin)  # (batch, heads, n, hd)
     kv = store.kv
     kv.load()  # an fp8 store's K/V into the shared workspace: the rows outside idx are read as cached
-    kv.write(0, k=apply_rope(_heads(parts.k_proj(h), hd), cos, sin), v=_heads(parts.v_proj(h), hd), index=idx)
+    kv.write(0, k=apply_rope(_heads(parts.k_proj(h), hd), cos, sin), index=idx)
+    kv.write(0, v=_heads(parts.v_proj(h), hd), index=idx)
     xr = xr + parts.out_proj(_attend_cached(q, kv.k, kv.v, ctx.key_mask))
     xr = xr + parts.mlp(parts.ffn_norm(xr))
     x.index_copy_(1, idx, xr)

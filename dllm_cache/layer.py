@@ -54,8 +54,9 @@ def full_block_forward(parts: BlockParts, dims: Dims, store: LayerStore, ctx: St
     cos, sin = ctx.rope
     h = parts.attn_norm(x)
     q = apply_rope(_heads(parts.q_proj(h), dims.head_dim), cos, sin)
-    kv = store.kv
-    kv.write(0, k=apply_rope(_heads(parts.k_proj(h), dims.head_dim), cos, sin), v=_heads(parts.v_proj(h), dims.head_dim))
+    kv = store.kv  # K and V written one at a time: one of them is a temporary at once
+    kv.write(0, k=apply_rope(_heads(parts.k_proj(h), dims.head_dim), cos, sin))
+    kv.write(0, v=_heads(parts.v_proj(h), dims.head_dim))
     attn = parts.out_proj(attend(q, kv.k, kv.v, ctx.key_mask))  # (batch, seq, d_model)
     x = x + attn
     ffn = parts.mlp(parts.ffn_norm(x))
@@ -76,7 +77,8 @@ def _response_queries(
     if refresh:
         cr, sr = cos[:, P:], sin[:, P:]
         q = apply_rope(_heads(parts.q_proj(hr), hd), cr, sr)
-        kv.write(P, k=apply_rope(_heads(parts.k_proj(hr), hd), cr, sr), v=_heads(parts.v_proj(hr), hd))
+        kv.write(P, k=apply_rope(_heads(parts.k_proj(hr), hd), cr, sr))
+        kv.write(P, v=_heads(parts.v_proj(hr), hd))
         return None, q
     if ctx.selected == 0:  # nothing to recompute: no drift test, no V (as the paper's code does)
         return hr.new_empty(hr.shape[0], 0, dtype=torch.long), None
@@ -148,7 +150,8 @@ def cached_block_forward(
         hp = parts.attn_norm(x[:, :P])
         cp, sp = cos[:, :P], sin[:, :P]
         queries.append(apply_rope(_heads(parts.q_proj(hp), hd), cp, sp))
-        store.kv.write(0, k=apply_rope(_heads(parts.k_proj(hp), hd), cp, sp), v=_heads(parts.v_proj(hp), hd))
+        store.kv.write(0, k=apply_rope(_heads(parts.k_proj(hp), hd), cp, sp))
+        store.kv.write(0, v=_heads(parts.v_proj(hp), hd))
     sel, q_resp = _response_queries(parts, dims, store, ctx, parts.attn_norm(x[:, P:]), refresh_response)
     if q_resp is not None:
         queries.append(q_resp)
