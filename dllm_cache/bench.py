@@ -85,6 +85,7 @@ class CacheSetting:
     transfer_ratio: float
     compile: bool = False
     policy: str = "paper"
+    kv_cache_dtype: str | None = None  # CacheConfig.kv_cache_dtype: None exact, "fp8" (lossy)
 
     @property
     def label(self) -> str:
@@ -94,18 +95,27 @@ class CacheSetting:
             label = f"Kp={self.prompt_interval} Kr={self.response_interval} r={self.transfer_ratio:g}"
             if self.policy != "paper":
                 label += f" {self.policy}"
+        label += f" kv-{self.kv_cache_dtype}" if self.kv_cache_dtype else ""
         return label + " compiled" if self.compile else label
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report's `cache` field; kv_cache_dtype only when set (exact runs' rows are as before)."""
+        d = asdict(self)
+        if d["kv_cache_dtype"] is None:
+            del d["kv_cache_dtype"]
+        return d
 
     def to_config(self) -> Any:
         from dllm_cache.config import CacheConfig
 
         if self.policy in BLOCK_POLICIES:
-            return CacheConfig(compile=self.compile, **POLICIES[self.policy])
+            return CacheConfig(compile=self.compile, kv_cache_dtype=self.kv_cache_dtype, **POLICIES[self.policy])
         return CacheConfig(
             prompt_interval=self.prompt_interval,
             response_interval=self.response_interval,
             transfer_ratio=self.transfer_ratio,
             compile=self.compile,
+            kv_cache_dtype=self.kv_cache_dtype,
             **POLICIES[self.policy],
         )
 
@@ -413,7 +423,7 @@ def _settings(args: argparse.Namespace) -> list[CacheSetting]:
             for policy in args.policy:
                 if policy in BLOCK_POLICIES:  # no Kp / Kr / ratio to sweep: one run per policy
                     kp, kr, r = reference
-                setting = CacheSetting(kp, kr, r, compiled, policy)
+                setting = CacheSetting(kp, kr, r, compiled, policy, args.kv_cache_dtype)
                 if setting not in seen:
                     seen.append(setting)
     return seen
@@ -579,7 +589,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     dtype_bytes = torch.finfo(dtype).bits // 8
 
     bench_memory.preflight(_config_for(args), args.batch_size, workload.prompt_len, workload.gen_len,
-                           workload.block_length, dtype_bytes, device)
+                           workload.block_length, dtype_bytes, device, args.kv_cache_dtype)
     t0 = time.perf_counter()
     model = build_model(args, device, dtype)
     build_s = time.perf_counter() - t0
@@ -626,6 +636,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "(CUDA only); est. = dllm_cache.memory estimate from the shapes; cache = bytes held after the run"
     )
 
+    if args.kv_cache_dtype:
+        notes.append(
+            f"cached runs store K/V as {args.kv_cache_dtype} (CacheConfig.kv_cache_dtype; lossy, opt-in): about half "
+            "the K/V bytes plus one layer's K/V in the model's dtype as the attention workspace (kv workspace)"
+        )
     rows: list[Row] = []
     flop_checks: list[dict[str, Any]] = []
     fixed = Decoding()
@@ -679,7 +694,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             )
             estimate = bench_memory.run_peak(config, batch, workload.prompt_len, workload.gen_len,
                                              workload.block_length, dtype_bytes, setting is not None,
-                                             deltas=cache_config is None or not cache_config.is_block)
+                                             deltas=cache_config is None or not cache_config.is_block,
+                                             kv_cache_dtype=args.kv_cache_dtype)
             roof_step = None
             if peak_tflops and peak_tbps:
                 roof_step = {
@@ -690,7 +706,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             row = Row(
                 batch_size=batch,
                 label=label,
-                cache=asdict(setting) if setting else None,
+                cache=setting.as_dict() if setting else None,
                 latency_s=latency,
                 latencies_s=latencies,
                 timed_steps=run.n_steps,
@@ -827,7 +843,8 @@ def dry_run(args: argparse.Namespace) -> str:
                 peak_tflops=args.peak_tflops, peak_tbps=args.peak_tbps, steps_per_block=per_block,
             )
             peak = bench_memory.run_peak(config, batch, w.prompt_len, w.gen_len, w.block_length, dtype_bytes,
-                                         setting is not None, deltas=cfg is None or not cfg.is_block)["total"]
+                                         setting is not None, deltas=cfg is None or not cfg.is_block,
+                                         kv_cache_dtype=args.kv_cache_dtype)["total"]
             base = base or cost.flops
             per_step = {k: step_s(cost.flops_per_kind.get(k, 0), cost.bytes_per_kind.get(k, 0)) for k in STEP_KINDS}
             gen_s = sum(per_step[k] for k in kinds)
@@ -884,6 +901,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(CacheConfig.policy block-prefix / block-dual, one run each). Default 'paper', the "
                         "published policy the README's speed rows were measured with; CacheConfig()'s own "
                         "selection is 'frontier' (same FLOPs)")
+    p.add_argument("--kv-cache-dtype", choices=("fp8",), default=None,
+                   help="store every cached run's K/V as fp8 (CacheConfig.kv_cache_dtype; lossy, about half the K/V "
+                        "bytes); default: exact, in the model's dtype")
     p.add_argument("--dream-block-length", type=int,
                    help="semi-AR block of the Dream sampler (default none: Dream's own single window; "
                         "--block-length and the workloads' blocks are LLaDA's)")

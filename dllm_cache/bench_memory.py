@@ -34,9 +34,9 @@ def head_rows(family: str, prompt_len: int, gen_len: int, block_length: int | No
 
 
 def run_peak(config: Any, batch: int, prompt_len: int, gen_len: int, block_length: int | None, dtype_bytes: int,
-             cached: bool, deltas: bool = True) -> dict[str, int]:
+             cached: bool, deltas: bool = True, kv_cache_dtype: str | None = None) -> dict[str, int]:
     """Estimated whole-process peak of one bench run (memory.generation_peak_bytes), by term;
-    deltas False: a block KV-cache policy (K/V only)."""
+    deltas False: a block KV-cache policy (K/V only); kv_cache_dtype: the cache's K/V store."""
     dims = ModelDims.from_config(config)
     family = family_of_config(config)
     tied = bool(getattr(config, "weight_tying", False))
@@ -45,12 +45,12 @@ def run_peak(config: Any, batch: int, prompt_len: int, gen_len: int, block_lengt
     return memory.generation_peak_bytes(
         dims, batch, prompt_len, gen_len, dtype_bytes, cached=cached,
         logit_rows=hi - lo if cached and not tied else None, sampler_rows=scored,
-        prompt_logit_rows=max(min(hi, prompt_len) - lo, 0), tied=tied, deltas=deltas,
+        prompt_logit_rows=max(min(hi, prompt_len) - lo, 0), tied=tied, deltas=deltas, kv_cache_dtype=kv_cache_dtype,
     )
 
 
 def preflight(config: Any, batches: list[int], prompt_len: int, gen_len: int, block_length: int | None,
-              dtype_bytes: int, device: Any) -> None:
+              dtype_bytes: int, device: Any, kv_cache_dtype: str | None = None) -> None:
     """Stop (SystemExit) before any work when a requested batch cannot fit on `device`, uncached
     or cached, naming the largest batch that would. No-op where free memory is unknown (CPU)."""
     free = memory.device_free_bytes(device)
@@ -58,13 +58,14 @@ def preflight(config: Any, batches: list[int], prompt_len: int, gen_len: int, bl
         return
 
     def peak(batch: int) -> int:
-        return max(run_peak(config, batch, prompt_len, gen_len, block_length, dtype_bytes, cached)["total"]
-                   for cached in (False, True))
+        return max(run_peak(config, batch, prompt_len, gen_len, block_length, dtype_bytes, cached,
+                            kv_cache_dtype=kv_cache_dtype)["total"] for cached in (False, True))
 
     too_big = [b for b in batches if peak(b) > free]
     if too_big:
         worst = max(too_big)
-        terms = {c: run_peak(config, worst, prompt_len, gen_len, block_length, dtype_bytes, c) for c in (False, True)}
+        terms = {c: run_peak(config, worst, prompt_len, gen_len, block_length, dtype_bytes, c,
+                             kv_cache_dtype=kv_cache_dtype) for c in (False, True)}
         detail = "; ".join(
             f"{'cached' if c else 'uncached'} {memory.gib(t['total'])} (weights {memory.gib(t['weights'])}, cache "
             f"{memory.gib(t['cache'])}, temporaries {memory.gib(t['step'] + t['graphs'] + t['sampler'])})"

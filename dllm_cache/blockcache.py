@@ -34,9 +34,11 @@ def block_rows_forward(parts: BlockParts, dims: Dims, store: LayerStore, ctx: St
     cos, sin = (t.index_select(1, idx) for t in ctx.rope)  # (batch, n, head_dim)
     h = parts.attn_norm(xr)
     q = apply_rope(_heads(parts.q_proj(h), hd), cos, sin)  # (batch, heads, n, hd)
-    store.k.index_copy_(2, idx, apply_rope(_heads(parts.k_proj(h), hd), cos, sin))
-    store.v.index_copy_(2, idx, _heads(parts.v_proj(h), hd))
-    xr = xr + parts.out_proj(_attend_cached(q, store.k, store.v, ctx.key_mask))
+    kv = store.kv
+    kv.load()  # an fp8 store's K/V into the shared workspace: the rows outside idx are read as cached
+    kv.write(0, k=apply_rope(_heads(parts.k_proj(h), hd), cos, sin), index=idx)
+    kv.write(0, v=_heads(parts.v_proj(h), hd), index=idx)
+    xr = xr + parts.out_proj(_attend_cached(q, kv.k, kv.v, ctx.key_mask))
     xr = xr + parts.mlp(parts.ffn_norm(xr))
     x.index_copy_(1, idx, xr)
     return x

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 POLICIES = ("feature", "block-prefix", "block-dual")
 SELECTIONS = ("paper", "frontier")
 SHIFTED_ROWS = ("prompt", "response")
+KV_CACHE_DTYPES = (None, "fp8")  # None: K/V in the model's dtype (exact); see dllm_cache.kv_store
 # Decoding window of the frontier selection when the sampler declared no semi-AR block (Dream).
 DEFAULT_FRONTIER_WINDOW = 32
 
@@ -91,6 +92,16 @@ class CacheConfig:
         features drift more than shallow ones' (each layer's input is the previous ones' output,
         so staleness compounds with depth): `layer_budget.ramp_ratios` moves budget from shallow to
         deep layers at the same mean. None (default): transfer_ratio on every layer.
+
+    kv_cache_dtype: how cached K and V are stored (every policy).
+        None (default): in the model's dtype, exact.
+        "fp8": float8_e4m3fn with one float32 scale per (batch, KV head, token), about half the
+        bytes of bf16 K/V, plus one layer's K/V in the model's dtype as a workspace shared by all
+        layers (attention reads the dequantized K/V from there). Lossy: even with every step
+        refreshed, attention sees K/V rounded to fp8 (3 mantissa bits), so logits move slightly
+        from the uncached model's (tests/test_kv_fp8.py states the bound; eval/kv_fp8_deviation.py
+        measures it). For long prompts on models with many KV heads (LLaDA-8B), where K/V dominate
+        the cache; see `dllm_cache.kv_store`.
     """
 
     prompt_interval: int | None = 100
@@ -108,6 +119,7 @@ class CacheConfig:
     response_drift_threshold: float | None = None
     response_min_interval: int = 1
     layer_ratios: tuple[float, ...] | None = None
+    kv_cache_dtype: str | None = None
 
     def __post_init__(self) -> None:
         required = ("response_interval", "response_min_interval")  # the rest may be None
@@ -124,6 +136,12 @@ class CacheConfig:
         for name, allowed in (("policy", POLICIES), ("selection", SELECTIONS), ("shifted_row", SHIFTED_ROWS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"CacheConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"CacheConfig.kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}: None keeps "
+                "K/V exact in the model's dtype, 'fp8' stores them as float8_e4m3fn with per-token scales (lossy, "
+                "about half the memory). Pass kv_cache_dtype='fp8' or leave it None."
+            )
         for name in ("cuda_graphs", "compile", "frontier_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"CacheConfig.{name} must be True or False, got {getattr(self, name)!r}.")

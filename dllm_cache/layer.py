@@ -48,21 +48,16 @@ def _scatter_tokens(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> 
     dst.scatter_(1, idx[..., None].expand(-1, -1, dst.shape[-1]), src)
 
 
-def _scatter_heads(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> None:
-    """dst (batch, heads, tokens, hd)[b, :, idx[b, j]] = src[b, :, j], in place."""
-    index = idx[:, None, :, None].expand(-1, dst.shape[1], -1, dst.shape[-1])
-    dst.scatter_(2, index, src)
-
-
 def full_block_forward(parts: BlockParts, dims: Dims, store: LayerStore, ctx: StepContext, x: torch.Tensor) -> torch.Tensor:
     """Every token recomputed; K/V and the deltas later steps read are stored. Same arithmetic
-    as the uncached block."""
+    as the uncached block (with an fp8 K/V store, attention reads the K/V as stored)."""
     cos, sin = ctx.rope
     h = parts.attn_norm(x)
     q = apply_rope(_heads(parts.q_proj(h), dims.head_dim), cos, sin)
-    store.k.copy_(apply_rope(_heads(parts.k_proj(h), dims.head_dim), cos, sin))
-    store.v.copy_(_heads(parts.v_proj(h), dims.head_dim))
-    attn = parts.out_proj(attend(q, store.k, store.v, ctx.key_mask))  # (batch, seq, d_model)
+    kv = store.kv  # K and V written one at a time: one of them is a temporary at once
+    kv.write(0, k=apply_rope(_heads(parts.k_proj(h), dims.head_dim), cos, sin))
+    kv.write(0, v=_heads(parts.v_proj(h), dims.head_dim))
+    attn = parts.out_proj(attend(q, kv.k, kv.v, ctx.key_mask))  # (batch, seq, d_model)
     x = x + attn
     ffn = parts.mlp(parts.ffn_norm(x))
     store.keep_deltas(attn, ffn)
@@ -77,26 +72,26 @@ def _response_queries(
 
     Returns (sel, q): selected indices (batch, k) or None for all, and their queries or None.
     """
-    P, hd = ctx.prompt_len, dims.head_dim
+    P, hd, kv = ctx.prompt_len, dims.head_dim, store.kv
     cos, sin = ctx.rope
     if refresh:
         cr, sr = cos[:, P:], sin[:, P:]
         q = apply_rope(_heads(parts.q_proj(hr), hd), cr, sr)
-        store.k[:, :, P:] = apply_rope(_heads(parts.k_proj(hr), hd), cr, sr)
-        store.v[:, :, P:] = _heads(parts.v_proj(hr), hd)
+        kv.write(P, k=apply_rope(_heads(parts.k_proj(hr), hd), cr, sr))
+        kv.write(P, v=_heads(parts.v_proj(hr), hd))
         return None, q
     if ctx.selected == 0:  # nothing to recompute: no drift test, no V (as the paper's code does)
         return hr.new_empty(hr.shape[0], 0, dtype=torch.long), None
     v_new = _heads(parts.v_proj(hr), hd)  # (batch, kv_heads, R, hd): needed for the drift test
     sim = None
     if ctx.drift is not None:  # drift-triggered refresh: the step's drift, from V-verify's similarity
-        sim = value_similarity(v_new, store.v[:, :, P:])
+        sim = value_similarity(v_new, kv.v[:, :, P:])
         ctx.drift.append(layer_drift(sim))
-    sel = select_drifted(v_new, store.v[:, :, P:], ctx.selected, ctx.priority, sim)  # (batch, k)
-    store.v[:, :, P:] = v_new  # computed anyway: every response V is refreshed
+    sel = select_drifted(v_new, kv.v[:, :, P:], ctx.selected, ctx.priority, sim)  # (batch, k)
+    kv.write(P, v=v_new)  # computed anyway: every response V is refreshed
     hs = _gather_tokens(hr, sel)
     cs, ss = _gather_tokens(cos[:, P:], sel), _gather_tokens(sin[:, P:], sel)
-    _scatter_heads(store.k[:, :, P:], sel, apply_rope(_heads(parts.k_proj(hs), hd), cs, ss))
+    kv.write(P, k=apply_rope(_heads(parts.k_proj(hs), hd), cs, ss), index=sel)
     return sel, apply_rope(_heads(parts.q_proj(hs), hd), cs, ss)
 
 
@@ -116,7 +111,7 @@ def response_rows_forward(
     block input are updated, in place. The common cached step; torch.compile targets this."""
     sel, q = _response_queries(parts, dims, store, ctx, parts.attn_norm(xr), ctx.plan.refresh_response or first_layer)
     if q is not None:
-        _store_rows(store.attn, sel, parts.out_proj(_attend_cached(q, store.k, store.v, ctx.key_mask)))
+        _store_rows(store.attn, sel, parts.out_proj(_attend_cached(q, store.kv.k, store.kv.v, ctx.key_mask)))
     xr += store.attn
     if sel is None or sel.shape[1]:
         rows = xr if sel is None else _gather_tokens(xr, sel)
@@ -143,6 +138,7 @@ def cached_block_forward(
     if plan.refresh_prompt and refresh_response:
         return full_block_forward(parts, dims, store, ctx, x)
     P = ctx.prompt_len
+    store.kv.load()  # an fp8 store's K/V into the shared workspace (stale rows are read below)
     if ctx.prompt_rows_dead:
         response_rows(parts, dims, store, ctx, x[:, P:], first_layer)
         return x
@@ -154,8 +150,8 @@ def cached_block_forward(
         hp = parts.attn_norm(x[:, :P])
         cp, sp = cos[:, :P], sin[:, :P]
         queries.append(apply_rope(_heads(parts.q_proj(hp), hd), cp, sp))
-        store.k[:, :, :P] = apply_rope(_heads(parts.k_proj(hp), hd), cp, sp)
-        store.v[:, :, :P] = _heads(parts.v_proj(hp), hd)
+        store.kv.write(0, k=apply_rope(_heads(parts.k_proj(hp), hd), cp, sp))
+        store.kv.write(0, v=_heads(parts.v_proj(hp), hd))
     sel, q_resp = _response_queries(parts, dims, store, ctx, parts.attn_norm(x[:, P:]), refresh_response)
     if q_resp is not None:
         queries.append(q_resp)
@@ -166,7 +162,7 @@ def cached_block_forward(
     prompt_attn = store.prompt_attn
     if queries:
         q = torch.cat(queries, dim=2) if len(queries) > 1 else queries[0]
-        o = parts.out_proj(_attend_cached(q, store.k, store.v, ctx.key_mask))  # (batch, n_queries, d_model)
+        o = parts.out_proj(_attend_cached(q, store.kv.k, store.kv.v, ctx.key_mask))  # (batch, n_queries, d_model)
         if plan.refresh_prompt:
             prompt_attn = _keep_prompt(store.prompt_attn, o[:, :P])
         if q_resp is not None:

@@ -3,7 +3,9 @@ generation peaks at, and a clear error before a generation that cannot fit on it
 
 Per token and layer the cache keeps K and V of every token (2 * kv_heads * head_dim values)
 and, for response tokens only, the attention and FFN outputs (2 * d_model values); prompt-row
-logits only for the rows a caller asked for (`logits_to_keep`). Estimates of temporaries are
+logits only for the rows a caller asked for (`logits_to_keep`). With an fp8 K/V store
+(CacheConfig.kv_cache_dtype="fp8") K/V take 1 byte a value plus a float32 scale per token and
+KV head, and one layer's K/V in the model's dtype are kept as the workspace attention reads. Estimates of temporaries are
 deliberately the dominant terms only, so the fit check errs on the side of letting a run start.
 """
 
@@ -17,11 +19,13 @@ import torch
 from torch import nn
 
 from .flops import ModelDims
+from .kv_store import kv_bytes_per_token_head
 
 if TYPE_CHECKING:
     from .state import BranchState, CacheState
 
-KINDS = ("prompt_kv", "response_kv", "response_deltas", "prompt_deltas", "prompt_logits", "other")
+# kv_workspace: the fp8 K/V store's one layer of dequantized K/V (0 for the exact store)
+KINDS = ("prompt_kv", "response_kv", "kv_workspace", "response_deltas", "prompt_deltas", "prompt_logits", "other")
 CHECK_ENV = "DLLM_CACHE_MEMORY_CHECK"  # "0" turns the fit check off
 
 
@@ -34,17 +38,20 @@ def _nbytes(t: torch.Tensor | None) -> int:
 
 
 def branch_bytes(branch: BranchState) -> dict[str, int]:
-    """Bytes one branch holds between steps, by kind (KINDS); K/V split at the prompt length."""
+    """Bytes one branch holds between steps, by kind (KINDS); K/V (with any fp8 scales) split at the
+    prompt length."""
     out = dict.fromkeys(KINDS, 0)
     for store in branch.layers:
         if store is None:
             continue
-        kv = _nbytes(store.k) + _nbytes(store.v)
-        prompt_kv = kv * branch.prompt_len // store.k.shape[2] if store.k.shape[2] else 0
+        kv = sum(_nbytes(t) for t in store.kv.tensors().values())
+        seq = store.kv.shape[2]
+        prompt_kv = kv * branch.prompt_len // seq if seq else 0
         out["prompt_kv"] += prompt_kv
         out["response_kv"] += kv - prompt_kv
         out["response_deltas"] += _nbytes(store.attn) + _nbytes(store.ffn)  # none under block policies
         out["prompt_deltas"] += _nbytes(store.prompt_attn) + _nbytes(store.prompt_ffn)
+    out["kv_workspace"] = sum(_nbytes(t) for w in branch.kv_workspaces.values() for t in w.tensors().values())
     out["prompt_logits"] = _nbytes(branch.prompt_logits)
     out["other"] = sum(_nbytes(getattr(branch, n))
                        for n in ("rope_cos", "rope_sin", "key_mask", "logit_index", "block_index"))
@@ -64,10 +71,15 @@ def state_bytes(state: CacheState) -> dict[str, int]:
 # ----------------------------------------------------------------------------- from the shapes
 
 
-def bytes_per_token_layer(dims: ModelDims, dtype_bytes: int = 2) -> dict[str, int]:
+def kv_bytes_per_token_layer(dims: ModelDims, dtype_bytes: int = 2, kv_cache_dtype: str | None = None) -> int:
+    """K and V of one token in one layer, as stored (CacheConfig.kv_cache_dtype; fp8 scales included)."""
+    return dims.n_kv_heads * kv_bytes_per_token_head(dims.head_dim, dtype_bytes, kv_cache_dtype)
+
+
+def bytes_per_token_layer(dims: ModelDims, dtype_bytes: int = 2, kv_cache_dtype: str | None = None) -> dict[str, int]:
     """The cache's cost of one token in one layer: a prompt token keeps K and V, a response
-    token K, V and its two residual deltas."""
-    kv = 2 * dims.kv_dim * dtype_bytes
+    token K, V and its two residual deltas (in the model's dtype whatever the K/V store)."""
+    kv = kv_bytes_per_token_layer(dims, dtype_bytes, kv_cache_dtype)
     return {"prompt": kv, "response": kv + 2 * dims.d_model * dtype_bytes}
 
 
@@ -81,19 +93,23 @@ def estimate_cache_bytes(
     prompt_deltas: bool = False,
     n_layers: int | None = None,
     deltas: bool = True,
+    kv_cache_dtype: str | None = None,
 ) -> dict[str, int]:
     """What `state_bytes` will report for one branch of this shape, by kind, plus "total".
 
     prompt_logit_rows: prompt rows whose logits the caller keeps (Dream's sampler: 1, LLaDA's: 0,
     a plain model(x) call: all P); prompt_deltas: the model's LM head cannot be patched.
-    n_layers: layers on the device in question (default all). deltas False: a block policy (K/V only)."""
+    n_layers: layers on the device in question (default all). deltas False: a block policy (K/V only).
+    kv_cache_dtype: CacheConfig's; "fp8" adds one layer's K/V in the model's dtype (the workspace)."""
     layers = dims.n_layers if n_layers is None else n_layers
-    kv = 2 * dims.kv_dim * dtype_bytes
+    kv = kv_bytes_per_token_layer(dims, dtype_bytes, kv_cache_dtype)
     delta = 2 * dims.d_model * dtype_bytes
     seq = prompt_len + gen_len
+    workspace = 2 * batch * seq * dims.kv_dim * dtype_bytes if kv_cache_dtype is not None and layers else 0
     out = {
         "prompt_kv": batch * layers * prompt_len * kv,
         "response_kv": batch * layers * gen_len * kv,
+        "kv_workspace": workspace,
         "response_deltas": batch * layers * gen_len * delta if deltas else 0,
         "prompt_deltas": batch * layers * prompt_len * delta if prompt_deltas and deltas else 0,
         "prompt_logits": batch * prompt_logit_rows * dims.vocab * dtype_bytes,
@@ -132,14 +148,15 @@ def generation_peak_bytes(
     branches: int = 1,
     tied: bool = False,
     deltas: bool = True,
+    kv_cache_dtype: str | None = None,
 ) -> dict[str, int]:
     """Estimated whole-process peak of a generation: weights, the cache (cached runs), the
     temporaries of a full step, and the sampler's float32 softmax of `sampler_rows` rows.
 
     logit_rows: rows through the LM head on a full step (default all P + R: what an uncached
     model computes). Cached runs also keep each captured step's temporaries (two step kinds per
-    branch, R rows each). deltas False: a block KV-cache policy, which keeps K/V only. Returns the
-    terms and "total"."""
+    branch, R rows each). deltas False: a block KV-cache policy, which keeps K/V only. kv_cache_dtype:
+    the cache's K/V store (CacheConfig's). Returns the terms and "total"."""
     seq = prompt_len + gen_len
     rows = seq if logit_rows is None else logit_rows
     out = {
@@ -151,7 +168,8 @@ def generation_peak_bytes(
     }
     if cached:
         out["cache"] = branches * estimate_cache_bytes(
-            dims, batch, prompt_len, gen_len, dtype_bytes, prompt_logit_rows, prompt_deltas=tied, deltas=deltas
+            dims, batch, prompt_len, gen_len, dtype_bytes, prompt_logit_rows, prompt_deltas=tied, deltas=deltas,
+            kv_cache_dtype=kv_cache_dtype,
         )["total"]
         out["graphs"] = 2 * branches * estimate_step_bytes(dims, batch, gen_len, min(rows, gen_len), dtype_bytes)
     out["total"] = sum(out.values())
@@ -201,6 +219,7 @@ def check_generation_fits(
     prompt_logit_rows: int,
     prompt_deltas: bool,
     deltas: bool = True,
+    kv_cache_dtype: str | None = None,
 ) -> None:
     """Before step 0 of a cached generation: raise NotEnoughMemoryError when this branch's cache
     plus a full step's temporaries cannot fit on a device that holds its layers, naming the
@@ -208,7 +227,7 @@ def check_generation_fits(
 
     blocks: the cached transformer blocks (their devices say where each layer's cache lives; the
     LM head is taken to sit with the last one); logit_rows / prompt_logit_rows: rows the caller
-    asked for, and how many of them are prompt rows."""
+    asked for, and how many of them are prompt rows; kv_cache_dtype: the cache's K/V store."""
     if not check_enabled():
         return
     try:
@@ -231,7 +250,7 @@ def check_generation_fits(
 
         def need(b: int, n_layers: int = n_layers, has_head: bool = has_head) -> int:
             cache = estimate_cache_bytes(dims, b, P, seq - P, dtype_bytes, prompt_logit_rows if has_head else 0,
-                                         prompt_deltas, n_layers, deltas)["total"]
+                                         prompt_deltas, n_layers, deltas, kv_cache_dtype)["total"]
             return cache + estimate_step_bytes(dims, b, seq, logit_rows, dtype_bytes, head=has_head)
 
         available = free + held.get(device, 0)

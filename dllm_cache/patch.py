@@ -171,7 +171,8 @@ def _model_forward(patched: _Patched, adapter, dims, original, *args, **kwargs):
     if branch.step == 1:  # step 0 of a generation: say now if its cache cannot fit
         n_prompt_rows = max(min(hi, branch.prompt_len) - lo, 0)
         check_generation_fits(patched.model, list(patched.blocks), branch, tokens, hi - lo, n_prompt_rows,
-                              prompt_deltas=patched.head is None, deltas=not state.config.is_block)
+                              prompt_deltas=patched.head is None, deltas=not state.config.is_block,
+                              kv_cache_dtype=state.config.kv_cache_dtype)
     if plan.refresh_prompt or branch.rope_cos is None:
         # Positions and padding are fixed within a generation: computed on prompt refreshes only,
         # into persistent buffers that captured graphs read.
@@ -300,7 +301,7 @@ def _block_forward(patched: _Patched, adapter, dims, index: int, parts, original
         out = patched.block_forward(parts, dims, branch.layers[index], ctx, x)
     elif ctx.plan.refresh_prompt and ctx.plan.refresh_response:
         store = branch.store_for(index, state.n_layers, x, dims.n_kv_heads, dims.head_dim, not ctx.head_cached,
-                                 deltas=not state.config.is_block)
+                                 deltas=not state.config.is_block, kv_cache_dtype=state.config.kv_cache_dtype)
         out = full_block_forward(parts, dims, store, ctx, x)
     else:
         store = branch.layers[index]

@@ -9,7 +9,9 @@ only for models whose head the cache cannot patch (then the prompt rows' hidden 
 rebuilt on every step). Per branch: the logits of the prompt rows the caller asked for
 (`logits_to_keep`), none for our samplers but Dream's row P-1. Buffers are allocated once per
 generation shape and overwritten in place afterwards. The block policies (Fast-dLLM's prefix and
-dual cache) reuse only K and V: their stores hold no deltas.
+dual cache) reuse only K and V: their stores hold no deltas. K and V sit in a `kv_store` store:
+exact in the model's dtype, or fp8 (CacheConfig.kv_cache_dtype) with one workspace per branch
+and device that all layers' reads share.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import torch
 
 from .config import CacheConfig
 from .drift import DriftTrace, plan_drift_step
+from .kv_store import ExactKV, Fp8KV, KVWorkspace
 from .schedule import StepPlan, block_region, plan_block_step, plan_step
 
 
 @dataclass
 class LayerStore:
-    k: torch.Tensor  # (batch, kv_heads, seq, head_dim), RoPE applied, prompt and response
-    v: torch.Tensor  # (batch, kv_heads, seq, head_dim)
+    # K (RoPE applied) and V of every token, prompt and response: (batch, kv_heads, seq, head_dim) reads
+    kv: ExactKV | Fp8KV
     # (batch, R, d_model) each: response rows' attention / FFN outputs added to the residual; None
     # under the block policies, which reuse K/V only
     attn: torch.Tensor | None
@@ -49,7 +52,7 @@ class LayerStore:
             self.prompt_ffn.copy_(ffn[:, :P])
 
     def tensors(self) -> dict[str, torch.Tensor | None]:
-        return {"k": self.k, "v": self.v, "attn": self.attn, "ffn": self.ffn,
+        return {**self.kv.tensors(), "attn": self.attn, "ffn": self.ffn,
                 "prompt_attn": self.prompt_attn, "prompt_ffn": self.prompt_ffn}
 
 
@@ -144,6 +147,8 @@ class BranchState:
     block_index: torch.Tensor | None = None
     declared: bool = False  # set by reset_cache(prompt_length=...): skip the per-step prompt check
     masked: int = -1  # undeclared generations: masked response tokens at the previous step
+    # fp8 K/V stores (CacheConfig.kv_cache_dtype): one layer's dequantized K/V per device, shared by its layers
+    kv_workspaces: dict[torch.device, KVWorkspace] = field(default_factory=dict)
     graphs: dict = field(default_factory=dict)  # (kind, shape key) -> captured step
     seen_kinds: set = field(default_factory=set)  # kinds run eagerly once (warm-up) in this layout
     started: bool = False
@@ -190,16 +195,16 @@ class BranchState:
         return (input_ids[:, self.prompt_len :] == mask_token_id).sum()
 
     def _seq_len(self) -> int:
-        return self.layers[0].k.shape[2] if self.layers and self.layers[0] is not None else -1
+        return self.layers[0].kv.shape[2] if self.layers and self.layers[0] is not None else -1
 
     def store_for(
         self, layer: int, n_layers: int, x: torch.Tensor, kv_heads: int, head_dim: int, prompt_deltas: bool,
-        deltas: bool = True,
+        deltas: bool = True, kv_cache_dtype: str | None = None,
     ) -> LayerStore:
         """The layer's buffers, (re)allocated only when shape, dtype or device changed.
 
         x: (batch, seq, d_model) block input; the response is x's last seq - prompt_len rows.
-        deltas False (block policies): K and V only."""
+        deltas False (block policies): K and V only. kv_cache_dtype: CacheConfig's (None: exact)."""
         batch, seq, d_model = x.shape
         resp = seq - self.prompt_len
         if len(self.layers) != n_layers:
@@ -211,17 +216,16 @@ class BranchState:
         if (
             store is None
             or (None if store.attn is None else store.attn.shape) != delta_shape
-            or store.k.shape != kv_shape
+            or store.kv.shape != kv_shape
             or (None if store.prompt_attn is None else store.prompt_attn.shape) != prompt_shape
-            or store.k.dtype != x.dtype
-            or store.k.device != x.device
+            or store.kv.dtype != x.dtype
+            or store.kv.device != x.device
         ):
             self.drop_graphs()
             self.layers[layer] = store = None  # type: ignore[assignment]  # free the old buffers first
             kw = dict(dtype=x.dtype, device=x.device)
             store = LayerStore(
-                k=torch.empty(kv_shape, **kw),
-                v=torch.empty(kv_shape, **kw),
+                kv=self._new_kv(kv_shape, x.dtype, x.device, kv_cache_dtype),
                 attn=torch.empty(delta_shape, **kw) if deltas else None,
                 ffn=torch.empty(delta_shape, **kw) if deltas else None,
                 prompt_attn=torch.empty(prompt_shape, **kw) if prompt_shape else None,
@@ -230,12 +234,27 @@ class BranchState:
             self.layers[layer] = store
         return store
 
+    def _new_kv(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                kv_cache_dtype: str | None) -> ExactKV | Fp8KV:
+        """A layer's K/V store; an fp8 one shares the branch's workspace on its device, (re)allocated
+        when the generation shape changes (workspaces no layer uses any more are dropped)."""
+        if kv_cache_dtype is None:
+            return ExactKV.empty(shape, dtype, device)
+        live = {s.kv.workspace.k.data_ptr() for s in self.layers if s is not None and isinstance(s.kv, Fp8KV)}
+        self.kv_workspaces = {d: w for d, w in self.kv_workspaces.items() if w.k.data_ptr() in live}
+        workspace = self.kv_workspaces.get(device)
+        if workspace is None or not workspace.matches(shape, dtype, device):
+            workspace = self.kv_workspaces[device] = KVWorkspace.empty(shape, dtype, device)
+        return Fp8KV.empty(shape, workspace)
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor this branch holds between steps, by name (layer tensors as `layers.i.name`)."""
         out = {}
         for i, store in enumerate(self.layers):
             if store is not None:
                 out.update({f"layers.{i}.{k}": t for k, t in store.tensors().items() if t is not None})
+        for device, workspace in self.kv_workspaces.items():
+            out.update({f"kv_workspace.{device}.{k}": t for k, t in workspace.tensors().items()})
         for name in ("prompt_logits", "rope_cos", "rope_sin", "key_mask", "logit_index", "block_index"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)

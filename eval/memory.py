@@ -8,7 +8,9 @@ block = GEN). Peaks are whole-process torch.cuda.max_memory_allocated (weights i
 run; the uncached model does the same work on every step, so a few steps give its peak, and the
 cached run goes through 2 Kr + 2 steps so both cached step kinds have been captured as CUDA
 graphs. On CPU there is no allocator peak: those fields are None (use it to test the script, do
-not publish its rows). Rows merge into --out by (model, workload, batch, prompt_len, device).
+not publish its rows). Rows merge into --out by (model, workload, batch, prompt_len, device,
+kv_cache_dtype): `--kv-cache-dtype fp8` rows (CacheConfig(kv_cache_dtype="fp8"), lossy) sit beside
+the exact ones.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dllm_cache.bench_memory import run_peak
 from dllm_cache.bench_report import human_bytes
 from dllm_cache.sampler_args import position_limit
 
-KEY = ("model", "workload", "batch", "prompt_len", "device")
+KEY = ("model", "workload", "batch", "prompt_len", "device", "kv_cache_dtype")  # rows before fp8 lack the last: None
 
 
 def parse_run(spec: str) -> tuple[str, Workload, list[int]]:
@@ -104,7 +106,8 @@ def measure_rows(args: argparse.Namespace, on_row=None) -> list[dict[str, Any]]:
     """One row per (run, batch); `on_row(rows so far)` after each, so a later failure keeps them."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
-    config = CacheConfig(args.prompt_interval, args.response_interval, args.transfer_ratio)
+    config = CacheConfig(args.prompt_interval, args.response_interval, args.transfer_ratio,
+                         kv_cache_dtype=args.kv_cache_dtype)
     runs = [parse_run(s) for s in args.runs]
     model = build_model(types.SimpleNamespace(model=args.model, shape=args.shape, seed=0, init_std=0.02),
                         device, dtype)
@@ -124,13 +127,15 @@ def measure_rows(args: argparse.Namespace, on_row=None) -> list[dict[str, Any]]:
             cached, held, err_c = _measure(
                 partial(_generation, model, prompts, workload, device, steps["cached"], config), device)
             est = {c: run_peak(model.config, batch, workload.prompt_len, workload.gen_len, workload.block_length,
-                               dtype_bytes, c)["total"] / 2**30 for c in (False, True)}
+                               dtype_bytes, c, kv_cache_dtype=config.kv_cache_dtype)["total"] / 2**30
+                   for c in (False, True)}
             row = {
                 "model": args.model or args.shape, "workload": name, "batch": batch,
                 "prompt_len": workload.prompt_len, "weights_gb": weights_gb,
                 "uncached_peak_gb": uncached,
                 "cached_peak_gb": cached,
-                "device": device_name, "gen_len": workload.gen_len, "dtype": str(dtype).replace("torch.", ""),
+                "device": device_name, "kv_cache_dtype": config.kv_cache_dtype,
+                "gen_len": workload.gen_len, "dtype": str(dtype).replace("torch.", ""),
                 "cache_config": {"prompt_interval": config.prompt_interval,
                                  "response_interval": config.response_interval,
                                  "transfer_ratio": config.transfer_ratio},
@@ -145,16 +150,22 @@ def measure_rows(args: argparse.Namespace, on_row=None) -> list[dict[str, Any]]:
             rows.append(row)
             if on_row is not None:
                 on_row(rows)
-            print(f"[memory] {row['model']} {name} batch {batch}: peak uncached {uncached} GiB, cached {cached} GiB "
+            kv = f" kv {config.kv_cache_dtype}" if config.kv_cache_dtype else ""
+            print(f"[memory] {row['model']} {name}{kv} batch {batch}: peak uncached {uncached} GiB, cached {cached} GiB "
                   f"(weights {weights_gb:.3f} GiB){' ' + row['error'] if 'error' in row else ''}", flush=True)
     return rows
 
 
 def merge(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows of `old` not measured again in `new`, then `new`; sorted by model, workload, batch."""
-    fresh = {tuple(r[k] for k in KEY) for r in new}
-    rows = [r for r in old if tuple(r[k] for k in KEY) not in fresh] + new
-    return sorted(rows, key=lambda r: (r["model"], r["workload"], r["prompt_len"], r["batch"], r["device"]))
+    fresh = {_key(r) for r in new}
+    rows = [r for r in old if _key(r) not in fresh] + new
+    return sorted(rows, key=lambda r: (r["model"], r["workload"], r["prompt_len"], r["batch"], r["device"],
+                                       r.get("kv_cache_dtype") or ""))
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    return tuple(row.get(k) for k in KEY)
 
 
 def _above(peak: float | None, weights: float) -> str:
@@ -167,9 +178,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "cached in the same process; estimate from the shapes (dllm_cache.memory) in brackets. "
         "Command: `PYTHONPATH=. python -m eval.memory ...` (see eval/memory.py).",
         "",
-        "| model | workload | batch | prompt | device | weights GiB | uncached (est.) | cached (est.) | cached / uncached |"
-        " cache held |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| model | workload | batch | prompt | device | K/V | weights GiB | uncached (est.) | cached (est.) |"
+        " cached / uncached | cache held |",
+        "|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         w = r["weights_gb"]
@@ -177,7 +188,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         ratio = "-" if u is None or c is None or u - w <= 0 else f"{(c - w) / (u - w):.2f}x"
         held = r.get("cache_bytes") or {}
         lines.append(
-            f"| {r['model']} | {r['workload']} | {r['batch']} | {r['prompt_len']} | {r['device']} | {w:.2f} | "
+            f"| {r['model']} | {r['workload']} | {r['batch']} | {r['prompt_len']} | {r['device']} | "
+            f"{r.get('kv_cache_dtype') or 'exact'} | {w:.2f} | "
             f"{_above(u, w)} ({r['estimated_uncached_peak_gb'] - w:.2f}) | "
             f"{_above(c, w)} ({r['estimated_cached_peak_gb'] - w:.2f}) | {ratio} | "
             f"{human_bytes(held.get('total'))} |"
@@ -197,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-interval", type=int, default=100)
     p.add_argument("--response-interval", type=int, default=8)
     p.add_argument("--transfer-ratio", type=float, default=0.25)
+    p.add_argument("--kv-cache-dtype", choices=("fp8",), default=None,
+                   help="cached runs store K/V as fp8 (CacheConfig.kv_cache_dtype; lossy); default exact")
     p.add_argument("--uncached-steps", type=int, default=2, help="steps of the uncached run (each step is alike)")
     p.add_argument("--max-length", type=int, default=None,
                    help="lift the model's position limit to this many tokens (LLaDA-8B's config says 4096; "

@@ -103,6 +103,17 @@ def test_bench_reports_memory(tmp_path, capsys):
     assert [r["cache_bytes"]["prompt_kv"] for r in cached] == [24 * 1024, 48 * 1024]  # 3 layers x 16 x 2 x 64 x 4 B
 
 
+def test_bench_fp8_kv_rows(tmp_path, capsys):
+    """--kv-cache-dtype fp8: every cached run says so in its label and config, and holds fp8 K/V
+    (1 byte a value + a float32 scale per token and head) and the one-layer workspace."""
+    report = _run(tmp_path, capsys, "tiny-llada", "fp8", "--kv-cache-dtype", "fp8")
+    cached = [r for r in report["results"] if r["cache"] is not None]
+    assert all(r["label"].endswith("kv-fp8") and r["cache"]["kv_cache_dtype"] == "fp8" for r in cached)
+    assert [r["cache_bytes"]["prompt_kv"] for r in cached] == [b * 3 * 16 * 2 * (64 + 4 * 4) for b in (1, 2)]
+    assert all(r["cache_bytes"]["kv_workspace"] > 0 for r in cached)
+    assert any("fp8" in note for note in report["meta"]["notes"])
+
+
 def test_bench_stops_before_any_work_when_a_batch_cannot_fit(monkeypatch, tmp_path):
     import dllm_cache.bench as bench
     from dllm_cache import bench_memory, memory

@@ -44,3 +44,22 @@ def test_too_long_runs_are_refused_before_any_work_unless_lifted(tmp_path):
     assert not out.exists()
     assert main(["--shape", "tiny-llada", "--runs", "584/16:1", "--max-length", "700", "--out", str(out)]) == 0
     assert [r["prompt_len"] for r in json.loads(out.read_text())] == [584]
+
+
+def test_fp8_rows_sit_beside_the_exact_ones(tmp_path):
+    """--kv-cache-dtype fp8: the row says so, its cache holds fp8 K/V and a workspace, and merging
+    keeps it apart from the exact row of the same run (rows before the key existed count as exact)."""
+    out = tmp_path / "memory.json"
+    assert main(["--shape", "tiny-llada", "--runs", "16/16:1", "--out", str(out)]) == 0
+    old = json.loads(out.read_text())
+    del old[0]["kv_cache_dtype"]  # a row written before the key existed
+    out.write_text(json.dumps(old))
+    assert main(["--shape", "tiny-llada", "--runs", "16/16:1", "--kv-cache-dtype", "fp8", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r.get("kv_cache_dtype") for r in rows] == [None, "fp8"]
+    exact, fp8 = rows
+    assert fp8["cache_bytes"]["prompt_kv"] == 3 * 16 * 2 * (64 + 4 * 4)  # layers x P x K,V x (d bytes + 4 heads x scale)
+    assert fp8["cache_bytes"]["kv_workspace"] > 0 and exact["cache_bytes"]["kv_workspace"] == 0
+    assert fp8["estimated_cached_peak_gb"] < exact["estimated_cached_peak_gb"]
+    md = out.with_suffix(".md").read_text()
+    assert "| 16 | cpu" in md and "| fp8 |" in md and "| exact |" in md
