@@ -226,7 +226,18 @@ def merge_into(path: Path, report: dict) -> dict:
         raise SystemExit(f"{path} holds model {old.get('model')!r}, not {report['model']!r}")
     redone = {(r["task"], r["name"]) for r in report["rows"]}
     kept = [r for r in old["rows"] if (r["task"], r["name"]) not in redone]
-    return {**report, "rows": kept + report["rows"]}
+    return {**report, "rows": in_setting_order(kept + report["rows"], report.get("arch", "llada"))}
+
+
+def in_setting_order(rows: list[dict], arch: str) -> list[dict]:
+    """Rows by task, then in `settings_for` order (uncached first), whatever order the parts came in;
+    names no longer in the settings keep their place after the known ones."""
+    tasks_seen = list(dict.fromkeys(r["task"] for r in rows))
+    rank = {}
+    for family, task in TASK_NAMES.items():
+        names = [name for name, _ in settings_for(family, arch, n_layers=2)]
+        rank[task] = {name: i for i, name in enumerate(names)}
+    return sorted(rows, key=lambda r: (tasks_seen.index(r["task"]), rank.get(r["task"], {}).get(r["name"], 1 << 30)))
 
 
 def commands_of(report: dict) -> list[str]:
