@@ -36,29 +36,9 @@ from dllm_cache import CacheConfig, cache_enabled, reset_cache
 from dllm_cache.generate import generate
 from dllm_cache.hooks import adapter_for, sampler_of
 from dllm_cache.models.tiny import tiny_dream, tiny_llada
+from eval.trajectory import trajectory
 
 FP8 = "fp8"
-
-
-def trajectory(model, batch: int, prompt_len: int, resp_len: int, steps: int, seed: int = 0,
-               high: int = 200) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Inputs a sampler would feed, (batch, P + R) each: row r > 0 left padded by 2r tokens, the
-    response masked, two tokens unmasked per step."""
-    g = torch.Generator().manual_seed(seed)
-    cfg = model.config
-    x = torch.randint(0, high, (batch, prompt_len + resp_len), generator=g)
-    x[:, prompt_len:] = cfg.mask_token_id
-    mask = torch.ones_like(x)
-    for r in range(1, batch):
-        mask[r, : 2 * r] = 0
-        x[r, : 2 * r] = cfg.pad_token_id
-    seqs = []
-    for s in range(steps):
-        seqs.append(x.clone())
-        lo = prompt_len + 2 * s
-        x[:, lo : lo + 2] = torch.randint(0, high, (batch, 2), generator=g)
-    device = next(model.parameters()).device
-    return [s.to(device) for s in seqs], mask.to(device)
 
 
 def step_logits(model, seqs: list[torch.Tensor], mask: torch.Tensor, config: CacheConfig | None,
@@ -96,6 +76,8 @@ def measure(model, batch: int = 4, prompt_len: int = 40, resp_len: int = 32, ste
     shift = adapter_for(model).logit_shift
     lo, hi = prompt_len - shift, prompt_len + resp_len - shift  # rows predicting response tokens
     seqs, mask = trajectory(model, batch, prompt_len, resp_len, steps)
+    device = next(model.parameters()).device
+    seqs, mask = [q.to(device) for q in seqs], mask.to(device)
     every = dict(prompt_interval=1, response_interval=1)
     uncached = step_logits(model, seqs, mask, None, prompt_len)
     exact_every = step_logits(model, seqs, mask, CacheConfig(**every), prompt_len)
