@@ -48,6 +48,7 @@ from dllm_cache.flops import (
 )
 from dllm_cache.generate import generate
 from dllm_cache.hooks import adapter_for
+from dllm_cache.kv_store import KV_CACHE_DTYPES
 from dllm_cache.patch import cache_memory, cache_stats, disable_cache, enable_cache, reset_cache
 
 WORKLOADS: dict[str, dict[str, int]] = {
@@ -901,7 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(CacheConfig.policy block-prefix / block-dual, one run each). Default 'paper', the "
                         "published policy the README's speed rows were measured with; CacheConfig()'s own "
                         "selection is 'frontier' (same FLOPs)")
-    p.add_argument("--kv-cache-dtype", choices=("fp8",), default=None,
+    p.add_argument("--kv-cache-dtype", choices=tuple(KV_CACHE_DTYPES), default=None,
                    help="store every cached run's K/V as fp8 (CacheConfig.kv_cache_dtype; lossy, about half the K/V "
                         "bytes); default: exact, in the model's dtype")
     p.add_argument("--dream-block-length", type=int,

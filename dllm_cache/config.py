@@ -5,10 +5,12 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass, fields
 
+from .kv_store import KV_CACHE_DTYPES as _STORED_KV_DTYPES
+
 POLICIES = ("feature", "block-prefix", "block-dual")
 SELECTIONS = ("paper", "frontier")
 SHIFTED_ROWS = ("prompt", "response")
-KV_CACHE_DTYPES = (None, "fp8")  # None: K/V in the model's dtype (exact); see dllm_cache.kv_store
+KV_CACHE_DTYPES = (None, *_STORED_KV_DTYPES)  # None: K/V in the model's dtype (exact); see dllm_cache.kv_store
 # Decoding window of the frontier selection when the sampler declared no semi-AR block (Dream).
 DEFAULT_FRONTIER_WINDOW = 32
 

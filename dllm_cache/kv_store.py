@@ -96,6 +96,10 @@ class ExactKV:
     def device(self) -> torch.device:
         return self.k.device
 
+    def matches(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> bool:
+        """Whether this store already has this shape, dtype and device (a workspace is reused then)."""
+        return tuple(self.k.shape) == tuple(shape) and self.k.dtype == dtype and self.k.device == torch.device(device)
+
     def load(self) -> None:
         """Make `k`/`v` this layer's (nothing to do: they are the store)."""
 
@@ -113,36 +117,19 @@ class ExactKV:
 
 
 @dataclass
-class KVWorkspace:
-    """One layer's K/V in the model's dtype, shared by every fp8 layer store of a branch on one device."""
-
-    k: torch.Tensor
-    v: torch.Tensor
-
-    @classmethod
-    def empty(cls, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> KVWorkspace:
-        return cls(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
-
-    def matches(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> bool:
-        return tuple(self.k.shape) == tuple(shape) and self.k.dtype == dtype and self.k.device == torch.device(device)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {"k": self.k, "v": self.v}
-
-
-@dataclass
 class Fp8KV:
     """K/V as float8_e4m3fn (batch, kv_heads, seq, head_dim) with float32 scales (batch, kv_heads, seq, 1);
-    reads go through the shared `workspace`."""
+    reads go through the shared `workspace`: one layer's K/V in the model's dtype (an ExactKV), shared by
+    every fp8 layer store of a branch on one device."""
 
     k_q: torch.Tensor
     k_scale: torch.Tensor
     v_q: torch.Tensor
     v_scale: torch.Tensor
-    workspace: KVWorkspace
+    workspace: ExactKV
 
     @classmethod
-    def empty(cls, shape: tuple[int, ...], workspace: KVWorkspace) -> Fp8KV:
+    def empty(cls, shape: tuple[int, ...], workspace: ExactKV) -> Fp8KV:
         device = workspace.k.device
         scale_shape = (*shape[:-1], 1)
         return cls(

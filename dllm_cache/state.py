@@ -23,7 +23,7 @@ import torch
 
 from .config import CacheConfig
 from .drift import DriftTrace, plan_drift_step
-from .kv_store import ExactKV, Fp8KV, KVWorkspace
+from .kv_store import ExactKV, Fp8KV
 from .schedule import StepPlan, block_region, plan_block_step, plan_step
 
 
@@ -148,7 +148,7 @@ class BranchState:
     declared: bool = False  # set by reset_cache(prompt_length=...): skip the per-step prompt check
     masked: int = -1  # undeclared generations: masked response tokens at the previous step
     # fp8 K/V stores (CacheConfig.kv_cache_dtype): one layer's dequantized K/V per device, shared by its layers
-    kv_workspaces: dict[torch.device, KVWorkspace] = field(default_factory=dict)
+    kv_workspaces: dict[torch.device, ExactKV] = field(default_factory=dict)
     graphs: dict = field(default_factory=dict)  # (kind, shape key) -> captured step
     seen_kinds: set = field(default_factory=set)  # kinds run eagerly once (warm-up) in this layout
     started: bool = False
@@ -244,7 +244,7 @@ class BranchState:
         self.kv_workspaces = {d: w for d, w in self.kv_workspaces.items() if w.k.data_ptr() in live}
         workspace = self.kv_workspaces.get(device)
         if workspace is None or not workspace.matches(shape, dtype, device):
-            workspace = self.kv_workspaces[device] = KVWorkspace.empty(shape, dtype, device)
+            workspace = self.kv_workspaces[device] = ExactKV.empty(shape, dtype, device)
         return Fp8KV.empty(shape, workspace)
 
     def tensors(self) -> dict[str, torch.Tensor]:

@@ -398,12 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "run":
         dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+        part = parse_part(args.part) if args.part else None  # a malformed --part stops before the model loads
         model, tok = load_model(args.model, args.device, dtype)
         args.out_dir.mkdir(parents=True, exist_ok=True)
         path = args.out_dir / f"frontier_{args.name}.json"
         command = "PYTHONPATH=. python -m eval.frontier " + shlex.join(argv if argv is not None else sys.argv[1:])
         options = dict(name=args.name, n=args.n, device=args.device, only=args.only.split(",") if args.only else None,
-                       part=parse_part(args.part) if args.part else None,
+                       part=part,
                        batch={"arith": args.arith_batch, "hotpot": args.hotpot_batch}, progress=not args.no_progress,
                        gen={f: parse_gen(v, f"{f}-gen")
                             for f, v in (("arith", args.arith_gen), ("hotpot", args.hotpot_gen)) if v})

@@ -30,6 +30,7 @@ from dllm_cache import CacheConfig, cache_memory, disable_cache, enable_cache, r
 from dllm_cache.bench import DTYPES, SHAPES, WORKLOADS, Workload, build_model, random_prompts, timed_generate
 from dllm_cache.bench_memory import run_peak
 from dllm_cache.bench_report import human_bytes
+from dllm_cache.kv_store import KV_CACHE_DTYPES
 from dllm_cache.sampler_args import position_limit
 
 KEY = ("model", "workload", "batch", "prompt_len", "device", "kv_cache_dtype")  # rows before fp8 lack the last: None
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-interval", type=int, default=100)
     p.add_argument("--response-interval", type=int, default=8)
     p.add_argument("--transfer-ratio", type=float, default=0.25)
-    p.add_argument("--kv-cache-dtype", choices=("fp8",), default=None,
+    p.add_argument("--kv-cache-dtype", choices=tuple(KV_CACHE_DTYPES), default=None,
                    help="cached runs store K/V as fp8 (CacheConfig.kv_cache_dtype; lossy); default exact")
     p.add_argument("--uncached-steps", type=int, default=2, help="steps of the uncached run (each step is alike)")
     p.add_argument("--max-length", type=int, default=None,

@@ -18,7 +18,7 @@ from dllm_cache import CacheConfig, cache_enabled, cache_memory, measure_drift, 
 from dllm_cache.flops import ModelDims
 from dllm_cache.generate import generate
 from dllm_cache.hooks import sampler_of
-from dllm_cache.kv_store import FP8_DTYPE, ExactKV, Fp8KV, KVWorkspace, dequantize, dequantize_into, quantize
+from dllm_cache.kv_store import FP8_DTYPE, ExactKV, Fp8KV, dequantize, dequantize_into, quantize
 from dllm_cache.models.tiny import llada_8b_config, tiny_dream, tiny_llada
 from dllm_cache.patch import _state
 from eval.kv_fp8_deviation import logit_deviation, step_logits, trajectory
@@ -68,7 +68,7 @@ def test_fp8_store_reads_what_it_wrote():
     """Every write path (rows from a start, a (n,) index, a (batch, n) index): the store holds
     quantize(x), the shared workspace its dequantized values, and load() rebuilds the same."""
     shape = (2, 3, 12, 8)
-    ws = KVWorkspace.empty(shape, torch.bfloat16, torch.device("cpu"))
+    ws = ExactKV.empty(shape, torch.bfloat16, torch.device("cpu"))
     kv = Fp8KV.empty(shape, ws)
     g = torch.Generator().manual_seed(1)
     k, v = torch.randn(shape, generator=g).bfloat16(), torch.randn(shape, generator=g).bfloat16()

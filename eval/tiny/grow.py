@@ -87,13 +87,12 @@ def grow_state(
 
 def grow_model_dir(src: Path, dst: Path, depth: int, ffn: int, seed: int = 0) -> dict:
     """Read the exported model in `src`, write the grown one (bf16 shards, tokenizer, summary) to `dst`."""
-    from safetensors.torch import load_file
     from transformers import AutoConfig
 
     import dllm_cache  # noqa: F401  (registers the model types with AutoConfig)
 
     from .tokenizer import load_or_build
-    from .train import arch_of, export_model, model_class
+    from .train import arch_of, export_model, model_class, read_weights
 
     config = AutoConfig.from_pretrained(src)
     arch = arch_of(config)
@@ -101,9 +100,7 @@ def grow_model_dir(src: Path, dst: Path, depth: int, ffn: int, seed: int = 0) ->
     n_layers, ffn_hidden = getattr(config, names.layers_key), getattr(config, names.ffn_key)
     if ffn_hidden is None:
         raise ValueError(f"{src}: config.{names.ffn_key} is unset; growing needs an explicit FFN size")
-    state: dict[str, torch.Tensor] = {}
-    for f in sorted(src.glob("*.safetensors")):
-        state.update(load_file(str(f)))
+    state = read_weights(src)
     if not state:
         raise FileNotFoundError(f"{src}: no *.safetensors weights found")
     setattr(config, names.layers_key, n_layers * depth)

@@ -324,6 +324,16 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, tok, meta: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of an exported model or checkpoint folder (all its *.safetensors shards)."""
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    return state
+
+
 def export_model(model, tok, out_dir: Path, summary: dict | None = None) -> list[str]:
     """Write the bf16 model (safetensors shards <= 15 MB), config and tokenizer to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -476,7 +486,6 @@ def _train(args: argparse.Namespace, ranks: Ranks, device: str, start_time: floa
     # Each rank draws its own masks; a resumed multi-rank run reseeds instead of restoring RNG states.
     torch.manual_seed(args.seed + meta["step"] + 1_000_003 * ranks.rank)
     if args.resume or args.init_from:
-        from safetensors.torch import load_file
         from transformers import AutoConfig
 
         import dllm_cache  # noqa: F401  (registers the model types with AutoConfig)
@@ -484,10 +493,7 @@ def _train(args: argparse.Namespace, ranks: Ranks, device: str, start_time: floa
         src = Path(tok_dir)
         config = AutoConfig.from_pretrained(src)
         model = model_class(arch_of(config))(config)
-        files = sorted(src.glob("*.safetensors"))
-        state = {}
-        for f in files:
-            state.update(load_file(str(f)))
+        state = read_weights(src)
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
         if missing or unexpected:
             raise SystemExit(f"checkpoint {src} does not match the model: missing {missing}, unexpected {unexpected}")
