@@ -273,12 +273,21 @@ def with_current_default(rows: list[dict]) -> list[dict]:
     return rest
 
 
+def report_order(report: dict) -> tuple:
+    """LLaDA before Dream, each shipped proxy before its grown one ("llada" < "llada-large"),
+    whatever order the files were found in."""
+    arch = report.get("arch", "llada")
+    return (0 if arch == "llada" else 1, arch, report["model"])
+
+
 def summarise(reports: list[dict]) -> dict:
     """frontier.json: {model: {task: {"n", "device", "settings": [...]}}}; "default" is
     `with_current_default`'s."""
     out: dict = {}
-    for rep in reports:
-        for task in dict.fromkeys(r["task"] for r in rep["rows"]):
+    task_order = list(TASK_NAMES.values())
+    for rep in sorted(reports, key=report_order):
+        tasks = dict.fromkeys(r["task"] for r in rep["rows"])
+        for task in sorted(tasks, key=lambda t: task_order.index(t) if t in task_order else len(task_order)):
             rows = [dict(r, device=rep.get("gpu") or rep.get("device")) for r in rep["rows"] if r["task"] == task]
             rows = with_current_default(rows)
             out.setdefault(rep["model"], {})[task] = {
@@ -331,9 +340,16 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = [(m, t) for m, per in summary.items() for t in per]
-    fig, axes = plt.subplots(1, len(cells), figsize=(5.2 * len(cells), 4.6), squeeze=False)
-    for ax, (model, task) in zip(axes[0], cells):
+    models = list(summary)
+    task_names = list(dict.fromkeys(t for per in summary.values() for t in per))
+    # one row per model, one column per task: eight panels side by side were unreadable
+    fig, axes = plt.subplots(len(models), len(task_names), figsize=(7 * len(task_names), 4.6 * len(models)),
+                             squeeze=False)
+    for (row, model), (col, task) in ((m, t) for m in enumerate(models) for t in enumerate(task_names)):
+        ax = axes[row][col]
+        if task not in summary[model]:
+            ax.set_axis_off()
+            continue
         entry = summary[model][task]
         for s in entry["settings"]:
             if s["speedup"] is None:
@@ -353,8 +369,9 @@ def plot(summary: dict, path: Path) -> None:
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=lab) for c, lab in
                (("tab:blue", "paper policy"), ("tab:orange", "frontier selection"), ("tab:green", "default"))]
     axes[0][0].legend(handles=handles, fontsize=7, loc="lower left")
-    fig.suptitle(f"dllm-cache on the proxy models: accuracy vs speedup ({next(iter(summary.values()))[cells[0][1]]['device']})")
-    fig.tight_layout()
+    devices = sorted({str(entry["device"]) for per in summary.values() for entry in per.values()})
+    fig.suptitle(f"dllm-cache on the proxy models: accuracy vs speedup ({', '.join(devices)})")
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

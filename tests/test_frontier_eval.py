@@ -158,3 +158,18 @@ def test_parts_split_the_settings_and_merge(micro_model, tmp_path):
         frontier.main(["run", *common, "--part", "2", "--out-dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="1 <= I <= K"):
         frontier.main(["run", *common, "--part", "3/2", "--out-dir", str(tmp_path)])
+
+
+def test_summary_orders_models_and_tasks_whatever_the_file_order():
+    """frontier.json/.md list LLaDA before Dream, each shipped proxy before its grown one, and
+    arith before multihop, though `report` finds the files alphabetically (dream-large first)."""
+    def report(model, arch):
+        rows = [{"task": task, "name": "uncached", "n": 1, "generation": {}, "batch_size": 1, "config": None,
+                 "accuracy": 1.0} for task in ("multihop", "arith")]
+        return {"model": model, "arch": arch, "rows": rows, "gpu": "cpu"}
+
+    found = [report("dream-large", "dream"), report("dream", "dream"), report("llada-large", "llada"),
+             report("llada", "llada")]
+    summary = frontier.summarise(found)
+    assert list(summary) == ["llada", "llada-large", "dream", "dream-large"]
+    assert all(list(per_task) == ["arith", "multihop"] for per_task in summary.values())
