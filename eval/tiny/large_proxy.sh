@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A larger proxy (issue 9's attempt at scale): a shipped proxy grown 2x deeper with a 2x FFN
-# (LLaDA: 13.4 M -> 39.3 M parameters, same function at the start: eval/tiny/grow.py), then trained
-# data-parallel on every GPU of the device machine (eval/tiny/distributed.py). It is too large to
-# ship (79 MB in bf16, over a device call's 64 MB of files back too); this script rebuilds it in
-# two device calls (measured on 4 H100s: 1.27 B tokens, eval/results/proxy_training/):
+# (LLaDA 13.4 M -> 39.3 M parameters, Dream 9.4 M -> 26.7 M; same function at the start:
+# eval/tiny/grow.py), then trained data-parallel on every GPU of the device machine
+# (eval/tiny/distributed.py). Neither is shipped (79 / 53 MB in bf16; the tracked tree a device call
+# carries is already 62 of its 64 MiB); this script rebuilds one in two device calls (measured on
+# 4 H100s, ~2 M tokens/s: LLaDA 1.27 B tokens, Dream 1.53 B, eval/results/proxy_training/):
 #
-#   bash eval/tiny/large_proxy.sh train 9.2 17     # call 1: grow + train 9.2 min (LR schedule over 17)
-#   bash eval/tiny/large_proxy.sh train 9.2 17     # call 2, same machine: resumes, then exports
+#   bash eval/tiny/large_proxy.sh train 9.0 17     # call 1: grow + train 9.0 min (LR schedule over 17)
+#   bash eval/tiny/large_proxy.sh train 9.0 17     # call 2, same machine: resumes, then exports
 #   bash eval/tiny/large_proxy.sh frontier         # every frontier setting at n=500, all GPUs in parallel
 #
 # (env: GPUS, default every visible GPU; HOTPOT_FRAC share of multi-hop batches, default 0.6;
