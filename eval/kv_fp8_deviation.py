@@ -162,11 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     rows = []
     for name in args.models:
-        base = models()[name]()
-        if base is None:
-            print(f"{name}: not found, skipped")
-            continue
         for dtype_name in args.dtypes:
+            base = models()[name]()  # built afresh per dtype: .to() casts in place, so a float32 row
+            if base is None:  # after a bfloat16 one would otherwise run on bf16-rounded weights
+                print(f"{name}: not found, skipped")
+                break
             dtype = getattr(torch, dtype_name)
             model = base.to(device, dtype).eval()
             r = measure(model)
