@@ -223,9 +223,8 @@ def llada_generate(
 
 
 def _filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
-    if top_k is not None and top_k > 0:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
+    """top_p, then top_k, as Dream's sample_tokens (the reverse order, transformers', keeps a different
+    set when both are given: tests/test_reference_samplers.py compares with Dream's order)."""
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
@@ -233,6 +232,9 @@ def _filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None)
         drop[..., 1:] = drop[..., :-1].clone()
         drop[..., 0] = False
         logits = logits.masked_fill(drop.scatter(-1, order, drop), -math.inf)
+    if top_k is not None and top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
     return logits
 
 
