@@ -92,16 +92,35 @@ def test_even_batch_one_too_big_says_shorten_the_prompt(monkeypatch):
 
 
 def test_buffers_of_the_previous_generation_count_as_free(monkeypatch):
-    """A second generation of the same shape reuses the cache's buffers: it needs no new room for them."""
+    """A second generation of the same shape reuses the cache's buffers: it needs no new room for them.
+
+    Free memory is set to the need minus what the cache holds, give or take 64 bytes: just above it
+    the second generation runs (and gives the first one's tokens), just below it stops, and a cache
+    holding nothing yet is refused at the same free memory. So the check runs, counts the held
+    buffers once (not zero times, not twice), and counts nothing else as free."""
     from dllm_cache.models.tiny import tiny_llada
 
     model = tiny_llada()
-    ids = torch.randint(0, 200, (2, P))
+    ids = torch.randint(0, 200, (2, P), generator=torch.Generator().manual_seed(0))
+    run = dict(gen_length=R, steps=R, block_length=8)
+    free = {"bytes": 0}
+    monkeypatch.setattr(memory, "device_free_bytes", lambda device: free["bytes"])
     with cache_enabled(model, CacheConfig()):
-        generate(model, ids, gen_length=R, steps=R, block_length=8)
+        monkeypatch.setenv(memory.CHECK_ENV, "0")  # the first generation allocates the buffers
+        first = generate(model, ids, **run)
+        monkeypatch.delenv(memory.CHECK_ENV)
         held = cache_memory(model)["total"]
-        monkeypatch.setattr(memory, "device_free_bytes", lambda device: _need(model, 2) - held + 64)
-        generate(model, ids, gen_length=R, steps=R, block_length=8)
+        assert held > 1000
+        free["bytes"] = _need(model, 2) - held - 64
+        with pytest.raises(memory.NotEnoughMemoryError, match="batch 2 x 26 tokens"):
+            generate(model, ids, **run)
+        free["bytes"] = _need(model, 2) - held + 64
+        second = generate(model, ids, **run)
+    assert torch.equal(second, first)
+    with cache_enabled(model, CacheConfig()):  # a fresh cache holds nothing: the same free memory is short
+        assert cache_memory(model)["total"] == 0
+        with pytest.raises(memory.NotEnoughMemoryError, match="largest batch that fits is 1"):
+            generate(model, ids, **run)
 
 
 def test_largest_batch_search():
