@@ -28,6 +28,7 @@ import platform
 import statistics
 import sys
 import time
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ import torch
 
 from dllm_cache import bench_memory
 from dllm_cache.bench_decoding import Decoding, apply_trace_lengths, load_decoding, run_kinds
+from dllm_cache.bench_peaks import PEAK_MODES, learn_peaks
 from dllm_cache.bench_plot import plot
 from dllm_cache.bench_report import markdown_table
 from dllm_cache.flops import (
@@ -325,12 +327,17 @@ def _model_class(config: Any) -> type:
 
 
 @torch.no_grad()
-def random_init_(model: torch.nn.Module, std: float, seed: int) -> None:
-    """Matrices ~ N(0, std), norm weights 1, biases 0, on the parameters' own device."""
+def random_init_(model: torch.nn.Module, std: float, seed: int, by_name: bool = False) -> None:
+    """Matrices ~ N(0, std), norm weights 1, biases 0, on the parameters' own device.
+
+    by_name: each matrix from a generator seeded by (seed, its name), the scheme eval/peers.py
+    gives the peers' model classes, so the bench and the peers' code hold identical weights."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     for name, p in model.named_parameters():
         if p.ndim >= 2:
+            if by_name:
+                gen.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
             p.normal_(0.0, std, generator=gen)
         elif name.endswith("bias"):
             p.zero_()
@@ -373,7 +380,7 @@ def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dty
             model = model.to_empty(device=device)
     finally:
         torch.set_default_dtype(previous)
-    random_init_(model, args.init_std, args.seed)
+    random_init_(model, args.init_std, args.seed, by_name=getattr(args, "init", "seeded") == "by-name")
     return model.to(dtype).eval()
 
 
@@ -585,8 +592,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     settings = _settings(args)
     window = _window(args, [s for s in settings if _windowed(decoding, s)], workload.steps)
     on_gpu = device.type == "cuda"
-    peak_tflops = args.peak_tflops if on_gpu else None
-    peak_tbps = args.peak_tbps if on_gpu else None
+    # this GPU's peaks (measured, from the table, or given): the roofline and the weight-read floor use them
+    peaks = learn_peaks(device, args.peaks, args.peak_tbps, args.peak_tflops)
+    peak_tflops, peak_tbps = peaks.tflops, peaks.tbps
     dtype_bytes = torch.finfo(dtype).bits // 8
 
     bench_memory.preflight(_config_for(args), args.batch_size, workload.prompt_len, workload.gen_len,
@@ -596,6 +604,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     build_s = time.perf_counter() - t0
     weights_gb = (torch.cuda.memory_allocated(device) if on_gpu else
                   sum(p.numel() * p.element_size() for p in model.parameters())) / 2**30
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     config = model.config
     dims = ModelDims.from_config(config)
     mask_id = getattr(config, "mask_token_id", None)
@@ -618,6 +627,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         )
     if not on_gpu:
         notes.append("roofline skipped on CPU")
+    else:
+        notes.append(f"peaks: {peak_tbps:.3g} TB/s, {peak_tflops:.4g} TFLOP/s ({peaks.source}); weight-read floor "
+                     f"{peaks.floor_ms(weight_bytes):.2f} ms per step (every parameter byte once at that bandwidth)")
     # The samplers ask a cached model for the rows they score only; it runs the LM head on those
     # (their response rows between prompt refreshes), unless the model has no separate head
     # module to patch (weight-tied LLaDA). An uncached model computes every row.
@@ -768,6 +780,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "repeats": args.repeats,
             "peak_tflops": peak_tflops,
             "peak_tbps": peak_tbps,
+            "peaks_source": peaks.source,
+            "weight_bytes": weight_bytes,
+            "weight_floor_ms": peaks.floor_ms(weight_bytes),
             "model_build_s": build_s,
             "weights_gb": weights_gb,
             "wall_s": time.perf_counter() - t0,
@@ -797,6 +812,9 @@ def write_outputs(report: dict[str, Any], out_dir: Path, tag: str) -> dict[str, 
 
 
 # ----------------------------------------------------------------------------- planning
+
+
+DRY_RUN_PEAKS = (790.0, 3.0)  # TFLOP/s, TB/s: the dry run's roofline when none is given (H100, measured here)
 
 
 def dry_run(args: argparse.Namespace) -> str:
@@ -841,7 +859,8 @@ def dry_run(args: argparse.Namespace) -> str:
             cost = generation_cost(
                 dims, batch, w.prompt_len, w.gen_len, w.steps, cfg, w.block_length,
                 logits_tokens=cached_rows if setting else w.prompt_len + w.gen_len, dtype_bytes=dtype_bytes,
-                peak_tflops=args.peak_tflops, peak_tbps=args.peak_tbps, steps_per_block=per_block,
+                peak_tflops=args.peak_tflops or DRY_RUN_PEAKS[0], peak_tbps=args.peak_tbps or DRY_RUN_PEAKS[1],
+                steps_per_block=per_block,
             )
             peak = bench_memory.run_peak(config, batch, w.prompt_len, w.gen_len, w.block_length, dtype_bytes,
                                          setting is not None, deltas=cfg is None or not cfg.is_block,
@@ -882,6 +901,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=tuple(DTYPES), help="None: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--device", help="None: cuda if available, else cpu")
     p.add_argument("--init-std", type=float, default=0.02, help="random-weight init std")
+    p.add_argument("--init", choices=("seeded", "by-name"), default="seeded",
+                   help="--shape weights: one seeded stream, or each matrix seeded by its name (eval/peers.py's "
+                        "scheme: the same weights as the peers' code gets there)")
     p.add_argument("--seed", type=int, default=0, help="random seed (weights and prompts)")
     p.add_argument("--workload", choices=tuple(WORKLOADS),
                    help="gsm8k: prompt 700, gen 256, steps 256, block 32; "
@@ -923,9 +945,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps of the untimed warm-up run per configuration (None: 2 uncached, 2 Kr + 1 cached)")
     p.add_argument("--repeats", type=int, default=3,
                    help="timed runs per configuration: the table shows their median and spread (min-max)")
-    p.add_argument("--peak-tflops", type=float, default=790.0,
-                   help="peak dense TFLOP/s for the roofline (H100 bf16 as measured here)")
-    p.add_argument("--peak-tbps", type=float, default=3.0, help="peak HBM TB/s for the roofline")
+    p.add_argument("--peaks", choices=PEAK_MODES, default="measure",
+                   help="where the roofline's peaks come from on CUDA: measure (a timed device copy and bf16 matmul, "
+                        "~1 s) or table (vendor figures by device name; unknown names are measured); CPU: none")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="peak dense TFLOP/s for the roofline (None: from --peaks; --dry-run: 790)")
+    p.add_argument("--peak-tbps", type=float, default=None,
+                   help="peak HBM TB/s for the roofline and the weight-read floor (None: from --peaks; --dry-run: 3.0)")
     p.add_argument("--task", choices=TASKS,
                    help="quality eval: not implemented in the bench (see dllm-cache eval)")
     p.add_argument("--out-dir", type=Path, default=Path("dllm_cache_results"),

@@ -30,7 +30,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         "",
         f"Workload {w['name'] or 'custom'}: prompt {w['prompt_len']}, gen {w['gen_len']}, "
         f"steps {w['steps']}, block {w['block_length']}; timed steps {meta['timed_steps']}; "
-        f"peaks {meta['peak_tflops']} TFLOP/s, {meta['peak_tbps']} TB/s.",
+        f"peaks {_fmt(meta['peak_tflops'], '.4g')} TFLOP/s, {_fmt(meta['peak_tbps'], '.3g')} TB/s"
+        f" ({meta.get('peaks_source', 'given')}); weight-read floor {_fmt(meta.get('weight_floor_ms'), '.2f')} ms/step.",
         *_decoding_lines(meta.get("decoding")),
         "",
         "| batch | cache | latency s (median) | spread | tok/s | speedup | TFLOP | FLOP cut | TFLOP/s | "
