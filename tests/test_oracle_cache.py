@@ -1,0 +1,235 @@
+"""The cache against a plain reference of what it defines (tests/reference_cache.py,
+tests/reference_block_cache.py), step by step, on its approximate path: partial steps, prompt
+refreshes, the frontier and paper selections, the drift trigger, per-layer budgets and the block
+policies, on every family, with left padding and batch 3.
+
+Each case runs our sampler twice on the same prompts, once on the cached model and once on the
+reference (behind the model's call signature), and compares every step: the input ids (so the
+tokens), the rows asked for, and their logits in fp32 on CPU within ATOL; then the outputs.
+
+ATOL = 2e-5: with every step refreshed the reference equals the uncached model up to float32
+rounding, and both differ from the engine by 3e-6 .. 1.2e-5 on these tiny models (logits up to ~5,
+3 layers; explicit softmax attention and RoPE vs SDPA, matmuls over row subsets vs all rows). A
+stale or wrong feature moves the logits by 1e-3 or more (see the mutants below).
+
+Ties: the selection is a top-k over cosines. The reference records the smallest gap at the k
+boundary per step (and the drift's distance to the threshold); a mismatch message prints them, and
+a gap below 1e-6 there means a tie that float32 may break either way, not a bug. The seeds used
+here give gaps >= 1e-5 (tiny random models rarely tie).
+
+Mutants this file catches (applied one at a time to a scratch copy of the engine, 2026-12-03):
+(a) V-verify compares each token's new V with its neighbour's cached V: <fill>
+(b) partial steps write fresh V only for the selected tokens: <fill>
+(c) the frontier window one block late: <fill>
+(d) prompt refresh every Kp + 1 steps: <fill>
+(e) block-dual recomputes one row fewer: <fill>
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import dllm_cache.generate as generate_module
+from dllm_cache import CacheConfig, cache_stats, disable_cache, enable_cache, reset_cache
+from dllm_cache.generate import dream_generate, llada_generate
+from dllm_cache.hooks import sampler_of
+from tests.conftest import FACTORIES
+from tests.helpers import padded_prompts, trajectory
+from tests.reference_block_cache import ReferenceBlockCache
+from tests.reference_cache import ReferenceFeatureCache, ReferenceModel
+
+ATOL = 2e-5
+TIE = 1e-6  # a top-k boundary gap (or a drift-threshold distance) below this is a float32 tie
+GEN, BLOCK = 32, 8  # 4 semi-AR blocks of 8 tokens
+# LLaDA's sampler: one token per row per step. Dream's schedule unmasks int(n * (1 - s/t)) tokens,
+# which at 32 steps for 32 tokens rounds to 0 on some steps: a step whose input equals the last
+# one's gives every response token cos = 1 exactly, a true top-k tie. At 16 steps every step unmasks.
+STEPS = {"llada": 32, "dream": 16}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these tensors are tiny, and on 2 shared cores a second thread's
+    synchronisation made each small matmul ~60x slower (4.8 ms vs 0.07 ms measured here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _sample(model, ids, mask, block_length, family_model=None):
+    """Our sampler of the model's family (family_model: the model whose family decides, for the reference)."""
+    sampler = llada_generate if sampler_of(family_model or model) == "llada" else dream_generate
+    return sampler(model, ids, mask, gen_length=GEN, steps=_steps(family_model or model), block_length=block_length)
+
+
+def _steps(model) -> int:
+    return STEPS[sampler_of(model)]
+
+
+def _engine_run(model, config, ids, mask, block_length):
+    """Cached generation; every forward recorded as (ids, rows asked, logits)."""
+    calls = []
+
+    def record(module, args, kwargs, out):
+        x = args[0] if args else kwargs["input_ids"]
+        keep = kwargs.get("logits_to_keep")
+        rows = (0, x.shape[1]) if keep is None else keep.indices(x.shape[1])[:2]
+        calls.append((x.clone(), rows, out.logits.detach().clone()))
+
+    enable_cache(model, config)
+    handle = model.register_forward_hook(record, with_kwargs=True)
+    try:
+        out = _sample(model, ids, mask, block_length)
+        stats = cache_stats(model)
+    finally:
+        handle.remove()
+        disable_cache(model)
+    return out, calls, stats
+
+
+def _reference_run(model, config, ids, mask, block_length, monkeypatch):
+    """The same generation on the reference; the sampler asks it for its rows as it asks a cached model."""
+    declared = block_length or GEN if sampler_of(model) == "llada" else block_length  # what each sampler declares
+    cls = ReferenceBlockCache if config.is_block else ReferenceFeatureCache
+    ref = ReferenceModel(model, cls(model, config, ids.shape[1], declared))
+    cached = generate_module.is_cache_enabled
+    monkeypatch.setattr(generate_module, "is_cache_enabled", lambda m: m is ref or cached(m))
+    out = _sample(ref, ids, mask, block_length, model)
+    monkeypatch.setattr(generate_module, "is_cache_enabled", cached)
+    return out, ref
+
+
+def _describe(ref, step: int) -> str:
+    recs = ref.cache.records[: step + 1]
+    rec = recs[-1]
+    if rec.refresh_prompt:
+        kind = "full" if rec.refresh_response else "prompt"
+    else:
+        kind = "response" if rec.refresh_response else "partial"
+    margin = min((r.min_margin for r in recs), default=math.inf)
+    tie = f" -- a top-k boundary gap below {TIE}: a float32 tie, not necessarily a bug" if margin < TIE else ""
+    return f"step {step} ({kind}); smallest top-k boundary gap up to here {margin:.2e}{tie}"
+
+
+def _compare(engine_calls, ref, out_e, out_r) -> None:
+    ref_calls = ref.calls
+    for step, ((xe, rows_e, le), (xr, _, rows_r, lr)) in enumerate(zip(engine_calls, ref_calls)):
+        assert torch.equal(xe, xr), f"tokens diverged before {_describe(ref, step)}"
+        assert rows_e == rows_r, f"rows asked differ at step {step}: {rows_e} vs {rows_r}"
+        err = (le - lr).abs().max().item()
+        assert err <= ATOL, f"logits differ by {err:.2e} > {ATOL} at {_describe(ref, step)}"
+    assert len(engine_calls) == len(ref_calls), f"{len(engine_calls)} engine steps, {len(ref_calls)} reference steps"
+    assert torch.equal(out_e, out_r)
+
+
+def _prompts(model, seed: int = 0):
+    return padded_prompts(model, batch=3, length=10, seed=seed)  # row r: 2r pad tokens in front
+
+
+def _partial_steps(ref) -> int:
+    return sum(not r.refresh_response for r in ref.cache.records)
+
+
+FEATURE_CONFIGS = {
+    "default": CacheConfig(),  # Kp 100, Kr 8, ratio 0.25, frontier
+    "paper+prompt": CacheConfig(prompt_interval=5, response_interval=7, selection="paper"),
+    "frontier+prompt": CacheConfig(prompt_interval=4, response_interval=6, transfer_ratio=0.3),
+    "layer_ratios": CacheConfig(prompt_interval=None, response_interval=6, layer_ratios=(0.25, 0.1, 0.5)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_CONFIGS))
+@pytest.mark.parametrize("family", sorted(FACTORIES))
+def test_feature_cache_matches_reference(family, name, monkeypatch):
+    model = FACTORIES[family]()
+    config = FEATURE_CONFIGS[name]
+    ids, mask = _prompts(model)
+    block = BLOCK if sampler_of(model) == "llada" else None  # Dream decodes one window, as its own sampler
+    out_e, calls, stats = _engine_run(model, config, ids, mask, block)
+    out_r, ref = _reference_run(model, config, ids, mask, block, monkeypatch)
+    _compare(calls, ref, out_e, out_r)
+    partial = _partial_steps(ref)
+    assert partial >= _steps(model) // 2 and stats["partial_steps"] + stats["prompt_refresh_steps"] == partial
+
+
+DRIFT = CacheConfig(prompt_interval=None, response_interval=8, response_drift_threshold=0.02, response_min_interval=2)
+
+
+@pytest.mark.parametrize("family", sorted(FACTORIES))
+def test_drift_trigger_matches_reference(family, monkeypatch):
+    """Response refreshes planned from the measured drift: the same steps refresh, and the engine's
+    recorded drift of each step equals the reference's."""
+    model = FACTORIES[family]()
+    ids, mask = _prompts(model)
+    block = BLOCK if sampler_of(model) == "llada" else None
+    out_e, calls, stats = _engine_run(model, DRIFT, ids, mask, block)
+    out_r, ref = _reference_run(model, DRIFT, ids, mask, block, monkeypatch)
+    recs = ref.cache.records
+    close = [(i, r.drift) for i, r in enumerate(recs) if abs(r.drift - DRIFT.response_drift_threshold) < TIE]
+    assert not close, f"drift within {TIE} of the threshold (a float32 tie) at steps {close}; pick another threshold"
+    _compare(calls, ref, out_e, out_r)
+    triggered = sum(r.triggered for r in recs)
+    assert 0 < triggered < _partial_steps(ref), "the threshold must trigger some refreshes and leave partial steps"
+    assert stats["drift_refreshes"] == triggered
+    measured = [r.drift for r in recs if not r.refresh_response]
+    assert stats["drift"]["cond"]["drift"] == pytest.approx(measured, abs=1e-5)
+
+
+@pytest.mark.parametrize("config", [
+    CacheConfig(prompt_interval=3, response_interval=8, shifted_row="response"),
+    CacheConfig(prompt_interval=None, response_interval=8, frontier_only=True, frontier_window=5, transfer_ratio=0.5),
+], ids=["shifted_row=response", "frontier_only"])
+def test_dream_options_match_reference(config, monkeypatch):
+    """Dream's last prompt row cached with the response, and a capped frontier budget with an explicit
+    window, under Dream's semi-AR blocks."""
+    model = FACTORIES["dream"]()
+    ids, mask = _prompts(model, seed=1)
+    out_e, calls, stats = _engine_run(model, config, ids, mask, BLOCK)
+    out_r, ref = _reference_run(model, config, ids, mask, BLOCK, monkeypatch)
+    _compare(calls, ref, out_e, out_r)
+    assert _partial_steps(ref) >= _steps(model) // 2
+
+
+BLOCK_CONFIGS = {
+    "prefix": CacheConfig(policy="block-prefix"),
+    "dual": CacheConfig(policy="block-dual"),
+    "prefix+refresh": CacheConfig(policy="block-prefix", block_refresh=3),
+    "dual+refresh": CacheConfig(policy="block-dual", block_refresh=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BLOCK_CONFIGS))
+@pytest.mark.parametrize("family", sorted(FACTORIES))
+def test_block_cache_matches_reference(family, name, monkeypatch):
+    model = FACTORIES[family]()
+    config = BLOCK_CONFIGS[name]
+    ids, mask = _prompts(model)
+    out_e, calls, stats = _engine_run(model, config, ids, mask, BLOCK)
+    out_r, ref = _reference_run(model, config, ids, mask, BLOCK, monkeypatch)
+    _compare(calls, ref, out_e, out_r)
+    block_steps = sum(r is not None for r in ref.cache.regions)
+    assert block_steps >= _steps(model) // 2 and stats["block_steps"] == block_steps
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_every_row_matches_reference(family):
+    """A hand-made trajectory asking for every row: prompt rows' logits (served from the last prompt
+    refresh) as well as the response's, on steps of every kind."""
+    model = FACTORIES[family]()
+    config = CacheConfig(prompt_interval=3, response_interval=4, transfer_ratio=0.4)
+    seqs, mask = trajectory(model, batch=3, prompt_len=10, resp_len=20, steps=10)
+    ref = ReferenceFeatureCache(model, config, prompt_len=10)
+    enable_cache(model, config)
+    reset_cache(model, prompt_length=10)
+    try:
+        for step, s in enumerate(seqs):
+            err = (model(s, attention_mask=mask).logits - ref(s, mask)).abs().max().item()
+            assert err <= ATOL, f"logits differ by {err:.2e} > {ATOL} at step {step} (gap {ref.records[-1].min_margin:.2e})"
+    finally:
+        disable_cache(model)
+    assert {(r.refresh_prompt, r.refresh_response) for r in ref.records} == {(True, True), (True, False), (False, True),
+                                                                              (False, False)}
