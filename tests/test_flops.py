@@ -115,10 +115,40 @@ def test_bytes_weights_and_roofline():
     assert cost.roofline_s is not None and cost.roofline_s > cost.bytes / 3e12 * 0.99
 
 
-def test_schedule_matches_core_and_generation_totals():
+# Step kinds written out by hand from the rule (step 0 full; prompt every Kp, response every Kr), so a
+# schedule bug is not compared with itself: flops.step_kind delegates to schedule.step_kind.
+F, Pa, Re, Pr = "full", "partial", "response", "prompt"
+HAND_KINDS = {
+    (100, 4): [F, Pa, Pa, Pa, Re, Pa, Pa, Pa, Re, Pa, Pa, Pa, Re, Pa],
+    (6, 4): [F, Pa, Pa, Pa, Re, Pa, Pr, Pa, Re, Pa, Pa, Pa, F, Pa],
+    (None, 3): [F, Pa, Pa, Re, Pa, Pa, Re, Pa, Pa, Re, Pa, Pa, Re, Pa],
+    (1, 2): [F, Pr, F, Pr, F, Pr, F, Pr, F, Pr, F, Pr, F, Pr],
+}
+
+
+@pytest.mark.parametrize("kp,kr", sorted(HAND_KINDS, key=str))
+def test_step_kinds_follow_the_rule_written_out(kp, kr):
+    cfg = CacheConfig(prompt_interval=kp, response_interval=kr)
+    assert [step_kind(s, cfg) for s in range(14)] == HAND_KINDS[kp, kr]
+    assert [core_step_kind(s, cfg) for s in range(14)] == HAND_KINDS[kp, kr]
+    # far from step 0: Kp=100 refreshes the prompt again at 100 (and 200), Kp=None never does
+    assert step_kind(200, cfg) == ("full" if kp in (100, 1) else "response" if 200 % kr == 0 else "partial")
+
+
+@pytest.mark.parametrize("kp,kr", [(6, 4), (None, 3)])
+def test_step_kinds_are_the_ones_the_engine_runs(kp, kr):
+    """The FLOPs model's kinds against the cache's own counters on a real cached run."""
+    from tests.helpers import cached_steps, trajectory
+
+    model = tiny_llada()
+    cfg = CacheConfig(prompt_interval=kp, response_interval=kr)
+    seqs, mask = trajectory(model, batch=2, prompt_len=6, resp_len=28, steps=14)
+    kinds, _, _ = cached_steps(model, cfg, seqs, mask, 6)
+    assert kinds == [step_kind(s, cfg) for s in range(14)] == HAND_KINDS[kp, kr]
+
+
+def test_schedule_counts_and_generation_totals():
     cfg = CacheConfig(prompt_interval=100, response_interval=4, transfer_ratio=0.5)
-    for s in range(300):
-        assert step_kind(s, cfg) == core_step_kind(s, cfg)
     assert schedule_counts(10, cfg) == {"full": 1, "response": 2, "prompt": 0, "partial": 7}
     assert generation_flops(TOY, 1, P, R, 10, cfg) == FULL + 2 * RESPONSE + 7 * PARTIAL_HALF
     assert generation_flops(TOY, 1, P, R, 10, None) == 10 * FULL
@@ -155,8 +185,7 @@ def test_cached_step_kinds_match_flop_counter(factory):
     try:
         reset_cache(model, prompt_length=p)
         seen = set()
-        for s in range(8):  # full, partial x3, response, partial, prompt, partial
-            kind = step_kind(s, cfg)
+        for s, kind in enumerate(HAND_KINDS[6, 4][:8]):  # full, partial x3, response, partial, prompt, partial
             seen.add(kind)
             assert measure_step_flops(model, ids) == step_flops(dims, batch, p, r, kind, 0.25, logits), (s, kind)
             ids[:, p + s] = 7  # unmask one token per step
