@@ -57,6 +57,28 @@ def test_toy_counts_by_hand():
     assert step_flops(TOY, 1, P, R, "partial", 0.5, logits_tokens=rows) == PARTIAL_HALF - 3 * 160
 
 
+def test_step_bytes_counted_element_by_element():
+    """step_bytes on the toy shape against a count written from the shapes, element by element (2 bytes each)."""
+    per_layer = 8 * 8 + 8 * 4 + 8 * 4 + 8 * 8 + 3 * 8 * 16  # q, k, v (1 KV head of 4), o, gate/up/down: 576
+    weights = 2 * per_layer + 8 * 10  # both layers and the LM head (vocab 10)
+    k_and_v = 2 * (7 * 4 + 7 * 4)  # per layer: K and V of all 7 keys, kv_dim 4 each
+    embed = 7 * 8  # the 7 tokens' embedding rows
+    cached = 1 * 4 * (4 + 8 + 8)  # layer 1: the 4 response tokens' cached V, attention and FFN deltas
+    all_rows, response_rows = 7 * 10, 4 * 10  # logits written
+    expect = {
+        "full": weights + k_and_v + embed + all_rows,
+        "response": weights + k_and_v + embed + response_rows,
+        "partial": weights + k_and_v + cached + embed + response_rows,  # int(4 * 0.5) = 2 selected in layer 1
+        "prompt": weights + k_and_v + cached + embed + all_rows,
+    }
+    for kind, elements in expect.items():
+        assert step_bytes(TOY, 1, P, R, kind, 0.5) == 2 * elements, kind
+        assert step_bytes(TOY, 1, P, R, kind, 0.5, dtype_bytes=4) == 4 * elements, kind
+    # batch 3: weights are read once, everything per token three times
+    assert step_bytes(TOY, 3, P, R, "full", 0.5) == 2 * (weights + 3 * (k_and_v + embed + all_rows))
+    assert expect["full"] == 1470  # the hand count itself, so a slip in the lines above shows
+
+
 def test_ratio_one_partial_equals_response():
     for dims in (TOY, ModelDims.from_config(llada_8b_config()), ModelDims.from_config(dream_7b_config())):
         assert step_flops(dims, 2, 700, 256, "partial", 1.0) == step_flops(dims, 2, 700, 256, "response")
