@@ -12,11 +12,11 @@ upstream's draw order (same distribution, other assignment of draws to positions
 refresh-every-step (Kp = Kr = 1) must give the uncached tokens.
 
 Mutants (issue 29, item 2), each applied alone to a scratch copy of dllm_cache/generate.py; what failed:
-- mask token back in LLaDA's confidence softmax (argmax still excluding it): 1 test,
-  test_the_mask_token_never_takes_probability_mass[llada];
-- Gumbel noise drawn in float32 instead of float64: 7 tests, every seeded LLaDA-sampler case;
-- Dream's logit shift dropped (rows lo..hi instead of lo-1..hi-1): 13 tests, every Dream case;
-- top_k applied before top_p (the order before this module): the 4 test_dream_matches_reference[*-sampled] cases.
+- mask token back in LLaDA's confidence softmax (argmax still excluding it): 2 tests,
+  test_the_mask_token_never_takes_probability_mass[llada-*];
+- Gumbel noise drawn in float32 instead of float64: 8 tests, every seeded LLaDA-sampler case;
+- Dream's logit shift dropped (rows lo..hi instead of lo-1..hi-1): 14 tests, every Dream case (and 2 golden tests);
+- top_k applied before top_p (the order before this module): 5 tests, the Dream cases with both filters.
 Found by this module: the Dream sampler applied top_k before top_p (transformers' order); Dream's
 sample_tokens applies top_p first, which keeps another token set when both are given (fixed in
 dllm_cache/generate.py, commit "Dream sampler: top_p before top_k").
@@ -135,8 +135,9 @@ def test_llada_seeded_draws_differ_from_upstreams_order(models):
     assert (ours != _seeded(llada_reference, model, ids, mask, rng="upstream", **kw)).any()
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("family", ["llada", "dream"])
-def test_the_mask_token_never_takes_probability_mass(family):
+def test_the_mask_token_never_takes_probability_mass(family, temperature):
     """Documented difference (DESIGN.md, Fidelity facts): we drop [MASK] before sampling and before the
     confidence softmax; upstream keeps it. With a model that gives [MASK] a large share, ours must
     equal the reference with the mask excluded, never leave a mask in the output, and differ from
@@ -144,14 +145,13 @@ def test_the_mask_token_never_takes_probability_mass(family):
     model = _boost_mask_logit(tiny_llada() if family == "llada" else tiny_dream(), 4.0)
     ids, mask = _prompts(model)
     if family == "llada":
-        ref_fn, kw = llada_reference, LLADA_SHAPE
+        ref_fn, kw = llada_reference, {**LLADA_SHAPE, "temperature": temperature}
     else:
-        ref_fn, kw = dream_reference, {**DREAM_SHAPE, "alg": "maskgit_plus"}
-    ours = generate(model, ids, mask, **kw)
-    _assert_same(ours, ref_fn(model, ids, mask, **kw))
+        ref_fn, kw = dream_reference, {**DREAM_SHAPE, "alg": "maskgit_plus", "temperature": temperature}
+    ours = _seeded(generate, model, ids, mask, **kw)
+    _assert_same(ours, _seeded(ref_fn, model, ids, mask, **kw))
     assert not (ours[:, ids.shape[1]:] == model.config.mask_token_id).any()
-    assert (ours != ref_fn(model, ids, mask, exclude_mask=False, **kw)).any()
-
+    assert (ours != _seeded(ref_fn, model, ids, mask, exclude_mask=False, **kw)).any()
 
 # --------------------------------------------------------------------------------------- Dream sampler
 
