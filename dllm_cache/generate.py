@@ -31,7 +31,16 @@ from dllm_cache.hooks import sampler_of
 from .decoding import EarlyStop, Unmasker, tokens_per_step, topk_rows
 from .patch import cache_branch, declared_generation, is_cache_enabled, rows_only
 from .prompt import model_inputs, prompt_tokens
-from .sampler_args import DREAM_ALGS, LLADA_REMASKING, as_int, as_number, check_inputs, check_options, to_left_padding
+from .sampler_args import (
+    DREAM_ALGS,
+    LLADA_REMASKING,
+    as_int,
+    as_number,
+    check_inputs,
+    check_options,
+    fit_steps,
+    to_left_padding,
+)
 from .trace import DecodeTrace, ReplaySchedule
 
 __all__ = ["dream_generate", "generate", "llada_generate", "tokens_per_step"]
@@ -74,7 +83,7 @@ def _logits_of_rows(model: nn.Module, inputs: dict, mask: torch.Tensor | None, l
 def _prompt(model, input_ids, inputs_embeds, attention_mask, gen_length: int, mask_id: int):
     """(ids the caller gave or placeholders, ids and mask the sampler runs on: left padded)."""
     given_ids = prompt_tokens(input_ids, inputs_embeds, mask_id)
-    check_inputs(model, given_ids, attention_mask, gen_length)
+    check_inputs(model, given_ids, attention_mask, gen_length, mask_id, inputs_embeds)
     ids, mask = to_left_padding(given_ids, attention_mask)
     if inputs_embeds is not None and ids is not given_ids:
         raise ValueError("generate(): inputs_embeds must be LEFT padded (right-padded embedded prompts are not "
@@ -156,6 +165,7 @@ def llada_generate(
     if remasking not in LLADA_REMASKING:
         raise ValueError(f"remasking must be one of {LLADA_REMASKING}, got {remasking!r}.")
     gen_length, steps = as_int(gen_length, "gen_length"), as_int(steps, "steps")
+    steps = fit_steps(steps, gen_length)
     block_length = as_int(block_length, "block_length", optional=True)
     temperature, threshold, factor = _decoding_args(temperature, threshold, factor)
     cfg_scale = as_number(cfg_scale, "cfg_scale", 0)
@@ -311,6 +321,7 @@ def dream_generate(
     if alg not in DREAM_ALGS:
         raise ValueError(f"alg must be one of {DREAM_ALGS}, got {alg!r}.")
     gen_length, steps = as_int(gen_length, "gen_length"), as_int(steps, "steps")
+    steps = fit_steps(steps, gen_length)
     block_length = as_int(block_length, "block_length", optional=True)
     temperature, threshold, factor = _decoding_args(temperature, threshold, factor)
     eps = as_number(eps, "eps", 0, 1, low_open=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import numbers
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -87,8 +88,11 @@ def position_limit(config) -> int | None:
     return getattr(config, "max_sequence_length", None) or getattr(config, "max_position_embeddings", None)
 
 
-def check_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, gen_length: int) -> None:
-    """Shapes, dtypes, devices, token range and total length of one generate() call."""
+def check_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, gen_length: int,
+                 mask_id: int | None = None, inputs_embeds: torch.Tensor | None = None) -> None:
+    """Shapes, dtypes, devices, token range and total length of one generate() call; and the inputs that
+    would otherwise give junk silently: a row with no real token, a prompt holding the mask token (the
+    sampler never decodes prompt columns, so it would stay masked), non-finite prompt embeddings."""
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"generate(): input_ids must be a torch.Tensor (batch, prompt_len), got {type(input_ids).__name__}.")
     if input_ids.dim() != 2:
@@ -111,10 +115,6 @@ def check_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
         n_tokens = getattr(model.get_input_embeddings(), "num_embeddings", None)
     except (AttributeError, NotImplementedError):  # a model without the accessor: skip the range check
         n_tokens = None
-    if n_tokens is not None and input_ids.numel():
-        lo, hi = int(input_ids.min()), int(input_ids.max())  # one host sync
-        if lo < 0 or hi >= n_tokens:
-            raise ValueError(f"generate(): input_ids hold ids in [{lo}, {hi}], outside the model's [0, {n_tokens - 1}].")
     limit = position_limit(model.config)
     total = input_ids.shape[1] + gen_length
     if limit and total > limit:
@@ -131,8 +131,59 @@ def check_inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
             )
         if attention_mask.device != input_ids.device:
             raise ValueError(f"generate(): attention_mask is on {attention_mask.device} but input_ids are on {input_ids.device}.")
-        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError("generate(): attention_mask must hold only 0 (padding) and 1 (real token).")
+    _check_values(input_ids, attention_mask, n_tokens, None if inputs_embeds is not None else mask_id, inputs_embeds)
+
+
+def _check_values(ids: torch.Tensor, mask: torch.Tensor | None, n_tokens: int | None, mask_id: int | None,
+                  embeds: torch.Tensor | None) -> None:
+    """The checks that read tensor values, in one host sync: every figure is reduced on the device and read
+    back together; the rows to name in an error are found only once something is wrong."""
+    if not ids.numel():
+        return
+    real = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask == 1
+    masked_prompt = (ids == mask_id) & real if mask_id is not None else torch.zeros_like(real)
+    no = torch.zeros((), dtype=torch.bool, device=ids.device)
+    flags = (
+        no if mask is None else ((mask != 0) & (mask != 1)).any(),  # a mask value other than 0 / 1
+        (~real.any(dim=1)).any(),  # a row of padding alone
+        masked_prompt.any(),  # the mask token among the real prompt tokens
+        no if embeds is None else ~torch.isfinite(embeds).all(),  # NaN / inf prompt embeddings
+    )
+    figures = torch.stack([ids.min(), ids.max(), *(f.to(ids.dtype) for f in flags)])
+    lo, hi, not_binary, empty_row, has_mask, non_finite = figures.tolist()  # the one host sync
+    if n_tokens is not None and (lo < 0 or hi >= n_tokens):
+        raise ValueError(f"generate(): input_ids hold ids in [{lo}, {hi}], outside the model's [0, {n_tokens - 1}].")
+    if not_binary:
+        raise ValueError("generate(): attention_mask must hold only 0 (padding) and 1 (real token).")
+    if empty_row:
+        rows = (~real.any(dim=1)).nonzero().flatten().tolist()
+        raise ValueError(
+            f"generate(): attention_mask row(s) {rows} mark no real token: a prompt of padding alone has nothing to "
+            "condition on. Drop those rows, or give each at least one real token."
+        )
+    if has_mask:
+        rows = masked_prompt.any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(
+            f"generate(): the prompt of row(s) {rows} holds the mask token id {mask_id}. generate() fills only the "
+            "gen_length new positions, so a masked prompt position would stay masked and blur what the model "
+            "conditions on. Remove it from the prompt (or mark it as padding with attention_mask=0)."
+        )
+    if non_finite:
+        raise ValueError("generate(): inputs_embeds hold NaN or inf values; every prompt embedding must be finite "
+                         "(padding positions too: fill them with zeros).")
+
+
+def fit_steps(steps: int, gen_length: int) -> int:
+    """steps, or gen_length when more steps are asked than there are tokens: every step unmasks at least one
+    token per row, so the extra forwards would find nothing left to decode. Warns when it lowers them."""
+    if steps <= gen_length:
+        return steps
+    warnings.warn(
+        f"generate(): steps ({steps}) > gen_length ({gen_length}): each step unmasks at least one token, so the last "
+        f"{steps - gen_length} forwards would decode nothing; using steps={gen_length}.",
+        stacklevel=3,
+    )
+    return gen_length
 
 
 def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:

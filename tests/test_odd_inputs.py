@@ -1,8 +1,9 @@
-"""Probe of odd but ordinary uses (issue 12): each case prints the clear error it raises or the
-correct result it gives, and WRONG (exit code 1) if it does neither. CPU, tiny models, ~1 min.
+"""Odd but ordinary uses (issues 12 and 24): each case must raise a clear error or give the correct result.
+pytest runs every case (CPU, tiny models, ~20 s); run as a module it prints each case's error or result:
 
-    python -m tests.probe_odd_inputs             # from the checkout
-    python -m tests.probe_odd_inputs --shipped   # also right vs left padding on the shipped model
+    python -m pytest tests/test_odd_inputs.py
+    python -m tests.test_odd_inputs             # the printed report, from the checkout
+    python -m tests.test_odd_inputs --shipped   # also right vs left padding on the shipped model (~1 min)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import dllm_cache
@@ -114,15 +116,15 @@ def _top_p() -> str:
     return error_of(lambda: generate(model, ids, mask, gen_length=8, steps=8, top_p=0.9), match="dream sampler")
 
 
-@case("3. block_length / cfg_scale / threshold on Dream")
+@case("3. cfg_scale on Dream is refused; block_length and threshold are Dream options too")
 def _dream_options() -> str:
     model = tiny_dream()
     ids, mask = prompts(model)
-    messages = [
-        error_of(lambda kw=kw: generate(model, ids, mask, gen_length=8, steps=8, **kw), match="llada sampler")
-        for kw in ({"block_length": 4}, {"cfg_scale": 1.0}, {"threshold": 0.9})
-    ]
-    return messages[0]
+    message = error_of(lambda: generate(model, ids, mask, gen_length=8, steps=8, cfg_scale=1.0), match="llada sampler")
+    for kw in ({"block_length": 4}, {"threshold": 0.9}):  # semi-AR blocks and parallel decoding (Fast-dLLM's Dream)
+        out = generate(model, ids, mask, gen_length=8, steps=8, **kw)
+        assert not (out[:, ids.shape[1] :] == model.config.mask_token_id).any(), kw
+    return message
 
 
 @case("3. lm-eval model args alg=bogus on LLaDA, and an unknown argument")
@@ -201,6 +203,50 @@ for _name, _kw in [
     ("float input_ids", dict(input_ids=torch.rand(3, 10), attention_mask=None, kind=TypeError)),
 ]:
     case(f"5. {_name}")(_bad_generate(**_kw))
+
+
+@case("5. a prompt row of padding alone")
+def _empty_row() -> str:
+    model = tiny_llada()
+    ids, mask = prompts(model)
+    mask[1] = 0
+    return error_of(lambda: generate(model, ids, mask, gen_length=8, steps=8), match=r"row\(s\) \[1\] mark no real token")
+
+
+@case("5. the mask token inside a prompt (padding positions may hold anything)")
+def _mask_in_prompt() -> str:
+    model = tiny_llada()
+    ids, mask = prompts(model)
+    mask_id = model.config.mask_token_id
+    padded = ids.clone()
+    padded[2, 0] = mask_id  # row 2 is left padded: a pad position, not read
+    assert generate(model, padded, mask, gen_length=8, steps=8).shape == (3, 18)
+    ids[1, 5] = mask_id
+    return error_of(lambda: generate(model, ids, mask, gen_length=8, steps=8), match=r"row\(s\) \[1\] holds the mask token")
+
+
+@case("5. NaN or inf in inputs_embeds")
+def _nan_embeds() -> str:
+    model = tiny_llada()
+    ids, mask = prompts(model)
+    embeds = model.get_input_embeddings()(ids).detach()
+    embeds[0, 0, 3] = float("nan")  # a padding position: still refused, it would poison the attention sums
+    return error_of(lambda: generate(model, inputs_embeds=embeds, attention_mask=mask, gen_length=8, steps=8), match="NaN or inf")
+
+
+@case("5. steps > gen_length: a warning, and the result of steps = gen_length")
+def _too_many_steps() -> str:
+    for factory in (tiny_llada, tiny_dream):
+        model = factory()
+        ids, mask = prompts(model)
+        calls: list[int] = []
+        handle = model.register_forward_pre_hook(lambda *a, calls=calls: calls.append(1))
+        with pytest.warns(UserWarning, match=r"steps \(64\) > gen_length \(16\)"):
+            out = generate(model, ids, mask, gen_length=16, steps=64)
+        handle.remove()
+        assert len(calls) == 16, f"{len(calls)} forwards for 16 tokens"
+        assert torch.equal(out, generate(model, ids, mask, gen_length=16, steps=16))
+    return "warned; 16 forwards instead of 64, the tokens of steps=16"
 
 
 @case("5. numpy integers in CacheConfig")
@@ -286,6 +332,15 @@ def _shipped_padding() -> str:
         scores[side] = sum(shipped.is_correct(a, e["answer"]) for a, e in zip(answers, examples))
     assert scores["left"] == scores["right"], scores
     return f"correct: left-padded {scores['left']}/8, right-padded {scores['right']}/8"
+
+
+@pytest.mark.parametrize("name, fn", CASES, ids=[name.split(" ", 1)[1][:60] for name, _ in CASES])
+def test_odd_input(name: str, fn: Callable[[], str]) -> None:
+    torch.manual_seed(0)
+    with redirect_stdout(io.StringIO()):
+        result = fn()
+    if result.startswith("skipped"):
+        pytest.skip(result)
 
 
 def main(argv: list[str] | None = None) -> int:
