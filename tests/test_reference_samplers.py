@@ -14,7 +14,7 @@ refresh-every-step (Kp = Kr = 1) must give the uncached tokens.
 Mutants (issue 29, item 2), each applied alone to a scratch copy of dllm_cache/generate.py; what failed:
 - mask token back in LLaDA's confidence softmax (argmax still excluding it): 2 tests,
   test_the_mask_token_never_takes_probability_mass[llada-*];
-- Gumbel noise drawn in float32 instead of float64: 8 tests, every seeded LLaDA-sampler case;
+- Gumbel noise drawn in float32 instead of float64: 9 tests, every seeded LLaDA-sampler case;
 - Dream's logit shift dropped (rows lo..hi instead of lo-1..hi-1): 14 tests, every Dream case (and 2 golden tests);
 - top_k applied before top_p (the order before this module): 5 tests, the Dream cases with both filters.
 Found by this module: the Dream sampler applied top_k before top_p (transformers' order); Dream's
@@ -105,7 +105,7 @@ def test_llada_sampler_matches_reference(models, family, case):
     _assert_same(_seeded(generate, model, ids, mask, **kw), _seeded(llada_reference, model, ids, mask, **kw))
 
 
-@pytest.mark.parametrize("family", ["llada", "llada_moe"])
+@pytest.mark.parametrize("family", sorted(LLADA_FAMILIES))
 def test_llada_sampler_with_refresh_every_step_cache_matches_reference(models, family):
     model = models[family]
     ids, mask = _prompts(model)
