@@ -1,10 +1,12 @@
-"""`dllm-cache generate | bench | eval`.
+"""`dllm-cache generate | bench | serve | eval`.
 
 generate: the main job. Runs the same prompts uncached and cached on one model and prints
           wall time, analytic FLOPs, speedup and how far the cached output agrees. Defaults to
           the small trained LLaDA and held-out arithmetic problems shipped with the package.
 bench:    speed/FLOPs comparison across shapes, batches and cache settings (dllm_cache.bench);
           writes to ./dllm_cache_results unless --out-dir says otherwise.
+serve:    an OpenAI-compatible HTTP server that batches concurrent requests through the cache
+          (dllm_cache.serving; `pip install "dllm-cache[serve]"`).
 eval:     lm-eval with the `dllm_cache` model registered. Needs a source checkout (its eval/
           folder: lm-eval glue, task YAMLs, data): `pip install -e ".[eval]"` from a clone.
 """
@@ -245,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="random seed")
     sub.add_parser("bench", help="speed/FLOPs benchmark (see `dllm-cache bench --help`)", add_help=False)
     sub.add_parser("eval", help="lm-eval with the dllm_cache model (see `dllm-cache eval --help`)", add_help=False)
+    sub.add_parser("serve", help="OpenAI-compatible HTTP server (see `dllm-cache serve --help`)", add_help=False)
     return p
 
 
@@ -254,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_bench(argv[1:])
     if argv and argv[0] == "eval":
         return cmd_eval(argv[1:])
+    if argv and argv[0] == "serve":
+        from dllm_cache.serving.server import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     return cmd_generate(args)
 
