@@ -144,12 +144,7 @@ def build_app(engine: Engine, *, max_batch_size: int = 16, max_wait_ms: float = 
     async def _bad(_request: Request, err: RequestError) -> JSONResponse:
         return _error(err.status, str(err), param=err.param)
 
-    @app.middleware("http")
-    async def _count(request: Request, call_next):
-        response = await call_next(request)
-        path = request.url.path if request.url.path in _ENDPOINTS else "other"  # bounded label values
-        metrics.requests.labels(endpoint=path, status=str(response.status_code)).inc()
-        return response
+    app.add_middleware(_CountRequests, metrics=metrics)
 
     @app.get("/health")
     async def health() -> dict:
@@ -199,13 +194,12 @@ def build_app(engine: Engine, *, max_batch_size: int = 16, max_wait_ms: float = 
                 if left <= 0:
                     job.cancelled.set()
                     return _error(504, f"no answer within the request timeout ({request_timeout_s:g} s)", type_="timeout")
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await pending.next(min(_POLL_S, left))
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        job.cancelled.set()
-                        metrics.cancelled.inc()
-                        return Response(status_code=499)  # nobody reads it
+                if await request.is_disconnected():  # no wait: reads a pending disconnect message, if any
+                    job.cancelled.set()
+                    metrics.cancelled.inc()
+                    return Response(status_code=499)  # nobody reads it
         except Exception as err:  # noqa: BLE001  (a failed generation is this request's 500, with its reason)
             job.cancelled.set()
             return _error(500, f"generation failed: {type(err).__name__}: {err}", type_="server_error")
@@ -228,13 +222,16 @@ def build_app(engine: Engine, *, max_batch_size: int = 16, max_wait_ms: float = 
                 try:
                     _, index, _, _ = await pending.next(min(_POLL_S, left))
                 except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        metrics.cancelled.inc()
-                        return
-                    continue
+                    index = None
                 except Exception as err:  # noqa: BLE001
                     yield _sse(error_body(f"generation failed: {type(err).__name__}: {err}", type_="server_error"))
                     return
+                # uvicorn drops what is sent after a disconnect without an error, so ask.
+                if await request.is_disconnected():
+                    metrics.cancelled.inc()
+                    return
+                if index is None:
+                    continue
                 choice = pending.choices[index]
                 text = choice.delta()
                 if text or choice.reason is not None or (chat and not first_sent[index]):
@@ -252,6 +249,26 @@ def build_app(engine: Engine, *, max_batch_size: int = 16, max_wait_ms: float = 
                 job.cancelled.set()  # the client went away (or timed out): free its row
 
     return app
+
+
+class _CountRequests:
+    """Counts responses by endpoint and status. A plain ASGI middleware: Starlette's BaseHTTPMiddleware
+    wraps `receive` so that a handler can no longer see its client disconnect."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"] if scope["path"] in _ENDPOINTS else "other"  # bounded label values
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(endpoint=path, status=str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)
 
 
 def _sse(payload: dict) -> str:
