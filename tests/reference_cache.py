@@ -311,6 +311,8 @@ class ReferenceModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, logits_to_keep=None):
         seq = input_ids.shape[1]
+        if logits_to_keep is not None and not isinstance(logits_to_keep, slice):
+            raise TypeError(f"ReferenceModel takes logits_to_keep=None or a slice (as our samplers do), got {logits_to_keep!r}.")
         rows = (0, seq) if logits_to_keep is None else logits_to_keep.indices(seq)[:2]
         logits = self.cache(input_ids, attention_mask, rows)
         self.calls.append((input_ids.clone(), attention_mask, rows, logits.clone()))
