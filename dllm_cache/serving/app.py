@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -148,7 +150,9 @@ def build_app(engine: Engine, *, max_batch_size: int = 16, max_wait_ms: float = 
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": engine.name, "queued": batcher.queued, "running_rows": batcher.running_rows}
+        # "replica" tells replicas apart behind Ray's router (host and process id).
+        return {"status": "ok", "model": engine.name, "queued": batcher.queued, "running_rows": batcher.running_rows,
+                "replica": f"{socket.gethostname()}:{os.getpid()}"}
 
     @app.get("/metrics")
     async def prometheus() -> Response:
