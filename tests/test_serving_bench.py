@@ -1,0 +1,41 @@
+"""A tiny CPU run of eval/serving_bench.py against a live loopback server: the schema of serving.json
+(the GPU numbers come from a GPU session, not from here), the table and the plot beside it, and the
+direct generate() baseline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from dllm_cache.serving import Defaults, build_app, load_engine  # noqa: E402
+from eval.serving_bench import direct_latency, main  # noqa: E402
+from tests.test_serving_utils import live, tiny_model_dir, torch_threads  # noqa: E402
+
+ROW_KEYS = {"concurrency", "cache", "requests", "completed", "errors", "tokens_per_s", "p50_latency_s", "p99_latency_s"}
+
+
+def test_serving_bench_smoke(tmp_path):
+    model_dir = tiny_model_dir(tmp_path / "tiny")
+    engine = load_engine(str(model_dir), defaults=Defaults(gen_length=8, block_length=4, steps=4))
+    out = tmp_path / "serving.json"
+    with torch_threads(1), live(build_app(engine, max_batch_size=4)) as server:
+        assert main(["--url", server.url, "--concurrency", "1", "3", "--requests-per-client", "2", "--caches", "none",
+                     "default", "--gen-length", "8", "--block-length", "4", "--tokens-per-step", "2",
+                     "--prompt-chars", "40", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {"device", "model", "rows", "command"} <= set(result)
+    assert [(r["cache"], r["concurrency"]) for r in result["rows"]] == [("none", 1), ("none", 3), ("default", 1),
+                                                                        ("default", 3)]
+    for row in result["rows"]:
+        assert ROW_KEYS <= set(row)
+        assert row["requests"] == 2 * row["concurrency"] and row["completed"] == row["requests"] and row["errors"] == 0
+        assert row["tokens_per_s"] > 0 and 0 < row["p50_latency_s"] <= row["p99_latency_s"]
+        assert row["completion_tokens"] <= 8 * row["requests"]
+    assert "| default | 3 |" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").stat().st_size > 0
+    settings = {"max_tokens": 8, "block_length": 4, "steps": 4}
+    assert direct_latency(str(model_dir), "cpu", "float32", "default", "hello", settings, repeats=1) > 0
