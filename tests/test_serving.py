@@ -208,6 +208,19 @@ def test_chat_without_template_is_a_clear_400(engine):
         assert r.status_code == 400 and "no chat template" in r.json()["error"]["message"]
 
 
+def test_request_timeout_is_a_504_and_a_full_queue_a_503(engine):
+    """Both clear JSON errors, and the server serves on."""
+    long = {"model": "tiny", "prompt": PROMPTS[4], "max_tokens": 256, "steps": 256}
+    with torch_threads(1), live(build_app(engine, max_queue=1, request_timeout_s=0.5)) as s:
+        r = httpx.post(f"{s.url}/v1/completions", json=long, timeout=30)
+        assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
+        responses = asyncio.run(_many(s.url, [long] * 4))
+        codes = sorted(r.status_code for r in responses)
+        assert 503 in codes and set(codes) <= {503, 504}, codes
+        assert all("error" in r.json() for r in responses)
+        assert httpx.get(f"{s.url}/health").json()["status"] == "ok"
+
+
 def test_metrics_are_prometheus_text(server):
     complete(server.url, prompt=PROMPTS[0], max_tokens=8)
     text = httpx.get(f"{server.url}/metrics").text

@@ -147,7 +147,11 @@ class Engine:
             raise RequestError(f"model {self.name!r} has no chat template (its tokenizer_config.json names none); "
                                "use /v1/completions with a plain prompt, or serve a model whose tokenizer has one",
                                param="messages")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as err:  # noqa: BLE001  (a template that rejects these messages: the request's fault)
+            raise RequestError(f"the chat template rejected these messages: {type(err).__name__}: {err}",
+                               param="messages") from None
 
     def decoding(self, req, prompt_len: int) -> tuple[Decoding, int]:
         """(settings, max_tokens) of a validated request (protocol.SamplingFields); RequestError if
