@@ -88,12 +88,13 @@ def test_openai_client_models_completion_chat_and_stream(server, engine):
 
 
 def test_stop_sequence_cuts_the_answer(server):
-    full = complete(server.url, prompt=PROMPTS[5], max_tokens=16)["choices"][0]
-    text = full["text"]
+    full = complete(server.url, prompt=PROMPTS[5], max_tokens=16)
+    text = full["choices"][0]["text"]
     stop = text[6:9]
     assert len(stop) == 3 and text.find(stop) >= 1
-    cut = complete(server.url, prompt=PROMPTS[5], max_tokens=16, stop=[stop])["choices"][0]
-    assert cut["text"] == text[: text.find(stop)] and cut["finish_reason"] == "stop"
+    cut = complete(server.url, prompt=PROMPTS[5], max_tokens=16, stop=[stop])
+    assert cut["choices"][0]["text"] == text[: text.find(stop)] and cut["choices"][0]["finish_reason"] == "stop"
+    assert cut["usage"]["completion_tokens"] < full["usage"]["completion_tokens"]  # the tokens returned, not generated
 
 
 async def _many(url: str, bodies: list[dict]) -> list[httpx.Response]:

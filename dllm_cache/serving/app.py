@@ -64,7 +64,16 @@ class _Choice:
         hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
         if hits:
             self.text, reason = self.text[: min(hits)], "stop"
+            # usage counts the tokens returned: those of the text before the stop string
+            self.ids = self.ids[: self._tokens_of(self.text)]
         self.reason = reason
+
+    def _tokens_of(self, text: str) -> int:
+        """The fewest leading ids whose text covers `text`."""
+        for n in range(len(self.ids) + 1):
+            if len(self.decode(self.ids[:n])) >= len(text):
+                return n
+        return len(self.ids)
 
     def delta(self) -> str:
         """New text that is safe to send now (held back: a possible stop-string prefix, a split character)."""

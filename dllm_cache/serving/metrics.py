@@ -37,8 +37,8 @@ class Metrics:
                                    "prompt_refresh, partial, block)", ["kind"], registry=r)
         self.cancelled = Counter("dllm_cancelled_requests", "requests whose client went away before the answer",
                                  registry=r)
-        self.cancelled_batches = Counter("dllm_cancelled_batches", "generations stopped because every client had gone",
-                                         registry=r)
+        self.cancelled_batches = Counter("dllm_cancelled_batches", "generations stopped early because no client needed "
+                                         "more (clients gone, answers complete)", registry=r)
         self.batch_errors = Counter("dllm_batch_errors", "generations that raised (their requests got a 500)", registry=r)
 
     def observe_batch(self, report: BatchReport) -> None:
