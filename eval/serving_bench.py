@@ -100,10 +100,15 @@ def completion_tokens(url: str) -> float:
 
 
 async def run_level(url: str, model: str, concurrency: int, per_client: int, cache: str, texts: list[str],
-                    settings: dict) -> dict:
+                    settings: dict, mixed: bool = False) -> dict:
     """One row: `concurrency` clients x `per_client` requests with one cache setting."""
     bodies = [{"model": model, "prompt": texts[i % len(texts)], "stream": True, "cache": cache, **settings}
               for i in range(concurrency * per_client)]
+    if mixed:  # answers of 1/4, 1/2 and all of max_tokens (steps scaled alike): rows finish at different blocks
+        for i, body in enumerate(bodies):
+            part = (4, 2, 1)[i % 3]
+            body["max_tokens"] = max(settings["block_length"], settings["max_tokens"] // part)
+            body["steps"] = max(1, settings["steps"] // part)
     results: list[tuple[bool, float, float | None]] = []
 
     async def client_loop(k: int, client: httpx.AsyncClient) -> None:
@@ -175,7 +180,7 @@ def start_server(model_dir: str, args: argparse.Namespace, port: int) -> subproc
            "--host", "127.0.0.1", "--port", str(port), "--device", args.device, "--dtype", args.dtype,
            "--gen-length", str(args.gen_length), "--block-length", str(args.block_length),
            "--steps", str(steps_of(args)), "--max-batch-size", str(args.max_batch_size or max(args.concurrency)),
-           "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"]
+           "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"] + (["--continuous"] if args.continuous else [])
     proc = subprocess.Popen(cmd)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + args.start_timeout
@@ -254,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens-per-step", type=float, default=3.0, help="fixed steps = gen_length / this")
     p.add_argument("--max-batch-size", type=int, default=None, help="server's; None = the largest concurrency")
     p.add_argument("--max-wait-ms", type=float, default=10.0)
+    p.add_argument("--continuous", action="store_true", help="start the server with --continuous (continuous batching)")
+    p.add_argument("--mixed-lengths", action="store_true",
+                   help="requests ask for 1/4, 1/2 or all of --gen-length (where continuous batching gains)")
     p.add_argument("--direct", action="store_true", help="also time a direct generate() per cache setting")
     p.add_argument("--start-timeout", type=float, default=600.0)
     p.add_argument("--out", type=Path, default=RESULTS / "serving.json")
@@ -286,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         for cache in args.caches:
             asyncio.run(run_level(url, model, 1, 1, cache, texts[:1], settings))  # warm-up (allocations, kernels)
             for c in args.concurrency:
-                row = asyncio.run(run_level(url, model, c, args.requests_per_client, cache, texts, settings))
+                row = asyncio.run(run_level(url, model, c, args.requests_per_client, cache, texts, settings,
+                                            mixed=args.mixed_lengths))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     finally:
@@ -306,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
               "model": f"{shape} ({args.dtype}, random weights)" if args.shape else shape,
               "command": "python -m eval.serving_bench " + " ".join(argv if argv is not None else sys.argv[1:]),
               "settings": {**settings, "tokens_per_step": args.tokens_per_step, "prompt_chars": args.prompt_chars,
+                           "continuous": args.continuous, "mixed_lengths": args.mixed_lengths,
                            "requests_per_client": args.requests_per_client, "max_wait_ms": args.max_wait_ms},
               "rows": rows, "direct": direct}
     write_outputs(result, args.out, plot=not args.no_plot)

@@ -127,6 +127,29 @@ def test_mixed_settings_in_flight_do_not_mix(server):
         assert r.status_code == 200 and r.json()["choices"] == complete(server.url, **body)["choices"]
 
 
+def test_continuous_batching_joins_at_block_boundaries_with_answers_equal_alone(server, engine):
+    """With continuous batching, requests join a running batch at block boundaries (4 rows, 12 requests
+    arriving over time) and leave when done; each answer equals the request served alone by the static
+    batcher. Feature-cache requests are not eligible and still answer (statically)."""
+    bodies = [{"prompt": PROMPTS[10 + i], "max_tokens": 32, "steps": 16, "cache": "block-dual" if i < 8 else False}
+              for i in range(12)] + [{"prompt": PROMPTS[30], "max_tokens": 16}]
+    alone = [complete(server.url, **b)["choices"] for b in bodies]
+
+    async def staggered(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            async def one(i: int, body: dict) -> httpx.Response:
+                await asyncio.sleep(0.01 * i)
+                return await client.post("/v1/completions", json={"model": "tiny", **body})
+            return await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+
+    with torch_threads(1), live(build_app(engine, max_batch_size=4, max_wait_ms=5, continuous=True)) as s:
+        responses = asyncio.run(staggered(s.url))
+        joined = metric(s.url, "dllm_joined_requests_total")
+    assert [r.status_code for r in responses] == [200] * len(bodies)
+    assert [r.json()["choices"] for r in responses] == alone
+    assert joined > 0, "no request joined a running batch"
+
+
 def _wait(pred, timeout: float = 20.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

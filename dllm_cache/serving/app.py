@@ -116,11 +116,12 @@ class _Pending:
 
 
 def build_app(engine: Engine, *, max_batch_size: int = 16, max_wait_ms: float = 10.0, max_queue: int = 1024,
-              request_timeout_s: float = 600.0) -> FastAPI:
+              request_timeout_s: float = 600.0, continuous: bool = False) -> FastAPI:
     """The server for one loaded model. Nothing runs until the first request (the batcher starts lazily
     on the serving event loop), so the app can be built in one process and served in another."""
     metrics = Metrics(max_batch_size)
-    batcher = Batcher(engine, metrics, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue)
+    batcher = Batcher(engine, metrics, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                      continuous=continuous)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -8,18 +8,22 @@ cross from the worker thread to the event loop with call_soon_threadsafe.
 
 A request whose client has gone is dropped from the queue (it never takes a row); a running batch
 whose every client has gone stops at its next denoising step (engine.Cancelled). A row of a batch
-with live neighbours finishes with them: a batch cannot shrink in the middle of a generation (see
-the README's "Serve" section on continuous batching).
+with live neighbours finishes with them: a static batch cannot shrink in the middle of a generation.
+With `continuous=True`, batches whose settings allow it (continuous.eligible) run block by block
+instead: finished and abandoned rows leave, and compatible queued requests join, at every block
+boundary (continuous.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+from . import continuous
 from .engine import BatchReport, Engine, Job
 from .metrics import Metrics
 
@@ -34,7 +38,7 @@ class ShuttingDown(RuntimeError):
 
 class Batcher:
     def __init__(self, engine: Engine, metrics: Metrics, *, max_batch_size: int = 16, max_wait_ms: float = 10.0,
-                 max_queue: int = 1024):
+                 max_queue: int = 1024, continuous: bool = False):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.engine = engine
@@ -47,6 +51,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dllm-generate")
         self._closing = False
+        self.continuous = continuous  # join running batches at block boundaries where the settings allow
         self.running_rows = 0
 
     # ----- event loop side ---------------------------------------------------------------------------
@@ -117,7 +122,16 @@ class Batcher:
             self.running_rows = sum(job.n for job in batch)
             self.metrics.batch_size.observe(self.running_rows)
             try:
-                report: BatchReport = await loop.run_in_executor(self._executor, self.engine.run, batch)
+                if self.continuous and continuous.eligible(self.engine, batch[0].decoding):
+                    key = batch[0].decoding.batch_key()
+
+                    def take_more(free: int, key=key) -> list[Job]:  # worker thread -> event loop and back
+                        return asyncio.run_coroutine_threadsafe(self._join(key, free), loop).result()
+
+                    run = functools.partial(continuous.run, self.engine, batch, take_more, self.max_batch_size)
+                else:
+                    run = functools.partial(self.engine.run, batch)
+                report: BatchReport = await loop.run_in_executor(self._executor, run)
                 self.metrics.observe_batch(report)
             except Exception as err:  # noqa: BLE001  (a failed generation fails its requests, not the server)
                 for job in batch:
@@ -125,6 +139,22 @@ class Batcher:
                 self.metrics.batch_errors.inc()
             finally:
                 self.running_rows = 0
+
+    async def _join(self, key: tuple, free: int) -> list[Job]:
+        """Queued live jobs with this batch key that fit in `free` rows (continuous batching)."""
+        joined = []
+        for job in list(self._pending):
+            if job.cancelled.is_set():
+                self._pending.remove(job)
+                self.metrics.cancelled.inc()
+            elif job.decoding.batch_key() == key and job.n <= free:
+                self._pending.remove(job)
+                joined.append(job)
+                free -= job.n
+                self.running_rows += job.n
+                self.metrics.joined.inc()
+        self.metrics.queue_length.set(len(self._pending))
+        return joined
 
     def _fits(self) -> int:
         """Rows that would join the oldest job's batch now."""

@@ -39,6 +39,8 @@ class Metrics:
                                  registry=r)
         self.cancelled_batches = Counter("dllm_cancelled_batches", "generations stopped early because no client needed "
                                          "more (clients gone, answers complete)", registry=r)
+        self.joined = Counter("dllm_joined_requests", "requests that joined a running batch at a block boundary "
+                              "(continuous batching)", registry=r)
         self.batch_errors = Counter("dllm_batch_errors", "generations that raised (their requests got a 500)", registry=r)
 
     def observe_batch(self, report: BatchReport) -> None:

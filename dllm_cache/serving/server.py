@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=_positive, default=16, help="most rows in one batched generation")
     p.add_argument("--max-wait-ms", type=float, default=10.0,
                    help="how long the first request of a batch waits for compatible ones")
+    p.add_argument("--continuous", action="store_true",
+                   help="continuous batching: requests join a running batch at block boundaries (LLaDA family, fixed "
+                        "steps, greedy, a block cache policy; other requests batch statically)")
     p.add_argument("--max-queue", type=_positive, default=1024, help="waiting requests beyond this get a 503")
     p.add_argument("--max-n", type=_positive, default=8, help="most choices (n) per request")
     p.add_argument("--request-timeout", type=float, default=600.0,
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = load_engine(args.model, device=args.device, dtype=args.dtype, name=args.served_model_name,
                          defaults=defaults, max_n=args.max_n)
     app = build_app(engine, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                    request_timeout_s=args.request_timeout)
+                    request_timeout_s=args.request_timeout, continuous=args.continuous)
     print(f"dllm-cache serve: model {engine.name!r} ({engine.family}, {args.dtype}, {args.device}) on "
           f"http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
