@@ -245,6 +245,21 @@ def test_request_timeout_is_a_504_and_a_full_queue_a_503(engine):
         assert httpx.get(f"{s.url}/health").json()["status"] == "ok"
 
 
+def test_a_failed_generation_is_a_500_json_error_not_a_hang(engine):
+    broken = Engine(engine.model, engine.tokenizer, name="tiny", defaults=DEFAULTS)
+
+    def run(jobs):
+        raise RuntimeError("simulated device failure")
+
+    broken.run = run
+    with torch_threads(1), live(build_app(broken)) as s:
+        for stream in (False, True):
+            r = httpx.post(f"{s.url}/v1/completions", json={"model": "tiny", "prompt": "x", "stream": stream}, timeout=30)
+            body = r.json() if not stream else json.loads(r.text.split("data: ", 1)[1])
+            assert (r.status_code == 500 or stream) and "simulated device failure" in body["error"]["message"]
+        assert httpx.get(f"{s.url}/health").json()["status"] == "ok"
+
+
 def test_metrics_are_prometheus_text(server):
     complete(server.url, prompt=PROMPTS[0], max_tokens=8)
     text = httpx.get(f"{server.url}/metrics").text

@@ -97,8 +97,8 @@ class _Pending:
     def emit(self, choice: int, ids: list[int], reason: str | None) -> None:  # worker thread
         self.loop.call_soon_threadsafe(self.queue.put_nowait, ("block", choice, ids, reason))
 
-    def fail(self, err: BaseException) -> None:  # event loop (batcher)
-        self.queue.put_nowait(("error", err))
+    def fail(self, err: BaseException) -> None:  # event loop (batcher) or worker thread (continuous batching)
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, ("error", err))
 
     @property
     def finished(self) -> bool:

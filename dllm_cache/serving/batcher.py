@@ -142,7 +142,7 @@ class Batcher:
 
     async def _join(self, key: tuple, free: int) -> list[Job]:
         """Queued live jobs with this batch key that fit in `free` rows (continuous batching)."""
-        joined = []
+        joined, self.running_rows = [], self.max_batch_size - free  # the rows still decoding
         for job in list(self._pending):
             if job.cancelled.is_set():
                 self._pending.remove(job)

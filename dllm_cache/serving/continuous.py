@@ -104,6 +104,7 @@ def run(engine: Engine, jobs: list[Job], take_more: Callable[[int], list[Job]], 
             r.committed.extend(tokens)
             _emit(engine, r, blocks * B, report)
 
+    joined: list[Job] = []
     try:
         with cache_enabled(model, config) if config is not None else contextlib.nullcontext():
             while rows:
@@ -111,12 +112,18 @@ def run(engine: Engine, jobs: list[Job], take_more: Callable[[int], list[Job]], 
                 rows = [r for r in rows if not r.done and not r.job.cancelled.is_set()]
                 free = max_rows - len(rows)
                 if free > 0:
-                    rows += [_Row(job, c) for job in take_more(free) for c in range(job.n)]
+                    new_jobs = take_more(free)
+                    joined += new_jobs
+                    rows += [_Row(job, c) for job in new_jobs for c in range(job.n)]
             if config is not None:
                 stats = cache_stats(model)
                 report.cache_steps = {k: int(stats[k]) for k in ("full_steps", "block_steps") if k in stats}
     except Cancelled:
         report.cancelled = True
+    except Exception as err:
+        for job in joined:  # the batcher fails the jobs it started with; those that joined later fail here
+            job.fail(err)
+        raise
     report.seconds = time.perf_counter() - t0
     return report
 

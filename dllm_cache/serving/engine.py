@@ -95,7 +95,7 @@ class Job:
     max_tokens: int
     n: int
     emit: Emit
-    fail: Callable[[BaseException], None]
+    fail: Callable[[BaseException], None]  # thread-safe: the batcher or a worker thread may call it
     enqueued: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
