@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Mutation testing of the engine core (issue 29, item 4) with mutmut 3.x. Not part of CI.
+#
+#   bash eval/mutation.sh            # 1. the scoped run: eval/mutation_scope.txt's functions against the core
+#                                    #    test subset (pyproject.toml [tool.mutmut]), results in mutants/
+#   bash eval/mutation.sh recheck    # 2. the survivors of 1 again, against RECHECK_TESTS (the oracle tests and
+#                                    #    the kill tests), in a copy of the tree: mutants-recheck/
+#   bash eval/mutation.sh report     # eval/results/mutation.json from 1 and 2 (both runs end with it)
+#   bash eval/mutation.sh all        # every mutant of the core modules ([tool.mutmut] only_mutate): hours on 2 cores
+#   bash eval/mutation.sh NAME...    # just these mutants (mutmut names or globs)
+#
+# mutmut copies the tree into mutants/ (git-ignored), records which of the selected tests reach each
+# mutated function, then runs, per mutant, only those tests, stopping at the first failure. Why two
+# steps: mutmut resets every verdict when its test selection changes, so the re-check of the survivors
+# with later tests runs in its own copy, whose selection is RECHECK_TESTS alone (a survivor of 1
+# already passed the core subset). Everything runs niced, one worker (JOBS=n for more).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python}
+if ! "$PY" -c "import mutmut" 2>/dev/null; then
+    "$PY" -m pip install "mutmut>=3.8,<3.9"
+fi
+JOBS=${JOBS:-1}
+RECHECK_TESTS=${RECHECK_TESTS:-"tests/test_core_invariants.py tests/test_oracle_cache.py tests/test_reference_samplers.py"}
+
+run() {
+    # a later call reuses mutants/ and the test map (mutmut checks the sources' hashes)
+    nice -n 19 "$PY" -m mutmut run --max-children "$JOBS" "$@" || true
+}
+
+recheck() {
+    mapfile -t survivors < <("$PY" -m eval.mutation_report --list-survivors)
+    if [ "${#survivors[@]}" -eq 0 ]; then echo "no survivors to re-check"; return; fi
+    rm -rf mutants-recheck && mkdir mutants-recheck
+    tar --exclude=./mutants --exclude=./mutants-recheck --exclude=./.git --exclude=./.venv -cf - . | tar -xf - -C mutants-recheck
+    # the same [tool.mutmut] section with RECHECK_TESTS as the test selection
+    "$PY" - "$RECHECK_TESTS" <<'EOF'
+import re, sys
+path = "mutants-recheck/pyproject.toml"
+tests = ", ".join(f'"{t}"' for t in sys.argv[1].split())
+text = open(path).read()
+text = re.sub(r"pytest_add_cli_args_test_selection = \[.*?\n\]", lambda m: re.sub(r'"tests/[^"]*", ', "", m.group(0))
+              .replace("[\n", f"[\n    {tests},\n", 1), text, count=1, flags=re.S)
+open(path, "w").write(text)
+EOF
+    (cd mutants-recheck && nice -n 19 "$PY" -m mutmut run --max-children "$JOBS" "${survivors[@]}" || true)
+}
+
+case "${1:-scoped}" in
+    all) run ;;
+    report) ;;
+    recheck) recheck ;;
+    scoped) mapfile -t names < <(grep -v '^\s*\(#\|$\)' eval/mutation_scope.txt); run "${names[@]}" ;;
+    *) run "$@" ;;
+esac
+"$PY" -m eval.mutation_report
