@@ -8,7 +8,7 @@ table (serving.md) and a plot (serving.png) beside it.
     # GPU: LLaDA-8B shape, random bf16 weights (compute does not depend on weight values), fixed steps
     # at ~3 tokens per step (LLaDA-8B-Instruct's rate at threshold 0.9), uncached vs the default cache:
     python -m eval.serving_bench --shape llada-8b --device cuda --dtype bfloat16 --concurrency 1 4 16 64 \\
-        --caches none default --gen-length 256 --block-length 32 --tokens-per-step 3 --direct
+        --caches none default --gen-length 256 --block-length 32 --tokens-per-step 3 --direct --agreement 16
     # any running server (then --direct is not measured):
     python -m eval.serving_bench --url http://127.0.0.1:8000 --concurrency 1 4
 
@@ -132,6 +132,18 @@ async def run_level(url: str, model: str, concurrency: int, per_client: int, cac
             "p50_first_block_s": percentile(firsts, 0.5), "wall_s": wall, "completion_tokens": tokens}
 
 
+async def agreement(url: str, model: str, cache: str, texts: list[str], settings: dict) -> float:
+    """Fraction of answers that are the same batched (all sent at once) as served alone (one at a time).
+    In fp32 on CPU they are equal (tests/test_serving.py); in bf16 the padding and batch shape change
+    the rounding, and this measures by how much that moves tokens."""
+    bodies = [{"model": model, "prompt": t, "cache": cache, **settings} for t in texts]
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(3600.0)) as client:
+        together = await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
+        alone = [await client.post("/v1/completions", json=b) for b in bodies]
+    same = [a.status_code == b.status_code == 200 and a.json()["choices"] == b.json()["choices"] for a, b in zip(together, alone)]
+    return sum(same) / len(same)
+
+
 def direct_latency(model_dir: str, device: str, dtype: str, cache: str, text: str, settings: dict, repeats: int = 3) -> float:
     """Median seconds of one direct generate() call (batch 1) with the server's settings: the baseline
     of the concurrency-1 latency target."""
@@ -218,6 +230,9 @@ def write_outputs(result: dict, out: Path, plot: bool = True) -> None:
                      f"{f(row['p50_first_block_s'])} |")
     for row in result.get("direct", []):
         lines.append(f"\nDirect generate() at batch 1, cache {row['cache']}: {row['latency_s']:.3f} s")
+    for row in result.get("batch_agreement", []):
+        lines.append(f"\nBatched vs alone, cache {row['cache']}: {row['identical_fraction']:.0%} of {row['prompts']} "
+                     "answers identical")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     if not plot:
         return
@@ -262,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continuous", action="store_true", help="start the server with --continuous (continuous batching)")
     p.add_argument("--mixed-lengths", action="store_true",
                    help="requests ask for 1/4, 1/2 or all of --gen-length (where continuous batching gains)")
+    p.add_argument("--agreement", type=int, default=0, metavar="N",
+                   help="also compare N prompts answered in one batch with the same served alone (identical fraction)")
     p.add_argument("--direct", action="store_true", help="also time a direct generate() per cache setting")
     p.add_argument("--start-timeout", type=float, default=600.0)
     p.add_argument("--out", type=Path, default=RESULTS / "serving.json")
@@ -290,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
         texts = prompts(max(args.concurrency) * args.requests_per_client, args.prompt_chars)
-        rows = []
+        rows, agree = [], []
         for cache in args.caches:
             asyncio.run(run_level(url, model, 1, 1, cache, texts[:1], settings))  # warm-up (allocations, kernels)
             for c in args.concurrency:
@@ -298,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
                                             mixed=args.mixed_lengths))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+            if args.agreement:
+                share = asyncio.run(agreement(url, model, cache, texts[: args.agreement], settings))
+                agree.append({"cache": cache, "prompts": args.agreement, "identical_fraction": share})
+                print(json.dumps(agree[-1]), flush=True)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
@@ -317,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {**settings, "tokens_per_step": args.tokens_per_step, "prompt_chars": args.prompt_chars,
                            "continuous": args.continuous, "mixed_lengths": args.mixed_lengths,
                            "requests_per_client": args.requests_per_client, "max_wait_ms": args.max_wait_ms},
-              "rows": rows, "direct": direct}
+              "rows": rows, "direct": direct, "batch_agreement": agree}
     write_outputs(result, args.out, plot=not args.no_plot)
     if tmp is not None:
         tmp.cleanup()

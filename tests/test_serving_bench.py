@@ -25,7 +25,7 @@ def test_serving_bench_smoke(tmp_path):
     with torch_threads(1), live(build_app(engine, max_batch_size=4)) as server:
         assert main(["--url", server.url, "--concurrency", "1", "3", "--requests-per-client", "2", "--caches", "none",
                      "default", "--gen-length", "8", "--block-length", "4", "--tokens-per-step", "2",
-                     "--prompt-chars", "40", "--out", str(out)]) == 0
+                     "--prompt-chars", "40", "--agreement", "3", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert {"device", "model", "rows", "command"} <= set(result)
     assert [(r["cache"], r["concurrency"]) for r in result["rows"]] == [("none", 1), ("none", 3), ("default", 1),
@@ -35,6 +35,8 @@ def test_serving_bench_smoke(tmp_path):
         assert row["requests"] == 2 * row["concurrency"] and row["completed"] == row["requests"] and row["errors"] == 0
         assert row["tokens_per_s"] > 0 and 0 < row["p50_latency_s"] <= row["p99_latency_s"]
         assert row["completion_tokens"] <= 8 * row["requests"]
+    # fp32 on CPU: batched answers are the answers served alone
+    assert result["batch_agreement"] == [{"cache": c, "prompts": 3, "identical_fraction": 1.0} for c in ("none", "default")]
     assert "| default | 3 |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 0
     settings = {"max_tokens": 8, "block_length": 4, "steps": 4}
