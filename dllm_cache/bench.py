@@ -429,9 +429,10 @@ def _settings(args: argparse.Namespace) -> list[CacheSetting]:
     for kp, kr, r in combos:
         for compiled in compiles:
             for policy in args.policy:
-                if policy in BLOCK_POLICIES:  # no Kp / Kr / ratio to sweep: one run per policy
-                    kp, kr, r = reference
-                setting = CacheSetting(kp, kr, r, compiled, policy, args.kv_cache_dtype)
+                # block policies have no Kp / Kr / ratio to sweep: one run per policy (own names: the
+                # combo's kp, kr, r must survive for the next compile flag)
+                pkp, pkr, pr = reference if policy in BLOCK_POLICIES else (kp, kr, r)
+                setting = CacheSetting(pkp, pkr, pr, compiled, policy, args.kv_cache_dtype)
                 if setting not in seen:
                     seen.append(setting)
     return seen

@@ -184,3 +184,16 @@ def test_floor_ratio_is_the_cached_step_over_the_floor():
     assert a["floor_ratio"] == pytest.approx(1.5) and a["setting"] == "block-dual, compiled"
     assert a["tokens_per_step"] == pytest.approx(256 / 80)
     assert b["floor_ratio"] is None and b["setting"] == "kr2 (frontier, Kr 2), CUDA graphs"  # batch 16: no floor
+
+
+def test_bench_settings_keep_every_compile_variant_beside_block_policies():
+    """--compile both with block policies and two Kr values: every feature-cache Kr runs both
+    compiled and not (a block policy once reset the loop's Kr, so the compiled Kr-2 runs were lost)."""
+    args = bench.build_parser().parse_args(
+        ["--shape", "tiny-llada", "--policy", "paper", "frontier", "block-dual", "--response-interval", "8", "2",
+         "--compile", "both"])
+    got = {(s.policy, s.response_interval, s.compile) for s in bench._settings(args)}
+    for policy in ("paper", "frontier"):
+        for kr in (8, 2):
+            assert {(policy, kr, False), (policy, kr, True)} <= got
+    assert {("block-dual", 8, False), ("block-dual", 8, True)} <= got and len(got) == 10
