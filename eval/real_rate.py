@@ -54,15 +54,18 @@ def trace_file(gen: int, key: str = "llada") -> Path:
 
 
 def bench_argv(gen: int, batch: int, compile_mode: str, repeats: int, out_dir: Path, max_steps: int = 33,
-               shape: str = "llada-8b", trace: Path | None = None, prompt_len: int | None = None) -> list[str]:
+               shape: str = "llada-8b", trace: Path | None = None, prompt_len: int | None = None,
+               policies: tuple[str, ...] = ("paper", "frontier", "block-prefix", "block-dual"),
+               response_intervals: tuple[int, ...] = (8, 2), warmup_steps: int | None = None) -> list[str]:
     """`dllm-cache bench` arguments of one ours stage: every policy (paper and frontier at Kr 8 and
     Kr 2, block-prefix, block-dual) at the real rate, plus the two uncached runs."""
     trace = trace or trace_file(gen)
     return ["--shape", shape, "--workload", WORKLOAD, "--init", "by-name", "--trace", str(trace),
-            "--batch-size", str(batch), "--policy", "paper", "frontier", "block-prefix", "block-dual",
-            "--response-interval", "8", "2", "--compile", compile_mode, "--max-steps", str(max_steps),
+            "--batch-size", str(batch), "--policy", *policies,
+            "--response-interval", *map(str, response_intervals), "--compile", compile_mode, "--max-steps", str(max_steps),
             "--repeats", str(repeats), "--no-progress", "--out-dir", str(out_dir), "--tag", f"ours_gen{gen}_b{batch}",
-            *(["--prompt-len", str(prompt_len)] if prompt_len else [])]
+            *(["--prompt-len", str(prompt_len)] if prompt_len else []),
+            *(["--warmup-steps", str(warmup_steps)] if warmup_steps is not None else [])]
 
 
 def _setting_name(row: dict[str, Any], cuda: bool = True) -> str:
@@ -332,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--compile", choices=("off", "on", "both"), default="on")
     o.add_argument("--max-steps", type=int, default=33, help="window of the uncached one-token-per-step baseline")
     o.add_argument("--prompt-len", type=int, help=f"default {PROMPT_LEN} (the gsm8k workload)")
+    o.add_argument("--policy", nargs="+", default=["paper", "frontier", "block-prefix", "block-dual"])
+    o.add_argument("--response-interval", type=int, nargs="+", default=[8, 2])
+    o.add_argument("--warmup-steps", type=int, help="untimed warm-up steps per run (default: the bench's)")
     pe.add_argument("--dllm-cache-repo")
     pe.add_argument("--fast-dllm-repo")
     pe.add_argument("--skip", nargs="*", default=[], choices=("dllm-cache-original", "fast-dllm"))
@@ -347,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         from dllm_cache import bench
 
         return bench.main(bench_argv(args.gen, args.batch, args.compile, args.repeats, args.out_dir, args.max_steps,
-                                     args.shape, args.trace, args.prompt_len))
+                                     args.shape, args.trace, args.prompt_len, tuple(args.policy),
+                                     tuple(args.response_interval), args.warmup_steps))
     if args.cmd == "peers":
         print(run_peers(args))
         return 0

@@ -46,6 +46,17 @@ if [[ $stage == long ]]; then
   step 160 python -m eval.real_rate peers --gen 1024 --batch 1 $PEERS --repeats 1
 fi
 
+# What one call could still afford after gen256's first run (its peers and batch-16 steps ran past
+# their limits): Fast-dLLM alone at gen 256, then the two fastest policies at batch 16 and at
+# gen 512 / 1024, with a 20-40-step warm-up (every cached step kind at least twice) instead of a whole generation.
+if [[ $stage == final ]]; then
+  F="--policy frontier block-dual --response-interval 8 --compile on --repeats 1"
+  step 120 python -m eval.real_rate peers --gen 256 --batch 1 $PEERS --repeats 1 --skip dllm-cache-original
+  step 200 python -m eval.real_rate ours --gen 256 --batch 16 $F --warmup-steps 20
+  step 90 python -m eval.real_rate ours --gen 512 --batch 1 $F --warmup-steps 40
+  step 110 python -m eval.real_rate ours --gen 1024 --batch 1 $F --warmup-steps 40
+fi
+
 if [[ $stage == report ]]; then
   python -m eval.real_rate report
 fi
