@@ -11,6 +11,8 @@ import errno
 import socket
 import sys
 
+import torch
+
 from .engine import CACHE_PRESETS, DTYPES, Defaults
 
 
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "shipped model, else the directory's name")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
-    p.add_argument("--device", default="cpu", help="torch device (cuda, cuda:1, cpu)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (cuda, cuda:1, cpu)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model dtype")
     p.add_argument("--cache", default="default", choices=list(CACHE_PRESETS),
                    help="cache preset of requests that do not choose one ('default' = CacheConfig(), 'none' = uncached)")
