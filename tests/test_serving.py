@@ -150,6 +150,19 @@ def test_continuous_batching_joins_at_block_boundaries_with_answers_equal_alone(
     assert joined > 0, "no request joined a running batch"
 
 
+def test_threshold_with_the_feature_cache_runs_alone_unless_told_otherwise(server, engine):
+    """Such answers could depend on their neighbours (the refresh clock counts the batch's steps), so by
+    default each runs in its own batch; --no-exact-batching batches them."""
+    bodies = [{"prompt": PROMPTS[40 + i], "max_tokens": 16, "threshold": 0.2} for i in range(4)]
+    before = metric(server.url, "dllm_batch_size_count")
+    assert all(r.status_code == 200 for r in asyncio.run(_many(server.url, bodies)))
+    assert metric(server.url, "dllm_batch_size_count") - before == 4
+    loose = Engine(engine.model, engine.tokenizer, name="tiny", defaults=DEFAULTS, exact_batching=False)
+    with torch_threads(1), live(build_app(loose, max_wait_ms=200)) as s:
+        assert all(r.status_code == 200 for r in asyncio.run(_many(s.url, bodies)))
+        assert metric(s.url, "dllm_batch_size_count") < 4
+
+
 def _wait(pred, timeout: float = 20.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -73,11 +73,12 @@ class Decoding:
     top_p: float | None
     cache: str
     seed: int | None
+    alone: bool = False  # never share a batch (see Engine.decoding)
 
     def batch_key(self) -> tuple:
         # A seeded sampled request must see only its own random draws, so it never shares a batch
         # (id(self) is unique while the job lives); greedy decoding ignores the seed.
-        if self.temperature > 0 and self.seed is not None:
+        if self.alone or (self.temperature > 0 and self.seed is not None):
             return ("alone", id(self))
         return (self.gen_length, self.steps, self.block_length, self.threshold, self.temperature, self.top_p, self.cache)
 
@@ -114,7 +115,8 @@ class BatchReport:
 class Engine:
     """A loaded model and tokenizer with the server's decoding defaults."""
 
-    def __init__(self, model: nn.Module, tokenizer, *, name: str, defaults: Defaults = Defaults(), max_n: int = 8):
+    def __init__(self, model: nn.Module, tokenizer, *, name: str, defaults: Defaults = Defaults(), max_n: int = 8,
+                 exact_batching: bool = True):
         from dllm_cache.hooks import sampler_of
         from dllm_cache.sampler_args import position_limit
 
@@ -125,6 +127,9 @@ class Engine:
         self.name = name
         self.defaults = defaults
         self.max_n = max_n
+        # Answers never depend on their neighbours: requests whose batched answer could (threshold
+        # decoding with the feature cache) run one per batch. False batches them anyway, for throughput.
+        self.exact_batching = exact_batching
         self.family = sampler_of(model)  # ValueError naming the supported families
         cfg = model.config
         self.mask_id = int(cfg.mask_token_id)
@@ -188,7 +193,11 @@ class Engine:
                                f"{', '.join(CACHE_PRESETS)}", "cache")
         threshold = d.threshold if req.threshold is None else float(req.threshold)
         temperature = float(req.temperature or 0.0)
-        return Decoding(gen_length, steps, block, threshold, temperature, top_p, cache, req.seed), max_tokens
+        # Threshold decoding with the feature cache: a block lasts as many steps as its slowest row needs
+        # and the refresh clock counts the batch's steps, so neighbours would move a row's refreshes.
+        config = CACHE_PRESETS[cache]
+        alone = self.exact_batching and threshold is not None and config is not None and not config.is_block
+        return Decoding(gen_length, steps, block, threshold, temperature, top_p, cache, req.seed, alone), max_tokens
 
     # ----- one batch (worker thread) ---------------------------------------------------------------
     def run(self, jobs: list[Job]) -> BatchReport:
@@ -287,7 +296,7 @@ class _RowTracker:
 
 
 def load_engine(model: str | None, *, device: str = "cpu", dtype: str = "float32", name: str | None = None,
-                defaults: Defaults = Defaults(), max_n: int = 8) -> Engine:
+                defaults: Defaults = Defaults(), max_n: int = 8, exact_batching: bool = True) -> Engine:
     """Load a local model directory (None: the shipped model) with its tokenizer. Raises
     SystemExit with one line when the path is wrong, the tokenizer is missing or the family is not
     one the cache serves."""
@@ -315,7 +324,8 @@ def load_engine(model: str | None, *, device: str = "cpu", dtype: str = "float32
         raise SystemExit(f"dllm-cache serve: --model {path}: no usable tokenizer ({type(err).__name__}); the server "
                          "needs one to turn text into tokens") from None
     try:
-        return Engine(net, tok, name=name or ("shipped" if model is None else path.name), defaults=defaults, max_n=max_n)
+        return Engine(net, tok, name=name or ("shipped" if model is None else path.name), defaults=defaults, max_n=max_n,
+                      exact_batching=exact_batching)
     except ValueError as err:
         raise SystemExit(f"dllm-cache serve: --model {path}: {str(err).splitlines()[0]}") from None
 

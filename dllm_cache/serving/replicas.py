@@ -23,7 +23,8 @@ class ReplicaServer:
         from .engine import load_engine
 
         self.engine = load_engine(options["model"], device=options["device"], dtype=options["dtype"],
-                                  name=options["name"], defaults=options["defaults"], max_n=options["max_n"])
+                                  name=options["name"], defaults=options["defaults"], max_n=options["max_n"],
+                                  exact_batching=options.get("exact_batching", True))
         self._app = build_app(self.engine, max_batch_size=options["max_batch_size"], max_wait_ms=options["max_wait_ms"],
                               max_queue=options["max_queue"], request_timeout_s=options["request_timeout"],
                               continuous=options.get("continuous", False))
@@ -49,7 +50,8 @@ def deployment(options: dict, replicas: int, *, gpus_per_replica: float = 0.0, c
 def options_of(args: argparse.Namespace, defaults: Defaults) -> dict:
     return dict(model=args.model, device=args.device, dtype=args.dtype, name=args.served_model_name, defaults=defaults,
                 max_n=args.max_n, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                max_queue=args.max_queue, request_timeout=args.request_timeout, continuous=args.continuous)
+                max_queue=args.max_queue, request_timeout=args.request_timeout, continuous=args.continuous,
+                exact_batching=args.exact_batching)
 
 
 def serve_replicas(args: argparse.Namespace, defaults: Defaults) -> int:

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continuous", action="store_true",
                    help="continuous batching: requests join a running batch at block boundaries (LLaDA family, fixed "
                         "steps, greedy, a block cache policy; other requests batch statically)")
+    p.add_argument("--exact-batching", action=argparse.BooleanOptionalAction, default=True,
+                   help="requests whose batched answer could differ from their answer alone (threshold decoding with "
+                        "the feature cache) run one per batch; --no-exact-batching batches them for throughput")
     p.add_argument("--max-queue", type=_positive, default=1024, help="waiting requests beyond this get a 503")
     p.add_argument("--max-n", type=_positive, default=8, help="most choices (n) per request")
     p.add_argument("--request-timeout", type=float, default=600.0,
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from .engine import load_engine
 
     engine = load_engine(args.model, device=args.device, dtype=args.dtype, name=args.served_model_name,
-                         defaults=defaults, max_n=args.max_n)
+                         defaults=defaults, max_n=args.max_n, exact_batching=args.exact_batching)
     app = build_app(engine, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                     request_timeout_s=args.request_timeout, continuous=args.continuous)
     print(f"dllm-cache serve: model {engine.name!r} ({engine.family}, {args.dtype}, {args.device}) on "
