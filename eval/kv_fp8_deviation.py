@@ -45,7 +45,9 @@ def step_logits(model, seqs: list[torch.Tensor], mask: torch.Tensor, config: Cac
                 prompt_len: int) -> list[torch.Tensor]:
     """Float32 logits of every step along `seqs`, uncached (config None) or cached with `config`."""
     def run() -> list[torch.Tensor]:
-        return [model(s, attention_mask=mask).logits.float() for s in seqs]
+        # A copy for every step: with CUDA graphs a cached step's logits live in a buffer the next step
+        # overwrites, and .float() of float32 logits is no copy.
+        return [model(s, attention_mask=mask).logits.to(torch.float32, copy=True) for s in seqs]
 
     with torch.no_grad():
         if config is None:
