@@ -305,10 +305,12 @@ def step_bytes(
       runs at least one token through every projection of every layer (a partial step with
       k = int(R * ratio) = 0 reads only the V projection of layers 1..L-1); plus the LM head.
       Embedding rows gathered: batch * (P + R) * d_model.
-    * K/V: each layer that runs attention reads K and V of all P + R keys per row.
+    * K/V: each layer that runs attention reads K and V of all P + R keys per row (on a partial
+      step, layer 0 and the layers that selected a token).
     * cached features on partial (and prompt-refresh) steps, layers 1..L-1: the cached V of
-      the R response tokens (drift test) and their cached attention and FFN outputs (reuse).
-      Block steps read K/V only.
+      the R response tokens (drift test, in the layers that select tokens: with k = 0 there is
+      none) and their cached attention and FFN outputs (reuse, every layer). Block steps read
+      K/V only.
     * logits written: batch * logits_tokens * vocab (the reused prompt rows' copy is ignored).
     Other activations are assumed to stay on chip. All tensors in `dtype_bytes` per element.
     """
@@ -318,13 +320,15 @@ def step_bytes(
     logits_tokens = _head_rows(logits_tokens, kind, prompt_len, resp_len)
 
     weights = d.n_layers * d.params_layer + d.params_lm_head
-    if kind == "partial":  # a layer past the first with nothing selected does nothing at all
-        working = sum(1 for k in _partial_counts(d, resp_len, transfer_ratio, selected) if k)
-        weights = (1 + working) * d.params_layer + d.params_lm_head
-    kv_reads = batch * d.n_layers * total * 2 * d.kv_dim
+    attending = d.n_layers
     cached = 0
     if kind in ("partial", "prompt"):
-        cached = batch * (d.n_layers - 1) * resp_len * (d.kv_dim + 2 * d.d_model)
+        verifying = sum(1 for k in _partial_counts(d, resp_len, transfer_ratio, selected) if k)  # layers 1..L-1 with k > 0
+        cached = batch * resp_len * (verifying * d.kv_dim + (d.n_layers - 1) * 2 * d.d_model)
+        if kind == "partial":  # a layer past the first with nothing selected only adds its cached deltas
+            weights = (1 + verifying) * d.params_layer + d.params_lm_head
+            attending = 1 + verifying
+    kv_reads = batch * attending * total * 2 * d.kv_dim
     embed = batch * total * d.d_model
     logits = batch * logits_tokens * d.vocab
     return dtype_bytes * (weights + kv_reads + cached + embed + logits)

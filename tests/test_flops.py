@@ -77,6 +77,12 @@ def test_step_bytes_counted_element_by_element():
     # batch 3: weights are read once, everything per token three times
     assert step_bytes(TOY, 3, P, R, "full", 0.5) == 2 * (weights + 3 * (k_and_v + embed + all_rows))
     assert expect["full"] == 1470  # the hand count itself, so a slip in the lines above shows
+    # Nothing selected (int(4 * 0.1) = 0): layer 1 runs no V-verify and no attention; it reads only its
+    # cached attention and FFN deltas. Layer 0 (always recomputed) reads its weights and K/V.
+    idle = per_layer + 8 * 10 + 2 * (7 * 4) + embed + 1 * 4 * (8 + 8) + response_rows
+    assert step_bytes(TOY, 1, P, R, "partial", 0.1) == 2 * idle
+    prompt_idle = weights + k_and_v + embed + 1 * 4 * (8 + 8) + all_rows  # the prompt still runs every layer
+    assert step_bytes(TOY, 1, P, R, "prompt", 0.1) == 2 * prompt_idle
 
 
 def test_ratio_one_partial_equals_response():
