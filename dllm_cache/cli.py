@@ -7,16 +7,16 @@ bench:    speed/FLOPs comparison across shapes, batches and cache settings (dllm
           writes to ./dllm_cache_results unless --out-dir says otherwise.
 serve:    an OpenAI-compatible HTTP server that batches concurrent requests through the cache
           (dllm_cache.serving; `pip install "dllm-cache[serve]"`).
-eval:     lm-eval with the `dllm_cache` model registered. Needs a source checkout (its eval/
-          folder: lm-eval glue, task YAMLs, data): `pip install -e ".[eval]"` from a clone.
+eval:     lm-eval with the `dllm_cache` model and our local tasks registered
+          (dllm_cache.integrations.lm_eval; `pip install "dllm-cache[eval]"`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from . import shipped
+from .config import CacheConfig, field_type, parse_field
 
-CHECKOUT = Path(__file__).resolve().parent.parent
+INSTALL_EVAL = 'dllm-cache eval needs lm-eval, which is not installed: pip install "dllm-cache[eval]"'
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -64,18 +65,36 @@ def _load(model_arg: str | None, device: str, dtype: torch.dtype):
     return model, tok, str(path)
 
 
-def _eval_checkout() -> bool:
-    """eval/ (lm-eval glue, task YAMLs, data) is not installed: it is there in a source checkout only."""
-    return (CHECKOUT / "eval" / "lm_eval_launch.py").exists()
+def add_cache_options(parser: argparse.ArgumentParser) -> None:
+    """One option per CacheConfig field (`--prompt-interval`, `--kv-cache-dtype`, `--no-cuda-graphs`, ...),
+    with the field's default and help: built from dataclasses.fields, so a new field is an option at once.
+    Values are read by the field's type here and validated by CacheConfig (cache_config_of)."""
+    group = parser.add_argument_group("cache (CacheConfig fields)")
+    for f in dataclasses.fields(CacheConfig):
+        flag = "--" + f.name.replace("_", "-")
+        text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
+        kind, _ = field_type(f.name)
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
+            continue
+
+        def read(value: str, name: str = f.name):
+            try:
+                return parse_field(name, value)
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+
+        read.__name__ = f.name
+        metavar = "R:R:..." if kind is tuple else None
+        group.add_argument(flag, type=read, default=f.default, help=text, metavar=metavar)
 
 
-def _launcher(args: list[str], capture: bool = False) -> subprocess.CompletedProcess:
-    """Run the checkout's `python -m eval.lm_eval_launch ARGS` in its own process: the library never
-    imports eval/ (a wheel has none), so the lm-eval glue runs from the checkout beside it."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHECKOUT), env.get("PYTHONPATH")) if p)
-    return subprocess.run([sys.executable, "-m", "eval.lm_eval_launch", *args], env=env, text=True,
-                          capture_output=capture, check=False)
+def cache_config_of(args: argparse.Namespace) -> CacheConfig:
+    """The CacheConfig of parsed options; an invalid combination exits with CacheConfig's one-line message."""
+    try:
+        return CacheConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CacheConfig)})
+    except ValueError as err:
+        raise SystemExit(f"dllm-cache generate: error: {err}") from None
 
 
 def _prompts(tok, args, vocab: int, special: set[int]) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
@@ -113,6 +132,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from dllm_cache.generate import generate
     from dllm_cache.hooks import sampler_of
 
+    cache_cfg = cache_config_of(args)  # before loading the model: a bad value fails at once
     torch.manual_seed(args.seed)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     model, tok, where = _load(args.model, args.device, dtype)
@@ -120,8 +140,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     special = {i for i in (cfg.mask_token_id, cfg.pad_token_id, getattr(cfg, "eos_token_id", None)) if i is not None}
     ids, mask, examples = _prompts(tok, args, cfg.vocab_size, special)
     ids, mask = ids.to(args.device), mask.to(args.device)
-    cache_cfg = dllm_cache.CacheConfig(args.prompt_interval, args.response_interval, args.transfer_ratio,
-                                       compile=args.compile)
     kw = dict(gen_length=args.gen_length, steps=args.steps, progress=True)
     if sampler_of(model) == "llada":  # Dream's sampler has no blocks
         kw["block_length"] = args.block_length
@@ -176,47 +194,56 @@ def cmd_bench(argv: list[str]) -> int:
 
 EVAL_EXAMPLES = """\
 examples:
-  dllm-cache eval --model dllm_cache --tasks gsm8k_local --limit 50 \\
+  dllm-cache eval --model dllm_cache --tasks arith_synth --limit 20 \\
+      --model_args pretrained=SHIPPED,gen_length=32,steps=16,block_length=8,cache=on   # the shipped model
+  dllm-cache eval --model dllm_cache --tasks gsm8k_local --limit 50 --data-dir DATA \\
       --model_args pretrained=PATH,dtype=bfloat16,gen_length=256,steps=256,block_length=32,cache=on,batch_size=8
-  dllm-cache eval --model dllm_cache --tasks hotpotqa_local \\
-      --model_args pretrained=PATH,gen_length=32,steps=32,cache=on,prompt_interval=100,response_interval=8,transfer_ratio=0.25
+  dllm-cache eval --model dllm_cache --tasks hotpotqa_local --data-dir DATA \\
+      --model_args pretrained=PATH,gen_length=32,steps=32,cache=on,prompt_interval=100,response_interval=8,kv_cache_dtype=fp8
   dllm-cache eval ls tasks                   # lists our local tasks next to lm-eval's
-  accelerate launch -m eval.lm_eval_launch --model dllm_cache ...   # data parallel, from the checkout
+  accelerate launch -m dllm_cache.integrations.lm_eval.launch --model dllm_cache ...   # data parallel
+pretrained=SHIPPED stands for the small trained LLaDA installed with the package. GSM8K's test split
+ships too; its train split (gsm8k_local's 5 shots) and HotpotQA come from --data-dir DATA (laid out as
+a checkout's eval/data) or, in a source checkout, from its eval/data.
 """
+
+
+def _lm_eval_installed() -> bool:
+    """lm-eval can be imported (found without importing it: `--help` stays fast)."""
+    try:
+        return importlib.util.find_spec("lm_eval") is not None
+    except (ImportError, ValueError):  # an import hook that refuses it, or a half-removed install
+        return False
 
 
 def eval_help() -> str:
     """Our part of `dllm-cache eval --help`: usage, examples, and the dllm_cache model arguments
-    with their defaults (read from the model class, so it stays in step with it)."""
+    with their defaults (read from the model class and CacheConfig's fields, so it stays in step)."""
     head = (
-        "usage: dllm-cache eval [lm-eval arguments]\n\n"
-        "Runs lm-eval's command line with `--model dllm_cache` registered and this repo's eval/tasks on\n"
-        "the include path. Any lm-eval argument works; `run` is implied when no subcommand is given.\n\n"
+        "usage: dllm-cache eval [--data-dir DIR] [--preset NAME] [--compare] [lm-eval arguments]\n\n"
+        "Runs lm-eval's command line with `--model dllm_cache` registered and our local tasks (gsm8k_local,\n"
+        "arith_synth, hotpotqa_local, ...) on the include path. Any lm-eval argument works; `run` is implied\n"
+        "when no subcommand is given.\n\n"
         + EVAL_EXAMPLES
     )
-    if not _eval_checkout():
-        return head + (
-            "\n`dllm-cache eval` needs a source checkout (its eval/ folder: lm-eval glue, task YAMLs, data),\n"
-            "which a wheel install does not have: clone the repository and `pip install -e \".[eval]\"` there.\n"
-        )
-    listing = _launcher(["--model-args-help"], capture=True)
-    if listing.returncode:
-        raise SystemExit(f"dllm-cache eval: could not list the model arguments:\n{listing.stderr[-2000:]}")
-    return head + "\n" + listing.stdout + "\nlm-eval's own options follow (`lm-eval run --help`).\n"
+    if not _lm_eval_installed():
+        return head + "\n" + INSTALL_EVAL + "\n"
+    from dllm_cache.integrations.lm_eval.launch import model_args_help
+
+    return head + "\n" + model_args_help() + "\nlm-eval's own options follow (`lm-eval run --help`).\n"
 
 
 def cmd_eval(argv: list[str]) -> int:
     if argv in ([], ["-h"], ["--help"]):
         print(eval_help())
-        if not _eval_checkout():
+        if not _lm_eval_installed():
             return 0
         argv = ["run", "--help"]
-    elif not _eval_checkout():
-        raise SystemExit(
-            "`dllm-cache eval` needs a source checkout of dllm-cache (its eval/ folder: lm-eval glue, task YAMLs, "
-            "data); a wheel install does not have it. Clone the repository and `pip install -e \".[eval]\"` there."
-        )
-    return _launcher(argv).returncode
+    elif not _lm_eval_installed():
+        raise SystemExit(INSTALL_EVAL)
+    from dllm_cache.integrations.lm_eval.launch import main as eval_main
+
+    return eval_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,15 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gen-length", type=positive_int, default=256, help="generated tokens per prompt")
     g.add_argument("--steps", type=positive_int, default=64, help="denoising steps")
     g.add_argument("--block-length", type=positive_int, default=8, help="LLaDA semi-autoregressive block length")
-    g.add_argument("--prompt-interval", type=positive_int, default=100, help="Kp: refresh prompt features every Kp steps")
-    g.add_argument("--response-interval", type=positive_int, default=8, help="Kr: refresh all response features every Kr steps")
-    g.add_argument("--transfer-ratio", type=float, default=0.25,
-                   help="fraction of response tokens recomputed on the steps in between")
-    g.add_argument("--compile", action="store_true", help="CacheConfig(compile=True): torch.compile the cached layer")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     g.add_argument("--show", type=int, default=3, help="print this many prompts with both outputs")
     g.add_argument("--seed", type=int, default=0, help="random seed")
+    add_cache_options(g)
     sub.add_parser("bench", help="speed/FLOPs benchmark (see `dllm-cache bench --help`)", add_help=False)
     sub.add_parser("eval", help="lm-eval with the dllm_cache model (see `dllm-cache eval --help`)", add_help=False)
     sub.add_parser("serve", help="OpenAI-compatible HTTP server (see `dllm-cache serve --help`)", add_help=False)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass, fields
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from .kv_store import KV_CACHE_DTYPES as _STORED_KV_DTYPES
 
@@ -15,113 +18,93 @@ KV_CACHE_DTYPES = (None, *_STORED_KV_DTYPES)  # None: K/V in the model's dtype (
 DEFAULT_FRONTIER_WINDOW = 32
 
 
+def _field(default: Any, help: str) -> Any:
+    """A CacheConfig field with its one description (read by the CLI, the lm-eval model and the docs)."""
+    return field(default=default, metadata={"help": " ".join(help.split())})
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     """Which cache, how often it is refreshed, and which tokens are recomputed between refreshes.
 
-    policy: the family of cache.
-        "feature" (default): the dLLM-Cache method. Per token and layer the attention and FFN
-        outputs are reused; prompt_interval, response_interval, transfer_ratio, cfg_interval and the
-        selection fields below say what is refreshed when.
-        "block-prefix" / "block-dual": Fast-dLLM's block KV cache. Only K and V are reused. A full
-        forward refreshes them at the start of every semi-autoregressive block (the rows the sampler
-        asks logits for change) and every `block_refresh` steps; in between, "block-prefix"
-        recomputes the decoded block and everything after it, "block-dual" the decoded block only
-        (the K/V after it are reused too). The decoded block is the rows the sampler asks logits
-        for (`logits_to_keep`; on shifted models such as Dream, also the tokens those rows predict):
-        ask for all rows and every row is recomputed. prompt_interval, response_interval,
-        transfer_ratio, cfg_interval and shifted_row do not apply.
-    block_refresh: block policies only: also refresh every N steps within a block (1 = every step,
-        which equals the uncached model); None (default) = at block starts only, as Fast-dLLM.
-
-    prompt_interval (Kp): prompt tokens' K/V, attention and FFN outputs are recomputed
-        every Kp denoising steps and reused in between. None: only on the first step of a
-        generation. The prompt tokens never change during a generation; only their attention
-        to the response does, so with a short response and a long prompt refreshing it buys
-        little and costs a full forward.
-    response_interval (Kr): all response tokens are recomputed every Kr steps.
-    transfer_ratio: on the steps in between, this fraction of response tokens (those whose
-        Value vectors drifted most, by cosine similarity) is recomputed; int(R * ratio) per row.
-    cfg_interval: response interval for the unconditional branch of classifier-free
-        guidance; None means the same as response_interval.
-    cuda_graphs: on CUDA, replay cached (non-prompt-refresh) steps as CUDA graphs. Those steps
-        do little arithmetic, so in eager mode Python and kernel launches dominate. Outputs are
-        the same; the returned logits then live in a buffer the next such step overwrites.
-    compile: run the cached layer through torch.compile, which fuses its many small kernels
-        (norms, RoPE, V-verify). Costs compile time (5-10 s per step kind on an H100, once per layout);
-        float32 sums may be reordered, so logits can differ in the last bits. Off by default.
-    selection: which response tokens a partial step recomputes.
-        "paper": the int(R * ratio) whose Value vectors drifted most (V-verify), anywhere in the
-        response, as the dLLM-Cache paper does.
-        "frontier" (default): first the tokens being decoded now (the semi-AR block that holds
-        the first masked token, or `frontier_window` tokens from it) and the tokens unmasked since
-        the last response refresh, by drift; the rest of the budget by V-verify over the whole
-        response. Same FLOPs as "paper". Helps semi-autoregressive decoding, where only the
-        current block is sampled and the paper's rule spends much of its budget on future blocks
-        and finished tokens: on the proxy testbed it keeps all four model/task cells within a
-        point of uncached, where "paper" loses 1.8 on Dream arith (README "Refresh policies").
-    frontier_window: tokens in the decoding window of the "frontier" selection; None = the
-        block length the sampler declared (`reset_cache(..., block_length=B)`, as our LLaDA sampler
-        does), else DEFAULT_FRONTIER_WINDOW.
-    frontier_only: with "frontier", recompute at most the window's worth of tokens
-        (min(int(R * ratio), window)) instead of filling the budget: fewer FLOPs when the
-        block is smaller than the budget (GSM8K: block 8 of 256).
-    shifted_row: for models whose logits are shifted (Dream: row i predicts token i + 1), where
-        the last prompt row, whose logits predict the first response token, is cached.
-        "prompt": with the prompt, refreshed every Kp steps (as the paper's cache serves it);
-        "response": with the response, so it is refreshed and selected like a response token.
-        No effect on unshifted models (LLaDA).
-
-    response_drift_threshold: refresh the response when it drifted, not on a fixed clock. Each
-        partial step measures the mean Value drift its V-verify sees anyway (1 - cos(V_new, V_cached),
-        averaged over response rows and the layers that ran V-verify; `drift.step_drift`); when it
-        reaches this threshold the next step refreshes every response token. response_interval is
-        then the longest interval (a refresh is due after that many steps whatever the drift) and
-        response_min_interval the shortest. Helps when the response changes in bursts (many tokens
-        unmasked at once, a new semi-AR block) and sits still in between: refreshes go where the
-        features moved. 0 = refresh every response_min_interval steps. None (default): fixed Kr.
-        The schedule then depends on data read back every step, so cached steps run eagerly (no
-        CUDA graphs) and compile=True is refused; see `dllm_cache.drift`. Each step's drift is kept
-        in cache_stats(model)["drift"]; `dllm_cache.measure_drift(model)` records it under a fixed
-        schedule too, and eval/tiny/drift_profile.py turns it into thresholds.
-    response_min_interval: with response_drift_threshold, the fewest steps between two response
-        refreshes (1 .. response_interval). A refresh step measures no drift, so with a positive
-        threshold a drift-triggered refresh comes 2 steps after the last refresh at the earliest.
-    layer_ratios: a transfer ratio per layer (one entry per layer of the model, checked by
-        enable_cache), replacing transfer_ratio on partial steps: layer i recomputes
-        int(R * layer_ratios[i]) tokens. Layer 0 always recomputes every response token (its input,
-        the embeddings, changes on every unmask), so entry 0 is not used. Helps when deeper layers'
-        features drift more than shallow ones' (each layer's input is the previous ones' output,
-        so staleness compounds with depth): `layer_budget.ramp_ratios` moves budget from shallow to
-        deep layers at the same mean. None (default): transfer_ratio on every layer.
-
-    kv_cache_dtype: how cached K and V are stored (every policy).
-        None (default): in the model's dtype, exact.
-        "fp8": float8_e4m3fn with one float32 scale per (batch, KV head, token), about half the
-        bytes of bf16 K/V, plus one layer's K/V in the model's dtype as a workspace shared by all
-        layers (attention reads the dequantized K/V from there). Lossy: even with every step
-        refreshed, attention sees K/V rounded to fp8 (3 mantissa bits), so logits move slightly
-        from the uncached model's (tests/test_kv_fp8.py states the bound; eval/kv_fp8_deviation.py
-        measures it). For long prompts on models with many KV heads (LLaDA-8B), where K/V dominate
-        the cache; see `dllm_cache.kv_store`.
+    Each field documents itself once, in its metadata (`field_help(name)`, or
+    `dataclasses.fields(CacheConfig)`); `dllm-cache generate`'s cache options and the lm-eval model's
+    args are built from those fields, so every field is reachable from both and the help cannot drift.
+    Values are validated here, at construction; errors name the field and what is valid.
     """
 
-    prompt_interval: int | None = 100
-    response_interval: int = 8
-    transfer_ratio: float = 0.25
-    cfg_interval: int | None = None
-    cuda_graphs: bool = True
-    compile: bool = False
-    selection: str = "frontier"
-    frontier_window: int | None = None
-    frontier_only: bool = False
-    shifted_row: str = "prompt"
-    policy: str = "feature"
-    block_refresh: int | None = None
-    response_drift_threshold: float | None = None
-    response_min_interval: int = 1
-    layer_ratios: tuple[float, ...] | None = None
-    kv_cache_dtype: str | None = None
+    prompt_interval: int | None = _field(100, """
+        Kp: prompt tokens' K/V, attention and FFN outputs are recomputed every Kp denoising steps and reused in
+        between. None: only on the first step of a generation. The prompt never changes during a generation; only
+        its attention to the response does, so with a short response and a long prompt a refresh buys little and
+        costs a full forward.""")
+    response_interval: int = _field(8, """
+        Kr: all response tokens are recomputed every Kr steps (with response_drift_threshold: the longest
+        interval between response refreshes).""")
+    transfer_ratio: float = _field(0.25, """
+        On the steps between refreshes, this fraction of response tokens (those whose Value vectors drifted most,
+        by cosine similarity) is recomputed: int(R * ratio) per row.""")
+    cfg_interval: int | None = _field(None, """
+        Response interval for the unconditional branch of classifier-free guidance; None: the same as
+        response_interval.""")
+    cuda_graphs: bool = _field(True, """
+        On CUDA, replay cached (non-prompt-refresh) steps as CUDA graphs: those steps do little arithmetic, so in
+        eager mode Python and kernel launches dominate. Same outputs; the returned logits then live in a buffer the
+        next such step overwrites.""")
+    compile: bool = _field(False, """
+        Run the cached layer through torch.compile, which fuses its many small kernels (norms, RoPE, V-verify).
+        Costs compile time (5-10 s per step kind on an H100, once per layout); float32 sums may be reordered, so
+        logits can differ in the last bits.""")
+    selection: str = _field("frontier", """
+        Which response tokens a partial step recomputes. "paper": the int(R * ratio) whose Value vectors drifted
+        most (V-verify), anywhere in the response, as the dLLM-Cache paper does. "frontier": first the tokens being
+        decoded now (the semi-AR block holding the first masked token, or frontier_window tokens from it) and those
+        unmasked since the last response refresh, by drift; the rest of the budget by V-verify over the whole
+        response. Same FLOPs as "paper"; helps semi-autoregressive decoding, where the paper's rule spends much of
+        its budget on future blocks and finished tokens.""")
+    frontier_window: int | None = _field(None, """
+        Tokens in the decoding window of the "frontier" selection; None: the block length the sampler declared
+        (reset_cache(..., block_length=B), as our LLaDA sampler does), else DEFAULT_FRONTIER_WINDOW (32).""")
+    frontier_only: bool = _field(False, """
+        With "frontier", recompute at most the window's worth of tokens (min(int(R * ratio), window)) instead of
+        filling the budget: fewer FLOPs when the block is smaller than the budget (GSM8K: block 8 of 256).""")
+    shifted_row: str = _field("prompt", """
+        For models whose logits are shifted (Dream: row i predicts token i + 1), where the last prompt row, whose
+        logits predict the first response token, is cached. "prompt": with the prompt, refreshed every Kp steps (as
+        the paper's cache serves it); "response": with the response, refreshed and selected like a response token.
+        No effect on unshifted models (LLaDA).""")
+    policy: str = _field("feature", """
+        The family of cache. "feature": the dLLM-Cache method (per token and layer the attention and FFN outputs
+        are reused; the intervals, transfer_ratio and selection fields say what is refreshed when).
+        "block-prefix" / "block-dual": Fast-dLLM's block KV cache: only K and V are reused, refreshed by a full
+        forward at the start of every semi-autoregressive block and every block_refresh steps; in between
+        "block-prefix" recomputes the decoded block (the rows the sampler asks logits for, logits_to_keep) and
+        everything after it, "block-dual" the decoded block only. The feature cache's fields do not apply.""")
+    block_refresh: int | None = _field(None, """
+        Block policies only: also refresh every N steps within a block (1 = every step, which equals the uncached
+        model); None: at block starts only, as Fast-dLLM.""")
+    response_drift_threshold: float | None = _field(None, """
+        Refresh the response when it drifted, not on a fixed clock: each partial step measures the mean Value
+        drift its V-verify sees anyway (1 - cos(V_new, V_cached) over response rows and layers); when it reaches
+        this threshold the next step refreshes every response token. response_interval is then the longest and
+        response_min_interval the shortest interval. 0 = refresh every response_min_interval steps; None: fixed
+        Kr. Cached steps then run eagerly (no CUDA graphs) and compile=True is refused; see dllm_cache.drift.""")
+    response_min_interval: int = _field(1, """
+        With response_drift_threshold, the fewest steps between two response refreshes (1 .. response_interval).
+        A refresh step measures no drift, so a drift-triggered refresh comes 2 steps after the last at the
+        earliest.""")
+    layer_ratios: tuple[float, ...] | None = _field(None, """
+        A transfer ratio per layer (one entry per layer of the model, checked by enable_cache) replacing
+        transfer_ratio on partial steps: layer i recomputes int(R * layer_ratios[i]) tokens; entry 0 is not used
+        (layer 0 always recomputes every response token). Deeper layers' features drift more (staleness compounds
+        with depth): dllm_cache.layer_budget.ramp_ratios moves budget from shallow to deep layers at the same
+        mean. On a command line: numbers separated by ':' (or ','). None: transfer_ratio on every layer.""")
+    kv_cache_dtype: str | None = _field(None, """
+        How cached K and V are stored (every policy). None: in the model's dtype, exact. "fp8": float8_e4m3fn
+        with one float32 scale per (batch, KV head, token), about half the bytes of bf16 K/V, plus one layer's K/V
+        in the model's dtype as a shared workspace. Lossy: attention sees K/V rounded to fp8, so logits move
+        slightly from the uncached model's; for long prompts on models with many KV heads. See
+        dllm_cache.kv_store.""")
 
     def __post_init__(self) -> None:
         required = ("response_interval", "response_min_interval")  # the rest may be None
@@ -269,3 +252,67 @@ class CacheConfig:
             return (self.selected_count(num_response, block_length),) * n_layers
         self.check_layers(n_layers)
         return tuple(self.selected_count(num_response, block_length, r) for r in self.layer_ratios)
+
+
+# ----------------------------------------------------------------------------- fields as text
+# A command line and lm-eval's --model_args give every value as a string; these read one into the
+# field's declared type. Ranges and cross-field rules stay in CacheConfig.__post_init__.
+_TRUE = frozenset({"1", "true", "yes", "on", "y", "t"})
+_FALSE = frozenset({"0", "false", "no", "off", "n", "f"})
+_NONE = frozenset({"none", "null", ""})
+
+
+def field_help(name: str) -> str:
+    """The one description of CacheConfig field `name` (its dataclass metadata)."""
+    for f in fields(CacheConfig):
+        if f.name == name:
+            return f.metadata["help"]
+    raise KeyError(f"CacheConfig has no field {name!r}; fields: {', '.join(f.name for f in fields(CacheConfig))}.")
+
+
+def field_type(name: str) -> tuple[type, bool]:
+    """(base type, None allowed) of CacheConfig field `name`: e.g. (int, True) for `int | None`,
+    (tuple, True) for `tuple[float, ...] | None`."""
+    hint = typing.get_type_hints(CacheConfig)[name]
+    args = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else ()
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    return typing.get_origin(base) or base, optional
+
+
+def parse_field(name: str, value: Any) -> Any:
+    """`value` for CacheConfig field `name`, read from text ("8", "none", "on", "0.1:0.2") when it is a
+    string, passed through otherwise. Errors name the field and the expected form."""
+    kind, optional = field_type(name)
+    if not isinstance(value, str):
+        if kind is tuple and isinstance(value, list):
+            return tuple(value)
+        return value
+    text = value.strip()
+    if optional and text.lower() in _NONE:
+        return None
+    try:
+        if kind is bool:
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError
+        if kind is int:
+            number = float(text)
+            if number != int(number):
+                raise ValueError
+            return int(number)
+        if kind is float:
+            return float(text)
+        if kind is tuple:
+            parts = [p for p in text.replace(":", " ").replace(",", " ").replace("/", " ").split() if p]
+            if not parts:
+                raise ValueError
+            return tuple(float(p) for p in parts)
+    except ValueError:
+        forms = {bool: "on/off, true/false or 1/0", int: "an integer", float: "a number",
+                 tuple: "numbers separated by ':' (e.g. 0.1:0.25:0.4)"}
+        none = " or none" if optional else ""
+        raise ValueError(f"CacheConfig.{name}={value!r}: expected {forms[kind]}{none}.") from None
+    return text

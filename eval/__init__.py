@@ -1,4 +1,5 @@
-"""Evaluation tooling for dllm-cache (lm-eval model class, launcher, local task YAMLs, benchmarks).
+"""The lab of dllm-cache: proxy models, studies, benchmarks and GPU scripts (the lm-eval model, tasks
+and `dllm-cache eval` live in the package: dllm_cache.integrations.lm_eval).
 
-Not installed as a package: run modules from the repository root, e.g. ``python -m eval.lm_eval_launch``.
+Not installed as a package: run modules from the repository root, e.g. ``python -m eval.frontier``.
 """

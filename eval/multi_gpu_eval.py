@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+from dllm_cache.integrations.lm_eval.tasks import TASKS_DIR  # the local tasks, installed with the package
 
 
 def _device_name(device) -> str:
@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from eval.lm_eval_model import DLLMCacheLM
+    from dllm_cache.integrations.lm_eval.model import DLLMCacheLM
 
     lm = DLLMCacheLM.create_from_arg_string(args.model_args)
     tasks = [t for t in args.tasks.split(",") if t]

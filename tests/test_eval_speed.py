@@ -1,4 +1,4 @@
-"""Speed beside accuracy (eval/speed.py, eval/compare.py), `dllm-cache eval --compare` end to end,
+"""Speed beside accuracy (dllm_cache/integrations/lm_eval/speed.py, compare.py), `dllm-cache eval --compare` end to end,
 and multiple-choice (loglikelihood) tasks with the cache on and off, on tiny random models."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 pytest.importorskip("lm_eval")
 
 from dllm_cache.flops import STEP_KINDS, generation_cost  # noqa: E402
-from eval import lm_eval_launch  # noqa: E402
-from eval.compare import accuracy, add_speed_rows  # noqa: E402
-from eval.lm_eval_model import DLLMCacheLM  # noqa: E402
+from dllm_cache.integrations.lm_eval import launch as lm_eval_launch  # noqa: E402
+from dllm_cache.integrations.lm_eval.compare import accuracy, add_speed_rows  # noqa: E402
+from dllm_cache.integrations.lm_eval.model import DLLMCacheLM  # noqa: E402
 from tests import test_lm_eval  # noqa: E402  (skips this module too when tokenizers is missing)
 
 # tiny random checkpoints with a byte-level tokenizer (module-scoped fixtures of test_lm_eval)
@@ -130,7 +130,7 @@ def test_compare_end_to_end(llada_dir, tmp_path, capsys, only_local_tasks):
 
 
 def test_compare_refuses_other_models_and_request_caching(only_local_tasks, capsys):
-    from eval.compare import with_speed
+    from dllm_cache.integrations.lm_eval.compare import with_speed
 
     run = with_speed(lambda **kw: kw, compare=True)
     with pytest.raises(ValueError, match="--compare needs --model dllm_cache"):

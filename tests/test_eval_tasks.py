@@ -1,4 +1,4 @@
-"""The local lm-eval tasks (eval/tasks/): standard definitions on local data, and their scorers.
+"""The local lm-eval tasks (dllm_cache/integrations/lm_eval/tasks/): standard definitions on local data, and their scorers.
 
 The identity tests build lm-eval's standard task (gsm8k, gsm8k_cot, longbench_hotpotqa) from the
 installed lm-eval YAML with lm-eval's own TaskManager, serving the Hugging Face download from
@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -23,14 +24,14 @@ datasets = pytest.importorskip("datasets")
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TASKS_DIR = REPO / "eval" / "tasks"
+TASKS_DIR = REPO / "dllm_cache" / "integrations" / "lm_eval" / "tasks"
 DATA_DIR = REPO / "eval" / "data"
 LM_EVAL_TASKS = Path(sys.modules["lm_eval.tasks"].__file__).resolve().parent
 N_DOCS = 12  # documents rendered per identity test
 
 
 def _by_path(name: str):
-    """eval/tasks/<name>.py loaded by path, the way lm-eval's `!function` loads it."""
+    """tasks/<name>.py loaded by path, the way lm-eval's `!function` loads it."""
     spec = importlib.util.spec_from_file_location(f"dllm_cache_tasks_{name}", TASKS_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -256,6 +257,34 @@ def test_synth_loaders_read_jsonl_or_gz(tmp_path, monkeypatch):
     monkeypatch.setenv("DLLM_CACHE_HOTPOTQA_SYNTH_FILE", str(tmp_path / "bad.jsonl"))
     with pytest.raises(ValueError, match="answer"):
         data.load_hotpotqa_synth()
+
+
+def test_data_files_outside_a_checkout(tmp_path, monkeypatch):
+    """As installed from the wheel (no eval/data beside the package): the shipped GSM8K test split is
+    found, the train split is an error naming --data-dir, and --data-dir's folder (DLLM_CACHE_DATA_DIR)
+    then serves it; a file's own variable still wins."""
+    package = tmp_path / "site" / "dllm_cache"
+    shipped_test = package / "integrations" / "lm_eval" / "gsm8k_data" / "test.jsonl"
+    shipped_test.parent.mkdir(parents=True)
+    shutil.copy(DATA_DIR / "gsm8k" / "test.jsonl", shipped_test)
+    monkeypatch.setattr(data, "CHECKOUT_DATA", tmp_path / "site" / "eval" / "data")  # no checkout there
+    monkeypatch.setitem(data.SHIPPED, data.GSM8K_TEST, shipped_test)
+    for env in ("DLLM_CACHE_DATA_DIR", "DLLM_CACHE_GSM8K_FILE", "DLLM_CACHE_GSM8K_TRAIN_FILE"):
+        monkeypatch.delenv(env, raising=False)
+    assert data.data_file("DLLM_CACHE_GSM8K_FILE", data.GSM8K_TEST) == shipped_test
+    with pytest.raises(FileNotFoundError, match=r"gsm8k/train.jsonl not found.*not shipped.*--data-dir DIR.*"
+                                                r"DLLM_CACHE_DATA_DIR.*DLLM_CACHE_GSM8K_TRAIN_FILE"):
+        data.load_gsm8k()
+    folder = tmp_path / "data"
+    (folder / "gsm8k").mkdir(parents=True)
+    rows = [{"question": "1 + 1?", "answer": "#### 2"}]
+    (folder / "gsm8k" / "train.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    monkeypatch.setenv("DLLM_CACHE_DATA_DIR", str(folder))
+    loaded = data.load_gsm8k()
+    assert loaded["train"].to_list() == rows and len(loaded["test"]) == 1319
+    assert data.data_file("DLLM_CACHE_GSM8K_TRAIN_FILE", data.GSM8K_TRAIN) == folder / "gsm8k" / "train.jsonl"
+    monkeypatch.setenv("DLLM_CACHE_GSM8K_TRAIN_FILE", str(DATA_DIR / "gsm8k" / "train.jsonl"))
+    assert data.data_file("DLLM_CACHE_GSM8K_TRAIN_FILE", data.GSM8K_TRAIN) == DATA_DIR / "gsm8k" / "train.jsonl"
 
 
 def test_synth_tasks_on_the_shipped_files():

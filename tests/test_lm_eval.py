@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from eval import lm_eval_launch  # noqa: E402
-from eval.lm_eval_model import DLLMCacheLM, cut_at_stop_strings, parse_bool, parse_dtype, parse_int  # noqa: E402
+from dllm_cache.integrations.lm_eval import launch as lm_eval_launch  # noqa: E402
+from dllm_cache.integrations.lm_eval.model import DLLMCacheLM, cut_at_stop_strings, parse_bool, parse_dtype, parse_int  # noqa: E402
 from eval.random_checkpoint import byte_tokenizer  # noqa: E402
 
-TASKS_DIR = REPO / "eval" / "tasks"
+TASKS_DIR = REPO / "dllm_cache" / "integrations" / "lm_eval" / "tasks"
 VOCAB = 260
 
 
@@ -208,6 +208,21 @@ def test_launcher_adds_include_path():
     assert lm_eval_launch.with_task_dir(["run", "--include_path", "/x"]) == ["run", "--include_path", "/x"]
     assert lm_eval_launch.with_task_dir(["--include_path=/x", "--tasks", "t"]) == ["--include_path=/x", "--tasks", "t"]
     assert lm_eval_launch.with_task_dir(["--help"]) == ["--help"]
+
+
+def test_launcher_data_dir_and_default_model(tmp_path):
+    """--data-dir is ours (taken out of lm-eval's argv, checked to be a folder); a run without --model runs ours."""
+    assert lm_eval_launch.pop_data_dir(["--tasks", "t", "--data-dir", str(tmp_path)]) == (["--tasks", "t"], str(tmp_path))
+    assert lm_eval_launch.pop_data_dir([f"--data-dir={tmp_path}"]) == ([], str(tmp_path))
+    assert lm_eval_launch.pop_data_dir(["--tasks", "t"]) == (["--tasks", "t"], None)
+    with pytest.raises(ValueError, match="no such folder"):
+        lm_eval_launch.pop_data_dir(["--data-dir", str(tmp_path / "missing")])
+    with pytest.raises(ValueError, match="needs a folder"):
+        lm_eval_launch.pop_data_dir(["--data-dir"])
+    assert lm_eval_launch.with_default_model(["run", "--tasks", "t"]) == ["run", "--tasks", "t", "--model", "dllm_cache"]
+    assert lm_eval_launch.with_default_model(["run", "--model", "hf"]) == ["run", "--model", "hf"]
+    assert lm_eval_launch.with_default_model(["ls", "tasks"]) == ["ls", "tasks"]
+    assert lm_eval_launch.with_default_model(["run", "--help"]) == ["run", "--help"]
 
 
 def test_launcher_runs_cli(llada_dir, tmp_path, capsys, only_local_tasks):

@@ -6,9 +6,12 @@ import logging
 
 import pytest
 
+import dllm_cache
+
 pytest.importorskip("lm_eval")
 
-from eval.lm_eval_model import DLLMCacheLM  # noqa: E402
+from dllm_cache.integrations.lm_eval.model import DLLMCacheLM  # noqa: E402
+from tests.test_cli import CACHE_FIELD_VALUES, CACHE_FIELDS  # noqa: E402
 from tests.test_lm_eval import _save_tiny  # noqa: E402
 
 
@@ -59,3 +62,24 @@ def test_generation_progress_advances_per_step(llada_dir, capsys):
     lm.generate_until([request])
     err = capsys.readouterr().err
     assert "llada:" in err and "| 0/4 [" in err  # a bar over the 4 steps (erased when done: leave=False)
+
+
+@pytest.mark.parametrize("name", CACHE_FIELDS)
+def test_every_cache_field_is_a_model_arg(llada_dir, name):
+    """`--model_args ...,cache=on,<field>=<value>` (lm-eval's string form) reaches the model's CacheConfig,
+    and the results record it; the value table and its companions are test_cli's."""
+    text, companions, expected = CACHE_FIELD_VALUES[name]
+    pairs = ",".join(f"{key}={value}" for key, value in {**companions, name: text}.items())
+    lm = DLLMCacheLM.create_from_arg_string(f"pretrained={llada_dir},device=cpu,gen_length=8,steps=8,cache=on,{pairs}")
+    assert getattr(lm.cache_config, name) == expected
+    recorded = lm.get_model_info()["dllm_cache"]["cache_config"][name]
+    assert recorded == expected
+    assert dllm_cache.is_cache_enabled(lm.model)
+
+
+def test_pretrained_shipped_is_the_installed_model():
+    from dllm_cache import shipped
+
+    lm = DLLMCacheLM.create_from_arg_string("pretrained=SHIPPED,device=cpu,gen_length=8,steps=8")
+    assert lm.family == "llada"
+    assert lm.model.config.name_or_path == str(shipped.default_model_dir())

@@ -130,7 +130,7 @@ def _dream_options() -> str:
 @case("3. lm-eval model args alg=bogus on LLaDA, and an unknown argument")
 def _lm_eval_args() -> str:
     try:
-        from eval.lm_eval_model import DLLMCacheLM
+        from dllm_cache.integrations.lm_eval.model import DLLMCacheLM
     except ImportError as err:
         return f"skipped: lm-eval glue not importable here ({err})"
     import tempfile

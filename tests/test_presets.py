@@ -1,8 +1,8 @@
-"""Presets (eval/presets.py): the published per-task settings, through --model_args and --preset."""
+"""Presets (dllm_cache/integrations/lm_eval/presets.py): the published per-task settings, through --model_args and --preset."""
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -10,9 +10,10 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from eval import lm_eval_launch  # noqa: E402
-from eval.lm_eval_model import DLLMCacheLM  # noqa: E402
-from eval.presets import PRESETS, UNPUBLISHED, apply_preset, get_preset, markdown_table  # noqa: E402
+from dllm_cache.config import CacheConfig  # noqa: E402
+from dllm_cache.integrations.lm_eval import launch as lm_eval_launch  # noqa: E402
+from dllm_cache.integrations.lm_eval.model import DLLMCacheLM, model_arg_names  # noqa: E402
+from dllm_cache.integrations.lm_eval.presets import PRESETS, UNPUBLISHED, apply_preset, get_preset, markdown_table  # noqa: E402
 from tests import test_lm_eval  # noqa: E402  (skips this module too when tokenizers is missing)
 
 # tiny random checkpoints with a byte-level tokenizer (module-scoped fixtures of test_lm_eval)
@@ -31,7 +32,7 @@ def test_every_model_task_pair_is_a_preset_or_says_why_not():
 
 
 def test_presets_are_valid_model_args():
-    params = set(inspect.signature(DLLMCacheLM.__init__).parameters)
+    params = model_arg_names()  # the constructor's own args and every CacheConfig field
     for preset in PRESETS.values():
         args = preset.model_args
         assert set(args) <= params, (preset.name, set(args) - params)
@@ -130,7 +131,8 @@ def test_dllm_cache_eval_preset_end_to_end(llada_dir, tmp_path, capsys, only_loc
     results = json.loads(path.read_text())
     info = results["config"]["dllm_cache"]
     assert info["preset"] == "llada-base-gsm8k" and info["sampler"]["gen_length"] == 8  # explicit gen_length won
-    assert info["cache_config"] == {"prompt_interval": 100, "response_interval": 6, "transfer_ratio": 0.25}
+    # the results record every CacheConfig field: the preset's intervals, the rest at their defaults
+    assert info["cache_config"] == dataclasses.asdict(CacheConfig(prompt_interval=100, response_interval=6, transfer_ratio=0.25))
     assert "num_fewshot: 4" in capsys.readouterr().out  # the preset's --num_fewshot reached lm-eval
     assert lm_eval_launch.main(["--preset", "no-such-preset"]) == 2
     assert "unknown preset 'no-such-preset'" in capsys.readouterr().err

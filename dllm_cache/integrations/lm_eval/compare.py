@@ -16,7 +16,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from eval.speed import table_rows
+from .speed import table_rows
 
 SPEED_FILTER = "speed"
 
@@ -101,7 +101,7 @@ def _run_compare(simple_evaluate: Callable[..., Any], kwargs: dict[str, Any], re
     if kwargs.get("use_cache"):
         raise ValueError("--compare with --use_cache would serve the cached run from the uncached run's "
                          "responses; drop --use_cache")
-    from eval.lm_eval_model import DLLMCacheLM
+    from .model import DLLMCacheLM
 
     model_args = _model_args(kwargs.get("model_args"))
     # Built with the cache on (so its config is parsed and checked), then switched per run.

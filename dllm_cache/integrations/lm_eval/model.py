@@ -1,10 +1,11 @@
 """lm-eval model class `dllm_cache`: LLaDA / Dream diffusion LMs, with or without dLLM-Cache.
 
-Registered with lm-eval as `--model dllm_cache` when this module is imported (the launcher
-`python -m eval.lm_eval_launch` does that). Every constructor argument arrives from lm-eval's
-`--model_args` as a string or a value lm-eval already parsed, so each one is converted here:
+Registered with lm-eval as `--model dllm_cache` when this module is imported (`dllm-cache eval`
+does that). Every constructor argument arrives from lm-eval's `--model_args` as a string or a value
+lm-eval already parsed, so each one is converted here; every CacheConfig field is a model arg too,
+read by the field's own type (`dllm_cache.config.parse_field`):
 
-    python -m eval.lm_eval_launch --model dllm_cache --tasks gsm8k_local \
+    dllm-cache eval --model dllm_cache --tasks gsm8k_local \
         --model_args pretrained=/ckpt/llada,dtype=bfloat16,gen_length=256,steps=256,block_length=32,cache=on
 
 Data parallel: under `accelerate launch` (WORLD_SIZE > 1) each process holds a full model on
@@ -25,6 +26,7 @@ Request types:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import itertools
@@ -44,16 +46,20 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from dllm_cache.config import CacheConfig, parse_field
 from dllm_cache.generate import SAMPLERS
 from dllm_cache.sampler_args import check_options, position_limit
-from eval.presets import apply_preset
-from eval.speed import SpeedMeter, TaskSpeed, merge_summaries
+
+from .presets import apply_preset
+from .speed import SpeedMeter, TaskSpeed, merge_summaries
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f", "none", ""}
+SHIPPED = "SHIPPED"  # pretrained=SHIPPED: the small trained LLaDA installed with the package
+CACHE_FIELDS = tuple(f.name for f in dataclasses.fields(CacheConfig))  # each one is also a model arg
 _STAT_KEYS = ("steps", "full_steps", "response_refresh_steps", "partial_steps", "tokens_recomputed", "tokens_total")
 
 
@@ -144,13 +150,21 @@ def _checkpoint_family(path: Any) -> str | None:
     return "dream" if "dream" in str(model_type).lower() else "llada"
 
 
+def model_arg_names() -> set[str]:
+    """Every `--model_args` key the model takes: its constructor's own arguments and each CacheConfig field."""
+    own = {name for name, p in inspect.signature(DLLMCacheLM.__init__).parameters.items()
+           if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD}
+    return own | set(CACHE_FIELDS)
+
+
 # ----------------------------------------------------------------------------- the model class
 @register_model("dllm_cache")
 class DLLMCacheLM(LM):
     """lm-eval wrapper around a local LLaDA or Dream checkpoint, optionally with dLLM-Cache.
 
     Args (all may be strings, as lm-eval passes them):
-        pretrained: local checkpoint directory (config.json + safetensors + tokenizer files).
+        pretrained: local checkpoint directory (config.json + safetensors + tokenizer files), or SHIPPED
+            for the small trained LLaDA installed with the package.
         dtype: float32 | bfloat16 | float16 | auto.
         device: torch device; default cuda if available else cpu; ignored under data parallel.
         batch_size: prompts per generate call (and default MC rows per forward).
@@ -164,21 +178,20 @@ class DLLMCacheLM(LM):
         stop_at_eos: stop each answer once its end token is decoded with nothing masked before it.
         Options the model's family does not use (alg and top_p on LLaDA; cfg_scale and remasking
         on Dream) and unknown arguments are errors naming the valid ones.
-        cache: on/off; when on, `dllm_cache.enable_cache` with the three intervals below.
-        prompt_interval, response_interval, transfer_ratio, cfg_interval: CacheConfig fields.
-        policy, block_refresh: CacheConfig fields: "feature" (dLLM-Cache, default), or Fast-dLLM's
-            block KV cache "block-prefix" / "block-dual" (the intervals above then do not apply).
-        compile: CacheConfig(compile=True): torch.compile the cached layer (GPU; pays on long runs).
+        cache: on/off; when on, `dllm_cache.enable_cache` with a CacheConfig of the fields below.
+        Every CacheConfig field (prompt_interval, response_interval, transfer_ratio, selection, policy,
+            kv_cache_dtype, layer_ratios as 0.1:0.2:..., ...): its value, read by the field's type;
+            `dllm-cache eval --help` lists them with their help. Used when cache is on.
         mc_num, mc_batch_size: Monte-Carlo draws per loglikelihood request, rows per forward.
         apply_chat_template: wrap each context as one user turn of the tokenizer's chat template.
         max_length: longest prompt + generation; default from the model config.
         stats_file: optional path; one JSON line of speed/cache stats is appended per
             generate_until call (and rank).
-        preset: (lm-eval model args only) a named published setting from eval/presets.py;
+        preset: (lm-eval model args only) a named published setting from presets.py;
             explicit model args override it.
 
     Per task, wall time, generated tokens/s, forwards by step kind, the fraction recomputed and
-    FLOPs are kept (eval/speed.py) and reported in lm-eval's results (`get_model_info`).
+    FLOPs are kept (speed.py) and reported in lm-eval's results (`get_model_info`).
     """
 
     def __init__(
@@ -200,21 +213,18 @@ class DLLMCacheLM(LM):
         factor: float | str | None = None,
         stop_at_eos: bool | str = False,
         cache: bool | str = False,
-        prompt_interval: int | str = 100,
-        response_interval: int | str = 8,
-        transfer_ratio: float | str = 0.25,
-        cfg_interval: int | str | None = None,
-        compile: bool | str = False,
-        policy: str = "feature",
-        block_refresh: int | str | None = None,
         mc_num: int | str = 128,
         mc_batch_size: int | str | None = None,
         apply_chat_template: bool | str = False,
         max_length: int | str | None = None,
         stats_file: str | None = None,
         trust_remote_code: Any = None,  # accepted for CLI compatibility; our classes need no remote code
+        **cache_fields: Any,  # CacheConfig fields by name (CACHE_FIELDS)
     ) -> None:
         super().__init__()
+        unknown = sorted(set(cache_fields) - set(CACHE_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown dllm_cache model arg(s) {unknown}; valid: {', '.join(sorted(model_arg_names()))}.")
         import transformers
 
         import dllm_cache  # registers our LLaDA / Dream classes with transformers' Auto classes
@@ -222,6 +232,10 @@ class DLLMCacheLM(LM):
 
         self._dllm_cache = dllm_cache
         self._generate = generate
+        if str(pretrained) == SHIPPED:
+            from dllm_cache.shipped import default_model_dir
+
+            pretrained = default_model_dir()
         path = Path(str(pretrained)).expanduser()
         if not path.is_dir():
             raise ValueError(
@@ -301,20 +315,7 @@ class DLLMCacheLM(LM):
         self.max_length = limit or int(position_limit(self.config) or 4096)
 
         if self.cache_on:
-            cfg_kw = dict(
-                prompt_interval=parse_int(prompt_interval, "prompt_interval", minimum=1),
-                response_interval=parse_int(response_interval, "response_interval", minimum=1),
-                transfer_ratio=parse_float(transfer_ratio, "transfer_ratio"),
-                compile=parse_bool(compile, "compile"),
-            )
-            cfg_int = parse_int(cfg_interval, "cfg_interval", minimum=1, optional=True)
-            if cfg_int is not None:
-                cfg_kw["cfg_interval"] = cfg_int
-            cfg_kw["policy"] = str(policy)
-            refresh = parse_int(block_refresh, "block_refresh", minimum=1, optional=True)
-            if refresh is not None:
-                cfg_kw["block_refresh"] = refresh
-            self.cache_config = dllm_cache.CacheConfig(**cfg_kw)
+            self.cache_config = CacheConfig(**{name: parse_field(name, value) for name, value in cache_fields.items()})
             dllm_cache.enable_cache(self.model, self.cache_config)
         else:
             self.cache_config = None
@@ -334,7 +335,7 @@ class DLLMCacheLM(LM):
         """As LM's, except that `--model_args` win over the CLI-wide settings: lm-eval's CLI always
         sends device (default cuda:0) and batch_size (default 1), which would otherwise clash
         with `device=` / `batch_size=` given in --model_args. `preset=NAME` expands to the
-        preset's model args under the explicit ones (eval/presets.py)."""
+        preset's model args under the explicit ones (presets.py)."""
         arg_dict, preset = apply_preset(dict(arg_dict))
         if preset is not None:
             family = _checkpoint_family(arg_dict.get("pretrained"))
@@ -349,7 +350,7 @@ class DLLMCacheLM(LM):
             print(f"[dllm_cache] CUDA is not available: running on cpu (lm-eval passed device={extra['device']})",
                   file=sys.stderr)
             extra["device"] = "cpu"
-        valid = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        valid = model_arg_names()
         unknown = sorted(set(arg_dict) - valid)
         if unknown:
             raise ValueError(f"unknown dllm_cache model arg(s) {unknown}; valid: {', '.join(sorted(valid))}.")
@@ -540,11 +541,8 @@ class DLLMCacheLM(LM):
         }
 
     def _cache_config_dict(self) -> dict[str, Any]:
-        cfg = self.cache_config
-        if cfg.is_block:  # Fast-dLLM's block KV cache: the intervals do not apply
-            return {"policy": cfg.policy, "block_refresh": cfg.block_refresh}
-        return {"prompt_interval": cfg.prompt_interval, "response_interval": cfg.response_interval,
-                "transfer_ratio": cfg.transfer_ratio}
+        """Every CacheConfig field, so a result file says exactly which cache made it."""
+        return dataclasses.asdict(self.cache_config)
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
         if not requests:

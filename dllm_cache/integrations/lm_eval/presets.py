@@ -29,7 +29,7 @@ class Preset:
     model: str  # checkpoint the source evaluated
     family: str  # "llada" | "dream"
     task: str  # lm-eval task the source ran
-    local_task: str | None  # our task on vendored data (eval/tasks), None: needs the hub dataset
+    local_task: str | None  # our task on vendored data (tasks/), None: needs the hub dataset
     num_fewshot: int | None  # None: the task's default
     chat: bool  # --apply_chat_template --fewshot_as_multiturn
     model_args: dict[str, Any]

@@ -1,10 +1,19 @@
 """Local data for the lm-eval tasks in this folder (`custom_dataset: !function data.load_*`).
 
-lm-eval loads this file by path, so data files are found relative to this file, never to the
-working directory, and nothing is downloaded. lm-eval calls a loader with the task metadata as
-keyword arguments (model args and `--metadata '{...}'` included); loaders take what they use.
+lm-eval loads this file by path, so data files are never looked up from the working directory,
+and nothing is downloaded. lm-eval calls a loader with the task metadata as keyword arguments
+(model args and `--metadata '{...}'` included); loaders take what they use.
 
-Environment variables point a task at another file of the same format:
+Where a data file is found, first match wins (`data_file`):
+1. its own environment variable (below), when set: that file and nothing else;
+2. `$DLLM_CACHE_DATA_DIR/<dataset>/<file>` (`dllm-cache eval --data-dir DIR` sets it);
+3. the copy shipped with the package: the GSM8K test split (750 KB, MIT) and the arithmetic set
+   of the shipped model; the rest (GSM8K train 4 MB, HotpotQA 4 MB, synthetic HotpotQA) is not
+   shipped, to keep the wheel small;
+4. a source checkout's `eval/data/<dataset>/<file>`, beside the package.
+A missing file is an error that names `--data-dir` and the variable.
+
+Environment variables that point a task at another file of the same format:
 
 - `DLLM_CACHE_GSM8K_FILE`, `DLLM_CACHE_GSM8K_TRAIN_FILE`  GSM8K test / train jsonl (question, answer)
 - `DLLM_CACHE_HOTPOTQA_FILE`        real HotpotQA jsonl (_id, question, answer, context=[[title, [sentences]]])
@@ -22,12 +31,21 @@ import random
 from pathlib import Path
 from typing import Any
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-GSM8K_TEST = DATA_DIR / "gsm8k" / "test.jsonl"
-GSM8K_TRAIN = DATA_DIR / "gsm8k" / "train.jsonl"
-HOTPOTQA_FILE = DATA_DIR / "hotpotqa" / "distractor_600.jsonl"
-HOTPOTQA_SYNTH = DATA_DIR / "hotpotqa_synth" / "test.jsonl"
-ARITH_SYNTH = DATA_DIR / "arith_synth" / "test.jsonl"
+DATA_DIR_ENV = "DLLM_CACHE_DATA_DIR"
+_PACKAGE = Path(__file__).resolve().parents[3]  # dllm_cache/ (this file: dllm_cache/integrations/lm_eval/tasks/)
+CHECKOUT_DATA = _PACKAGE.parent / "eval" / "data"  # present in a source checkout only
+# Data files by their path under a data folder.
+GSM8K_TEST = "gsm8k/test.jsonl"
+GSM8K_TRAIN = "gsm8k/train.jsonl"
+HOTPOTQA_FILE = "hotpotqa/distractor_600.jsonl"
+HOTPOTQA_SYNTH = "hotpotqa_synth/test.jsonl"
+ARITH_SYNTH = "arith_synth/test.jsonl"
+# The files a wheel installs (pyproject package-dir: eval/data/gsm8k -> lm_eval/gsm8k_data,
+# eval/data/arith_synth -> dllm_cache/default_data, which also feeds `dllm-cache generate`).
+SHIPPED = {
+    GSM8K_TEST: _PACKAGE / "integrations" / "lm_eval" / "gsm8k_data" / "test.jsonl",
+    ARITH_SYNTH: _PACKAGE / "default_data" / "test.jsonl",
+}
 
 # hotpotqa_long: contexts padded to about this many words. LongBench measures length in words;
 # ~3,000 English words are ~4,000 tokens under LLaMA/Qwen-style BPE tokenizers (~1.3 tokens a
@@ -36,16 +54,30 @@ LONG_CONTEXT_WORDS = 3000
 
 
 # ----------------------------------------------------------------------------- files
-def resolve(env: str, default: Path) -> Path:
-    """The data file: $env if set, else `default`; `name.jsonl` also matches `name.jsonl.gz`."""
-    path = Path(os.environ.get(env) or default).expanduser()
-    candidates = [path] if path.suffix == ".gz" else [path, path.with_name(path.name + ".gz")]
+def _with_gz(path: Path) -> list[Path]:
+    """`name.jsonl` also matches `name.jsonl.gz`."""
+    return [path] if path.suffix == ".gz" else [path, path.with_name(path.name + ".gz")]
+
+
+def data_file(env: str, relative: str) -> Path:
+    """The data file `relative` (e.g. "gsm8k/train.jsonl"): $env, else $DLLM_CACHE_DATA_DIR/relative,
+    else the shipped copy, else the checkout's eval/data/relative (each also as .jsonl.gz)."""
+    if os.environ.get(env):
+        places = [Path(os.environ[env]).expanduser()]
+    else:
+        places = [Path(d).expanduser() / relative for d in (os.environ.get(DATA_DIR_ENV),) if d]
+        places += [p for p in (SHIPPED.get(relative), CHECKOUT_DATA / relative if CHECKOUT_DATA.is_dir() else None)
+                   if p is not None]
+    candidates = [c for p in places for c in _with_gz(p)]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    shipped = "" if relative in SHIPPED else " It is not shipped with the package."
     raise FileNotFoundError(
-        f"data file {' or '.join(map(str, candidates))} not found. Set {env}=/path/to/file.jsonl "
-        f"(or .jsonl.gz), or put the file at the default location {default}."
+        f"data file {relative} not found (looked for {', '.join(map(str, candidates)) or 'it in no folder: none given'})."
+        f"{shipped} Pass "
+        f"`dllm-cache eval --data-dir DIR` (or set {DATA_DIR_ENV}=DIR) with the file at DIR/{relative} "
+        f"(or .jsonl.gz), or set {env}=/path/to/file.jsonl."
     )
 
 
@@ -81,7 +113,7 @@ def load_gsm8k(**_: Any) -> dict[str, Any]:
     examples as the standard task."""
     fields = ("question", "answer")
     return {
-        split: _dataset([{k: r[k] for k in fields} for r in read_jsonl(resolve(env, path), fields)])
+        split: _dataset([{k: r[k] for k in fields} for r in read_jsonl(data_file(env, path), fields)])
         for split, env, path in (
             ("train", "DLLM_CACHE_GSM8K_TRAIN_FILE", GSM8K_TRAIN),
             ("test", "DLLM_CACHE_GSM8K_FILE", GSM8K_TEST),
@@ -92,7 +124,7 @@ def load_gsm8k(**_: Any) -> dict[str, Any]:
 def load_arith_synth(**_: Any) -> dict[str, Any]:
     """{"test"} of the project's synthetic arithmetic set (question, answer ending in `#### n`)."""
     fields = ("question", "answer")
-    rows = read_jsonl(resolve("DLLM_CACHE_ARITH_SYNTH_FILE", ARITH_SYNTH), fields)
+    rows = read_jsonl(data_file("DLLM_CACHE_ARITH_SYNTH_FILE", ARITH_SYNTH), fields)
     return {"test": _dataset([{k: r[k] for k in fields} for r in rows])}
 
 
@@ -112,7 +144,7 @@ def _words(paragraph: tuple[str, str]) -> int:
 
 
 def _hotpotqa_records() -> list[dict[str, Any]]:
-    path = resolve("DLLM_CACHE_HOTPOTQA_FILE", HOTPOTQA_FILE)
+    path = data_file("DLLM_CACHE_HOTPOTQA_FILE", HOTPOTQA_FILE)
     rows = read_jsonl(path, ("_id", "question", "answer", "context"))
     for row in rows:
         if not isinstance(row["context"], list):
@@ -180,7 +212,7 @@ def load_hotpotqa_long(context_words: int | str = LONG_CONTEXT_WORDS, **_: Any) 
 def load_hotpotqa_synth(**_: Any) -> dict[str, Any]:
     """{"test"} of the project's synthetic HotpotQA-style set (context, question, answers);
     `answer` may be a string or a list of accepted strings, and may end in `#### <answer>`."""
-    path = resolve("DLLM_CACHE_HOTPOTQA_SYNTH_FILE", HOTPOTQA_SYNTH)
+    path = data_file("DLLM_CACHE_HOTPOTQA_SYNTH_FILE", HOTPOTQA_SYNTH)
     docs = []
     for row in read_jsonl(path, ("context", "question", "answer")):
         answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]

@@ -29,7 +29,8 @@ try:  # the task loader of lm-eval 0.4.10+ (0.4.13 tested)
     from lm_eval.tasks._yaml_loader import _import_fun_from_str, load_yaml
 except ImportError as err:  # pragma: no cover - depends on the installed lm-eval
     raise ImportError(
-        "eval/tasks/standard.py needs lm-eval's task loader lm_eval.tasks._yaml_loader (lm-eval >= 0.4.10); "
+        "dllm_cache.integrations.lm_eval: tasks/standard.py needs lm-eval's task loader "
+        "lm_eval.tasks._yaml_loader (lm-eval >= 0.4.10); "
         "upgrade with `pip install -U lm-eval`."
     ) from err
 
