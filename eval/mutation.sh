@@ -38,13 +38,21 @@ recheck() {
     "$PY" - "$RECHECK_TESTS" <<'EOF'
 import re, sys
 path = "mutants-recheck/pyproject.toml"
-tests = ", ".join(f'"{t}"' for t in sys.argv[1].split())
 text = open(path).read()
-text = re.sub(r"pytest_add_cli_args_test_selection = \[.*?\n\]", lambda m: re.sub(r'"tests/[^"]*", ', "", m.group(0))
-              .replace("[\n", f"[\n    {tests},\n", 1), text, count=1, flags=re.S)
-open(path, "w").write(text)
+selection = re.search(r"pytest_add_cli_args_test_selection = \[.*?\n\]", text, flags=re.S).group(0)
+keep = re.findall(r'"-k", "[^"]*"', selection)  # the same -k filter as step 1
+items = ", ".join([f'"{t}"' for t in sys.argv[1].split()] + keep)
+open(path, "w").write(text.replace(selection, f"pytest_add_cli_args_test_selection = [{items}]"))
 EOF
-    (cd mutants-recheck && nice -n 19 "$PY" -m mutmut run --max-children "$JOBS" "${survivors[@]}" || true)
+    # mutmut looks up each named mutant's tests with [] (a KeyError for a function that no re-check test
+    # reaches); with .get such a mutant is reported "no tests" instead, as in step 1
+    (cd mutants-recheck && nice -n 19 "$PY" -c '
+import sys
+import mutmut.__main__ as m
+m.tests_for_mutant_names = lambda names: {t for n in names
+                                          for t in m.state().tests_by_mangled_function_name.get(m.mangled_name_from_mutant_name(n), ())}
+sys.argv = ["mutmut", "run", *sys.argv[1:]]
+m.cli()' --max-children "$JOBS" "${survivors[@]}" || true)
 }
 
 case "${1:-scoped}" in

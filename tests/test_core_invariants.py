@@ -19,6 +19,7 @@ from dllm_cache.frontier import decoding_window, frontier_priority
 from dllm_cache.generate import _dream_count_bound, _dream_logits, _dream_sample, _filter_logits
 from dllm_cache.layer_budget import ramp_ratios
 from dllm_cache.models.tiny import tiny_llada
+from dllm_cache.select import value_similarity
 from tests.helpers import logits_along, max_err, trajectory
 
 
@@ -80,6 +81,9 @@ def test_tensor_rules_keep_their_tensors_on_the_input_device():
     for name, call in on_meta.items():
         out = call()
         assert out.device.type == "meta", name
+    # the frontier's priority levels are small integers (int8: one byte per response row)
+    assert frontier_priority(tokens, tokens, M, 2, True, 1, 1).dtype == torch.int8
+    assert frontier_priority(tokens, None, M, 2, True, 0, 0).dtype == torch.int8
 
 
 def test_prompt_rows_from_kept_deltas_equal_prompt_logits_from_the_head():
@@ -229,3 +233,25 @@ def test_dream_count_bound_covers_every_count_the_device_computes():
             counts = (n * (1 - ts[i + 1] / ts[i])).long()
             assert int(counts.max()) <= bound[i] <= min(window, int(counts.max()) + 1), (window, steps, i)
         assert bound[-1] == window
+
+
+def test_value_similarity_is_the_cosine_over_all_heads_at_any_scale():
+    """V-verify's score is the cosine of a token's Values over all heads together, so it does not
+    depend on their scale (small Values, e.g. after a norm with small weights, score like large ones)."""
+    g = torch.Generator().manual_seed(0)
+    new, old = torch.randn(2, 3, 5, 4, generator=g), torch.randn(2, 3, 5, 4, generator=g)
+    flat = lambda v: v.transpose(1, 2).reshape(2, 5, 12)  # noqa: E731  (batch, tokens, heads * head_dim)
+    expected = torch.nn.functional.cosine_similarity(flat(new), flat(old), dim=-1)
+    for scale in (1e-3, 1.0, 1e3):
+        assert torch.allclose(value_similarity(new * scale, old * scale), expected, atol=1e-6), scale
+    assert torch.equal(value_similarity(torch.zeros(1, 1, 2, 4), torch.ones(1, 1, 2, 4)), torch.zeros(1, 2))
+
+
+def test_decoding_window_edges():
+    """A row with nothing masked has an empty window even when the response is not a whole number of
+    blocks (the block that would hold R is partial); a one-token response works too."""
+    done = torch.tensor([[5, 5, 5, 5, 5, 5]])  # R 6, blocks of 4: block 1 would be [4, 8)
+    assert not decoding_window(done, M, 4, block_aligned=True).any()
+    assert not decoding_window(done, M, 4, block_aligned=False).any()
+    one = torch.tensor([[M], [5]])
+    assert decoding_window(one, M, 4, block_aligned=True).tolist() == [[True], [False]]
