@@ -277,8 +277,9 @@ def markdown(rows: list[dict[str, Any]], metas: list[dict[str, Any]], notes: lis
 
 STAGE_COMMANDS = [
     "PYTHONPATH=. python -m eval.real_rate_traces                      # CPU, seconds",
-    "bash eval/real_rate.sh gen256    # ours b1 (CUDA graphs and compiled), peers b1, ours b16 (compiled)",
-    "bash eval/real_rate.sh long      # profile of the b1 cached step; ours b1 gen 512 / 1024; peers b1 gen 512 / 1024",
+    "bash eval/real_rate.sh gen256    # ours b1 (CUDA graphs and compiled); its peers and b16 steps timed out",
+    "bash eval/real_rate.sh final     # Fast-dLLM b1; ours b16 gen 256, b1 gen 512 / 1024 (frontier, block-dual)",
+    "bash eval/real_rate.sh long      # (not run: device time) profile; every policy at gen 512 / 1024; peers",
     "PYTHONPATH=. python -m eval.real_rate report",
 ]
 

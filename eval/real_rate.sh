@@ -51,10 +51,10 @@ fi
 # gen 512 / 1024, with a 20-40-step warm-up (every cached step kind at least twice) instead of a whole generation.
 if [[ $stage == final ]]; then
   F="--policy frontier block-dual --response-interval 8 --compile on --repeats 1"
-  step 120 python -m eval.real_rate peers --gen 256 --batch 1 $PEERS --repeats 1 --skip dllm-cache-original
-  step 200 python -m eval.real_rate ours --gen 256 --batch 16 $F --warmup-steps 20
-  step 90 python -m eval.real_rate ours --gen 512 --batch 1 $F --warmup-steps 40
-  step 110 python -m eval.real_rate ours --gen 1024 --batch 1 $F --warmup-steps 40
+  step 110 python -m eval.real_rate peers --gen 256 --batch 1 $PEERS --repeats 1 --skip dllm-cache-original
+  step 190 python -m eval.real_rate ours --gen 256 --batch 16 $F --warmup-steps 20
+  step 80 python -m eval.real_rate ours --gen 512 --batch 1 $F --warmup-steps 40
+  step 100 python -m eval.real_rate ours --gen 1024 --batch 1 $F --warmup-steps 40
 fi
 
 if [[ $stage == report ]]; then
