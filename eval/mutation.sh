@@ -5,6 +5,7 @@
 #                                    #    test subset (pyproject.toml [tool.mutmut]), results in mutants/
 #   bash eval/mutation.sh recheck    # 2. the survivors of 1 again, against RECHECK_TESTS (the oracle tests and
 #                                    #    the kill tests), in a copy of the tree: mutants-recheck/
+#                                    #    (SKIP_EQUIVALENT=1: not those mutation.json argues equivalent)
 #   bash eval/mutation.sh report     # eval/results/mutation.json from 1 and 2 (both runs end with it)
 #   bash eval/mutation.sh all        # every mutant of the core modules ([tool.mutmut] only_mutate): hours on 2 cores
 #   bash eval/mutation.sh NAME...    # just these mutants (mutmut names or globs)
@@ -30,7 +31,8 @@ run() {
 }
 
 recheck() {
-    mapfile -t survivors < <("$PY" -m eval.mutation_report --list-survivors)
+    # SKIP_EQUIVALENT=1: leave out the survivors mutation.json argues equivalent (no test can kill those)
+    mapfile -t survivors < <("$PY" -m eval.mutation_report --list-survivors ${SKIP_EQUIVALENT:+--skip-equivalent})
     if [ "${#survivors[@]}" -eq 0 ]; then echo "no survivors to re-check"; return; fi
     rm -rf mutants-recheck && mkdir mutants-recheck
     tar --exclude=./mutants --exclude=./mutants-recheck --exclude=./.git --exclude=./.venv -cf - . | tar -xf - -C mutants-recheck

@@ -8,7 +8,7 @@ from the previous mutation.json when the same mutation is found again: arguments
 there, as "status": "equivalent" with an "argument".
 
     python -m eval.mutation_report [--out eval/results/mutation.json]
-    python -m eval.mutation_report --list-survivors     # step 1's survivors, one name a line
+    python -m eval.mutation_report --list-survivors [--skip-equivalent]  # step 1's survivors, one name a line
 """
 
 from __future__ import annotations
@@ -79,10 +79,16 @@ def main() -> None:
     parser.add_argument("--mutants", type=Path, default=ROOT / "mutants")
     parser.add_argument("--recheck", type=Path, default=ROOT / "mutants-recheck")
     parser.add_argument("--list-survivors", action="store_true")
+    parser.add_argument("--skip-equivalent", action="store_true",
+                        help="with --list-survivors: leave out those --out argues equivalent")
     args = parser.parse_args()
     first = in_scope(verdicts(args.mutants), ROOT / "eval" / "mutation_scope.txt")
     if args.list_survivors:
-        print("\n".join(survivors_of(first)))
+        names = survivors_of(first)
+        if args.skip_equivalent and args.out.exists():
+            argued = {s["mutant"] for s in json.loads(args.out.read_text())["survivors"] if s.get("status") == "equivalent"}
+            names = [n for n in names if n not in argued]
+        print("\n".join(names))
         return
     import mutmut  # noqa: PLC0415
 

@@ -16,7 +16,7 @@ import torch
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, reset_cache
 from dllm_cache.decoding import EarlyStop, factor_pick, threshold_pick, tokens_per_step, topk_rows
 from dllm_cache.frontier import decoding_window, frontier_priority
-from dllm_cache.generate import _dream_count_bound, _dream_logits, _dream_sample, _filter_logits
+from dllm_cache.generate import _dream_count_bound, _dream_logits, _dream_sample, _filter_logits, gumbel_argmax
 from dllm_cache.layer_budget import ramp_ratios
 from dllm_cache.models.tiny import tiny_llada
 from dllm_cache.select import value_similarity
@@ -255,3 +255,23 @@ def test_decoding_window_edges():
     assert not decoding_window(done, M, 4, block_aligned=False).any()
     one = torch.tensor([[M], [5]])
     assert decoding_window(one, M, 4, block_aligned=True).tolist() == [[True], [False]]
+
+
+def test_gumbel_argmax_is_greedy_without_noise_and_float64_gumbel_otherwise():
+    """Temperature 0 is the plain argmax and draws no random numbers (a greedy step leaves the seeded
+    stream to the steps after it); otherwise LLaDA's rule: argmax of exp(logits) / (-log u)^T with
+    u ~ U(0, 1) drawn in float64 (in float32 the draws, and so the tokens, differ); over the vocabulary of
+    each (batch, block) position."""
+    logits = 4 * torch.randn(16, 32, 50, generator=torch.Generator().manual_seed(2))  # (batch, block, vocab)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    assert torch.equal(gumbel_argmax(logits, 0), logits.argmax(-1))
+    assert torch.equal(torch.get_rng_state(), state)
+    for temperature in (0.5, 1.0):
+        torch.manual_seed(0)
+        tokens = gumbel_argmax(logits, temperature)
+        torch.manual_seed(0)
+        noise = torch.rand_like(logits.double())
+        expected = (logits.double().exp() / (-noise.log()) ** temperature).argmax(-1)
+        assert torch.equal(tokens, expected), temperature
+        assert not torch.equal(tokens, logits.argmax(-1))  # the noise changes some tokens
