@@ -7,7 +7,9 @@
 #   bash eval/real_rate.sh long      # profile; ours b1 gen 512 and 1024; peers b1 512 and 1024 (<10 min)
 #   bash eval/real_rate.sh report    # real_rate_raw/* -> eval/results/real_rate.json / .md / .png
 #
-# The peers' code comes from clones in peers/ (ignored by git, see eval/peers.py). torch.compile's
+# The peers' code comes from clones in peers/ (ignored by git, see eval/peers.py). Their model code
+# calls torch.compile (Fast-dLLM's attention, the original's flex attention with max-autotune): on a
+# fresh machine the peers steps ran past 110-140 s twice; give them a call of their own. torch.compile's
 # cache lives in build/inductor (ignored) so a second call on a warm machine compiles less.
 set -uo pipefail
 cd "$(dirname "$0")/.."
