@@ -33,8 +33,8 @@ if [[ " $STAGES " == *" memory "* ]]; then
   done
 fi
 if [[ " $STAGES " == *" speed "* ]]; then
-  B="python -m dllm_cache.bench --shape llada-8b --no-progress --out-dir $OUT --compile on"
-  D="python -m dllm_cache.bench --shape dream-7b --no-progress --out-dir $OUT --compile on"
+  B="python -m dllm_cache.bench --shape llada-8b --no-progress --out-dir $OUT --compile on --policy paper"
+  D="python -m dllm_cache.bench --shape dream-7b --no-progress --out-dir $OUT --compile on --policy paper"
   timeout 150 $B --workload gsm8k --batch-size 1 8 16 --max-steps 33 --tag llada8b-gsm8k-memory 2>&1 | tail -8
   timeout 150 $B --workload hotpotqa --batch-size 1 4 --tag llada8b-hotpotqa-memory 2>&1 | tail -8
   timeout 120 $D --workload gsm8k --batch-size 1 8 --max-steps 33 --tag dream7b-gsm8k-memory 2>&1 | tail -8
@@ -48,7 +48,7 @@ if [[ " $STAGES " == *" fp8 "* ]]; then
     timeout 130 python -m eval.memory --shape "$shape" --kv-cache-dtype fp8 --runs hotpotqa:1,4,8,16 gsm8k:1,8,16 \
       16000/32:1 --max-length 16384 --out "$OUT/memory.json" 2>&1 | grep -v Warning | tail -14
   done
-  B="python -m dllm_cache.bench --shape llada-8b --no-progress --out-dir $OUT --compile on --kv-cache-dtype fp8"
+  B="python -m dllm_cache.bench --shape llada-8b --no-progress --out-dir $OUT --compile on --kv-cache-dtype fp8 --policy paper"
   timeout 120 $B --workload gsm8k --batch-size 1 8 --max-steps 33 --tag llada8b-gsm8k-fp8 2>&1 | tail -8
   timeout 200 $B --workload hotpotqa --batch-size 1 4 --tag llada8b-hotpotqa-fp8 2>&1 | tail -8
 fi

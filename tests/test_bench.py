@@ -70,7 +70,7 @@ def test_bench_exact_config_matches_uncached(tmp_path, capsys, shape):
     for batch in (1, 2):
         base, cached = [r for r in report["results"] if r["batch_size"] == batch]
         assert cached["cache"] == {"prompt_interval": 1, "response_interval": 1, "transfer_ratio": 1.0, "compile": False,
-                                   "policy": "paper"}
+                                   "policy": "frontier"}
         assert cached["agreement"] == 1.0
         # Every step is a full step; the cached model runs the LM head on the rows the sampler
         # scores only (LLaDA: the block of 8; Dream: rows P-1 .. L-2, 16), the uncached one on all 32.
@@ -87,7 +87,7 @@ def test_bench_default_config_saves_flops(tmp_path, capsys, shape):
     for batch in (1, 2):
         base, cached = [r for r in report["results"] if r["batch_size"] == batch]
         assert cached["cache"] == {"prompt_interval": 100, "response_interval": 8, "transfer_ratio": 0.25, "compile": False,
-                                   "policy": "paper"}
+                                   "policy": "frontier"}  # CacheConfig()'s selection
         assert cached["flops"] < base["flops"] and cached["flop_reduction"] > 1.0
         assert cached["step_counts"] == {"full": 1, "response": 1, "prompt": 0, "partial": 14}
         stats = cached["cache_stats"]
