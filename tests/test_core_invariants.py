@@ -17,7 +17,9 @@ from dllm_cache import CacheConfig, cache_enabled, cache_stats, reset_cache
 from dllm_cache.decoding import EarlyStop, factor_pick, threshold_pick, tokens_per_step, topk_rows
 from dllm_cache.frontier import decoding_window, frontier_priority
 from dllm_cache.generate import _dream_count_bound, _dream_logits, _dream_sample, _filter_logits, gumbel_argmax
+from dllm_cache.hooks import adapter_for
 from dllm_cache.layer_budget import ramp_ratios
+from dllm_cache.models.rope import rope_cos_sin
 from dllm_cache.models.tiny import tiny_llada
 from dllm_cache.select import value_similarity
 from tests.helpers import logits_along, max_err, trajectory
@@ -275,3 +277,33 @@ def test_gumbel_argmax_is_greedy_without_noise_and_float64_gumbel_otherwise():
         expected = (logits.double().exp() / (-noise.log()) ** temperature).argmax(-1)
         assert torch.equal(tokens, expected), temperature
         assert not torch.equal(tokens, logits.argmax(-1))  # the noise changes some tokens
+
+
+def test_pick_rules_at_their_boundaries():
+    """The threshold is strict (a confidence equal to it is not enough, but the row's best is always
+    taken); topk_rows picks each row's own count of highest confidences, with or without the host-side
+    bound kmax, and a row with nothing to pick gets nothing from the at-least-one rule."""
+    conf = torch.tensor([[0.5, 0.25, 0.75], [0.5, 0.1, 0.2]])
+    assert threshold_pick(conf, 0.5).tolist() == [[False, False, True], [True, False, False]]
+    counts = torch.tensor([2, 0])
+    expected = [[True, False, True], [False, False, False]]
+    assert topk_rows(conf, counts).tolist() == expected
+    assert topk_rows(conf, counts, 3).tolist() == expected
+    assert topk_rows(conf, torch.tensor([3, 1])).tolist() == [[True, True, True], [True, False, False]]
+    nothing = torch.full((1, 3), -torch.inf)
+    assert not threshold_pick(nothing, 0.5).any() and not factor_pick(nothing, 1.0).any()
+    assert threshold_pick(torch.tensor([[0.2]]), 0.9).tolist() == [[True]]  # one candidate: taken
+
+
+def test_patched_head_and_blocks_called_outside_a_forward_act_as_the_plain_modules():
+    """A cached model's LM head and blocks, called directly (not inside the model's forward), are the
+    plain modules: same outputs as with the cache disabled."""
+    model = tiny_llada()
+    adapter = adapter_for(model)
+    head, block = adapter.lm_head(model), adapter.blocks(model)[1]
+    h = torch.randn(2, 5, model.config.d_model, generator=torch.Generator().manual_seed(0))
+    rope = rope_cos_sin(torch.arange(5).expand(2, 5), model.config.d_model // model.config.n_heads, model.config.rope_theta)
+    plain_logits, plain_block = head(h), block(h, rope)[0]
+    with cache_enabled(model, CacheConfig()):
+        assert torch.equal(head(h), plain_logits)
+        assert torch.equal(block(h, rope)[0], plain_block)
