@@ -133,6 +133,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from dllm_cache.hooks import sampler_of
 
     cache_cfg = cache_config_of(args)  # before loading the model: a bad value fails at once
+    if cache_cfg.cuda_graphs and not args.device.startswith("cuda"):  # graphs replay on CUDA only: say what runs
+        cache_cfg = dataclasses.replace(cache_cfg, cuda_graphs=False)
     torch.manual_seed(args.seed)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     model, tok, where = _load(args.model, args.device, dtype)
@@ -176,11 +178,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
             a = tok.decode(ref[i, P:], skip_special_tokens=True)
             b = tok.decode(out[i, P:], skip_special_tokens=True)
             gold = examples[i].get("answer") if i < len(examples) else None
+            marks = {"uncached": "", "cached": ""}
             if gold is not None:
-                n_ok["uncached"] += shipped.is_correct(a, gold)
-                n_ok["cached"] += shipped.is_correct(b, gold)
-            if i < args.show:
-                print(f"\n[{i}] {examples[i]['question']}\n  uncached: {a}\n  cached:   {b}")
+                for name, text in (("uncached", a), ("cached", b)):
+                    right = shipped.is_correct(text, gold)
+                    n_ok[name] += right
+                    marks[name] = " [right]" if right else f" [WRONG, expected {shipped.final_number(gold)}]"
+            if i < args.show:  # the mark before the text: an answer may span lines
+                print(f"\n[{i}] {examples[i]['question']}\n  uncached{marks['uncached']}: {a}\n  cached{marks['cached']}: {b}")
         if examples and "answer" in examples[0]:
             print(f"\ncorrect answers: uncached {n_ok['uncached']}/{ids.shape[0]}, cached {n_ok['cached']}/{ids.shape[0]}")
     return 0

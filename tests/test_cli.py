@@ -204,6 +204,9 @@ def test_generate_main_job_small(capsys):
     out = capsys.readouterr().out
     assert str(shipped.default_model_dir()) in out
     assert "speedup:" in out and "correct answers: uncached" in out
+    assert "cuda_graphs=False" in out  # what runs on CPU, not the config's default (graphs replay on CUDA only)
+    marked = [line for line in out.splitlines() if line.lstrip().startswith(("uncached [", "cached ["))]
+    assert len(marked) == 2 and all(" [right]: " in line or " [WRONG, expected " in line for line in marked), out
 
 
 def test_generate_rejects_nonpositive_sizes(capsys):
