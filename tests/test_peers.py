@@ -159,5 +159,7 @@ def test_run_ours_end_to_end_and_report(tmp_path, capsys):
     eligible = [r for r in mine if not r["baseline"] and (r["proxy_accuracy"] is None or r["proxy_accuracy"] >= 0.51)]
     assert by["threshold 0.9"]["proxy_accuracy"] == 0.5 and by["threshold 0.9"] not in eligible
     assert len(best) == 1 and best[0]["tokens_per_s"] == max(r["tokens_per_s"] for r in eligible)
-    assert (tmp_path / "stacked.md").read_text().count("| gsm8k | 1 | 16 | ours |") == 6
+    table = (tmp_path / "stacked.md").read_text()
+    assert table.count("| gsm8k | 1 | 16 | ours |") == 5  # each measurement once: the best row is marked, not repeated
+    assert table.count("**best:** ") == 1 and f"| **best:** {best[0]['setting'][len('best: '):]} |" in table
     assert (tmp_path / "stacked.png").stat().st_size > 0
