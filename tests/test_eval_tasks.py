@@ -43,7 +43,9 @@ scoring = _by_path("scoring")
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Records of a .jsonl or gzipped .jsonl.gz file (the large vendored files are gzipped)."""
+    text = gzip.decompress(path.read_bytes()).decode("utf-8") if path.suffix == ".gz" else path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _local_task(name: str):
@@ -104,7 +106,7 @@ GSM8K_OUTPUTS = [
     "local, folder, standard", [("gsm8k_local", "gsm8k", "gsm8k"), ("gsm8k_cot_local", "gsm8k", "gsm8k_cot")]
 )
 def test_gsm8k_tasks_equal_lm_eval_standard(local, folder, standard, monkeypatch):
-    hub = {("openai/gsm8k", "main"): {"train": _jsonl(DATA_DIR / "gsm8k" / "train.jsonl"),
+    hub = {("openai/gsm8k", "main"): {"train": _jsonl(DATA_DIR / "gsm8k" / "train.jsonl.gz"),
                                       "test": _jsonl(DATA_DIR / "gsm8k" / "test.jsonl")}}
     ours = _local_task(local)
     theirs = _standard_task(folder, standard, hub, monkeypatch)
@@ -205,7 +207,7 @@ def test_hotpotqa_official_scoring():
 def test_hotpotqa_local_is_real_hotpotqa():
     task = _local_task("hotpotqa_local")
     docs = list(task.test_docs())
-    records = _jsonl(DATA_DIR / "hotpotqa" / "distractor_600.jsonl")
+    records = _jsonl(DATA_DIR / "hotpotqa" / "distractor_600.jsonl.gz")
     assert len(docs) == len(records) == 600
     for doc, record in zip(docs[:50], records[:50]):
         assert doc["question"] == record["question"] and doc["answers"] == [record["answer"]]
@@ -225,7 +227,7 @@ def test_hotpotqa_long_padding():
     assert len(long) == len(short) == 600
     words = [len(doc["context"].split()) for doc in long]
     assert min(words) >= data.LONG_CONTEXT_WORDS and sum(words) / len(words) < data.LONG_CONTEXT_WORDS * 1.3
-    records = _jsonl(DATA_DIR / "hotpotqa" / "distractor_600.jsonl")
+    records = _jsonl(DATA_DIR / "hotpotqa" / "distractor_600.jsonl.gz")
     for doc, record in zip(long.select(range(30)), records[:30]):
         titles = [block.split("\n")[1] for block in doc["context"].split("Passage ")[1:]]
         assert len(titles) == len(set(titles))  # no paragraph twice
@@ -283,8 +285,8 @@ def test_data_files_outside_a_checkout(tmp_path, monkeypatch):
     loaded = data.load_gsm8k()
     assert loaded["train"].to_list() == rows and len(loaded["test"]) == 1319
     assert data.data_file("DLLM_CACHE_GSM8K_TRAIN_FILE", data.GSM8K_TRAIN) == folder / "gsm8k" / "train.jsonl"
-    monkeypatch.setenv("DLLM_CACHE_GSM8K_TRAIN_FILE", str(DATA_DIR / "gsm8k" / "train.jsonl"))
-    assert data.data_file("DLLM_CACHE_GSM8K_TRAIN_FILE", data.GSM8K_TRAIN) == DATA_DIR / "gsm8k" / "train.jsonl"
+    monkeypatch.setenv("DLLM_CACHE_GSM8K_TRAIN_FILE", str(DATA_DIR / "gsm8k" / "train.jsonl"))  # the checkout ships it gzipped
+    assert data.data_file("DLLM_CACHE_GSM8K_TRAIN_FILE", data.GSM8K_TRAIN) == DATA_DIR / "gsm8k" / "train.jsonl.gz"
 
 
 def test_synth_tasks_on_the_shipped_files():
@@ -308,7 +310,7 @@ def test_every_local_task_loads():
     names = {"gsm8k_local", "gsm8k_cot_local", "hotpotqa_local", "hotpotqa_long", "hotpotqa_synth", "arith_synth"}
     assert names <= set(manager.all_tasks)
     assert (DATA_DIR / "gsm8k" / "LICENSE").read_text().startswith("MIT License")
-    assert len(_jsonl(DATA_DIR / "gsm8k" / "train.jsonl")) == 7473
+    assert len(_jsonl(DATA_DIR / "gsm8k" / "train.jsonl.gz")) == 7473
 
 
 def test_standard_task_errors(monkeypatch):
