@@ -970,8 +970,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def device_problem(device: str | None) -> str | None:
+    """Why `device` cannot run here (one line), or None: checked before any model loads. None (the default:
+    cuda if available, else cpu) always runs."""
+    if device is None:
+        return None
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        return f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)."
+    if kind == "cuda" and not torch.cuda.is_available():
+        return f"--device {device}: no CUDA device here (torch.cuda.is_available() is False); use --device cpu."
+    if kind == "cuda" and torch.device(device).index is not None and torch.device(device).index >= torch.cuda.device_count():
+        return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)."
+    if kind == "mps" and not torch.backends.mps.is_available():
+        return f"--device {device}: MPS is not available here; use --device cpu."
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = device_problem(args.device)
+    if problem:
+        raise SystemExit(f"dllm-cache bench: error: {problem}")
     for name in ("transfer_ratio",):
         bad = [v for v in getattr(args, name) if not 0.0 <= v <= 1.0]
         if bad:
@@ -985,12 +1006,15 @@ def main(argv: list[str] | None = None) -> int:
             "(it measures speed only); use `dllm-cache eval`. Continuing with the speed run.",
             file=sys.stderr,
         )
-    if args.dry_run:
-        print(dry_run(args))
-        return 0
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be >= 1, got {args.repeats}")
-    report = run_bench(args)
+    try:
+        if args.dry_run:
+            print(dry_run(args))
+            return 0
+        report = run_bench(args)
+    except ValueError as err:  # the shapes and settings checks: their message is the whole story
+        raise SystemExit(f"dllm-cache bench: error: {err}") from None
     paths = write_outputs(report, args.out_dir, args.tag)
     print(f"[bench] wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     print(markdown_table(report))

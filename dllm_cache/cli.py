@@ -289,8 +289,18 @@ def main(argv: list[str] | None = None) -> int:
         from dllm_cache.serving.server import main as serve_main
 
         return serve_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    return cmd_generate(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from dllm_cache.bench import device_problem
+
+    problem = device_problem(args.device)
+    if problem:
+        parser.error(problem)
+    try:
+        return cmd_generate(args)
+    except (ValueError, TypeError) as err:  # the library's input checks: their message is the whole story
+        print(f"dllm-cache generate: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

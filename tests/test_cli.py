@@ -139,6 +139,31 @@ def test_bad_cache_values_are_one_line_errors(argv, message):
     assert message in str(stop.value) and "\n" not in str(stop.value)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+@pytest.mark.parametrize("command", [["generate"], ["bench", "--shape", "tiny-llada", "--workload", "gsm8k"]])
+def test_a_device_that_is_not_here_is_a_one_line_error(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main([*command, "--device", "cuda"])
+    said = capsys.readouterr().err.strip().splitlines()[-1:] + [str(stop.value)]
+    assert any("--device cuda: no CUDA device here" in line for line in said), said
+    with pytest.raises(SystemExit):
+        cli.main([*command, "--device", "bogus"])
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_sampler_checks_are_one_line_errors(capsys):
+    """A bad combination the sampler refuses (gen_length not a multiple of block_length) exits 2 with its message."""
+    torch.set_num_threads(1)
+    rc = cli.main(["generate", "--device", "cpu", "--batch-size", "1", "--gen-length", "16", "--steps", "8",
+                   "--block-length", "5", "--show", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "dllm-cache generate: error: gen_length (16) must be a multiple of block_length (5)." in err
+    assert "Traceback" not in err
+    with pytest.raises(SystemExit, match="dllm-cache bench: error: gen_len 10 must be a multiple of block_length 4"):
+        cli.main(["bench", "--shape", "tiny-llada", "--prompt-len", "8", "--gen-len", "10", "--steps", "10",
+                  "--block-length", "4", "--dry-run"])
+
+
 def test_unreadable_cache_value_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         cli.main(["generate", "--layer-ratios", "a:b"])
