@@ -11,7 +11,7 @@ there. Rows that stopped early (stop_at_eos) are left as they are.
 The accuracies in the meta stay those measured at gen L (`accuracy_at_gen` says which); they are
 not a measurement at L2.
 
-    PYTHONPATH=. python -m eval.extend_trace --gen 512 --name llada-gen512 eval/results/traces_llada_arith_*.json
+    PYTHONPATH=. python -m eval.extend_trace --gen 512 --name llada-gen512 eval/results/traces_llada_arith_*.json.gz
 """
 
 from __future__ import annotations

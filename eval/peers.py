@@ -27,7 +27,7 @@ original dLLM-Cache has no parallel decoding: one token per step.
         --workload gsm8k --batch 1 --traces eval/results/traces_llada_arith
     PYTHONPATH=. python -m eval.peers report          # stacked.json -> stacked.md / stacked.png
 
-`--traces PREFIX` names the trace files PREFIX_<rule>_<cache>.json (eval/traces.py's names):
+`--traces PREFIX` names the trace files PREFIX_<rule>_<cache>.json[.gz] (eval/traces.py's names):
 threshold0.9_none, threshold0.9_paper, threshold0.9_block-dual (and fixed_paper for the proxy
 accuracy of the cache at one token per step; threshold0.9_block-dual_eos adds our run with the early
 stop, which the peers' generate functions do not have). Rows of eval/results/stacked.json: impl, setting,
@@ -313,8 +313,10 @@ def _trace(prefix: str | None, name: str) -> dict[str, Any] | None:
 
     if prefix is None:
         return None
-    path = Path(f"{prefix}_{name}.json")
-    return read_trace(path) if path.is_file() else None
+    for path in (Path(f"{prefix}_{name}.json"), Path(f"{prefix}_{name}.json.gz")):  # the committed ones are gzipped
+        if path.is_file():
+            return read_trace(path)
+    return None
 
 
 def plan(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any], list[str]]:

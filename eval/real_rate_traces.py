@@ -17,7 +17,7 @@ The traces written here follow those numbers with one rule per model, the same f
    tokens (at least one step).
 2. End of text: the rest of a block the answer ends in, and every later block, is end-of-text.
    The tail is modelled on the proxy traces' own tail (`measure_tail`): in every threshold-0.9 trace
-   of the LLaDA proxy (eval/results/traces_llada_arith_threshold0.9_*.json), each block past the
+   of the LLaDA proxy (eval/results/traces_llada_arith_threshold0.9_*.json.gz), each block past the
    answers (positions 192-255 of gen 256) is committed in one step, all 32 end-of-text tokens at
    once. So an all-end-of-text block costs one step here, and the end-of-text rest of the answer's
    last block one more step.
@@ -45,7 +45,7 @@ from typing import Any
 from dllm_cache.trace import ReplaySchedule, read_trace, summary, write_trace
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PROXY_TRACES = "traces_llada_arith_threshold0.9_*.json"
+PROXY_TRACES = "traces_llada_arith_threshold0.9_*.json*"  # .json or .json.gz (the committed ones are gzipped)
 SOURCES = {
     "llada": "Fast-dLLM (Wu et al. 2025, arXiv 2505.22618) Fig. 1b: LLaDA-8B-Instruct, GSM8K (5-shot), gen 256, "
              "block 32, threshold 0.9: 3.25 tokens/step parallel decoding alone, 3.01 with the KV cache",

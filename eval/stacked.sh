@@ -3,7 +3,7 @@
 # bench replaying them, and the side-by-side with the peers' code. Stages run in order; each is
 # a few minutes on an H100 (see README "Parallel decoding and the block KV cache").
 #
-#   bash eval/stacked.sh traces        # proxy traces -> eval/results/traces_llada_*.json        (~3 min)
+#   bash eval/stacked.sh traces        # proxy traces -> eval/results/traces_llada_*.json.gz      (~3 min)
 #   bash eval/stacked.sh bench         # dllm-cache bench, GSM8K and HotpotQA shapes, traces    (~6 min)
 #   bash eval/stacked.sh peers         # eval.peers, batch 1, both workloads -> stacked.json    (~6 min)
 #   bash eval/stacked.sh traces512     # gen-512 traces from the gen-256 ones (CPU, seconds)
@@ -34,15 +34,15 @@ if [[ $stage == traces || $stage == all ]]; then
   # HotpotQA-shaped: gen 32, one block of 32
   python -m eval.traces --model "$MODEL" --name llada --task multihop --no-progress \
       --rule fixed threshold:0.9 --cache none paper default block-dual
-  copy_out $R/traces_llada_*.json
+  copy_out $R/traces_llada_*.json.gz
 fi
 
 if [[ $stage == bench || $stage == all ]]; then
   B="python -m dllm_cache.bench --shape llada-8b --no-progress --out-dir $R --compile on"
   $B --workload gsm8k --batch-size 1 16 --max-steps 33 --policy paper block-prefix block-dual \
-     --trace $R/traces_llada_arith_threshold0.9_block-dual.json --tag llada8b-gsm8k-stacked
+     --trace $R/traces_llada_arith_threshold0.9_block-dual.json.gz --tag llada8b-gsm8k-stacked
   $B --workload hotpotqa --batch-size 1 4 --policy paper block-dual \
-     --trace $R/traces_llada_multihop_threshold0.9_block-dual.json --tag llada8b-hotpotqa-stacked
+     --trace $R/traces_llada_multihop_threshold0.9_block-dual.json.gz --tag llada8b-hotpotqa-stacked
   copy_out $R/llada8b-*-stacked.*
 fi
 
@@ -56,14 +56,14 @@ fi
 # tokens and cannot decode 512 (eval/extend_trace.py), so the gen-512 traces extend the gen-256
 # ones with end-of-text blocks decoded as the proxy decodes them; accuracies are those at gen 256.
 if [[ $stage == traces512 ]]; then
-  python -m eval.extend_trace --gen 512 --name llada-gen512 $R/traces_llada_arith_fixed_paper.json \
-      $R/traces_llada_arith_threshold0.9_*.json  # what eval.peers and the bench replay
+  python -m eval.extend_trace --gen 512 --name llada-gen512 $R/traces_llada_arith_fixed_paper.json.gz \
+      $R/traces_llada_arith_threshold0.9_*.json.gz  # what eval.peers and the bench replay
 fi
 
 if [[ $stage == bench512 ]]; then
   python -m dllm_cache.bench --shape llada-8b --no-progress --out-dir $R --compile on \
      --workload gsm8k --batch-size 1 16 --max-steps 33 --policy paper frontier block-prefix block-dual \
-     --trace $R/traces_llada-gen512_arith_threshold0.9_block-prefix.json --tag llada8b-gsm8k512-stacked
+     --trace $R/traces_llada-gen512_arith_threshold0.9_block-prefix.json.gz --tag llada8b-gsm8k512-stacked
   copy_out $R/llada8b-gsm8k512-stacked.*
 fi
 

@@ -3,7 +3,7 @@ parallel decoding, per cache policy, with the accuracy of the same setting.
 
 For each (cache setting, decoding rule) the proxy model generates on the held-out prompts with
 `generate(..., trace=DecodeTrace())`; the per-row, per-block step counts go to
-eval/results/traces_<name>_<task>_<rule>_<cache>[_eos].json with the accuracy, the agreement with the
+eval/results/traces_<name>_<task>_<rule>_<cache>[_eos].json.gz with the accuracy, the agreement with the
 uncached one-token-per-step run (also run, first) and the mean tokens per step. `dllm-cache bench
 --trace FILE` replays such a file on the LLaDA-8B / Dream-7B shapes.
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 "command": "PYTHONPATH=. python -m eval.traces " + " ".join(argv if argv is not None else sys.argv[1:]),
             }
             name = _name(rule, cache_name, args.stop_at_eos)
-            path = write_trace(args.out_dir / f"traces_{args.name}_{args.task}_{name}.json", res["rows"], meta)
+            path = write_trace(args.out_dir / f"traces_{args.name}_{args.task}_{name}.json.gz", res["rows"], meta)
             s = summary(res["rows"])
             print(f"{args.task} {cache_name:13s} {rule:15s} acc {100 * res['accuracy']:5.1f}% (uncached "
                   f"{100 * base['accuracy']:5.1f}%) agree {100 * agree:5.1f}% steps/row {s['mean_steps']:6.1f} "

@@ -39,7 +39,7 @@ def test_traces_record_replay_and_report(micro_model, tmp_path):
     paths = traces.main(["--model", str(micro_model), "--name", "micro", "--n", str(n), "--gen", "16,16,8",
                          "--rule", "threshold:0.5", "--cache", "none", "block-dual", "--stop-at-eos",
                          "--device", "cpu", "--out-dir", str(tmp_path), "--no-progress"])
-    assert sorted(p.name for p in paths) == sorted(f"traces_micro_arith_threshold0.5_{c}_eos.json"
+    assert sorted(p.name for p in paths) == sorted(f"traces_micro_arith_threshold0.5_{c}_eos.json.gz"
                                                    for c in ("none", "block-dual"))
     for path in paths:
         data = read_trace(path)
@@ -50,7 +50,7 @@ def test_traces_record_replay_and_report(micro_model, tmp_path):
         ReplaySchedule(rows, 16, 8)  # a valid schedule for the bench
         assert data["summary"]["rows"] == n and data["summary"]["tokens_per_step"] >= 1
     # the uncached threshold trace replays to the very same answers (rows in the batch's order)
-    data = read_trace(tmp_path / "traces_micro_arith_threshold0.5_none_eos.json")
+    data = read_trace(tmp_path / "traces_micro_arith_threshold0.5_none_eos.json.gz")
     model, tok = load_model(str(micro_model), "cpu", torch.float32)
     examples = tasks.test_examples("arith", n)
     prompts = [tasks.prompt_and_target("arith", ex)[0] for ex in examples]
