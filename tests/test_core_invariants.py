@@ -307,3 +307,4 @@ def test_patched_head_and_blocks_called_outside_a_forward_act_as_the_plain_modul
     with cache_enabled(model, CacheConfig()):
         assert torch.equal(head(h), plain_logits)
         assert torch.equal(block(h, rope)[0], plain_block)
+        assert torch.equal(block(h, rope=rope, key_mask=None)[0], plain_block)  # keyword arguments pass through too
