@@ -138,5 +138,5 @@ def test_dllm_cache_eval_preset_end_to_end(llada_dir, tmp_path, capsys, only_loc
     assert "unknown preset 'no-such-preset'" in capsys.readouterr().err
 
 
-def test_readme_preset_table_is_current():
-    assert markdown_table() in (test_lm_eval.REPO / "README.md").read_text(encoding="utf-8")
+def test_docs_preset_table_is_current():
+    assert markdown_table() in (test_lm_eval.REPO / "docs" / "evaluation.md").read_text(encoding="utf-8")
