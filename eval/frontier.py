@@ -10,7 +10,8 @@ generation (batched, wall clock between CUDA synchronisations, divided by n).
     PYTHONPATH=. python -m eval.frontier run --model eval/tiny/dream_model --name dream
     PYTHONPATH=. python -m eval.frontier report   # -> eval/results/frontier.{json,md,png}
 
-`run` writes eval/results/frontier_<name>.json (every row, with sample outputs); `report` merges
+`run` writes eval/results/frontier_<name>.json (every row, with sample outputs; it adds to a
+frontier_<name>.json.gz instead when there is one, as the committed files are); `report` merges
 those into the summary eval/results/frontier.json, a markdown table and a plot of accuracy
 against measured speedup. CUDA graphs are off for every row (cached and uncached both eager),
 so speedups compare the same execution mode; the LLaDA-8B / Dream-7B-shaped benches
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import json
 import math
 import shlex
@@ -214,6 +216,27 @@ def parse_part(text: str) -> tuple[int, int]:
     return i, k
 
 
+def read_json(path: Path) -> dict:
+    """A frontier file, .json or gzipped .json.gz (the committed per-model files are gzipped: they hold
+    every row's sample outputs)."""
+    return json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
+
+
+def write_json(path: Path, data: dict) -> None:
+    """`data` at `path`, gzipped when the name ends in .gz (mtime 0: the same rows give the same bytes)."""
+    text = json.dumps(data, indent=1, default=str)
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode(), mtime=0))
+    else:
+        path.write_text(text)
+
+
+def model_file(out_dir: Path, name: str) -> Path:
+    """The model's frontier_<name>.json.gz when there is one (a run adds to it), else frontier_<name>.json."""
+    gz = out_dir / f"frontier_{name}.json.gz"
+    return gz if gz.exists() else out_dir / f"frontier_{name}.json"
+
+
 def merge_into(path: Path, report: dict) -> dict:
     """`report` plus the rows of an earlier run of the same model at `path` that it did not redo
     (same task and setting name), so tasks, or parts of a task's settings (`--only`), can run as
@@ -221,7 +244,7 @@ def merge_into(path: Path, report: dict) -> dict:
     command."""
     if not path.exists():
         return report
-    old = json.loads(path.read_text())
+    old = read_json(path)
     if old.get("model") != report["model"]:
         raise SystemExit(f"{path} holds model {old.get('model')!r}, not {report['model']!r}")
     redone = {(r["task"], r["name"]) for r in report["rows"]}
@@ -400,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="merge frontier_<name>.json files into frontier.json/.md/.png",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     rep.add_argument("--out-dir", type=Path, default=RESULTS)
-    rep.add_argument("--inputs", nargs="*", default=None, help="default: <out-dir>/frontier_*.json")
+    rep.add_argument("--inputs", nargs="*", default=None, help="default: <out-dir>/frontier_*.json and frontier_*.json.gz")
     mer = sub.add_parser("merge", help="merge frontier_<name>.json files of one model (e.g. --part runs) into one")
     mer.add_argument("--into", type=Path, required=True, help="the model's frontier_<name>.json (created if missing)")
     mer.add_argument("parts", nargs="+", type=Path)
@@ -408,9 +431,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cmd == "merge":
         for part in args.parts:
-            merged = merge_into(args.into, json.loads(part.read_text()))
+            merged = merge_into(args.into, read_json(part))
             args.into.parent.mkdir(parents=True, exist_ok=True)
-            args.into.write_text(json.dumps(merged, indent=1, default=str))
+            write_json(args.into, merged)
         print(f"[frontier] merged {len(args.parts)} file(s) into {args.into}: {len(merged['rows'])} rows")
         return 0
     if args.cmd == "run":
@@ -418,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         part = parse_part(args.part) if args.part else None  # a malformed --part stops before the model loads
         model, tok = load_model(args.model, args.device, dtype)
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        path = args.out_dir / f"frontier_{args.name}.json"
+        path = model_file(args.out_dir, args.name)
         command = "PYTHONPATH=. python -m eval.frontier " + shlex.join(argv if argv is not None else sys.argv[1:])
         options = dict(name=args.name, n=args.n, device=args.device, only=args.only.split(",") if args.only else None,
                        part=part,
@@ -434,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                           gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
                           torch=torch.__version__, command=command)
             report = merge_into(path, report)
-            path.write_text(json.dumps(report, indent=1, default=str))
+            write_json(path, report)
         for row in report["rows"]:
             print(f"{row['task']:9s} {row['name']:38s} acc {100 * row['accuracy']:5.1f}% "
                   f"[{100 * row['ci95'][0]:.1f}, {100 * row['ci95'][1]:.1f}] flops x{row['flops_vs_uncached']:.3f} "
@@ -442,8 +465,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[frontier] wrote {path}")
         return 0
 
-    inputs = [Path(x) for x in args.inputs] if args.inputs else sorted(args.out_dir.glob("frontier_*.json"))
-    reports = [json.loads(x.read_text()) for x in inputs]
+    inputs = [Path(x) for x in args.inputs] if args.inputs else sorted(
+        [*args.out_dir.glob("frontier_*.json"), *args.out_dir.glob("frontier_*.json.gz")])
+    reports = [read_json(x) for x in inputs]
     if not reports:
         raise SystemExit(f"no frontier_<name>.json in {args.out_dir}; run `python -m eval.frontier run ...` first")
     summary = summarise(reports)

@@ -173,3 +173,24 @@ def test_summary_orders_models_and_tasks_whatever_the_file_order():
     summary = frontier.summarise(found)
     assert list(summary) == ["llada", "llada-large", "dream", "dream-large"]
     assert all(list(per_task) == ["arith", "multihop"] for per_task in summary.values())
+
+
+def test_committed_gzipped_model_files_reproduce_the_summary(tmp_path):
+    """The per-model files are committed gzipped (issue 24, item 5): `report` reads them and writes
+    the committed frontier.json and frontier.md again, byte for byte."""
+    results = REPO / "eval" / "results"
+    inputs = sorted(results.glob("frontier_*.json.gz"))
+    assert len(inputs) == 4, "frontier_{llada,dream,llada-large,dream-large}.json.gz are committed"
+    assert frontier.main(["report", "--out-dir", str(tmp_path), "--inputs", *map(str, inputs)]) == 0
+    for name in ("frontier.json", "frontier.md"):
+        assert (tmp_path / name).read_text() == (results / name).read_text(), name
+
+
+def test_run_and_merge_add_to_a_gzipped_model_file(tmp_path):
+    part = {"model": "m", "arch": "llada", "rows": [{"task": "arith", "name": "uncached", "accuracy": 0.5}]}
+    (tmp_path / "part.json").write_text(json.dumps(part))
+    into = tmp_path / "frontier_m.json.gz"
+    assert frontier.model_file(tmp_path, "m") == tmp_path / "frontier_m.json"  # none yet: plain
+    assert frontier.main(["merge", "--into", str(into), str(tmp_path / "part.json")]) == 0
+    assert into.read_bytes()[:2] == b"\x1f\x8b" and frontier.read_json(into) == part
+    assert frontier.model_file(tmp_path, "m") == into  # a later run adds to the gzipped file
