@@ -1,7 +1,8 @@
 """Loss curves and held-out checks of proxy training runs, read back from their logs.
 
-    python -m eval.tiny.loss_curves eval/results/proxy_training/train_llada.log \
-        eval/results/proxy_training/train_dream.log --out eval/results/proxy_training/loss_curves.png
+    python -m eval.tiny.loss_curves eval/results/proxy_training/train_llada.log.gz \
+        eval/results/proxy_training/train_dream.log.gz eval/results/proxy_training/train_llada_large.log \
+        eval/results/proxy_training/train_dream_large.log --out eval/results/proxy_training/loss_curves.png
 
 A log is what `eval.tiny.train` prints (several resumed runs may be concatenated); every
 "[train] step" line gives the mean loss per task family since the previous line, every "[eval]"
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import gzip
 import json
 import re
 from pathlib import Path
@@ -63,18 +65,28 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
+def read_log(path: Path) -> str:
+    """A training log, plain or gzipped (.log.gz: the long committed logs are stored gzipped)."""
+    return gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+
+
+def run_name(path: Path) -> str:
+    """The run's label: the name after 'train_' (train_llada.log and train_llada.log.gz are 'llada')."""
+    return path.name.removesuffix(".gz").removesuffix(".log").removeprefix("train_")
+
+
 def _nearest(tokens_at: dict[int, float], step: int) -> float:
     return tokens_at[min(tokens_at, key=lambda s: abs(s - step))] if tokens_at else 0.0
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("logs", nargs="+", type=Path, help="train_<name>.log files; the name after 'train_' labels the run")
-    p.add_argument("--out", type=Path, required=True, help="plot path (.png); the parsed curves go beside it as .json")
+    p.add_argument("logs", nargs="+", type=Path, help="train_<name>.log[.gz] files; the name after 'train_' labels the run")
+    p.add_argument("--out", type=Path, required=True, help="plot path (.png); the parsed curves go beside it as .json.gz")
     args = p.parse_args(argv)
-    runs = {log.stem.removeprefix("train_"): parse_log(log.read_text()) for log in args.logs}
+    runs = {run_name(log): parse_log(read_log(log)) for log in args.logs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(runs, indent=1))
+    args.out.with_suffix(".json.gz").write_bytes(gzip.compress(json.dumps(runs, indent=1).encode(), mtime=0))
     plot(runs, args.out)
     for name, run in runs.items():
         last = run["steps"][-1] if run["steps"] else {}
