@@ -5,7 +5,8 @@
 #                                    #    test subset (pyproject.toml [tool.mutmut]), results in mutants/
 #   bash eval/mutation.sh recheck    # 2. the survivors of 1 again, against RECHECK_TESTS (the oracle tests and
 #                                    #    the kill tests), in a copy of the tree: mutants-recheck/
-#                                    #    (SKIP_EQUIVALENT=1: not those mutation.json argues equivalent)
+#                                    #    (SKIP_EQUIVALENT=1: not those mutation.json argues equivalent; a second call
+#                                    #    re-checks those still alive with the current tests; RECHECK_FRESH=1 starts over)
 #   bash eval/mutation.sh report     # eval/results/mutation.json from 1 and 2 (both runs end with it)
 #   bash eval/mutation.sh all        # every mutant of the core modules ([tool.mutmut] only_mutate): hours on 2 cores
 #   bash eval/mutation.sh NAME...    # just these mutants (mutmut names or globs)
@@ -34,10 +35,14 @@ recheck() {
     # SKIP_EQUIVALENT=1: leave out the survivors mutation.json argues equivalent (no test can kill those)
     mapfile -t survivors < <("$PY" -m eval.mutation_report --list-survivors ${SKIP_EQUIVALENT:+--skip-equivalent})
     if [ "${#survivors[@]}" -eq 0 ]; then echo "no survivors to re-check"; return; fi
-    rm -rf mutants-recheck && mkdir mutants-recheck
-    tar --exclude=./mutants --exclude=./mutants-recheck --exclude=./.git --exclude=./.venv -cf - . | tar -xf - -C mutants-recheck
-    # the same [tool.mutmut] section with RECHECK_TESTS as the test selection
-    "$PY" - "$RECHECK_TESTS" <<'EOF'
+    if [ -d mutants-recheck ] && [ -z "${RECHECK_FRESH:-}" ]; then
+        # again: the survivors not yet killed, with the tests as they are now (new tests get their stats)
+        cp -r tests/. mutants-recheck/tests/
+    else
+        rm -rf mutants-recheck && mkdir mutants-recheck
+        tar --exclude=./mutants --exclude=./mutants-recheck --exclude=./.git --exclude=./.venv -cf - . | tar -xf - -C mutants-recheck
+        # the same [tool.mutmut] section with RECHECK_TESTS as the test selection
+        "$PY" - "$RECHECK_TESTS" <<'EOF'
 import re, sys
 path = "mutants-recheck/pyproject.toml"
 text = open(path).read()
@@ -46,6 +51,7 @@ keep = re.findall(r'"-k", "[^"]*"', selection)  # the same -k filter as step 1
 items = ", ".join([f'"{t}"' for t in sys.argv[1].split()] + keep)
 open(path, "w").write(text.replace(selection, f"pytest_add_cli_args_test_selection = [{items}]"))
 EOF
+    fi
     # mutmut looks up each named mutant's tests with [] (a KeyError for a function that no re-check test
     # reaches); with .get such a mutant is reported "no tests" instead, as in step 1
     (cd mutants-recheck && nice -n 19 "$PY" -c '

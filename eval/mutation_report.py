@@ -83,8 +83,11 @@ def main() -> None:
                         help="with --list-survivors: leave out those --out argues equivalent")
     args = parser.parse_args()
     first = in_scope(verdicts(args.mutants), ROOT / "eval" / "mutation_scope.txt")
-    if args.list_survivors:
+    if args.list_survivors:  # left after step 1 and the re-check so far
         names = survivors_of(first)
+        if (args.recheck / "mutants").exists():
+            second = verdicts(args.recheck / "mutants")
+            names = [n for n in names if second.get(n, ("", None))[1] not in KILLED]
         if args.skip_equivalent and args.out.exists():
             argued = {s["mutant"] for s in json.loads(args.out.read_text())["survivors"] if s.get("status") == "equivalent"}
             names = [n for n in names if n not in argued]
