@@ -308,3 +308,23 @@ def test_patched_head_and_blocks_called_outside_a_forward_act_as_the_plain_modul
         assert torch.equal(head(h), plain_logits)
         assert torch.equal(block(h, rope)[0], plain_block)
         assert torch.equal(block(h, rope=rope, key_mask=None)[0], plain_block)  # keyword arguments pass through too
+
+
+@pytest.mark.parametrize("name", ["x", "hidden_states"])
+def test_block_input_passed_by_keyword(name):
+    """The cached block reads its input whether the model passes it positionally (ours) or by keyword:
+    `x` (LLaDA's blocks) or `hidden_states` (transformers-style decoder layers)."""
+    model = tiny_llada()
+    seqs, mask = trajectory(model, batch=2, prompt_len=6, resp_len=8, steps=3)
+    config = CacheConfig(prompt_interval=100, response_interval=2, transfer_ratio=0.25)
+    with cache_enabled(model, config):
+        positional = logits_along(model, seqs, mask)
+    handles = [block.register_forward_pre_hook(lambda module, args, kwargs: ((), {**kwargs, name: args[0]}), with_kwargs=True)
+               for block in adapter_for(model).blocks(model)]
+    try:
+        with cache_enabled(model, config):
+            by_keyword = logits_along(model, seqs, mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert max_err(positional, by_keyword) == 0.0
