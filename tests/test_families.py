@@ -4,7 +4,7 @@ serves them exactly.
 Checkpoint-compatibility tests write a config.json shaped like the family's official one and a
 safetensors file whose tensor names are written out here from the official modeling files (not
 taken from our classes), then check that transformers' Auto classes load it with no missing and no
-unexpected keys. Sources are listed in the README's support table.
+unexpected keys. Sources are listed in docs/models.md.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ def build_app(engine: Engine, *, max_batch_size: int = 16, max_wait_ms: float = 
             return _error(400, f"the body is not valid JSON: {first.get('msg')}", code="invalid_json")
         msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
         if first.get("type") == "extra_forbidden":
-            msg = f"unknown parameter {loc[-1]!r}; see the server's README 'Serve' section for the accepted fields"
+            msg = f"unknown parameter {loc[-1]!r}; see docs/serving.md for the accepted fields"
         elif first.get("type") == "missing":
             msg = f"missing required parameter {'.'.join(loc)!r}"
         where = ".".join(loc)

@@ -33,7 +33,7 @@ Options of dllm-cache (all other options are lm-eval's, listed below):
   --data-dir DIR folder holding the task data that is not shipped with the package (gsm8k/train.jsonl,
                  hotpotqa/distractor_600.jsonl, hotpotqa_synth/test.jsonl.gz; same layout as a checkout's
                  eval/data); default: $DLLM_CACHE_DATA_DIR, else the checkout's eval/data when there is one.
-  --preset NAME  published per-task settings (README "Presets", presets.py): the model args
+  --preset NAME  published per-task settings (docs/evaluation.md "Presets", presets.py): the model args
                  (gen_length, steps, block_length, sampler, cache on with Kp/Kr/ratio; explicit
                  --model_args win) and, unless given, --model dllm_cache, --tasks, --num_fewshot,
                  --apply_chat_template and --fewshot_as_multiturn of the source.

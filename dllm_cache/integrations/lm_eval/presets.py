@@ -138,7 +138,7 @@ def get_preset(name: str) -> Preset:
         raise ValueError(f"preset {name!r} does not exist: {UNPUBLISHED[key]}. Set gen_length, steps, "
                          f"block_length and the cache intervals yourself. Known presets: {', '.join(sorted(PRESETS))}")
     raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))} "
-                     "(see the README section 'Presets')")
+                     "(see docs/evaluation.md, 'Presets')")
 
 
 def apply_preset(model_args: dict[str, Any]) -> tuple[dict[str, Any], Preset | None]:
@@ -152,7 +152,7 @@ def apply_preset(model_args: dict[str, Any]) -> tuple[dict[str, Any], Preset | N
 
 
 def markdown_table() -> str:
-    """The README's preset table, generated from PRESETS (a test keeps the README in sync)."""
+    """The preset table of docs/evaluation.md, generated from PRESETS (a test keeps it in sync)."""
     lines = [
         "| preset | lm-eval task (local) | shots, chat | gen / steps / block | Kp / Kr / ratio | sampler | source script |",
         "|---|---|---|---|---|---|---|",
