@@ -8,12 +8,13 @@ that need a model use the tiny configs for a step or two.
 
 from __future__ import annotations
 
+import functools
 import types
 
 import pytest
 import torch
 
-from dllm_cache import CacheConfig, cache_enabled, cache_stats, reset_cache
+from dllm_cache import CacheConfig, cache_enabled, cache_stats, disable_cache, enable_cache, reset_cache
 from dllm_cache.decoding import EarlyStop, factor_pick, threshold_pick, tokens_per_step, topk_rows
 from dllm_cache.frontier import decoding_window, frontier_priority
 from dllm_cache.generate import _dream_count_bound, _dream_logits, _dream_sample, _filter_logits, gumbel_argmax
@@ -328,3 +329,17 @@ def test_block_input_passed_by_keyword(name):
         for handle in handles:
             handle.remove()
     assert max_err(positional, by_keyword) == 0.0
+
+
+def test_disable_restores_instance_forwards_that_were_there_before():
+    """Undo puts back whatever instance-level forward a block or the LM head had before enable_cache
+    (another library's wrapper, say), not just the class method."""
+    model = tiny_llada()
+    adapter = adapter_for(model)
+    block, head = adapter.blocks(model)[0], adapter.lm_head(model)
+    block_wrapper, head_wrapper = functools.partial(type(block).forward, block), functools.partial(type(head).forward, head)
+    block.forward, head.forward = block_wrapper, head_wrapper
+    enable_cache(model, CacheConfig())
+    assert block.forward is not block_wrapper and head.forward is not head_wrapper
+    disable_cache(model)
+    assert block.__dict__["forward"] is block_wrapper and head.__dict__["forward"] is head_wrapper
