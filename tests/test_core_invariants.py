@@ -332,14 +332,16 @@ def test_block_input_passed_by_keyword(name):
 
 
 def test_disable_restores_instance_forwards_that_were_there_before():
-    """Undo puts back whatever instance-level forward a block or the LM head had before enable_cache
-    (another library's wrapper, say), not just the class method."""
+    """Undo puts back whatever instance-level forward the model, a block or the LM head had before
+    enable_cache (another library's wrapper, say), not just the class method."""
     model = tiny_llada()
     adapter = adapter_for(model)
     block, head = adapter.blocks(model)[0], adapter.lm_head(model)
     block_wrapper, head_wrapper = functools.partial(type(block).forward, block), functools.partial(type(head).forward, head)
-    block.forward, head.forward = block_wrapper, head_wrapper
+    model_wrapper = functools.partial(type(model).forward, model)
+    block.forward, head.forward, model.forward = block_wrapper, head_wrapper, model_wrapper
     enable_cache(model, CacheConfig())
-    assert block.forward is not block_wrapper and head.forward is not head_wrapper
+    assert block.forward is not block_wrapper and head.forward is not head_wrapper and model.forward is not model_wrapper
     disable_cache(model)
     assert block.__dict__["forward"] is block_wrapper and head.__dict__["forward"] is head_wrapper
+    assert model.__dict__["forward"] is model_wrapper
