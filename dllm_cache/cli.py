@@ -128,9 +128,9 @@ def _timed(fn, device: str) -> tuple[torch.Tensor, float]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import dllm_cache
-    from dllm_cache.flops import ModelDims, generation_flops
-    from dllm_cache.generate import generate
+    from dllm_cache.analysis.flops import ModelDims, generation_flops
     from dllm_cache.hooks import sampler_of
+    from dllm_cache.sampling.generate import generate
 
     cache_cfg = cache_config_of(args)  # before loading the model: a bad value fails at once
     if cache_cfg.cuda_graphs and not args.device.startswith("cuda"):  # graphs replay on CUDA only: say what runs
@@ -192,7 +192,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    from dllm_cache.bench import main
+    from dllm_cache.bench.runner import main
 
     return main(argv)
 
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    from dllm_cache.bench import device_problem
+    from dllm_cache.bench.runner import device_problem
 
     problem = device_problem(args.device)
     if problem:

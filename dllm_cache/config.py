@@ -8,12 +8,12 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .kv_store import KV_CACHE_DTYPES as _STORED_KV_DTYPES
+from .engine.kv_store import KV_CACHE_DTYPES as _STORED_KV_DTYPES
 
 POLICIES = ("feature", "block-prefix", "block-dual")
 SELECTIONS = ("paper", "frontier")
 SHIFTED_ROWS = ("prompt", "response")
-KV_CACHE_DTYPES = (None, *_STORED_KV_DTYPES)  # None: K/V in the model's dtype (exact); see dllm_cache.kv_store
+KV_CACHE_DTYPES = (None, *_STORED_KV_DTYPES)  # None: K/V in the model's dtype (exact); see dllm_cache.engine.kv_store
 # Decoding window of the frontier selection when the sampler declared no semi-AR block (Dream).
 DEFAULT_FRONTIER_WINDOW = 32
 
@@ -88,7 +88,7 @@ class CacheConfig:
         drift its V-verify sees anyway (1 - cos(V_new, V_cached) over response rows and layers); when it reaches
         this threshold the next step refreshes every response token. response_interval is then the longest and
         response_min_interval the shortest interval. 0 = refresh every response_min_interval steps; None: fixed
-        Kr. Cached steps then run eagerly (no CUDA graphs) and compile=True is refused; see dllm_cache.drift.""")
+        Kr. Cached steps then run eagerly (no CUDA graphs) and compile=True is refused; see dllm_cache.engine.drift.""")
     response_min_interval: int = _field(1, """
         With response_drift_threshold, the fewest steps between two response refreshes (1 .. response_interval).
         A refresh step measures no drift, so a drift-triggered refresh comes 2 steps after the last at the
@@ -97,14 +97,14 @@ class CacheConfig:
         A transfer ratio per layer (one entry per layer of the model, checked by enable_cache) replacing
         transfer_ratio on partial steps: layer i recomputes int(R * layer_ratios[i]) tokens; entry 0 is not used
         (layer 0 always recomputes every response token). Deeper layers' features drift more (staleness compounds
-        with depth): dllm_cache.layer_budget.ramp_ratios moves budget from shallow to deep layers at the same
+        with depth): dllm_cache.engine.layer_budget.ramp_ratios moves budget from shallow to deep layers at the same
         mean. On a command line: numbers separated by ':' (or ','). None: transfer_ratio on every layer.""")
     kv_cache_dtype: str | None = _field(None, """
         How cached K and V are stored (every policy). None: in the model's dtype, exact. "fp8": float8_e4m3fn
         with one float32 scale per (batch, KV head, token), about half the bytes of bf16 K/V, plus one layer's K/V
         in the model's dtype as a shared workspace. Lossy: attention sees K/V rounded to fp8, so logits move
         slightly from the uncached model's; for long prompts on models with many KV heads. See
-        dllm_cache.kv_store.""")
+        dllm_cache.engine.kv_store.""")
 
     def __post_init__(self) -> None:
         required = ("response_interval", "response_min_interval")  # the rest may be None
@@ -243,7 +243,7 @@ class CacheConfig:
             raise ValueError(
                 f"CacheConfig.layer_ratios has {len(self.layer_ratios)} entries but the model has {n_layers} layers; "
                 "give one ratio per layer (entry 0 is not used: layer 0 recomputes every token), e.g. "
-                f"dllm_cache.layer_budget.ramp_ratios({n_layers}, transfer_ratio).")
+                f"dllm_cache.engine.layer_budget.ramp_ratios({n_layers}, transfer_ratio).")
 
     def layer_counts(self, num_response: int, n_layers: int, block_length: int | None = None) -> tuple[int, ...]:
         """Response tokens each layer recomputes per row on a partial step (entry 0 unused: layer 0

@@ -14,8 +14,8 @@ import torch
 
 import dllm_cache
 from dllm_cache import CacheConfig
-from dllm_cache.generate import generate
 from dllm_cache.models.tiny import tiny_dream, tiny_llada
+from dllm_cache.sampling.generate import generate
 
 
 def _run(model, ids, mask, cfg, **kw):

@@ -20,7 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dllm_cache.trace import read_trace, write_trace
+from dllm_cache.sampling.trace import read_trace, write_trace
 
 
 def extend_rows(rows: list[dict[str, Any]], blocks_to_add: int) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 For each proxy model (LLaDA, Dream) and proxy task (arith: GSM8K-style, gen 256; multihop:
 HotpotQA-style, gen 32) every refresh setting is run on the whole held-out set: accuracy with a
 95% Wilson interval, agreement with the uncached answers, analytic FLOPs per generation
-(`dllm_cache.flops`, batch 1, each example's own prompt length) and measured GPU seconds per
+(`dllm_cache.analysis.flops`, batch 1, each example's own prompt length) and measured GPU seconds per
 generation (batched, wall clock between CUDA synchronisations, divided by n).
 
     PYTHONPATH=. python -m eval.frontier run --model eval/tiny/model --name llada
@@ -66,7 +66,7 @@ def settings_for(family: str, arch: str, n_layers: int | None = None) -> list[tu
     default and the refresh policies beyond the paper (per-layer budgets need the model's
     `n_layers`). Duplicates keep the first name."""
     from dllm_cache import CacheConfig
-    from dllm_cache.layer_budget import ramp_ratios
+    from dllm_cache.engine.layer_budget import ramp_ratios
 
     paper = CacheConfig(prompt_interval=100, response_interval=8, transfer_ratio=0.25, selection="paper", cuda_graphs=False)
     rows: list[tuple[str, object]] = [("uncached", None), ("paper-default", paper)]
@@ -109,7 +109,7 @@ def settings_for(family: str, arch: str, n_layers: int | None = None) -> list[tu
 def realized_flops(model, lengths, settings: dict, config, stats: dict) -> float:
     """mean_flops of a drift-refreshed setting, whose step kinds follow the data: the steps of each
     kind cache_stats counted per generation (every row of a batch shares them), at each prompt length."""
-    from dllm_cache import flops
+    from dllm_cache.analysis import flops
 
     dims = flops.ModelDims.from_config(model.config)
     block = sampler_settings(model, settings).get("block_length")

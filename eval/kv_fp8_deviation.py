@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 from dllm_cache import CacheConfig, cache_enabled, reset_cache
-from dllm_cache.generate import generate
 from dllm_cache.hooks import adapter_for, sampler_of
 from dllm_cache.models.tiny import tiny_dream, tiny_llada
+from dllm_cache.sampling.generate import generate
 from eval.trajectory import trajectory
 
 FP8 = "fp8"

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 
 from dllm_cache import CacheConfig, cache_memory, disable_cache, enable_cache, reset_cache
-from dllm_cache.bench import DTYPES, SHAPES, WORKLOADS, Workload, build_model, random_prompts, timed_generate
-from dllm_cache.bench_memory import run_peak
-from dllm_cache.bench_report import human_bytes
-from dllm_cache.kv_store import KV_CACHE_DTYPES
-from dllm_cache.sampler_args import position_limit
+from dllm_cache.bench.memory import run_peak
+from dllm_cache.bench.report import human_bytes
+from dllm_cache.bench.runner import DTYPES, SHAPES, WORKLOADS, Workload, build_model, random_prompts, timed_generate
+from dllm_cache.engine.kv_store import KV_CACHE_DTYPES
+from dllm_cache.sampling.options import position_limit
 
 KEY = ("model", "workload", "batch", "prompt_len", "device", "kv_cache_dtype")  # rows before fp8 lack the last: None
 
@@ -176,7 +176,7 @@ def _above(peak: float | None, weights: float) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "Peak memory above the weights, GiB (whole-process torch allocator peak minus weights), uncached vs "
-        "cached in the same process; estimate from the shapes (dllm_cache.memory) in brackets. "
+        "cached in the same process; estimate from the shapes (dllm_cache.analysis.memory) in brackets. "
         "Command: `PYTHONPATH=. python -m eval.memory ...` (see eval/memory.py).",
         "",
         "| model | workload | batch | prompt | device | K/V | weights GiB | uncached (est.) | cached (est.) |"

@@ -171,9 +171,9 @@ def _replay_counts(trace_row: dict[str, Any] | None) -> list[int] | None:
 
 def worker_ours(spec: dict[str, Any]) -> list[dict[str, Any]]:
     from dllm_cache import CacheConfig, cache_enabled
-    from dllm_cache.generate import generate
     from dllm_cache.models.llada import LLaDAConfig, LLaDAModelLM
-    from dllm_cache.trace import ReplaySchedule, batch_rows
+    from dllm_cache.sampling.generate import generate
+    from dllm_cache.sampling.trace import ReplaySchedule, batch_rows
 
     device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
     model = build(lambda: LLaDAModelLM(LLaDAConfig(**spec["config"])), device, dtype, spec["seed"], spec["std"])
@@ -309,7 +309,7 @@ WORKERS = {"ours": worker_ours, "dllm-cache-original": worker_dllm_cache, "fast-
 
 
 def _trace(prefix: str | None, name: str) -> dict[str, Any] | None:
-    from dllm_cache.trace import read_trace
+    from dllm_cache.sampling.trace import read_trace
 
     if prefix is None:
         return None
@@ -402,7 +402,7 @@ def _spawn(impl: str, spec: dict[str, Any], timeout: float | None) -> list[dict[
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from dllm_cache.bench import random_prompts
+    from dllm_cache.bench.runner import random_prompts
     from dllm_cache.models import tiny
 
     config = tiny.llada_8b_config() if args.shape == "llada-8b" else tiny.tiny_llada_config()

@@ -23,7 +23,7 @@ real_rate.json holds exactly {"rows": [{impl, setting, workload, batch, gen_leng
 seconds, tokens_per_s, speedup, device, floor_ratio}]}; floor_ratio (ours, batch 1, cached rows) is
 the measured time of the run's cached step (the feature cache's partial step, the block caches'
 block step) over the weight-read floor (every parameter byte once at this GPU's measured HBM
-bandwidth, dllm_cache.bench_peaks).
+bandwidth, dllm_cache.bench.peaks).
 """
 
 from __future__ import annotations
@@ -129,9 +129,9 @@ def peer_settings(trace_row: dict[str, Any], batch: int) -> dict[str, list[dict[
 def run_peers(args: argparse.Namespace) -> Path:
     import torch
 
-    from dllm_cache.bench import random_prompts
+    from dllm_cache.bench.runner import random_prompts
     from dllm_cache.models import tiny
-    from dllm_cache.trace import read_trace
+    from dllm_cache.sampling.trace import read_trace
     from eval import peers
 
     trace = read_trace(args.trace or trace_file(args.gen))
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=RESULTS / "real_rate.json")
     args = p.parse_args(argv)
     if args.cmd == "ours":
-        from dllm_cache import bench
+        from dllm_cache.bench import runner as bench
 
         return bench.main(bench_argv(args.gen, args.batch, args.compile, args.repeats, args.out_dir, args.max_steps,
                                      args.shape, args.trace, args.prompt_len, tuple(args.policy),

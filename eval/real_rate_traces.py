@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dllm_cache.trace import ReplaySchedule, read_trace, summary, write_trace
+from dllm_cache.sampling.trace import ReplaySchedule, read_trace, summary, write_trace
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROXY_TRACES = "traces_llada_arith_threshold0.9_*.json*"  # .json or .json.gz (the committed ones are gzipped)
@@ -137,7 +137,7 @@ def make_rows(rule: Rule, gen_length: int, n_rows: int, seed: int) -> list[dict[
 
 def make_trace(key: str, gen_length: int, n_rows: int = 64, seed: int = 0,
                tail: dict[str, Any] | None = None) -> dict[str, Any]:
-    """{"meta", "rows"} of one real-rate trace (write it with dllm_cache.trace.write_trace)."""
+    """{"meta", "rows"} of one real-rate trace (write it with dllm_cache.sampling.trace.write_trace)."""
     rule = RULES[key]
     if gen_length % rule.block_length:
         raise ValueError(f"gen_length {gen_length} must be a multiple of the block ({rule.block_length})")

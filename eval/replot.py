@@ -15,7 +15,7 @@ Which JSON gives which plot (the study's own plot function, so the picture is th
 - `tiny_*.json` (eval.tiny.evaluate reports) -> `tiny_*.png`
 - every `dllm-cache bench` report (`{"meta": {"reference", ...}, "results": [...]}`, e.g.
   `llada8b-gsm8k-policy.json`, `real_rate_raw/ours_gen256_b1.json`) -> the same name `.png`
-  (dllm_cache.bench_plot)
+  (dllm_cache.bench.plot)
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _tiny(data: Any, png: Path) -> None:
 
 
 def _bench(data: Any, png: Path) -> None:
-    from dllm_cache.bench_plot import plot
+    from dllm_cache.bench.plot import plot
 
     plot(data, png)
 

@@ -150,8 +150,8 @@ def direct_latency(model_dir: str, device: str, dtype: str, cache: str, text: st
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from dllm_cache.generate import generate
-    from dllm_cache.patch import cache_enabled
+    from dllm_cache.engine.patch import cache_enabled
+    from dllm_cache.sampling.generate import generate
     from dllm_cache.serving.engine import CACHE_PRESETS, DTYPES
 
     model = AutoModel.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(device).eval()

@@ -95,8 +95,8 @@ def run_setting(model, tok, family: str, examples: list[dict], settings: dict, s
 def _generate_batch(model, tok, family: str, examples: list[dict], prompts: list[str], idx: list[int],
                     settings: dict, sampler: dict, device: str, rows: list) -> None:
     """One left-padded batch with its trace; fills rows[i] for the examples `idx`."""
-    from dllm_cache.generate import generate
-    from dllm_cache.trace import DecodeTrace
+    from dllm_cache.sampling.generate import generate
+    from dllm_cache.sampling.trace import DecodeTrace
 
     enc = tok(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = p.parse_args(argv)
 
     from dllm_cache import cache_enabled
-    from dllm_cache.trace import summary, write_trace
+    from dllm_cache.sampling.trace import summary, write_trace
 
     family = TASKS[args.task]
     settings = dict(GEN_SETTINGS[family])

@@ -42,7 +42,7 @@ class ModelAdapter:
 
     family: str = ""
     logit_shift: int = 0  # 1 when the logits at row i predict token i + 1 (Dream)
-    sampler: str = "llada"  # which sampler of dllm_cache.generate decodes this family
+    sampler: str = "llada"  # which sampler of dllm_cache.sampling.generate decodes this family
     # False when a block's forward synchronises with the host (data-dependent shapes, e.g. expert
     # dispatch in a mixture of experts): cached steps then never try CUDA-graph capture or torch.compile.
     graph_capturable: bool = True

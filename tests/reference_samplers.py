@@ -9,7 +9,7 @@
   algorithms "origin", "maskgit_plus", "topk_margin", "entropy", and alg_temp.
 
 They are deliberately slow and literal (whole-sequence forwards, Python loops over rows) so they
-can serve as an oracle for dllm_cache.generate, which computes only the current block's rows and
+can serve as an oracle for dllm_cache.sampling.generate, which computes only the current block's rows and
 avoids host syncs. Where our samplers differ from upstream on purpose, a flag selects the
 behaviour, defaulting to ours:
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from dllm_cache.bench import main
+from dllm_cache.bench.runner import main
 
 
 @pytest.fixture(autouse=True)
@@ -115,8 +115,9 @@ def test_bench_fp8_kv_rows(tmp_path, capsys):
 
 
 def test_bench_stops_before_any_work_when_a_batch_cannot_fit(monkeypatch, tmp_path):
-    import dllm_cache.bench as bench
-    from dllm_cache import bench_memory, memory
+    import dllm_cache.bench.runner as bench
+    from dllm_cache.analysis import memory
+    from dllm_cache.bench import memory as bench_memory
     from dllm_cache.models.tiny import tiny_llada_config
 
     def no_build(*args, **kwargs):
@@ -181,9 +182,9 @@ def test_bench_block_policies(tmp_path, capsys):
 
 
 def _trace_file(tmp_path, gen=16, block=8):
-    from dllm_cache.generate import generate
     from dllm_cache.models.tiny import tiny_llada
-    from dllm_cache.trace import DecodeTrace, write_trace
+    from dllm_cache.sampling.generate import generate
+    from dllm_cache.sampling.trace import DecodeTrace, write_trace
 
     trace = DecodeTrace()
     ids = torch.randint(0, 200, (3, 6), generator=torch.Generator().manual_seed(0))
@@ -194,7 +195,7 @@ def _trace_file(tmp_path, gen=16, block=8):
 
 def test_bench_replays_a_trace(tmp_path, capsys):
     """--trace: every run but the one-token-per-step baseline takes the recorded steps per block."""
-    from dllm_cache.trace import steps_per_block
+    from dllm_cache.sampling.trace import steps_per_block
 
     path, rows = _trace_file(tmp_path)
     report = _run(tmp_path, capsys, "tiny-llada", "traced", "--trace", str(path), "--policy", "paper", "block-dual")
@@ -224,7 +225,7 @@ def test_bench_dry_run_with_blocks_and_a_trace(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "block-dual + trace trace_tiny" in out and "decoding trace trace_tiny" in out
 def test_stats_dict_summarises_the_per_step_drift():
-    from dllm_cache.bench import _stats_dict
+    from dllm_cache.bench.runner import _stats_dict
 
     stats = {"steps": 3, "recompute_fraction": None, "config": object(),
              "drift": {"cond": {"step": [1, 2, 3], "since_refresh": [1, 2, 1], "drift": [0.1, 0.3, 0.2], "dropped": 4}}}

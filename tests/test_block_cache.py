@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import dllm_cache.patch as patch_module
+import dllm_cache.engine.patch as patch_module
 from dllm_cache import CacheConfig, cache_enabled, cache_memory, cache_stats, is_cache_enabled
-from dllm_cache.flops import ModelDims, _extra_flop_formulas, block_schedule, generation_cost
-from dllm_cache.generate import generate
+from dllm_cache.analysis.flops import ModelDims, _extra_flop_formulas, block_schedule, generation_cost
 from dllm_cache.models.tiny import tiny_dream, tiny_llada
-from dllm_cache.trace import DecodeTrace, steps_per_block
+from dllm_cache.sampling.generate import generate
+from dllm_cache.sampling.trace import DecodeTrace, steps_per_block
 from tests.helpers import max_err, trajectory
 
 ATOL_FP32 = 1e-5

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-import dllm_cache.compiled as compiled_mod
+import dllm_cache.engine.compiled as compiled_mod
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, reset_cache
 from dllm_cache.models.tiny import tiny_llada
 from tests.helpers import logits_along, max_err, trajectory

@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, disable_cache, enable_cache, reset_cache
-from dllm_cache.decoding import EarlyStop, factor_pick, threshold_pick, tokens_per_step, topk_rows
-from dllm_cache.frontier import decoding_window, frontier_priority
-from dllm_cache.generate import _dream_count_bound, _dream_logits, _dream_sample, _filter_logits, gumbel_argmax
+from dllm_cache.engine.frontier import decoding_window, frontier_priority
+from dllm_cache.engine.layer_budget import ramp_ratios
+from dllm_cache.engine.v_verify import value_similarity
 from dllm_cache.hooks import adapter_for
-from dllm_cache.layer_budget import ramp_ratios
 from dllm_cache.models.rope import rope_cos_sin
 from dllm_cache.models.tiny import tiny_llada
-from dllm_cache.select import value_similarity
+from dllm_cache.sampling.generate import _dream_count_bound, _dream_logits, _dream_sample, _filter_logits, gumbel_argmax
+from dllm_cache.sampling.unmasking import EarlyStop, factor_pick, threshold_pick, tokens_per_step, topk_rows
 from tests.helpers import logits_along, max_err, trajectory
 
 

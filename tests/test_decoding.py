@@ -7,9 +7,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from dllm_cache import CacheConfig, cache_enabled
-from dllm_cache.decoding import EarlyStop, factor_pick, threshold_pick
-from dllm_cache.generate import generate
 from dllm_cache.models.tiny import tiny_dream, tiny_llada
+from dllm_cache.sampling.generate import generate
+from dllm_cache.sampling.unmasking import EarlyStop, factor_pick, threshold_pick
 
 NEG = -math.inf
 

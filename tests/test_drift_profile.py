@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-import dllm_cache.patch as patch_module
+import dllm_cache.engine.patch as patch_module
 from dllm_cache import CacheConfig, cache_branch, cache_enabled, cache_stats, enable_cache, measure_drift
-from dllm_cache.drift import DriftTrace
-from dllm_cache.generate import generate
+from dllm_cache.engine.drift import DriftTrace
 from dllm_cache.models.tiny import tiny_llada
+from dllm_cache.sampling.generate import generate
 from tests.helpers import cached_steps, logits_along, trajectory
 
 REPO = Path(__file__).resolve().parents[1]

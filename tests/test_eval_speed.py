@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from dllm_cache.flops import STEP_KINDS, generation_cost  # noqa: E402
+from dllm_cache.analysis.flops import STEP_KINDS, generation_cost  # noqa: E402
 from dllm_cache.integrations.lm_eval import launch as lm_eval_launch  # noqa: E402
 from dllm_cache.integrations.lm_eval.compare import accuracy, add_speed_rows  # noqa: E402
 from dllm_cache.integrations.lm_eval.model import DLLMCacheLM  # noqa: E402
@@ -28,7 +28,7 @@ def _req(text: str, task: str) -> SimpleNamespace:
 
 
 def test_speed_record_matches_the_schedule_and_flops(llada_dir):
-    """Forwards by kind = the cache schedule per batch; FLOPs = dllm_cache.flops at the real shapes;
+    """Forwards by kind = the cache schedule per batch; FLOPs = dllm_cache.analysis.flops at the real shapes;
     batches never mix tasks."""
     lm = DLLMCacheLM(pretrained=str(llada_dir), device="cpu", batch_size=2, gen_length=8, steps=8, block_length=4,
                      cache="on", prompt_interval=4, response_interval=2, transfer_ratio=0.5)

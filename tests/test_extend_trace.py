@@ -11,9 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from dllm_cache.generate import generate  # noqa: E402
 from dllm_cache.models.tiny import tiny_llada  # noqa: E402
-from dllm_cache.trace import DecodeTrace, ReplaySchedule, read_trace, write_trace  # noqa: E402
+from dllm_cache.sampling.generate import generate  # noqa: E402
+from dllm_cache.sampling.trace import DecodeTrace, ReplaySchedule, read_trace, write_trace  # noqa: E402
 from eval import extend_trace  # noqa: E402
 
 ROWS = [{"blocks": [[6, 2], [8], [7, 1]], "stopped": False, "correct": True},

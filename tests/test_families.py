@@ -18,11 +18,11 @@ from transformers import AutoConfig, AutoModel
 
 import dllm_cache
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, disable_cache, enable_cache
-from dllm_cache.generate import generate
 from dllm_cache.hooks import adapter_for, family_of
 from dllm_cache.models import DreamModel, LLaDAModelLM, LLaDAMoEConfig, LLaDAMoEModelLM, MMadaModelLM
 from dllm_cache.models.llada_moe import LLaDAMoESparseMoeBlock
 from dllm_cache.models.tiny import tiny_llada_moe, tiny_llada_moe_config
+from dllm_cache.sampling.generate import generate
 from tests.helpers import logits_along, max_err, trajectory
 
 ATOL_FP32 = 1e-5
@@ -247,7 +247,7 @@ def test_moe_cache_recomputes_routed_ffn_for_selected_tokens_only():
 
 def test_moe_cache_never_tries_cuda_graphs_or_compile():
     """Expert dispatch synchronises with the host, so the adapter opts out of graph capture and compile."""
-    from dllm_cache.layer import cached_block_forward
+    from dllm_cache.engine.layer import cached_block_forward
 
     model = tiny_llada_moe()
     assert adapter_for(model).graph_capturable is False

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dllm_cache import CacheConfig, disable_cache, enable_cache, reset_cache
-from dllm_cache.flops import (
+from dllm_cache.analysis.flops import (
     FEATURE_KINDS,
     ModelDims,
     generation_cost,
@@ -19,8 +19,8 @@ from dllm_cache.flops import (
     step_flops,
     step_kind,
 )
+from dllm_cache.engine.schedule import step_kind as core_step_kind
 from dllm_cache.models.tiny import dream_7b_config, llada_8b_config, tiny_dream, tiny_llada
-from dllm_cache.schedule import step_kind as core_step_kind
 
 # Toy shape for hand arithmetic: per token and layer q 128, k 64, v 64, o 128, FFN 768.
 TOY = ModelDims(d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=4, d_ff=16, vocab=10)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, disable_cache, enable_cache
-from dllm_cache.generate import generate, tokens_per_step
+from dllm_cache.sampling.generate import generate, tokens_per_step
 
 
 def _prompts(model, batch=3, length=12):

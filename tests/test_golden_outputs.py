@@ -28,7 +28,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from dllm_cache import CacheConfig, cache_enabled
-from dllm_cache.generate import generate
+from dllm_cache.sampling.generate import generate
 from eval.tiny import tasks
 from tests.reference_samplers import dream_reference, llada_reference
 

@@ -28,14 +28,14 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import dllm_cache.layer as layer
+import dllm_cache.engine.layer as layer
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, reset_cache
-from dllm_cache.generate import generate
+from dllm_cache.engine.kv_store import FP8_DTYPE, ExactKV, Fp8KV, dequantize, quantize
+from dllm_cache.engine.patch import _state
 from dllm_cache.hooks import sampler_of
-from dllm_cache.kv_store import FP8_DTYPE, ExactKV, Fp8KV, dequantize, quantize
 from dllm_cache.models.layers import attend
 from dllm_cache.models.tiny import tiny_dream, tiny_llada
-from dllm_cache.patch import _state
+from dllm_cache.sampling.generate import generate
 from eval.kv_fp8_deviation import logit_deviation
 from eval.trajectory import trajectory
 from tests.conftest import FACTORIES

@@ -5,11 +5,11 @@ persistent buffers a real graph reads never move while it exists."""
 import pytest
 import torch
 
-import dllm_cache.graphs as graphs
-import dllm_cache.patch as patch
+import dllm_cache.engine.graphs as graphs
+import dllm_cache.engine.patch as patch
 from dllm_cache import CacheConfig, cache_enabled
-from dllm_cache.generate import generate
 from dllm_cache.models.tiny import tiny_llada
+from dllm_cache.sampling.generate import generate
 
 
 def _pointers(branch) -> dict[str, int]:

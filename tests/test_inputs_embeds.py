@@ -10,10 +10,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, disable_cache, enable_cache, reset_cache
-from dllm_cache.generate import generate
 from dllm_cache.hooks import family_of
 from dllm_cache.models import LLaDAConfig, LLaDAModelLM
 from dllm_cache.models.tiny import _seeded, tiny_llada_config
+from dllm_cache.sampling.generate import generate
 from tests.helpers import logits_along, max_err, trajectory
 
 ATOL_FP32 = 1e-5

@@ -13,14 +13,14 @@ per-tensor instead of per-token scales are caught by the round-trip test, not by
 import pytest
 import torch
 
-import dllm_cache.memory as memory
+import dllm_cache.analysis.memory as memory
 from dllm_cache import CacheConfig, cache_enabled, cache_memory, measure_drift, reset_cache
-from dllm_cache.flops import ModelDims
-from dllm_cache.generate import generate
+from dllm_cache.analysis.flops import ModelDims
+from dllm_cache.engine.kv_store import FP8_DTYPE, ExactKV, Fp8KV, dequantize, dequantize_into, quantize
+from dllm_cache.engine.patch import _state
 from dllm_cache.hooks import sampler_of
-from dllm_cache.kv_store import FP8_DTYPE, ExactKV, Fp8KV, dequantize, dequantize_into, quantize
 from dllm_cache.models.tiny import llada_8b_config, tiny_dream, tiny_llada
-from dllm_cache.patch import _state
+from dllm_cache.sampling.generate import generate
 from eval.kv_fp8_deviation import logit_deviation, step_logits, trajectory
 from tests.conftest import FACTORIES
 from tests.test_graph_protocol import stand_in_graphs  # noqa: F401  (fixture)

@@ -4,12 +4,12 @@ and those rows equal what the all-rows call returns (prompt rows served from the
 import pytest
 import torch
 
-import dllm_cache.generate as gen_mod
+import dllm_cache.sampling.generate as gen_mod
 from dllm_cache import CacheConfig, cache_enabled
-from dllm_cache.generate import generate
+from dllm_cache.engine.patch import _logit_rows, cache_memory
 from dllm_cache.hooks import sampler_of
 from dllm_cache.models.tiny import tiny_llada
-from dllm_cache.patch import _logit_rows, cache_memory
+from dllm_cache.sampling.generate import generate
 from tests.helpers import logits_along, max_err, trajectory
 
 ATOL_FP32 = 1e-5

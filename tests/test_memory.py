@@ -4,13 +4,13 @@ stops with a clear error before any work (device free memory mocked on CPU)."""
 import pytest
 import torch
 
-import dllm_cache.memory as memory
+import dllm_cache.analysis.memory as memory
 from dllm_cache import CacheConfig, cache_enabled
-from dllm_cache.flops import ModelDims
-from dllm_cache.generate import generate
+from dllm_cache.analysis.flops import ModelDims
+from dllm_cache.engine.patch import cache_memory
 from dllm_cache.hooks import sampler_of
 from dllm_cache.models.tiny import dream_7b_config, llada_8b_config
-from dllm_cache.patch import cache_memory
+from dllm_cache.sampling.generate import generate
 
 P, R = 10, 16
 

@@ -26,8 +26,8 @@ import torch
 
 import dllm_cache
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, disable_cache, enable_cache
-from dllm_cache.generate import generate
 from dllm_cache.models.tiny import tiny_dream, tiny_llada
+from dllm_cache.sampling.generate import generate
 from tests.helpers import padded_prompts as prompts
 from tests.helpers import right_padded
 
@@ -281,7 +281,7 @@ def _nested() -> str:
 # ----------------------------------------------------------------------------- 6-7. CLI, packaging
 @case("6. CLI help shows defaults; eval --help lists the dllm_cache model args")
 def _cli_help() -> str:
-    from dllm_cache.bench import build_parser
+    from dllm_cache.bench.runner import build_parser
     from dllm_cache.cli import build_parser as cli_parser
     from dllm_cache.cli import eval_help
 
@@ -302,7 +302,7 @@ def _shipped() -> str:
     model_dir, prompts_file = shipped.default_model_dir(), shipped.default_prompts_file()
     assert (model_dir / "config.json").exists() and prompts_file.exists()
     check = (
-        "import sys, dllm_cache.cli, dllm_cache.bench, dllm_cache.generate, dllm_cache.shipped; "
+        "import sys, dllm_cache.cli, dllm_cache.bench, dllm_cache.sampling.generate, dllm_cache.shipped; "
         "sys.exit(any(m == 'eval' or m.startswith('eval.') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", check]).returncode == 0, "the library imported eval/"

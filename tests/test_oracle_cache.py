@@ -40,10 +40,10 @@ import math
 import pytest
 import torch
 
-import dllm_cache.generate as generate_module
+import dllm_cache.sampling.generate as generate_module
 from dllm_cache import CacheConfig, cache_stats, disable_cache, enable_cache, reset_cache
-from dllm_cache.generate import dream_generate, llada_generate
 from dllm_cache.hooks import sampler_of
+from dllm_cache.sampling.generate import dream_generate, llada_generate
 from tests.conftest import FACTORIES
 from tests.helpers import padded_prompts, trajectory
 from tests.reference_block_cache import ReferenceBlockCache

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, disable_cache, enable_cache, is_cache_enabled, reset_cache
-from dllm_cache.generate import generate
+from dllm_cache.sampling.generate import generate
 from tests.helpers import padded_prompts
 
 COPIES = {"deepcopy": copy.deepcopy, "pickle": lambda m: pickle.loads(pickle.dumps(m))}

@@ -60,7 +60,7 @@ def test_replay_transfer_keeps_the_recorded_count_of_most_confident_tokens():
 
 
 def _traces(tmp_path, gen=16, block=8, names=("threshold0.9_none", "threshold0.9_paper", "threshold0.9_block-dual")):
-    from dllm_cache.trace import write_trace
+    from dllm_cache.sampling.trace import write_trace
 
     rows = [{"blocks": [[3, 3, 2], [4, 4]], "stopped": False}]
     for i, name in enumerate(names):

@@ -1,4 +1,4 @@
-"""Real-rate traces (eval/real_rate_traces.py), the bench's learned peaks (dllm_cache/bench_peaks.py)
+"""Real-rate traces (eval/real_rate_traces.py), the bench's learned peaks (dllm_cache/bench/peaks.py)
 and the real-rate runner's report (eval/real_rate.py), on CPU with tiny models."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dllm_cache import bench
-from dllm_cache.bench_peaks import DEVICE_PEAKS, Peaks, learn_peaks, measure_bandwidth, measure_gemm_tflops, table_peaks
-from dllm_cache.generate import generate
+from dllm_cache.bench import runner as bench
+from dllm_cache.bench.peaks import DEVICE_PEAKS, Peaks, learn_peaks, measure_bandwidth, measure_gemm_tflops, table_peaks
 from dllm_cache.models import tiny
-from dllm_cache.trace import ReplaySchedule, read_trace, summary, write_trace
+from dllm_cache.sampling.generate import generate
+from dllm_cache.sampling.trace import ReplaySchedule, read_trace, summary, write_trace
 from eval import real_rate
 from eval.real_rate_traces import PROXY_TRACES, RESULTS, RULES, make_trace, measure_tail, trace_path
 

@@ -1,4 +1,4 @@
-"""Our samplers (dllm_cache.generate) against plain references of the upstream ones
+"""Our samplers (dllm_cache.sampling.generate) against plain references of the upstream ones
 (tests/reference_samplers.py), token for token, on the tiny models (fp32, CPU).
 
 Every case runs a batch of three left-padded prompts (0, 2 and 4 pad tokens), so padding is always
@@ -11,7 +11,7 @@ same tokens wherever no random number is drawn, and pin that seeded tokens do di
 upstream's draw order (same distribution, other assignment of draws to positions). The cache at
 refresh-every-step (Kp = Kr = 1) must give the uncached tokens.
 
-Mutants (issue 29, item 2), each applied alone to a scratch copy of dllm_cache/generate.py; what failed:
+Mutants (issue 29, item 2), each applied alone to a scratch copy of dllm_cache/sampling/generate.py; what failed:
 - mask token back in LLaDA's confidence softmax (argmax still excluding it): 2 tests,
   test_the_mask_token_never_takes_probability_mass[llada-*];
 - Gumbel noise drawn in float32 instead of float64: 9 tests, every seeded LLaDA-sampler case;
@@ -19,7 +19,7 @@ Mutants (issue 29, item 2), each applied alone to a scratch copy of dllm_cache/g
 - top_k applied before top_p (the order before this module): 5 tests, the Dream cases with both filters.
 Found by this module: the Dream sampler applied top_k before top_p (transformers' order); Dream's
 sample_tokens applies top_p first, which keeps another token set when both are given (fixed in
-dllm_cache/generate.py, commit "Dream sampler: top_p before top_k").
+dllm_cache/sampling/generate.py, commit "Dream sampler: top_p before top_k").
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from dllm_cache import CacheConfig, cache_enabled
-from dllm_cache.generate import generate
 from dllm_cache.models.tiny import tiny_dream, tiny_llada, tiny_llada_moe, tiny_mmada
+from dllm_cache.sampling.generate import generate
 from tests.helpers import padded_prompts
 from tests.reference_samplers import dream_reference, llada_reference
 

@@ -5,17 +5,17 @@ analytic FLOPs count what the engine runs."""
 import pytest
 import torch
 
-import dllm_cache.drift as drift_module
-import dllm_cache.layer as layer_module
-import dllm_cache.patch as patch_module
+import dllm_cache.engine.drift as drift_module
+import dllm_cache.engine.layer as layer_module
+import dllm_cache.engine.patch as patch_module
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, disable_cache, enable_cache, is_cache_enabled, reset_cache
-from dllm_cache.drift import plan_drift_step
-from dllm_cache.flops import ModelDims, generation_cost, measure_step_flops, schedule_counts, step_flops
-from dllm_cache.graphs import graphable
+from dllm_cache.analysis.flops import ModelDims, generation_cost, measure_step_flops, schedule_counts, step_flops
+from dllm_cache.engine.drift import plan_drift_step
+from dllm_cache.engine.graphs import graphable
+from dllm_cache.engine.layer_budget import ramp_ratios
+from dllm_cache.engine.v_verify import select_drifted
 from dllm_cache.hooks import adapter_for
-from dllm_cache.layer_budget import ramp_ratios
 from dllm_cache.models.tiny import tiny_dream, tiny_llada
-from dllm_cache.select import select_drifted
 from tests.helpers import cached_steps, logits_along, max_err, trajectory
 
 ATOL_FP32 = 1e-5

@@ -4,12 +4,12 @@ every policy still reproduces the uncached logits when refreshed every step."""
 import pytest
 import torch
 
-import dllm_cache.layer as layer_module
+import dllm_cache.engine.layer as layer_module
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, reset_cache
-from dllm_cache.flops import ModelDims, generation_cost
-from dllm_cache.frontier import decoding_window, frontier_priority
-from dllm_cache.schedule import plan_step
-from dllm_cache.select import select_drifted
+from dllm_cache.analysis.flops import ModelDims, generation_cost
+from dllm_cache.engine.frontier import decoding_window, frontier_priority
+from dllm_cache.engine.schedule import plan_step
+from dllm_cache.engine.v_verify import select_drifted
 from tests.helpers import logits_along, max_err, trajectory
 
 M = 99  # mask id in the unit tests below

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dllm_cache import CacheConfig, cache_enabled
-from dllm_cache.generate import generate
-from dllm_cache.sampler_args import to_left_padding
+from dllm_cache.sampling.generate import generate
+from dllm_cache.sampling.options import to_left_padding
 from tests.helpers import padded_prompts as prompts
 from tests.helpers import right_padded
 

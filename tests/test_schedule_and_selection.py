@@ -3,8 +3,8 @@
 import torch
 
 from dllm_cache import CacheConfig, cache_enabled, cache_stats
-from dllm_cache.schedule import plan_step
-from dllm_cache.select import select_drifted, value_similarity
+from dllm_cache.engine.schedule import plan_step
+from dllm_cache.engine.v_verify import select_drifted, value_similarity
 from tests.helpers import logits_along, trajectory
 
 

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import dllm_cache  # noqa: F401  (registers the model classes)
-from dllm_cache.generate import generate
+from dllm_cache.sampling.generate import generate
 from eval.tiny import tasks
 
 REPO = Path(__file__).resolve().parents[1]

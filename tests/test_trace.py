@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from dllm_cache.generate import generate
 from dllm_cache.models.tiny import tiny_dream, tiny_llada
-from dllm_cache.trace import DecodeTrace, ReplaySchedule, batch_rows, read_trace, steps_per_block, write_trace
+from dllm_cache.sampling.generate import generate
+from dllm_cache.sampling.trace import DecodeTrace, ReplaySchedule, batch_rows, read_trace, steps_per_block, write_trace
 from tests.test_decoding import _eos_after
 
 

@@ -30,8 +30,8 @@ def test_rules_and_caches_parse():
 
 
 def test_traces_record_replay_and_report(micro_model, tmp_path):
-    from dllm_cache.generate import generate
-    from dllm_cache.trace import ReplaySchedule, read_trace
+    from dllm_cache.sampling.generate import generate
+    from dllm_cache.sampling.trace import ReplaySchedule, read_trace
     from eval.tiny import tasks
     from eval.tiny.evaluate import load_model
 

@@ -5,7 +5,7 @@ Facts from Gen-Verse/MMaDA `models/modeling_mmada.py`: `MMadaModelLM` subclasses
 `MMadaConfig` (model_type "mmada") adding `llm_vocab_size`, `codebook_size`, `num_vq_tokens`,
 `num_new_special_tokens` and `new_vocab_size` (the text vocabulary followed by the image VQ codes) to
 the LLaDA keys. Text generation (`mmu_generate`) is LLaDA's semi-autoregressive low-confidence
-remasking over the whole joint vocabulary, which is what `dllm_cache.generate` does for this class.
+remasking over the whole joint vocabulary, which is what `dllm_cache.sampling.generate` does for this class.
 Image generation (`t2i_generate`, MaskGIT over VQ tokens) needs the VQ model and is not provided here.
 """
 

@@ -57,8 +57,8 @@ def run(engine: Engine, jobs: list[Job], take_more: Callable[[int], list[Job]], 
     """Decode `jobs` (equal batch keys, eligible) block by block; between blocks, drop finished and
     abandoned rows and add jobs from `take_more(free_rows)` (called in this worker thread; it fetches
     compatible queued jobs from the event loop)."""
-    from dllm_cache.decoding import tokens_per_step, topk_rows
-    from dllm_cache.patch import cache_enabled, cache_stats, declared_generation, is_cache_enabled
+    from dllm_cache.engine.patch import cache_enabled, cache_stats, declared_generation, is_cache_enabled
+    from dllm_cache.sampling.unmasking import tokens_per_step, topk_rows
 
     t0 = time.perf_counter()
     d = jobs[0].decoding

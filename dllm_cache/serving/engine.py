@@ -8,7 +8,7 @@ forward of block b + 1, and the last block when generate() returns. The same hoo
 whose every client has gone (it raises; the cache's context managers undo themselves).
 
 Everything here runs in the batcher's single worker thread: one generation at a time per model,
-because a cache's state belongs to one generation (dllm_cache.patch keeps it on the model).
+because a cache's state belongs to one generation (dllm_cache.engine.patch keeps it on the model).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class Engine:
     def __init__(self, model: nn.Module, tokenizer, *, name: str, defaults: Defaults = Defaults(), max_n: int = 8,
                  exact_batching: bool = True):
         from dllm_cache.hooks import sampler_of
-        from dllm_cache.sampler_args import position_limit
+        from dllm_cache.sampling.options import position_limit
 
         if defaults.cache not in CACHE_PRESETS:
             raise ValueError(f"unknown cache preset {defaults.cache!r}; choose one of {', '.join(CACHE_PRESETS)}")
@@ -203,8 +203,8 @@ class Engine:
     def run(self, jobs: list[Job]) -> BatchReport:
         """Generate every row of `jobs` (equal batch keys) at once, emitting each row's blocks as
         they complete. Rows are left padded; an answer does not depend on its neighbours."""
-        from dllm_cache.generate import generate
-        from dllm_cache.patch import cache_enabled, cache_stats
+        from dllm_cache.engine.patch import cache_enabled, cache_stats
+        from dllm_cache.sampling.generate import generate
 
         t0 = time.perf_counter()
         rows = [(job, c) for job in jobs for c in range(job.n)]

@@ -21,7 +21,7 @@ and averaging the examples' drift at each step gives exactly the drift a batch o
 on the same fixed schedule ("batch mean"; eval.frontier runs batches of 500 / 100, closer to this).
 
 A threshold's schedule is predicted by replaying the profile (`replay_refreshes`): the library's
-own rule (dllm_cache.drift.plan_drift_step) walks the steps, each step measuring the drift the
+own rule (dllm_cache.engine.drift.plan_drift_step) walks the steps, each step measuring the drift the
 profile measured at that step (a step the fixed schedule refreshed, which measured none, takes the
 previous step's). The drift a step measures depends on which step it is (what the sampler
 unmasks) far more than on the steps since the refresh: V-verify overwrites the cached Values every
@@ -81,7 +81,7 @@ def drift_by_step(trace: dict, steps: int) -> np.ndarray:
 def replay_refreshes(drift: np.ndarray, config) -> int:
     """Response refreshes (step 0 included) a drift-triggered `config` makes over len(drift) steps
     when step s measures drift[s]: plan_drift_step, the rule the cache runs."""
-    from dllm_cache.drift import plan_drift_step
+    from dllm_cache.engine.drift import plan_drift_step
 
     since, last, refreshes = 0, 0.0, 0
     for step in range(len(drift)):

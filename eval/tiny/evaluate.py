@@ -8,7 +8,7 @@ sweep of transfer_ratio (Kr=8) and a sweep of response_interval Kr (ratio 0.25),
 `eval/data/arith_synth/test.jsonl` and `eval/data/hotpotqa_synth/test.jsonl` (regenerated from
 the seeds when missing). For each (configuration, task): exact-match accuracy, agreement of the
 answers with the uncached run, wall time, the cache's statistics (fraction of response tokens
-recomputed on partial steps) and analytic FLOPs from `dllm_cache.flops` (when available).
+recomputed on partial steps) and analytic FLOPs from `dllm_cache.analysis.flops` (when available).
 Writes the JSON, a markdown table (same name, .md) and a plot (same name, .png).
 """
 
@@ -77,7 +77,7 @@ def generate_texts(
 ) -> list[str]:
     """Generated text after each prompt (special tokens dropped). Prompts are sorted by length and
     batched with left padding + attention mask; results come back in the input order."""
-    from dllm_cache.generate import generate
+    from dllm_cache.sampling.generate import generate
 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
@@ -147,7 +147,7 @@ def prompt_lengths(tok, family: str, examples: list[dict]) -> Counter:
 def mean_flops(model, lengths: Counter, settings: dict, config) -> float:
     """Mean analytic FLOPs of one generation (batch 1, each example's unpadded prompt length), with
     the block length the model's sampler actually uses."""
-    from dllm_cache import flops
+    from dllm_cache.analysis import flops
 
     dims = flops.ModelDims.from_config(model.config)
     block = sampler_settings(model, settings).get("block_length")
@@ -325,7 +325,7 @@ def markdown(report: dict) -> str:
         meta += f" Hotpot: generated examples with {report['hotpot_distractors']} distractors (not the test file)."
     note = (
         "`agree`: share of answers equal to the uncached run's; `recomputed`: response tokens x layers "
-        "recomputed on partial steps / all (cache_stats); FLOPs are analytic (dllm_cache.flops), batch 1, "
+        "recomputed on partial steps / all (cache_stats); FLOPs are analytic (dllm_cache.analysis.flops), batch 1, "
         "for the fixed schedule (not defined with a threshold); `steps`: model forwards per generation "
         "(a threshold unmasks every token above it per step, so fewer steps)."
     )

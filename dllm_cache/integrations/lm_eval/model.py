@@ -12,7 +12,7 @@ Data parallel: under `accelerate launch` (WORLD_SIZE > 1) each process holds a f
 `cuda:{local_rank}` and lm-eval shards the requests by rank.
 
 Request types:
-- `generate_until`: batched, prompts left-padded, decoded by `dllm_cache.generate.generate`.
+- `generate_until`: batched, prompts left-padded, decoded by `dllm_cache.sampling.generate.generate`.
 - `loglikelihood`: Monte-Carlo estimate of the masked-diffusion ELBO (LLaDA paper, eq. for
   conditional likelihood): mask k of the n continuation tokens (k drawn stratified over 1..n,
   positions uniform), score the masked tokens with cross entropy weighted by 1/t = n/k, average
@@ -47,8 +47,8 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from dllm_cache.config import CacheConfig, parse_field
-from dllm_cache.generate import SAMPLERS
-from dllm_cache.sampler_args import check_options, position_limit
+from dllm_cache.sampling.generate import SAMPLERS
+from dllm_cache.sampling.options import check_options, position_limit
 
 from .presets import apply_preset
 from .speed import SpeedMeter, TaskSpeed, merge_summaries
@@ -228,7 +228,7 @@ class DLLMCacheLM(LM):
         import transformers
 
         import dllm_cache  # registers our LLaDA / Dream classes with transformers' Auto classes
-        from dllm_cache.generate import generate
+        from dllm_cache.sampling.generate import generate
 
         self._dllm_cache = dllm_cache
         self._generate = generate

@@ -4,7 +4,7 @@ response tokens recomputed and analytic FLOPs, for the `dllm_cache` lm-eval mode
 A SpeedMeter hooks the model's forward (one pre- and one post-hook, nothing else changes): every
 forward inside `meter.track(task, ...)` is counted, classified by the cache counter it moved
 (full / prompt / response / partial; an uncached forward is "full") and charged its FLOPs by
-`dllm_cache.flops.step_flops` at its real shape (rows, prompt width, response length). So the
+`dllm_cache.analysis.flops.step_flops` at its real shape (rows, prompt width, response length). So the
 numbers hold for any sampler schedule (parallel decoding, CFG's second pass), not only the
 nominal one. A block step (block KV-cache policies) is charged the response rows it recomputed
 (from the cache's counter: Dream's one prompt row in its first block is left out) and logits on
@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dllm_cache.flops import STEP_KINDS, ModelDims, step_flops
+from dllm_cache.analysis.flops import STEP_KINDS, ModelDims, step_flops
 
-# cache_stats counter -> step kind (names of dllm_cache.flops)
+# cache_stats counter -> step kind (names of dllm_cache.analysis.flops)
 _KIND_COUNTERS = {"full_steps": "full", "prompt_refresh_steps": "prompt",
                   "response_refresh_steps": "response", "partial_steps": "partial", "block_steps": "block"}
 _TOKEN_COUNTERS = ("tokens_recomputed", "tokens_total")

@@ -22,14 +22,14 @@ from dllm_cache.hooks import adapter_for
 from dllm_cache.models.layers import key_mask_from
 from dllm_cache.models.rope import rope_cos_sin
 
-from .blockcache import block_rows_forward
+from ..analysis.memory import check_generation_fits, state_bytes
+from ..config import CacheConfig
+from .block_cache import block_rows_forward
 from .compiled import compiled_block_forward, compiled_block_rows
-from .config import CacheConfig
 from .drift import step_drift
 from .frontier import frontier_priority
 from .graphs import graphable, run_step
 from .layer import cached_block_forward, full_block_forward
-from .memory import check_generation_fits, state_bytes
 from .state import CacheState, Stats, StepContext
 
 _STATE = "_dllm_cache_state"
@@ -450,7 +450,7 @@ def cache_stats(model: nn.Module, reset: bool = False) -> dict:
 
 
 def cache_memory(model: nn.Module) -> dict[str, int]:
-    """Bytes the cache holds now, by kind (see dllm_cache.memory.state_bytes)."""
+    """Bytes the cache holds now, by kind (see dllm_cache.analysis.memory.state_bytes)."""
     return state_bytes(_state(model))
 
 

@@ -17,8 +17,8 @@ from dllm_cache.models.layers import attend
 from dllm_cache.models.rope import apply_rope
 
 from .drift import layer_drift
-from .select import select_drifted, value_similarity
 from .state import LayerStore, StepContext
+from .v_verify import select_drifted, value_similarity
 
 # Few queries against a long sequence at small batch: FlashAttention's split-KV path beats the
 # default (cuDNN) kernel on H100, 38 vs 58 us for 8 queries x 4,032 keys x 32 heads; with short

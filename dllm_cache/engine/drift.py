@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import CacheConfig
+from ..config import CacheConfig
 from .schedule import StepPlan, plan_step
 
 

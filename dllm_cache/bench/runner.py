@@ -5,8 +5,8 @@ same prompts with each cache configuration, in the same process, and report late
 tokens/s, speedup, analytic FLOPs (cross-checked once with FlopCounterMode), achieved
 TFLOP/s, a roofline bound, token agreement with the uncached output and the cache's stats.
 Each configuration is timed `--repeats` times (default 3): the table shows the median latency and
-its spread (min-max). Writes `<tag>.json`, `<tag>.md` (bench_report.py) and `<tag>.png`
-(bench_plot.py) to `--out-dir` (default ./dllm_cache_results, created in the current directory);
+its spread (min-max). Writes `<tag>.json`, `<tag>.md` (bench/report.py) and `<tag>.png`
+(bench/plot.py) to `--out-dir` (default ./dllm_cache_results, created in the current directory);
 prints the table last.
 
 Random-weight models (`--shape llada-8b|dream-7b`) are built directly on the device: compute
@@ -35,12 +35,7 @@ from typing import Any
 
 import torch
 
-from dllm_cache import bench_memory
-from dllm_cache.bench_decoding import Decoding, apply_trace_lengths, load_decoding, run_kinds
-from dllm_cache.bench_peaks import PEAK_MODES, learn_peaks
-from dllm_cache.bench_plot import plot
-from dllm_cache.bench_report import markdown_table
-from dllm_cache.flops import (
+from dllm_cache.analysis.flops import (
     STEP_KINDS,
     ModelDims,
     count_forward_flops,
@@ -48,10 +43,15 @@ from dllm_cache.flops import (
     schedule_counts,
     step_flops,
 )
-from dllm_cache.generate import generate
+from dllm_cache.bench import memory as bench_memory
+from dllm_cache.bench.decoding import Decoding, apply_trace_lengths, load_decoding, run_kinds
+from dllm_cache.bench.peaks import PEAK_MODES, learn_peaks
+from dllm_cache.bench.plot import plot
+from dllm_cache.bench.report import markdown_table
+from dllm_cache.engine.kv_store import KV_CACHE_DTYPES
+from dllm_cache.engine.patch import cache_memory, cache_stats, disable_cache, enable_cache, reset_cache
 from dllm_cache.hooks import adapter_for
-from dllm_cache.kv_store import KV_CACHE_DTYPES
-from dllm_cache.patch import cache_memory, cache_stats, disable_cache, enable_cache, reset_cache
+from dllm_cache.sampling.generate import generate
 
 WORKLOADS: dict[str, dict[str, int]] = {
     "gsm8k": {"prompt_len": 700, "gen_len": 256, "steps": 256, "block_length": 32},
@@ -161,7 +161,7 @@ class Row:
     cache_stats: dict[str, Any] | None = None
     recomputed_fraction: float | None = None
     peak_mem_gb: float | None = None  # whole-process peak (torch allocator), CUDA only
-    estimated_peak_gb: float | None = None  # the same from the shapes (dllm_cache.memory)
+    estimated_peak_gb: float | None = None  # the same from the shapes (dllm_cache.analysis.memory)
     cache_bytes: dict[str, int] | None = None  # what the cache held after the run, by kind
     decoding: str = "fixed"  # the unmasking rule: fixed schedule, threshold, factor or a replayed trace
     notes: list[str] = field(default_factory=list)
@@ -255,7 +255,7 @@ def timed_generate(
 
 def per_kind_ms(run: TimedRun, kinds: list[str]) -> dict[str, float | None]:
     """Mean measured time of each step kind (ms), None if the kind was not run. `kinds`: the
-    generation's step kinds in order (bench_decoding.run_kinds)."""
+    generation's step kinds in order (bench/decoding.py's run_kinds)."""
     by_kind: dict[str, list[float]] = {k: [] for k in STEP_KINDS}
     for kind, seconds in zip(kinds, run.step_s):
         by_kind[kind].append(seconds)
@@ -639,7 +639,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     logits_tokens = bench_memory.head_rows(adapter.family, workload.prompt_len, workload.gen_len,
                                            workload.block_length, head_all_rows)
     notes.append(
-        "FLOPs: analytic (dllm_cache.flops), matmuls + attention, multiply-add = 2; LM head on "
+        "FLOPs: analytic (dllm_cache.analysis.flops), matmuls + attention, multiply-add = 2; LM head on "
         "all P + R rows uncached; cached, on "
         + ("all P + R rows on every step (no separate head module: weight tying)" if head_all_rows else
            f"the {logits_tokens['full']} rows the sampler scores on prompt refreshes and their "
@@ -647,7 +647,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     )
     notes.append(
         f"memory: weights {weights_gb:.3g} GiB; peak = whole-process torch allocator peak of the timed runs "
-        "(CUDA only); est. = dllm_cache.memory estimate from the shapes; cache = bytes held after the run"
+        "(CUDA only); est. = dllm_cache.analysis.memory estimate from the shapes; cache = bytes held after the run"
     )
 
     if args.kv_cache_dtype:

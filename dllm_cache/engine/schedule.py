@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import CacheConfig
+from ..config import CacheConfig
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ Conventions
   P + R rows on every step: pass logits_tokens=P + R.) Callers that ask for fewer rows
   (`logits_to_keep`, as our samplers do) pass a dict of rows per step kind.
 
-Step kinds (names follow `dllm_cache.schedule.step_kind`)
+Step kinds (names follow `dllm_cache.engine.schedule.step_kind`)
 --------------------------------------------------------
 full      every token (prompt + response) through every layer. The uncached model does this
           on every step ("uncached" is an alias).
@@ -40,13 +40,13 @@ partial   layer 0 as in "response" (its input, the embeddings, changes whenever 
 prompt    a prompt refresh (step % Kp == 0) that is not a response refresh: layer 0 "full";
           every other layer recomputes the P prompt tokens (q/k/v/o, FFN, P queries against
           P + R keys) plus the "partial" work on the response.
-block     block KV-cache policies (`dllm_cache.blockcache`): `rows` rows through every layer
+block     block KV-cache policies (`dllm_cache.engine.block_cache`): `rows` rows through every layer
           (q/k/v/o, FFN), their queries against all P + R keys (the others' K/V cached). Their
           refreshes are "full" steps. Which rows: `block_region` of the block the sampler decodes
           (dual: the block, plus the last block token on a shifted model; prefix: the block and
           everything after it), so a generation's cost depends on its blocks and steps per block.
 
-These are exactly the matmuls `dllm_cache.layer` and `dllm_cache.blockcache` run; tests check
+These are exactly the matmuls `dllm_cache.engine.layer` and `dllm_cache.engine.block_cache` run; tests check
 every kind against FlopCounterMode on a cached forward.
 """
 
@@ -340,7 +340,7 @@ def roofline_seconds(flops: int, nbytes: int, peak_tflops: float, peak_tbps: flo
 
 
 def _local_step_kind(step: int, config: CacheConfig) -> str:
-    """Fallback schedule rule (same as `dllm_cache.schedule`), used only if that is missing."""
+    """Fallback schedule rule (same as `dllm_cache.engine.schedule`), used only if that is missing."""
     kp = config.prompt_interval
     prompt = step == 0 if kp is None else step % kp == 0
     response = step % config.response_interval == 0
@@ -352,7 +352,7 @@ def _local_step_kind(step: int, config: CacheConfig) -> str:
 def step_kind(step: int, config: CacheConfig | None) -> str:
     """Which kind of forward the cache runs at denoising step `step` (0-based).
 
-    None = no cache = "full" every step. Delegates to `dllm_cache.schedule.step_kind` so the
+    None = no cache = "full" every step. Delegates to `dllm_cache.engine.schedule.step_kind` so the
     FLOPs model and the cache can never disagree.
     """
     if config is None:
@@ -365,7 +365,7 @@ def step_kind(step: int, config: CacheConfig | None) -> str:
                          "index; count the steps a run took (cache_stats) and pass them to generation_cost as "
                          "step_counts.")
     try:
-        from dllm_cache.schedule import step_kind as schedule_step_kind
+        from dllm_cache.engine.schedule import step_kind as schedule_step_kind
     except ImportError:  # core not installed yet; same rule as DESIGN.md
         schedule_step_kind = _local_step_kind
     return schedule_step_kind(step, config)
@@ -407,7 +407,7 @@ def block_schedule(
     """(kind, recomputed rows or None, logit rows asked) of every step of a generation under a block
     policy, as the engine plans it for our samplers (`schedule.plan_block_step`): a full refresh on
     each block's first step and every `block_refresh` steps, block steps in between."""
-    from dllm_cache.schedule import block_region, plan_block_step
+    from dllm_cache.engine.schedule import block_region, plan_block_step
 
     B = block_length or gen_len
     seq = prompt_len + gen_len

@@ -1,6 +1,6 @@
 """Where one layer's cached K and V live: exact (the model's dtype) or fp8 with per-token scales.
 
-Both stores look the same to the layer code (layer.py, blockcache.py):
+Both stores look the same to the layer code (layer.py, block_cache.py):
 - `write(start, k=..., v=..., index=...)` puts fresh K/V rows into the store;
 - `k`, `v` are the full-precision (batch, kv_heads, seq, head_dim) tensors attention and V-verify
   read, valid for this layer after `load()`.

@@ -37,7 +37,7 @@ class CapturedStep:
 def graphable(config, kind: str, input_ids: torch.Tensor, branch: BranchState, disabled: bool) -> bool:
     return (
         config.cuda_graphs
-        and not config.drift_triggered  # the plan waits on each step's drift (dllm_cache.drift)
+        and not config.drift_triggered  # the plan waits on each step's drift (dllm_cache.engine.drift)
         and not disabled
         and kind in GRAPH_KINDS
         and input_ids.is_cuda

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dllm_cache import memory
-from dllm_cache.flops import ModelDims, sampler_logit_rows
+from dllm_cache.analysis import memory
+from dllm_cache.analysis.flops import ModelDims, sampler_logit_rows
 
 
 def family_of_config(config: Any) -> str:
@@ -15,7 +15,7 @@ def family_of_config(config: Any) -> str:
 
 
 def sampler_rows(family: str, prompt_len: int, gen_len: int, block_length: int | None) -> tuple[int, int]:
-    """Rows [lo, hi) whose logits our sampler asks a cached model for (dllm_cache.generate): those
+    """Rows [lo, hi) whose logits our sampler asks a cached model for (dllm_cache.sampling.generate): those
     predicting the current block (the first here: every block has as many rows), i.e. LLaDA the
     block, Dream one row earlier (its logits are shifted by one); no block: the whole response."""
     return sampler_logit_rows(prompt_len, 0, block_length or gen_len, int(family == "dream"))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .config import CacheConfig
+from ..config import CacheConfig
 from .drift import DriftTrace, plan_drift_step
 from .kv_store import ExactKV, Fp8KV
 from .schedule import StepPlan, block_region, plan_block_step, plan_step

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..engine.kv_store import kv_bytes_per_token_head
 from .flops import ModelDims
-from .kv_store import kv_bytes_per_token_head
 
 if TYPE_CHECKING:
-    from .state import BranchState, CacheState
+    from ..engine.state import BranchState, CacheState
 
 # kv_workspace: the fp8 K/V store's one layer of dequantized K/V (0 for the exact store)
 KINDS = ("prompt_kv", "response_kv", "kv_workspace", "response_deltas", "prompt_deltas", "prompt_logits", "other")

@@ -139,7 +139,7 @@ class Unmasker:
             raise ValueError("schedule= replays recorded step counts; it cannot be combined with threshold= or factor=.")
         if schedule is not None:
             if not isinstance(schedule, ReplaySchedule):
-                raise TypeError(f"schedule must be a dllm_cache.trace.ReplaySchedule, got {type(schedule).__name__}.")
+                raise TypeError(f"schedule must be a dllm_cache.sampling.trace.ReplaySchedule, got {type(schedule).__name__}.")
             if (schedule.gen_length, schedule.block_length) != (gen_length, block_length):
                 raise ValueError(
                     f"the replayed trace was recorded with gen_length {schedule.gen_length} and block_length "

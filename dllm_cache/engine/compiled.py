@@ -21,7 +21,7 @@ from functools import partial
 
 import torch
 
-from .blockcache import block_rows_forward
+from .block_cache import block_rows_forward
 from .layer import cached_block_forward, response_rows_forward
 
 # Each new generation layout (batch, lengths, selected count) adds compiles of the same code
@@ -63,5 +63,5 @@ def compiled_block_forward(dynamic: bool | None = None) -> Callable:
 
 
 def compiled_block_rows(dynamic: bool | None = None) -> Callable:
-    """The block KV-cache policies' layer (blockcache.block_rows_forward) through torch.compile."""
+    """The block KV-cache policies' layer (block_cache.block_rows_forward) through torch.compile."""
     return _compiled(block_rows_forward, dynamic)

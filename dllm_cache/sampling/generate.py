@@ -3,9 +3,9 @@ CFG) and Dream (entropy, maskgit_plus, topk_margin; optional semi-AR blocks). Th
 with or without the cache, which sees ordinary forwards.
 
 Both decode in parallel on request (`threshold=` or `factor=`, Fast-dLLM's rules, see
-dllm_cache.decoding), stop early once every answer is complete (`stop_at_eos=True`), record how
+dllm_cache.sampling.unmasking), stop early once every answer is complete (`stop_at_eos=True`), record how
 many tokens each step unmasked (`trace=DecodeTrace()`) and replay such a record (`schedule=`,
-dllm_cache.trace). Host synchronisations: none per step on the fixed schedule (one per LLaDA block),
+dllm_cache.sampling.trace). Host synchronisations: none per step on the fixed schedule (one per LLaDA block),
 one per step with a threshold, a factor or the early stop.
 
 Prompts may be left or right padded; `attention_mask` (batch, prompt_len) marks real tokens.
@@ -13,7 +13,7 @@ The samplers run on left padding (right-padded rows are rotated first); the outp
 (batch, prompt_len + gen_length) with the prompt exactly as given and the generated tokens after it.
 A prompt may come as `inputs_embeds` (batch, prompt_len, hidden) instead of ids (LLaDA-V's image +
 text prompt; left padded); the prompt columns of the result are then placeholders. Options are
-checked (dllm_cache.sampler_args): a misspelled one, or one the model's sampler does not take, is
+checked (dllm_cache.sampling.options): a misspelled one, or one the model's sampler does not take, is
 an error naming the valid ones.
 """
 
@@ -28,10 +28,8 @@ from tqdm.auto import tqdm
 
 from dllm_cache.hooks import sampler_of
 
-from .decoding import EarlyStop, Unmasker, tokens_per_step, topk_rows
-from .patch import cache_branch, declared_generation, is_cache_enabled, rows_only
-from .prompt import model_inputs, prompt_tokens
-from .sampler_args import (
+from ..engine.patch import cache_branch, declared_generation, is_cache_enabled, rows_only
+from .options import (
     DREAM_ALGS,
     LLADA_REMASKING,
     as_int,
@@ -41,7 +39,9 @@ from .sampler_args import (
     fit_steps,
     to_left_padding,
 )
+from .prompt import model_inputs, prompt_tokens
 from .trace import DecodeTrace, ReplaySchedule
+from .unmasking import EarlyStop, Unmasker, tokens_per_step, topk_rows
 
 __all__ = ["dream_generate", "generate", "llada_generate", "tokens_per_step"]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from dllm_cache.flops import STEP_KINDS
-from dllm_cache.memory import KINDS
+from dllm_cache.analysis.flops import STEP_KINDS
+from dllm_cache.analysis.memory import KINDS
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -112,7 +112,7 @@ def human_bytes(n: int | None) -> str:
 
 
 def memory_table(report: dict[str, Any]) -> list[str]:
-    """Peak memory per run and what the cache held after it, by kind (dllm_cache.memory.KINDS)."""
+    """Peak memory per run and what the cache held after it, by kind (dllm_cache.analysis.memory.KINDS)."""
     weights = report["meta"].get("weights_gb")
     lines = [
         "",

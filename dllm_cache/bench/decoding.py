@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dllm_cache.flops import block_schedule, step_kind
-from dllm_cache.trace import ReplaySchedule, batch_rows, read_trace, steps_per_block, summary
+from dllm_cache.analysis.flops import block_schedule, step_kind
+from dllm_cache.sampling.trace import ReplaySchedule, batch_rows, read_trace, steps_per_block, summary
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,35 @@
+"""The benchmark (`dllm-cache bench`, `python -m dllm_cache.bench`): cached vs uncached speed, FLOPs and memory.
+
+    runner.py    model and prompt factories, the timed runs, the rows and the command line (main)
+    decoding.py  how many tokens each step unmasks: the fixed schedule or a replayed trace
+    memory.py    the logits rows the samplers ask for, per-run peak memory and the preflight check
+    peaks.py     the GPU's real HBM bandwidth and bf16 peak, for the roofline
+    report.py    the markdown report
+    plot.py      the plots (speedup against the swept knobs)
+
+The names below load on first use (`plot` names a module here, so its function is not re-exported).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_LAZY = {
+    "main": "runner",
+    "run_bench": "runner",
+    "build_model": "runner",
+    "random_prompts": "runner",
+    "SHAPES": "runner",
+    "WORKLOADS": "runner",
+    "markdown_table": "report",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

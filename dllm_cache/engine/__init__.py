@@ -1,0 +1,53 @@
+"""The engine: how a cached model computes a denoising step, and how it is patched in and undone.
+
+    patch.py         enable_cache / disable_cache (exact undo), per-step orchestration, the public cache API
+    state.py         the per-model feature store (CacheState, one per cached model, never global)
+    layer.py         the generic cached block forward: recompute only the tokens the step plan asks for
+    block_cache.py   Fast-dLLM's block K/V cache policies as a forward of the same engine
+    v_verify.py      V-verify: the response tokens whose Value vectors drifted most
+    frontier.py      the frontier selection: the current block first, then V-verify
+    schedule.py      which feature groups a step refreshes (the step plan)
+    drift.py         drift-triggered response refresh
+    layer_budget.py  per-layer budgets (deeper layers may recompute more)
+    kv_store.py      where a layer's K/V live: exact or fp8 with per-token scales
+    graphs.py        CUDA-graph capture and replay of cached steps
+    compiled.py      torch.compile of the cached block forward
+
+Layers, leaves first: v_verify, frontier, kv_store -> schedule, drift, state, layer, block_cache, graphs,
+compiled -> patch. The names below load on first use, so importing one module of the engine (the config
+imports kv_store) does not import all of it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_LAZY = {
+    "enable_cache": "patch",
+    "disable_cache": "patch",
+    "is_cache_enabled": "patch",
+    "reset_cache": "patch",
+    "cache_stats": "patch",
+    "cache_memory": "patch",
+    "cache_enabled": "patch",
+    "cache_branch": "patch",
+    "measure_drift": "patch",
+    "declared_generation": "patch",
+    "rows_only": "patch",
+    "CacheState": "state",
+    "KV_CACHE_DTYPES": "kv_store",
+    "kv_bytes_per_token_head": "kv_store",
+    "ramp_ratios": "layer_budget",
+    "plan_step": "schedule",
+    "step_kind": "schedule",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

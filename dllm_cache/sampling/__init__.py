@@ -1,0 +1,39 @@
+"""Sampling: the denoising loops that call a (cached or uncached) model, and what they decode with.
+
+    generate.py   the LLaDA and Dream samplers and `generate`, which picks one by model family
+    unmasking.py  which masked tokens a step unmasks (top-k, threshold, factor) and early stopping
+    options.py    what the samplers accept: option names per family, input shapes, padding side
+    trace.py      decoding traces (tokens unmasked per step) and their replay (ReplaySchedule)
+    prompt.py     a prompt as token ids or as embeddings
+
+The `generate` function is exported by the package root (`from dllm_cache import generate`); here
+`generate` names its module, so it is not re-exported below. The names below load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_LAZY = {
+    "llada_generate": "generate",
+    "dream_generate": "generate",
+    "SAMPLERS": "generate",
+    "EarlyStop": "unmasking",
+    "tokens_per_step": "unmasking",
+    "check_options": "options",
+    "position_limit": "options",
+    "DecodeTrace": "trace",
+    "ReplaySchedule": "trace",
+    "read_trace": "trace",
+    "write_trace": "trace",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
