@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-import dllm_cache.engine.patch as patch_module
+import dllm_cache.engine.step as step_module
 from dllm_cache import CacheConfig, cache_branch, cache_enabled, cache_stats, enable_cache, measure_drift
 from dllm_cache.engine.drift import DriftTrace
 from dllm_cache.models.tiny import tiny_llada
@@ -97,8 +97,8 @@ def test_measure_drift_keeps_branches_apart_and_runs_eagerly(monkeypatch):
     model = tiny_llada()
     seqs, mask = trajectory(model, batch=1, prompt_len=6, resp_len=8, steps=3, padded=False)
     seen = []
-    real = patch_module.graphable
-    monkeypatch.setattr(patch_module, "graphable", lambda *a: seen.append(a[-1]) or real(*a))
+    real = step_module.graphable
+    monkeypatch.setattr(step_module, "graphable", lambda *a: seen.append(a[-1]) or real(*a))
     with cache_enabled(model, CacheConfig(response_interval=8)):
         model(seqs[0], attention_mask=mask)
         with measure_drift(model):

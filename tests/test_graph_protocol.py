@@ -7,6 +7,7 @@ import torch
 
 import dllm_cache.engine.graphs as graphs
 import dllm_cache.engine.patch as patch
+import dllm_cache.engine.step as step
 from dllm_cache import CacheConfig, cache_enabled
 from dllm_cache.models.tiny import tiny_llada
 from dllm_cache.sampling.generate import generate
@@ -44,7 +45,7 @@ def stand_in_graphs(monkeypatch):
 
     model_holder = []
     monkeypatch.setattr(graphs, "_capture", capture)
-    monkeypatch.setattr(patch, "graphable", lambda config, kind, ids, branch, disabled: (
+    monkeypatch.setattr(step, "graphable", lambda config, kind, ids, branch, disabled: (
         config.cuda_graphs and not disabled and kind in graphs.GRAPH_KINDS))
     return model_holder, captures
 

@@ -6,7 +6,8 @@ import torch
 
 import dllm_cache.sampling.generate as gen_mod
 from dllm_cache import CacheConfig, cache_enabled
-from dllm_cache.engine.patch import _logit_rows, cache_memory
+from dllm_cache.engine.patch import cache_memory
+from dllm_cache.engine.step import _logit_rows
 from dllm_cache.hooks import sampler_of
 from dllm_cache.models.tiny import tiny_llada
 from dllm_cache.sampling.generate import generate

@@ -7,7 +7,7 @@ import torch
 
 import dllm_cache.engine.drift as drift_module
 import dllm_cache.engine.layer as layer_module
-import dllm_cache.engine.patch as patch_module
+import dllm_cache.engine.step as step_module
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, disable_cache, enable_cache, is_cache_enabled, reset_cache
 from dllm_cache.analysis.flops import ModelDims, generation_cost, measure_step_flops, schedule_counts, step_flops
 from dllm_cache.engine.drift import plan_drift_step
@@ -126,7 +126,7 @@ def _drift_run(model, config, seqs, mask, P, monkeypatch):
     """Per step: (kind, drift measured by the step, drift-triggered?)."""
     measured = []
     real = drift_module.step_drift
-    monkeypatch.setattr(patch_module, "step_drift", lambda drifts: measured.append(real(drifts)) or measured[-1])
+    monkeypatch.setattr(step_module, "step_drift", lambda drifts: measured.append(real(drifts)) or measured[-1])
     kinds, pairs, _ = cached_steps(model, config, seqs, mask, P)
     triggered = [after["drift_refreshes"] > before["drift_refreshes"] for before, after in pairs]
     return kinds, measured, triggered

@@ -1,6 +1,7 @@
 """The engine: how a cached model computes a denoising step, and how it is patched in and undone.
 
-    patch.py         enable_cache / disable_cache (exact undo), per-step orchestration, the public cache API
+    patch.py         enable_cache / disable_cache (exact undo), the public cache API
+    step.py          one cached step: the patched model, block and LM-head forwards (logit rows, frontier)
     state.py         the per-model feature store (CacheState, one per cached model, never global)
     layer.py         the generic cached block forward: recompute only the tokens the step plan asks for
     block_cache.py   Fast-dLLM's block K/V cache policies as a forward of the same engine
@@ -14,7 +15,7 @@
     compiled.py      torch.compile of the cached block forward
 
 Layers, leaves first: v_verify, frontier, kv_store -> schedule, drift, state, layer, block_cache, graphs,
-compiled -> patch. The names below load on first use, so importing one module of the engine (the config
+compiled -> step -> patch. The names below load on first use, so importing one module of the engine (the config
 imports kv_store) does not import all of it.
 """
 
@@ -35,7 +36,7 @@ _LAZY = {
     "cache_branch": "patch",
     "measure_drift": "patch",
     "declared_generation": "patch",
-    "rows_only": "patch",
+    "rows_only": "step",
     "CacheState": "state",
     "KV_CACHE_DTYPES": "kv_store",
     "kv_bytes_per_token_head": "kv_store",
