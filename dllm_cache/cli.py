@@ -192,7 +192,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    from dllm_cache.bench.runner import main
+    from dllm_cache.bench.cli import main
 
     return main(argv)
 
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         return serve_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    from dllm_cache.bench.runner import device_problem
+    from dllm_cache.bench.cli import device_problem
 
     problem = device_problem(args.device)
     if problem:

@@ -27,9 +27,10 @@ from typing import Any
 import torch
 
 from dllm_cache import CacheConfig, cache_memory, disable_cache, enable_cache, reset_cache
+from dllm_cache.bench.factory import DTYPES, SHAPES, WORKLOADS, Workload, build_model, random_prompts
 from dllm_cache.bench.memory import run_peak
 from dllm_cache.bench.report import human_bytes
-from dllm_cache.bench.runner import DTYPES, SHAPES, WORKLOADS, Workload, build_model, random_prompts, timed_generate
+from dllm_cache.bench.runner import timed_generate
 from dllm_cache.engine.kv_store import KV_CACHE_DTYPES
 from dllm_cache.sampling.options import position_limit
 

@@ -402,7 +402,7 @@ def _spawn(impl: str, spec: dict[str, Any], timeout: float | None) -> list[dict[
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from dllm_cache.bench.runner import random_prompts
+    from dllm_cache.bench.factory import random_prompts
     from dllm_cache.models import tiny
 
     config = tiny.llada_8b_config() if args.shape == "llada-8b" else tiny.tiny_llada_config()

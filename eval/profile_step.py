@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import dllm_cache
 from dllm_cache import CacheConfig
-from dllm_cache.bench.runner import build_model, random_prompts
+from dllm_cache.bench.factory import build_model, random_prompts
 from eval.gpu_timing import cuda_time_ms, emit
 
 WORKLOADS = {"gsm8k": (700, 256), "hotpotqa": (4000, 32)}

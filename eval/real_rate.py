@@ -129,7 +129,7 @@ def peer_settings(trace_row: dict[str, Any], batch: int) -> dict[str, list[dict[
 def run_peers(args: argparse.Namespace) -> Path:
     import torch
 
-    from dllm_cache.bench.runner import random_prompts
+    from dllm_cache.bench.factory import random_prompts
     from dllm_cache.models import tiny
     from dllm_cache.sampling.trace import read_trace
     from eval import peers
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", type=Path, default=RESULTS / "real_rate.json")
     args = p.parse_args(argv)
     if args.cmd == "ours":
-        from dllm_cache.bench import runner as bench
+        from dllm_cache.bench import cli as bench
 
         return bench.main(bench_argv(args.gen, args.batch, args.compile, args.repeats, args.out_dir, args.max_steps,
                                      args.shape, args.trace, args.prompt_len, tuple(args.policy),

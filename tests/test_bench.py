@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from dllm_cache.bench.runner import main
+from dllm_cache.bench.cli import main
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from dllm_cache import cli, shipped
-from dllm_cache.bench.runner import build_parser as bench_parser
-from dllm_cache.bench.runner import main as bench_main
+from dllm_cache.bench.cli import build_parser as bench_parser
+from dllm_cache.bench.cli import main as bench_main
 from dllm_cache.config import CacheConfig
 
 
@@ -214,7 +214,7 @@ def test_missing_shipped_model_is_a_clear_error(monkeypatch, tmp_path):
 def test_library_imports_nothing_from_eval():
     """Nor lm-eval: importing dllm_cache (its lm-eval integration package included) loads neither."""
     check = (
-        "import sys, dllm_cache, dllm_cache.cli, dllm_cache.bench.runner, dllm_cache.sampling.generate, dllm_cache.shipped, "
+        "import sys, dllm_cache, dllm_cache.cli, dllm_cache.bench.cli, dllm_cache.sampling.generate, dllm_cache.shipped, "
         "dllm_cache.integrations.lm_eval; "
         "sys.exit(sorted(m for m in sys.modules if m.split('.')[0] in ('eval', 'lm_eval')) or 0)"
     )

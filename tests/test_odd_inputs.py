@@ -281,7 +281,7 @@ def _nested() -> str:
 # ----------------------------------------------------------------------------- 6-7. CLI, packaging
 @case("6. CLI help shows defaults; eval --help lists the dllm_cache model args")
 def _cli_help() -> str:
-    from dllm_cache.bench.runner import build_parser
+    from dllm_cache.bench.cli import build_parser
     from dllm_cache.cli import build_parser as cli_parser
     from dllm_cache.cli import eval_help
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dllm_cache.bench import cli as bench_cli
+from dllm_cache.bench import factory as bench_factory
 from dllm_cache.bench import runner as bench
 from dllm_cache.bench.peaks import DEVICE_PEAKS, Peaks, learn_peaks, measure_bandwidth, measure_gemm_tflops, table_peaks
 from dllm_cache.models import tiny
@@ -123,11 +125,11 @@ def test_by_name_init_equals_the_peers_init():
     from eval.peers import init_by_name
 
     a, b = tiny.tiny_llada(seed=1), tiny.tiny_llada(seed=2)
-    bench.random_init_(a, 0.02, 5, by_name=True)
+    bench_factory.random_init_(a, 0.02, 5, by_name=True)
     init_by_name(b, 5, 0.02)
     for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(p, q), name
-    bench.random_init_(b, 0.02, 5)  # the seeded stream differs
+    bench_factory.random_init_(b, 0.02, 5)  # the seeded stream differs
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
@@ -189,7 +191,7 @@ def test_floor_ratio_is_the_cached_step_over_the_floor():
 def test_bench_settings_keep_every_compile_variant_beside_block_policies():
     """--compile both with block policies and two Kr values: every feature-cache Kr runs both
     compiled and not (a block policy once reset the loop's Kr, so the compiled Kr-2 runs were lost)."""
-    args = bench.build_parser().parse_args(
+    args = bench_cli.build_parser().parse_args(
         ["--shape", "tiny-llada", "--policy", "paper", "frontier", "block-dual", "--response-interval", "8", "2",
          "--compile", "both"])
     got = {(s.policy, s.response_interval, s.compile) for s in bench._settings(args)}

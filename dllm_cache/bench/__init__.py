@@ -1,6 +1,8 @@
 """The benchmark (`dllm-cache bench`, `python -m dllm_cache.bench`): cached vs uncached speed, FLOPs and memory.
 
-    runner.py    model and prompt factories, the timed runs, the rows and the command line (main)
+    factory.py   the models and prompts: random-weight shapes, checkpoints, workloads, random prompts
+    runner.py    the timed runs, the rows, the cache settings and policies, run_bench and its outputs
+    cli.py       the command line: the parser, the device check, the dry run, main
     decoding.py  how many tokens each step unmasks: the fixed schedule or a replayed trace
     memory.py    the logits rows the samplers ask for, per-run peak memory and the preflight check
     peaks.py     the GPU's real HBM bandwidth and bf16 peak, for the roofline
@@ -17,12 +19,12 @@ from typing import Any
 
 # public name -> module that defines it
 _LAZY = {
-    "main": "runner",
+    "main": "cli",
     "run_bench": "runner",
-    "build_model": "runner",
-    "random_prompts": "runner",
-    "SHAPES": "runner",
-    "WORKLOADS": "runner",
+    "build_model": "factory",
+    "random_prompts": "factory",
+    "SHAPES": "factory",
+    "WORKLOADS": "factory",
     "markdown_table": "report",
 }
 
