@@ -1,6 +1,9 @@
 """Sampling: the denoising loops that call a (cached or uncached) model, and what they decode with.
 
-    generate.py   the LLaDA and Dream samplers and `generate`, which picks one by model family
+    generate.py   the LLaDA and Dream samplers (their options) and `generate`, which picks one by model family
+    loop.py       the block/step loop both samplers share (windows, steps, Unmasker, declared generation)
+    llada.py      LLaDA's step rule: block rows, CFG, Gumbel sampling, low_confidence / random remasking
+    dream.py      Dream's step rule: shifted rows, entropy / maskgit_plus / topk_margin / origin, top_p, top_k
     unmasking.py  which masked tokens a step unmasks (top-k, threshold, factor) and early stopping
     options.py    what the samplers accept: option names per family, input shapes, padding side
     trace.py      decoding traces (tokens unmasked per step) and their replay (ReplaySchedule)
@@ -20,6 +23,10 @@ _LAZY = {
     "llada_generate": "generate",
     "dream_generate": "generate",
     "SAMPLERS": "generate",
+    "decode": "loop",
+    "StepRule": "loop",
+    "LLaDARule": "llada",
+    "DreamRule": "dream",
     "EarlyStop": "unmasking",
     "tokens_per_step": "unmasking",
     "check_options": "options",
