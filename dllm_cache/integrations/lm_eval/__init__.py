@@ -13,9 +13,7 @@ library and `dllm-cache eval --help` work without it (`pip install "dllm-cache[e
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ..._lazy import lazy_exports
 from .tasks import TASKS_DIR
 
 # public name -> submodule that defines it (imported on first access: several need lm-eval)
@@ -32,7 +30,4 @@ _LAZY = {
 __all__ = ["TASKS_DIR", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
