@@ -75,42 +75,37 @@ def _option_index(argv: list[str], name: str) -> int | None:
     return None
 
 
-def split_launcher_options(argv: list[str]) -> tuple[list[str], str | None, bool]:
-    """argv without our own options, the --preset name (or None) and whether --compare is on
-    (`--data-dir` is taken out first, by pop_data_dir)."""
-    rest, preset, compare = [], None, False
+def _pop_option(argv: list[str], name: str, missing: str) -> tuple[list[str], str | None]:
+    """argv without `name VALUE` / `name=VALUE`, and VALUE (None when absent; the last one when repeated).
+    `missing`: the error when the value is not there (the end of argv, or another --option)."""
+    rest, value = [], None
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--compare":
-            compare = True
-        elif arg.startswith("--preset="):
-            preset = arg.split("=", 1)[1]
-        elif arg == "--preset":
+        if arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+        elif arg == name:
             if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise ValueError("--preset needs a name, e.g. --preset llada-instruct-gsm8k")
-            preset, i = argv[i + 1], i + 1
+                raise ValueError(missing)
+            value, i = argv[i + 1], i + 1
         else:
             rest.append(arg)
         i += 1
-    return rest, preset, compare
+    return rest, value
+
+
+def split_launcher_options(argv: list[str]) -> tuple[list[str], str | None, bool]:
+    """argv without our own options, the --preset name (or None) and whether --compare is on
+    (`--data-dir` is taken out first, by pop_data_dir)."""
+    rest, preset = _pop_option(argv, "--preset", "--preset needs a name, e.g. --preset llada-instruct-gsm8k")
+    return [a for a in rest if a != "--compare"], preset, "--compare" in rest
 
 
 def pop_data_dir(argv: list[str]) -> tuple[list[str], str | None]:
     """argv without `--data-dir DIR` / `--data-dir=DIR`, and DIR (None when not given)."""
-    rest, data_dir = [], None
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--data-dir="):
-            data_dir = arg.split("=", 1)[1]
-        elif arg == "--data-dir":
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise ValueError("--data-dir needs a folder, e.g. --data-dir ~/dllm-cache-data (holding gsm8k/train.jsonl)")
-            data_dir, i = argv[i + 1], i + 1
-        else:
-            rest.append(arg)
-        i += 1
+    rest, data_dir = _pop_option(
+        argv, "--data-dir", "--data-dir needs a folder, e.g. --data-dir ~/dllm-cache-data (holding gsm8k/train.jsonl)"
+    )
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise ValueError(f"--data-dir {data_dir}: no such folder; expected one laid out as a checkout's eval/data "
                          "(gsm8k/train.jsonl, hotpotqa/distractor_600.jsonl, ...)")
