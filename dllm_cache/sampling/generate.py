@@ -31,7 +31,7 @@ from ..engine.patch import is_cache_enabled, rows_only
 # _dream_count_bound, _dream_sample, _filter_logits and gumbel_argmax are re-exported (tests import them from here)
 from .dream import DreamRule, _dream_count_bound, _dream_sample, _filter_logits, shifted_logits  # noqa: F401
 from .llada import LLaDARule, gumbel_argmax  # noqa: F401
-from .loop import decode, mask_id_of, prepare_prompt
+from .loop import decode, mask_id_of, prepare_prompt, windows
 from .options import (
     DREAM_ALGS,
     LLADA_REMASKING,
@@ -107,12 +107,7 @@ def llada_generate(
     cfg_scale = as_number(cfg_scale, "cfg_scale", 0)
     mask_id = mask_id_of(model, mask_id)
     prompt = prepare_prompt(model, input_ids, inputs_embeds, attention_mask, gen_length, mask_id)
-    block_length = block_length or gen_length
-    if gen_length % block_length:
-        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length}).")
-    num_blocks = gen_length // block_length
-    if steps % num_blocks:
-        raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks ({num_blocks}).")
+    block_length, num_blocks = windows(gen_length, block_length, steps)
     rule = LLaDARule(temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, steps_per_block=steps // num_blocks)
     return decode(model, rule, prompt, rows=_logits_of_rows, inputs_embeds=inputs_embeds, gen_length=gen_length,
                   steps=steps, num_blocks=num_blocks, window=block_length, declared_block=block_length,
@@ -171,12 +166,7 @@ def dream_generate(
     if alg == "origin" and (threshold is not None or factor is not None or schedule is not None):
         raise ValueError("alg='origin' unmasks tokens at random times; threshold=, factor= and schedule= rank tokens "
                          "by confidence: use alg='maskgit_plus', 'entropy' or 'topk_margin'.")
-    window = block_length or gen_length
-    if window < 1 or gen_length % window:
-        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length}).")
-    num_blocks = gen_length // window
-    if steps % num_blocks:
-        raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks ({num_blocks}).")
+    window, num_blocks = windows(gen_length, block_length, steps)
     mask_id = mask_id_of(model, mask_id)
     prompt = prepare_prompt(model, input_ids, inputs_embeds, attention_mask, gen_length, mask_id)
     steps_per_block = steps // num_blocks

@@ -81,6 +81,18 @@ def prepare_prompt(model, input_ids, inputs_embeds, attention_mask, gen_length: 
     return given_ids, ids, mask
 
 
+def windows(gen_length: int, block_length: int | None, steps: int) -> tuple[int, int]:
+    """(window, num_blocks): semi-AR windows of `block_length` columns (None: one window of the whole
+    response), checked to tile gen_length and to share `steps` evenly."""
+    window = block_length or gen_length
+    if gen_length % window:
+        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({window}).")
+    num_blocks = gen_length // window
+    if steps % num_blocks:
+        raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks ({num_blocks}).")
+    return window, num_blocks
+
+
 def _full_mask(attention_mask: torch.Tensor | None, gen_length: int) -> torch.Tensor | None:
     """Extend a prompt mask (batch, P) over the response (always real tokens); None if nothing is padded."""
     if attention_mask is None or bool(attention_mask.all()):
