@@ -22,10 +22,15 @@ def rope_cos_sin(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `x` (batch, heads, seq, head_dim) by tables (batch, seq, head_dim); math in float32.
+    """Rotate `x` (batch, heads, seq, head_dim) by tables (batch, seq, rotary_dim); math in float32.
 
-    Half-split rotation (first half pairs with second half), as LLaDA and Qwen2/Dream do.
+    Half-split rotation (first half pairs with second half), as LLaDA and Qwen2/Dream do. Tables
+    narrower than the head (partial RoPE, LLaDA 2.x: rotary_dim = head_dim * partial_rotary_factor)
+    rotate the leading rotary_dim dims and pass the rest through.
     """
+    if cos.shape[-1] != x.shape[-1]:
+        rot = cos.shape[-1]
+        return torch.cat((apply_rope(x[..., :rot], cos, sin), x[..., rot:]), dim=-1)
     xf = x.float()
     half = xf.shape[-1] // 2
     rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)

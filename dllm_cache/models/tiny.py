@@ -6,6 +6,7 @@ import torch
 
 from .dream import DreamConfig, DreamModel
 from .llada import LLaDAConfig, LLaDAModelLM
+from .llada2 import LLaDA2MoeConfig, LLaDA2MoeModelLM
 from .llada_moe import LLaDAMoEConfig, LLaDAMoEModelLM
 from .mmada import MMadaConfig, MMadaModelLM
 
@@ -46,6 +47,20 @@ def tiny_llada_moe_config(**overrides) -> LLaDAMoEConfig:
     )
     kw.update(overrides)
     return LLaDAMoEConfig(**kw)
+
+
+def tiny_llada2_config(**overrides) -> LLaDA2MoeConfig:
+    """LLaDA 2.x features at once: a dense first layer, then group-routed MoE layers with shared experts and
+    an expert bias, per-head QK norms, a QKV bias, grouped KV heads, partial RoPE (half of each head)."""
+    kw = dict(
+        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=160, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rope_theta=10000.0,
+        partial_rotary_factor=0.5, num_experts=8, num_shared_experts=1, num_experts_per_tok=2, n_group=4,
+        topk_group=2, routed_scaling_factor=2.5, first_k_dense_replace=1, use_qkv_bias=True, use_qk_norm=True,
+        mask_token_id=TINY_VOCAB - 1, pad_token_id=TINY_VOCAB - 2, eos_token_id=TINY_VOCAB - 2,
+    )
+    kw.update(overrides)
+    return LLaDA2MoeConfig(**kw)
 
 
 def tiny_mmada_config(**overrides) -> MMadaConfig:
@@ -91,6 +106,15 @@ def tiny_llada_moe(seed: int = 0, std: float = 0.15, **overrides) -> LLaDAMoEMod
     return model
 
 
+def tiny_llada2(seed: int = 0, std: float = 0.15, **overrides) -> LLaDA2MoeModelLM:
+    model = _seeded(LLaDA2MoeModelLM, tiny_llada2_config(**overrides), seed, std)
+    with torch.no_grad():  # a nonzero expert bias, so routing depends on it as in a trained checkpoint
+        for name, buf in model.named_buffers():
+            if name.endswith("expert_bias"):
+                buf.normal_(0.0, 0.05)
+    return model
+
+
 def tiny_mmada(seed: int = 0, std: float = 0.15, **overrides) -> MMadaModelLM:
     return _seeded(MMadaModelLM, tiny_mmada_config(**overrides), seed, std)
 
@@ -102,6 +126,11 @@ def llada_8b_config() -> LLaDAConfig:
         vocab_size=126464, embedding_size=126464, max_sequence_length=4096, rope_theta=500000.0,
         rms_norm_eps=1e-5, mask_token_id=126336, pad_token_id=126081, eos_token_id=126081,
     )
+
+
+def llada2_mini_config() -> LLaDA2MoeConfig:
+    """LLaDA2.0-mini's / LLaDA2.1-mini's shape (config.json of the official checkpoints; 16B total, 1.4B active)."""
+    return LLaDA2MoeConfig()
 
 
 def dream_7b_config() -> DreamConfig:
