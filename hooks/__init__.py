@@ -10,9 +10,10 @@ from torch import nn
 from .base import BlockParts, Dims, ModelAdapter
 from .dream import DreamAdapter
 from .llada import LLaDAAdapter
+from .llada2 import LLaDA2Adapter
 from .llada_moe import LLaDAMoEAdapter
 
-ADAPTERS: tuple[ModelAdapter, ...] = (LLaDAAdapter(), DreamAdapter(), LLaDAMoEAdapter())
+ADAPTERS: tuple[ModelAdapter, ...] = (LLaDAAdapter(), DreamAdapter(), LLaDAMoEAdapter(), LLaDA2Adapter())
 
 SUPPORTED = (
     "llada (LLaDA, LLaDA-1.5, MMaDA, LLaDA-V's language model: model.model.transformer.blocks[i] with attn_norm, "
@@ -21,21 +22,14 @@ SUPPORTED = (
     "self_attn.{q,k,v,o}_proj, mlp, input_layernorm, post_attention_layernorm)",
     "llada_moe (LLaDA-MoE: model.model.layers[i] with self_attn.{q,k,v,o}_proj and {q,k}_norm, a routed mlp, "
     "config.num_experts and config.expert_intermediate_size)",
+    "llada2_moe (LLaDA 2.0 / 2.1, block diffusion: model.model.layers[i] with attention.query_key_value, "
+    "attention.dense, optional query_layernorm / key_layernorm, mlp, input_layernorm, post_attention_layernorm; "
+    "model.model.word_embeddings)",
 )
 
 # Known diffusion LMs the cache cannot serve, with what it would need: (model_type, class-name prefix, reason).
-UNSUPPORTED = (
-    (
-        "llada2_moe",
-        "LLaDA2",
-        "LLaDA 2.0 (llada2_moe) is not supported. It decodes block by block with block-causal attention (a block "
-        "attends to itself and earlier blocks only, from a 4-D mask its sampler builds), while the cached layer "
-        "attends bidirectionally over the whole sequence with a padding mask; its attention also uses a fused "
-        "attention.query_key_value projection, attention.query_layernorm / key_layernorm, attention.dense and "
-        "partial RoPE (partial_rotary_factor < 1), and its MoE routes by expert groups. Missing: block-causal "
-        "masks in the cached attention, partial RoPE, and an adapter for those module names.",
-    ),
-)
+# (LLaDA 2.x, "llada2_moe", was here until session 8: it is served by hooks/llada2.py + engine/block_causal.py.)
+UNSUPPORTED: tuple[tuple[str, str, str], ...] = ()
 
 
 def _unsupported_reason(model: nn.Module) -> str | None:
@@ -66,7 +60,8 @@ def family_of(model: nn.Module) -> str:
 
 
 def sampler_of(model: nn.Module) -> str:
-    """"llada" or "dream": the sampler that decodes the model's family (LLaDA-MoE, MMaDA: LLaDA's)."""
+    """"llada", "dream" or "llada2": the sampler that decodes the model's family (LLaDA-MoE, MMaDA: LLaDA's;
+    LLaDA 2.x: block diffusion, dllm_cache.sampling.llada2)."""
     return adapter_for(model).sampler
 
 

@@ -24,6 +24,7 @@ from dllm_cache.hooks import adapter_for
 from ..analysis.memory import state_bytes
 from ..config import CacheConfig
 from .block_cache import block_rows_forward
+from .block_causal import check_block_causal_config
 from .compiled import compiled_block_forward, compiled_block_rows
 from .layer import cached_block_forward
 from .state import CacheState, Stats
@@ -49,7 +50,8 @@ _MISSING = _Missing()
 class _Patched:
     """Everything enable_cache changed, so disable_cache can put it back."""
 
-    def __init__(self, model: nn.Module, state: CacheState, blocks: nn.ModuleList):
+    def __init__(self, model: nn.Module, state: CacheState, blocks: nn.ModuleList, patches_forward: bool = True):
+        self.patches_forward = patches_forward  # False: a block-diffusion model, whose sampler runs the cache
         self.model = model
         self.state = state
         self.blocks = blocks
@@ -102,11 +104,18 @@ def enable_cache(model: nn.Module, config: CacheConfig | None = None) -> nn.Modu
     adapter = adapter_for(model)
     blocks = adapter.blocks(model)
     config.check_layers(len(blocks))  # before undoing a previous cache: a wrong config changes nothing
+    if getattr(adapter, "block_causal", False):
+        check_block_causal_config(config)
     if is_cache_enabled(model):
         disable_cache(model)
     dims = adapter.dims(model.config)
     state = CacheState(config, len(blocks), getattr(model.config, "mask_token_id", None), adapter.logit_shift)
     state.mask_embedding = partial(_mask_embedding, model, state.mask_token_id)
+    if getattr(adapter, "block_causal", False):
+        # Block diffusion (LLaDA 2.x): nothing is patched; its sampler runs the cache (engine/block_causal.py)
+        # with this config and counts into these stats. A plain forward of the model stays the exact one.
+        model.__dict__[_STATE] = _Patched(model, state, nn.ModuleList(), patches_forward=False)
+        return model
     patched = _Patched(model, state, blocks)
     if not adapter.graph_capturable:  # host syncs in the block forward: no graph capture, no fullgraph compile
         state.disable_graphs()
@@ -139,8 +148,9 @@ def disable_cache(model: nn.Module) -> nn.Module:
         del patched.head.forward
         if patched.saved_head_forward is not _MISSING:
             patched.head.forward = patched.saved_head_forward
-    del model.forward
-    if patched.saved_model_forward is not _MISSING:
+    if getattr(patched, "patches_forward", True):
+        del model.forward
+    if patched.saved_model_forward is not _MISSING and getattr(patched, "patches_forward", True):
         model.forward = patched.saved_model_forward
     return model
 

@@ -31,6 +31,7 @@ from ..engine.patch import is_cache_enabled, rows_only
 # _dream_count_bound, _dream_sample, _filter_logits and gumbel_argmax are re-exported (tests import them from here)
 from .dream import DreamRule, _dream_count_bound, _dream_sample, _filter_logits, shifted_logits  # noqa: F401
 from .llada import LLaDARule, gumbel_argmax  # noqa: F401
+from .llada2 import llada2_generate
 from .loop import decode, mask_id_of, prepare_prompt, windows
 from .options import (
     DREAM_ALGS,
@@ -43,7 +44,7 @@ from .options import (
 from .trace import DecodeTrace, ReplaySchedule
 from .unmasking import tokens_per_step
 
-__all__ = ["dream_generate", "generate", "llada_generate", "tokens_per_step"]
+__all__ = ["dream_generate", "generate", "llada2_generate", "llada_generate", "tokens_per_step"]
 
 
 def _logits_of_rows(model: nn.Module, inputs: dict, mask: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
@@ -178,7 +179,7 @@ def dream_generate(
                   trace=trace, mask_id=mask_id, progress=progress)
 
 
-SAMPLERS = {"llada": llada_generate, "dream": dream_generate}
+SAMPLERS = {"llada": llada_generate, "dream": dream_generate, "llada2": llada2_generate}
 
 
 def generate(
@@ -190,9 +191,10 @@ def generate(
     options: those of `llada_generate` or `dream_generate` (both: gen_length, steps, block_length,
     temperature, threshold, factor, stop_at_eos, eos_id, trace, schedule, mask_id, progress;
     LLaDA: cfg_scale, remasking; Dream: top_p, top_k, alg, alg_temp, eps; block_length on Dream:
-    None = its own single window). A misspelled option, or one only the other family uses, is a
-    ValueError naming the valid ones; None (and cfg_scale=0) count as "not set", so code serving
-    both families may pass its defaults.
+    None = its own single window). LLaDA 2.x (llada2_moe): those of `llada2_generate`, the official
+    block-diffusion loop (its `steps` count per block; defaults block_length 32, steps 32, threshold 0.95).
+    A misspelled option, or one only another family uses, is a ValueError naming the valid ones; None
+    (and cfg_scale=0) count as "not set", so code serving several families may pass its defaults.
     """
     family = sampler_of(model)
     return SAMPLERS[family](model, input_ids, attention_mask, **check_options(family, options, SAMPLERS))
