@@ -19,7 +19,6 @@ import importlib.util
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -52,7 +51,9 @@ def _load(model_arg: str | None, device: str, dtype: torch.dtype):
 
         return tiny_llada().to(device=device, dtype=dtype), None, "tiny random LLaDA"
     try:
-        path = Path(model_arg) if model_arg else shipped.default_model_dir()
+        path = shipped.ready_model_dir(model_arg) if model_arg else shipped.default_model_dir()  # unpacks shipped weights once
+    except shipped.CacheDirError as err:
+        raise SystemExit(str(err)) from None
     except FileNotFoundError as err:
         raise SystemExit(f"{err} Or run with --model tiny-random.") from None
     if not (path / "config.json").exists():

@@ -29,6 +29,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from dllm_cache import CacheConfig, cache_enabled
 from dllm_cache.sampling.generate import generate
+from dllm_cache.shipped import ready_model_dir
 from eval.tiny import tasks
 from tests.reference_samplers import dream_reference, llada_reference
 
@@ -45,8 +46,8 @@ N_PROMPTS = 3
 
 @cache
 def _load(name: str):
-    model = AutoModel.from_pretrained(MODELS[name], dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(MODELS[name])
+    model = AutoModel.from_pretrained(ready_model_dir(MODELS[name]), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(ready_model_dir(MODELS[name]))
     return model, tok
 
 

@@ -16,6 +16,7 @@ from transformers import AutoModel, AutoTokenizer
 
 import dllm_cache  # noqa: F401  (registers the model classes)
 from dllm_cache.sampling.generate import generate
+from dllm_cache.shipped import ready_model_dir
 from eval.tiny import tasks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +30,8 @@ FLOOR = {"arith": 0.9, "hotpot": 0.6}
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def shipped(request):
     path = MODELS[request.param]
-    model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(ready_model_dir(path), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(ready_model_dir(path))
     return request.param, model, tok
 
 
@@ -62,8 +63,8 @@ def test_shipped_models_fill_in_held_out_solutions(shipped, family):
 
 
 def test_default_model_writes_a_worked_solution():
-    model = AutoModel.from_pretrained(MODELS["llada"], dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(MODELS["llada"])
+    model = AutoModel.from_pretrained(ready_model_dir(MODELS["llada"]), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(ready_model_dir(MODELS["llada"]))
     example = tasks.test_examples("arith", 1)[0]
     ids = tok(tasks.arith_prompt(example["question"]), return_tensors="pt", add_special_tokens=False)["input_ids"]
     out = generate(model, ids, gen_length=256, steps=64, block_length=8)
@@ -81,8 +82,8 @@ def test_default_model_computes_results_instead_of_copying_them():
     shipped before suffix-masked training got 0 of 51 (it copied results from their restatements)."""
     from eval.tiny.probe import equation_accuracy
 
-    model = AutoModel.from_pretrained(MODELS["llada"], dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(MODELS["llada"])
+    model = AutoModel.from_pretrained(ready_model_dir(MODELS["llada"]), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(ready_model_dir(MODELS["llada"]))
     right, total = equation_accuracy(model, tok, tasks.test_examples("arith", 8))
     assert total > 40 and right / total >= 0.75, (right, total)
 
@@ -93,8 +94,8 @@ def test_default_model_solves_fixed_held_out_problems():
     problems: 6 right). At least two must stay right; an untrained model gets none."""
     from eval.tiny.evaluate import accuracy_of
 
-    model = AutoModel.from_pretrained(MODELS["llada"], dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(MODELS["llada"])
+    model = AutoModel.from_pretrained(ready_model_dir(MODELS["llada"]), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(ready_model_dir(MODELS["llada"]))
     examples = tasks.test_examples("arith", 4)[1:]
     acc, texts = accuracy_of(model, tok, "arith", examples, device="cpu",
                              settings={"gen_length": 256, "steps": 256, "block_length": 8}, batch_size=3)

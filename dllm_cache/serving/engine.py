@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -305,7 +304,10 @@ def load_engine(model: str | None, *, device: str = "cpu", dtype: str = "float32
     import dllm_cache  # noqa: F401  (registers our model classes with transformers)
     from dllm_cache import shipped
 
-    path = Path(model) if model else shipped.default_model_dir()
+    try:
+        path = shipped.ready_model_dir(model) if model else shipped.default_model_dir()  # unpacks shipped weights once
+    except shipped.CacheDirError as err:
+        raise SystemExit(f"dllm-cache serve: {err}") from None
     if not (path / "config.json").is_file():
         raise SystemExit(f"dllm-cache serve: --model {path}: no config.json there; pass a local model directory.")
     try:

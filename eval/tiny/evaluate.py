@@ -169,10 +169,12 @@ def load_model(path: str, device: str, dtype: torch.dtype):
     from transformers import AutoModel
 
     import dllm_cache  # noqa: F401  (registers the LLaDA/Dream classes with AutoModel)
+    from dllm_cache.shipped import ready_model_dir
 
     from .tokenizer import load_or_build
 
-    model = AutoModel.from_pretrained(path, dtype=dtype).to(device).eval()
+    # the shipped models' weights are packed (*.safetensors.xz): load their unpacked copy
+    model = AutoModel.from_pretrained(ready_model_dir(path), dtype=dtype).to(device).eval()
     return model, load_or_build(path)
 
 

@@ -85,8 +85,9 @@ def grow_state(
     return out
 
 
-def grow_model_dir(src: Path, dst: Path, depth: int, ffn: int, seed: int = 0) -> dict:
-    """Read the exported model in `src`, write the grown one (bf16 shards, tokenizer, summary) to `dst`."""
+def grow_model_dir(src: Path, dst: Path, depth: int, ffn: int, seed: int = 0, pack: bool | None = None) -> dict:
+    """Read the exported model in `src` (packed shards too), write the grown one (bf16 shards, tokenizer,
+    summary) to `dst`; `pack` as in train.export_model."""
     from transformers import AutoConfig
 
     import dllm_cache  # noqa: F401  (registers the model types with AutoConfig)
@@ -115,7 +116,7 @@ def grow_model_dir(src: Path, dst: Path, depth: int, ffn: int, seed: int = 0) ->
     }
     summary["params"] = sum(p.numel() for p in model.parameters())
     summary["config"] = {**summary.get("config", {}), names.layers_key: n_layers * depth, names.ffn_key: ffn_hidden * ffn}
-    export_model(model, load_or_build(str(src)), dst, summary)
+    export_model(model, load_or_build(str(src)), dst, summary, pack=pack)
     return summary
 
 
@@ -126,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth", type=int, default=2, help="layers per original layer")
     p.add_argument("--ffn", type=int, default=2, help="FFN hidden size factor")
     p.add_argument("--seed", type=int, default=0, help="seed of the new FFN input rows")
+    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
+                   help="store the weights as *.safetensors.xz, as the shipped models are (default: when dst held packed ones)")
     args = p.parse_args(argv)
-    summary = grow_model_dir(args.src, args.dst, args.depth, args.ffn, args.seed)
+    summary = grow_model_dir(args.src, args.dst, args.depth, args.ffn, args.seed, pack=args.pack)
     print(f"[grow] {args.src} -> {args.dst}: {summary['params'] / 1e6:.2f} M params ({summary['grown_from']})")
     return 0
 

@@ -54,7 +54,8 @@ from . import tasks
 from .distributed import Ranks
 from .tokenizer import load_or_build
 
-# The proxy models shipped with the project (bf16 safetensors in shards <= 15 MB):
+# The proxy models shipped with the project (bf16 safetensors in shards <= 15 MB, tracked packed as
+# *.safetensors.xz: export_model(pack=True), --pack):
 # LLaDA ~13.3 M parameters (~27 MB), Dream (grouped-query attention like Dream-7B) ~9.4 M (~19 MB).
 MODEL_CONFIGS = {
     "llada": dict(d_model=384, n_heads=6, n_kv_heads=6, n_layers=8, mlp_hidden_size=768),
@@ -325,18 +326,30 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, tok, meta: dict) -> None:
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of an exported model or checkpoint folder (all its *.safetensors shards)."""
+    """Every tensor of an exported model or checkpoint folder (all its *.safetensors shards; packed
+    shards, as the shipped models store them, are read from their unpacked copy)."""
     from safetensors.torch import load_file
 
+    from dllm_cache.shipped import ready_model_dir
+
     state: dict[str, torch.Tensor] = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
+    for f in sorted(ready_model_dir(folder).glob("*.safetensors")):
         state.update(load_file(str(f)))
     return state
 
 
-def export_model(model, tok, out_dir: Path, summary: dict | None = None) -> list[str]:
-    """Write the bf16 model (safetensors shards <= 15 MB), config and tokenizer to `out_dir`."""
+def export_model(model, tok, out_dir: Path, summary: dict | None = None, pack: bool | None = None) -> list[str]:
+    """Write the bf16 model (safetensors shards <= 15 MB), config and tokenizer to `out_dir`.
+
+    pack: store the shards as *.safetensors.xz (dllm_cache.shipped.pack), as the shipped models in
+    eval/tiny are tracked (~30% smaller); None packs when `out_dir` held packed weights already, so
+    re-exporting a shipped model keeps its storage."""
+    from dllm_cache.shipped import PACKED_SUFFIX
+    from dllm_cache.shipped import pack as pack_weights
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    if pack is None:
+        pack = any(out_dir.glob("*" + PACKED_SUFFIX))
     for old in out_dir.glob("model*.safetensors*"):
         old.unlink()
     export = type(model)(model.config)
@@ -346,6 +359,8 @@ def export_model(model, tok, out_dir: Path, summary: dict | None = None) -> list
     tok.save_pretrained(out_dir)
     if summary is not None:
         (out_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    if pack:
+        pack_weights(out_dir)
     return sorted(p.name for p in out_dir.iterdir())
 
 
@@ -355,6 +370,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arch", choices=("llada", "dream"), default="llada", help="model architecture (fresh runs)")
     p.add_argument("--out", required=True, help="run folder: checkpoint/ and model/ go here")
     p.add_argument("--export-dir", default=None, help="also write the final bf16 model + tokenizer here (e.g. $OUT/model)")
+    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
+                   help="store the --export-dir weights as *.safetensors.xz, as the shipped models are (default: pack "
+                        "when the folder held packed weights)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint (weights, optimizer, step, RNG)")
     p.add_argument(
         "--init-from",
@@ -673,7 +691,7 @@ def _train(args: argparse.Namespace, ranks: Ranks, device: str, start_time: floa
     files = export_model(model, tok, out / "model", summary)
     print(f"[export] {out / 'model'}: {files}", flush=True)
     if args.export_dir:
-        files = export_model(model, tok, Path(args.export_dir), summary)
+        files = export_model(model, tok, Path(args.export_dir), summary, pack=args.pack)
         sizes = {f: os.path.getsize(Path(args.export_dir) / f) for f in files}
         print(f"[export] {args.export_dir}: {sizes}", flush=True)
     print(f"[train] done in {time.time() - start_time:.0f}s", flush=True)

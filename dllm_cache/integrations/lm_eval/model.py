@@ -232,9 +232,9 @@ class DLLMCacheLM(LM):
 
         self._dllm_cache = dllm_cache
         self._generate = generate
-        if str(pretrained) == SHIPPED:
-            from dllm_cache.shipped import default_model_dir
+        from dllm_cache.shipped import default_model_dir, ready_model_dir
 
+        if str(pretrained) == SHIPPED:
             pretrained = default_model_dir()
         path = Path(str(pretrained)).expanduser()
         if not path.is_dir():
@@ -242,6 +242,7 @@ class DLLMCacheLM(LM):
                 f"model arg pretrained={pretrained!r} is not a local directory. dllm_cache loads "
                 "checkpoints from disk only (no hub downloads): pass the folder holding config.json."
             )
+        path = ready_model_dir(path)  # packed (*.safetensors.xz) weights: their unpacked copy in the user cache
 
         self.batch_size = self._parse_batch_size(batch_size)
         self.gen_length = parse_int(gen_length, "gen_length", minimum=1)
