@@ -41,19 +41,19 @@ def _stem(path: Path) -> str:
 
 
 def _frontier(data: Any, png: Path) -> None:
-    from eval.frontier import plot
+    from eval.frontier.run import plot
 
     plot(data, png)
 
 
 def _stacked(data: Any, png: Path) -> None:
-    from eval.peers import plot
+    from eval.peers.run import plot
 
     plot(data, png)
 
 
 def _real_rate(data: Any, png: Path) -> None:
-    from eval.real_rate import plot
+    from eval.real_rate.run import plot
 
     plot(data["rows"], png)
 

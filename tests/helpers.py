@@ -2,7 +2,7 @@
 
 import torch
 
-from eval.trajectory import trajectory  # noqa: F401  (re-exported: the tests import it from here)
+from tests.trajectory import trajectory  # noqa: F401  (re-exported: the tests import it from here)
 
 
 def logits_along(model, seqs, mask):

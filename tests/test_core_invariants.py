@@ -1,7 +1,7 @@
 """Invariants of the engine core that mutation testing found unchecked (issue 29, item 4).
 
 Each test here kills mutants of dllm_cache's core that survived the core test subset
-(`bash eval/mutation.sh`; eval/results/mutation.json lists them). They check exact values of small
+(`bash eval/mutation/run.sh`; eval/results/mutation.json lists them). They check exact values of small
 pure functions at their boundaries, on tensors built by hand, so they take milliseconds; the few
 that need a model use the tiny configs for a step or two.
 """

@@ -1,10 +1,10 @@
-"""eval/memory.py on CPU with a tiny model: rows with the memory.json fields, merged by key."""
+"""eval/memory/run.py on CPU with a tiny model: rows with the memory.json fields, merged by key."""
 
 import json
 
 import pytest
 
-from eval.memory import main, parse_run
+from eval.memory.run import main, parse_run
 
 FIELDS = {"model", "workload", "batch", "prompt_len", "weights_gb", "uncached_peak_gb", "cached_peak_gb", "device"}
 

@@ -1,4 +1,4 @@
-"""eval.extend_trace: a gen-L trace extended to gen L2 replays at L2, padding blocks as recorded."""
+"""eval.traces.extend: a gen-L trace extended to gen L2 replays at L2, padding blocks as recorded."""
 
 import json
 import sys
@@ -14,7 +14,7 @@ if str(REPO) not in sys.path:
 from dllm_cache.models.tiny import tiny_llada  # noqa: E402
 from dllm_cache.sampling.generate import generate  # noqa: E402
 from dllm_cache.sampling.trace import DecodeTrace, ReplaySchedule, read_trace, write_trace  # noqa: E402
-from eval import extend_trace  # noqa: E402
+from eval.traces import extend as extend_trace  # noqa: E402
 
 ROWS = [{"blocks": [[6, 2], [8], [7, 1]], "stopped": False, "correct": True},
         {"blocks": [[8], [5, 3]], "stopped": True, "correct": False}]  # stopped early: left alone

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from eval import frontier  # noqa: E402
+from eval.frontier import run as frontier  # noqa: E402
 
 
 def test_wilson_interval():

@@ -1,7 +1,7 @@
 """The GPU tier: what only CUDA runs (graph capture and replay, Inductor's GPU kernels, the
 FlashAttention few-query path, the fp8 store's CUDA kernels, bf16 on a GPU).
 
-Every test is marked `gpu` and skipped without CUDA; `eval/gpu_tests.sh` runs them on the GPU
+Every test is marked `gpu` and skipped without CUDA; `eval/gpu/tests.sh` runs them on the GPU
 machine and records the run in eval/results/gpu_tests.txt. Tiny models (dllm_cache.models.tiny),
 a few seconds each. TF32 is off in every test, so float32 means float32.
 
@@ -36,10 +36,10 @@ from dllm_cache.hooks import sampler_of
 from dllm_cache.models.layers import attend
 from dllm_cache.models.tiny import tiny_dream, tiny_llada
 from dllm_cache.sampling.generate import generate
-from eval.kv_fp8_deviation import logit_deviation
-from eval.trajectory import trajectory
+from eval.kv_fp8.run import logit_deviation
 from tests.conftest import FACTORIES
 from tests.test_kv_fp8 import MAX_REL, MIN_ARGMAX
+from tests.trajectory import trajectory
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

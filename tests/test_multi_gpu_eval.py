@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from eval import multi_gpu_eval  # noqa: E402
+from eval.multi_gpu import run as multi_gpu_eval  # noqa: E402
 from tests.test_lm_eval import _save_tiny  # noqa: E402
 
 LIMIT = 4  # documents: 2 per rank
@@ -50,7 +50,7 @@ def runs(tmp_path_factory):
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), "-m", "eval.multi_gpu_eval", *common, "--out", str(dp),
+        "--main_process_port", str(_free_port()), "-m", "eval.multi_gpu", *common, "--out", str(dp),
     ]
     proc = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

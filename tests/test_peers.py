@@ -1,4 +1,4 @@
-"""eval/peers.py on CPU without the peers' code (never committed): identical weights by parameter
+"""eval/peers/run.py on CPU without the peers' code (never committed): identical weights by parameter
 name, the Fast-dLLM transfer stand-in, the plan built from decoding traces, and our worker end to
 end through its own process, with stacked.json / .md / .png."""
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from eval import peers  # noqa: E402
+from eval.peers import run as peers  # noqa: E402
 
 
 class _Two(torch.nn.Module):

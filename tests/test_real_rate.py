@@ -1,5 +1,5 @@
-"""Real-rate traces (eval/real_rate_traces.py), the bench's learned peaks (dllm_cache/bench/peaks.py)
-and the real-rate runner's report (eval/real_rate.py), on CPU with tiny models."""
+"""Real-rate traces (eval/real_rate/traces.py), the bench's learned peaks (dllm_cache/bench/peaks.py)
+and the real-rate runner's report (eval/real_rate/run.py), on CPU with tiny models."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from dllm_cache.bench.peaks import DEVICE_PEAKS, Peaks, learn_peaks, measure_ban
 from dllm_cache.models import tiny
 from dllm_cache.sampling.generate import generate
 from dllm_cache.sampling.trace import ReplaySchedule, read_trace, summary, write_trace
-from eval import real_rate
-from eval.real_rate_traces import PROXY_TRACES, RESULTS, RULES, make_trace, measure_tail, trace_path
+from eval.real_rate import run as real_rate
+from eval.real_rate.traces import PROXY_TRACES, RESULTS, RULES, make_trace, measure_tail, trace_path
 
 # ----------------------------------------------------------------------------- traces
 
@@ -86,7 +86,7 @@ def test_real_rate_trace_replays_step_for_step(tmp_path):
 
 
 def test_committed_traces_match_the_generator():
-    """eval/results/traces_real-*.json are what `python -m eval.real_rate_traces` writes now."""
+    """eval/results/traces_real-*.json are what `python -m eval.real_rate.traces` writes now."""
     for key, gen in (("llada", 256), ("llada", 512), ("llada", 1024), ("dream", 256)):
         committed = read_trace(trace_path(RESULTS, key, gen))
         assert committed["rows"] == make_trace(key, gen)["rows"]
@@ -121,8 +121,8 @@ def test_measurements_run_and_are_positive():
 
 
 def test_by_name_init_equals_the_peers_init():
-    """bench --init by-name gives the weights eval/peers.py gives the peers' model classes."""
-    from eval.peers import init_by_name
+    """bench --init by-name gives the weights eval/peers/run.py gives the peers' model classes."""
+    from eval.peers.run import init_by_name
 
     a, b = tiny.tiny_llada(seed=1), tiny.tiny_llada(seed=2)
     bench_factory.random_init_(a, 0.02, 5, by_name=True)

@@ -1,4 +1,4 @@
-"""A tiny CPU run of eval/serving_bench.py against a live loopback server: the schema of serving.json
+"""A tiny CPU run of eval/serving/run.py against a live loopback server: the schema of serving.json
 (the GPU numbers come from a GPU session, not from here), the table and the plot beside it, and the
 direct generate() baseline."""
 
@@ -12,7 +12,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from dllm_cache.serving import Defaults, build_app, load_engine  # noqa: E402
-from eval.serving_bench import direct_latency, main  # noqa: E402
+from eval.serving.run import direct_latency, main  # noqa: E402
 from tests.test_serving_utils import live, tiny_model_dir, torch_threads  # noqa: E402
 
 ROW_KEYS = {"concurrency", "cache", "requests", "completed", "errors", "tokens_per_s", "p50_latency_s", "p99_latency_s"}

@@ -1,4 +1,4 @@
-"""eval/traces.py on CPU: traces of a micro proxy model per cache and rule, with accuracy, that
+"""eval/traces/run.py on CPU: traces of a micro proxy model per cache and rule, with accuracy, that
 replay to the same answers."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from eval import traces  # noqa: E402
+from eval.traces import run as traces  # noqa: E402
 from tests import test_frontier_eval  # noqa: E402
 
 micro_model = test_frontier_eval.micro_model

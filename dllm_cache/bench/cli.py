@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="None: cuda if available, else cpu")
     p.add_argument("--init-std", type=float, default=0.02, help="random-weight init std")
     p.add_argument("--init", choices=("seeded", "by-name"), default="seeded",
-                   help="--shape weights: one seeded stream, or each matrix seeded by its name (eval/peers.py's "
+                   help="--shape weights: one seeded stream, or each matrix seeded by its name (eval/peers/run.py's "
                         "scheme: the same weights as the peers' code gets there)")
     p.add_argument("--seed", type=int, default=0, help="random seed (weights and prompts)")
     p.add_argument("--workload", choices=tuple(WORKLOADS),
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec = p.add_mutually_exclusive_group()
     dec.add_argument("--threshold", type=float, help="parallel decoding: unmask every token above this confidence")
     dec.add_argument("--factor", type=float, help="parallel decoding: Fast-dLLM's factor rule")
-    dec.add_argument("--trace", help="replay a decoding trace (eval/traces.py JSON): the steps real parallel "
+    dec.add_argument("--trace", help="replay a decoding trace (eval/traces/run.py JSON): the steps real parallel "
                                      "decoding took on a trained proxy; sets gen length and block")
     p.add_argument("--grid", choices=("axes", "product"), default="axes",
                    help="axes: vary one knob at a time around the reference (0.25, Kr 8, Kp 100 "

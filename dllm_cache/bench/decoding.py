@@ -2,7 +2,7 @@
 threshold, a factor, or a recorded trace replayed), and what that means for a run's steps.
 
 A random-weight model is never confident, so a threshold or factor decodes one token per step on
-it; a trace recorded on a trained proxy model (eval/traces.py) replays the step counts real
+it; a trace recorded on a trained proxy model (eval/traces/run.py) replays the step counts real
 parallel decoding took, so the big shapes time the steps that decoding really runs.
 """
 

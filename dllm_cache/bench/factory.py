@@ -1,8 +1,8 @@
 """The models and prompts the bench runs: random-weight shapes (built on the device, initialised fast),
 local checkpoints, the shapes of the workloads, and random prompts that avoid the special ids.
 
-Used by the bench (runner.py) and by eval scripts that need the same models and prompts (eval/memory.py,
-eval/peers.py, eval/profile_step.py, eval/real_rate.py).
+Used by the bench (runner.py) and by eval scripts that need the same models and prompts (eval/memory/run.py,
+eval/peers/run.py, eval/gpu/profile_step.py, eval/real_rate/run.py).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _model_class(config: Any) -> type:
 def random_init_(model: torch.nn.Module, std: float, seed: int, by_name: bool = False) -> None:
     """Matrices ~ N(0, std), norm weights 1, biases 0, on the parameters' own device.
 
-    by_name: each matrix from a generator seeded by (seed, its name), the scheme eval/peers.py
+    by_name: each matrix from a generator seeded by (seed, its name), the scheme eval/peers/run.py
     gives the peers' model classes, so the bench and the peers' code hold identical weights."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -13,7 +13,7 @@ from factory.py, the command line (parser, dry run, main) is cli.py.
 Random-weight models (`--shape llada-8b|dream-7b`) are built directly on the device: compute
 does not depend on weight values, so they time like the real checkpoints. Parallel decoding:
 `--threshold` / `--factor` (on a trained `--model`), or `--trace FILE` to replay the step counts
-a trained proxy model decoded with (eval/traces.py) on any shape: every run but the uncached
+a trained proxy model decoded with (eval/traces/run.py) on any shape: every run but the uncached
 one-token-per-step baseline then uses it, beside an uncached run with the same decoding.
 `--policy block-prefix block-dual` adds Fast-dLLM's block KV cache to the compared caches.
 

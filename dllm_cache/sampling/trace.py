@@ -181,11 +181,11 @@ def write_trace(path: str | Path, rows: list[dict[str, Any]], meta: dict[str, An
 
 
 def read_trace(path: str | Path) -> dict[str, Any]:
-    """A trace file written by write_trace (or eval/traces.py; .json, or gzipped .json.gz), checked
+    """A trace file written by write_trace (or eval/traces/run.py; .json, or gzipped .json.gz), checked
     for the keys a replay needs."""
     path = Path(path)
     data = json.loads(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_text())
     if not isinstance(data, dict) or "rows" not in data or "gen_length" not in data.get("meta", {}):
         raise ValueError(f"{path}: not a decoding trace (expected {{'meta': {{'gen_length', 'block_length', ...}}, "
-                         "'rows': [...]}}, as eval/traces.py writes).")
+                         "'rows': [...]}}, as eval/traces/run.py writes).")
     return data

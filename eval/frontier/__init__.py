@@ -1,0 +1,1 @@
+"""Quality/speed frontier of the cache on the trained proxy models (README.md)."""

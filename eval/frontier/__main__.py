@@ -1,0 +1,5 @@
+"""`python -m eval.frontier`: runs eval/frontier/run.py."""
+
+from eval.frontier.run import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""How far the fp8 K/V store moves the logits (README.md)."""

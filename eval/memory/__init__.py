@@ -1,0 +1,1 @@
+"""Peak memory of uncached vs cached generation (README.md)."""

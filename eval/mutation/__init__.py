@@ -1,0 +1,1 @@
+"""Mutation testing of the engine core with mutmut (README.md)."""

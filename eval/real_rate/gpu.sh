@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Speed at the rate real models decode (issue 25), on one GPU (H200). Each stage fits in a
+# 10-minute call; every stage tars what it wrote under eval/results into $OUT (device machine).
+#
+#   PYTHONPATH=. python -m eval.real_rate.traces   # CPU, seconds: eval/results/traces_real-*.json (committed)
+#   bash eval/real_rate/gpu.sh gen256    # ours b1 (graphs + compiled), peers b1, ours b16          (<10 min)
+#   bash eval/real_rate/gpu.sh long      # profile; ours b1 gen 512 and 1024; peers b1 512 and 1024 (<10 min)
+#   bash eval/real_rate/gpu.sh report    # real_rate_raw/* -> eval/results/real_rate.json / .md / .png
+#
+# The peers' code comes from clones in peers/ (ignored by git, see eval/peers/run.py). Their model code
+# calls torch.compile (Fast-dLLM's attention, the original's flex attention with max-autotune): on a
+# fresh machine the peers steps ran past 110-140 s twice; give them a call of their own. torch.compile's
+# cache lives in build/inductor (ignored) so a second call on a warm machine compiles less.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+export PYTHONPATH=.
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/build/inductor}
+R=eval/results
+RAW=$R/real_rate_raw
+stage=${1:-gen256}
+PEERS="--dllm-cache-repo peers/dLLM-cache --fast-dllm-repo peers/Fast-dLLM"
+
+save() {  # everything this work wrote so far, as one archive in $OUT (the call's file count stays low)
+  python -m eval.real_rate report > /dev/null 2>&1 || true
+  if [ -n "${OUT:-}" ]; then
+    tar -czf "$OUT/real_rate_results.tgz" $R/real_rate.* $RAW $R/profile_real_rate_* 2>/dev/null || true
+  fi
+}
+step() {  # step SECONDS CMD...: one measurement, bounded, logged; a failure does not stop the stage
+  local limit=$1; shift
+  echo "[real_rate.sh] $(date +%T) $*" >&2
+  timeout "$limit" "$@" || echo "[real_rate.sh] exit $? from: $*" >&2
+  save
+}
+
+if [[ $stage == gen256 ]]; then
+  step 200 python -m eval.real_rate ours --gen 256 --batch 1 --compile both --repeats 2
+  step 140 python -m eval.real_rate peers --gen 256 --batch 1 $PEERS --repeats 2
+  step 220 python -m eval.real_rate ours --gen 256 --batch 16 --compile on --repeats 1
+fi
+
+if [[ $stage == long ]]; then
+  step 80 python -m eval.gpu.profile_step --workload gsm8k --batch-size 1 --variants compiled+graph \
+      --out $R/profile_real_rate_llada8b_b1.txt
+  step 110 python -m eval.real_rate ours --gen 512 --batch 1 --compile on --repeats 2
+  step 120 python -m eval.real_rate ours --gen 1024 --batch 1 --compile on --repeats 2
+  step 90 python -m eval.real_rate peers --gen 512 --batch 1 $PEERS --repeats 1
+  step 160 python -m eval.real_rate peers --gen 1024 --batch 1 $PEERS --repeats 1
+fi
+
+# What one call could still afford after gen256's first run (its peers and batch-16 steps ran past
+# their limits): Fast-dLLM alone at gen 256, then the two fastest policies at batch 16 and at
+# gen 512 / 1024, with a 20-40-step warm-up (every cached step kind at least twice) instead of a whole generation.
+if [[ $stage == final ]]; then
+  F="--policy frontier block-dual --response-interval 8 --compile on --repeats 1"
+  step 110 python -m eval.real_rate peers --gen 256 --batch 1 $PEERS --repeats 1 --skip dllm-cache-original
+  step 190 python -m eval.real_rate ours --gen 256 --batch 16 $F --warmup-steps 20
+  step 80 python -m eval.real_rate ours --gen 512 --batch 1 $F --warmup-steps 40
+  step 100 python -m eval.real_rate ours --gen 1024 --batch 1 $F --warmup-steps 40
+fi
+
+if [[ $stage == report ]]; then
+  python -m eval.real_rate report
+fi

@@ -1,0 +1,1 @@
+"""Load benchmark of the OpenAI-compatible server (README.md)."""

@@ -1,0 +1,350 @@
+"""Load benchmark of `dllm-cache serve`: N concurrent streaming clients (asyncio + httpx), per cache
+setting: generated tokens/s, p50/p99 latency, time to the first streamed block, completed vs errors.
+
+Writes eval/results/serving.json ({"device", "model", "rows": [{"concurrency", "cache", "requests",
+"completed", "errors", "tokens_per_s", "p50_latency_s", "p99_latency_s", ...}], ...}), a markdown
+table (serving.md) and a plot (serving.png) beside it.
+
+    # GPU: LLaDA-8B shape, random bf16 weights (compute does not depend on weight values), fixed steps
+    # at ~3 tokens per step (LLaDA-8B-Instruct's rate at threshold 0.9), uncached vs the default cache:
+    python -m eval.serving --shape llada-8b --device cuda --dtype bfloat16 --concurrency 1 4 16 64 \\
+        --caches none default --gen-length 256 --block-length 32 --tokens-per-step 3 --direct --agreement 16
+    # any running server (then --direct is not measured):
+    python -m eval.serving --url http://127.0.0.1:8000 --concurrency 1 4
+
+Closed loop: each of the N clients sends --requests-per-client requests one after another, so the
+server sees N in flight. Tokens/s counts the tokens the server returned (its /metrics counter, so
+streamed answers count exactly) over the wall time of the run. `--direct` also times one direct
+`generate()` call per cache setting in this process, with the same prompt and settings: the target is
+concurrency-1 latency within 10% of it. Only 127.0.0.1 is used for a server it starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prompts(count: int, length: int) -> list[str]:
+    """Distinct prompts of about `length` characters (one token per byte with the random checkpoint's
+    byte tokenizer; fewer with a real tokenizer)."""
+    words = ("alpha", "bravo", "delta", "gamma", "omega", "sigma", "kappa", "theta")
+    out = []
+    for i in range(count):
+        text = f"Request {i}:"
+        j = i
+        while len(text) < length:
+            text += " " + words[j % len(words)]
+            j = j * 7 + 3
+        out.append(text[:length])
+    return out
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def _one(client: httpx.AsyncClient, body: dict) -> tuple[bool, float, float | None]:
+    """(ok, latency s, time to first block s) of one streamed completion."""
+    t0 = time.perf_counter()
+    first = None
+    try:
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                await r.aread()
+                return False, time.perf_counter() - t0, None
+            done = False
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line == "data: [DONE]":
+                    done = True
+                    break
+                event = json.loads(line[6:])
+                if "error" in event:
+                    return False, time.perf_counter() - t0, first
+                if first is None:
+                    first = time.perf_counter() - t0
+            return done, time.perf_counter() - t0, first
+    except httpx.HTTPError:
+        return False, time.perf_counter() - t0, first
+
+
+def completion_tokens(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("dllm_completion_tokens_total"))
+
+
+async def run_level(url: str, model: str, concurrency: int, per_client: int, cache: str, texts: list[str],
+                    settings: dict, mixed: bool = False) -> dict:
+    """One row: `concurrency` clients x `per_client` requests with one cache setting."""
+    bodies = [{"model": model, "prompt": texts[i % len(texts)], "stream": True, "cache": cache, **settings}
+              for i in range(concurrency * per_client)]
+    if mixed:  # answers of 1/4, 1/2 and all of max_tokens (steps scaled alike): rows finish at different blocks
+        for i, body in enumerate(bodies):
+            part = (4, 2, 1)[i % 3]
+            body["max_tokens"] = max(settings["block_length"], settings["max_tokens"] // part)
+            body["steps"] = max(1, settings["steps"] // part)
+    results: list[tuple[bool, float, float | None]] = []
+
+    async def client_loop(k: int, client: httpx.AsyncClient) -> None:
+        for i in range(per_client):
+            results.append(await _one(client, bodies[k * per_client + i]))
+
+    tokens_before = completion_tokens(url)
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(3600.0), limits=limits) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client_loop(k, client) for k in range(concurrency)))
+        wall = time.perf_counter() - t0
+    tokens = completion_tokens(url) - tokens_before
+    ok = [r for r in results if r[0]]
+    latencies = [r[1] for r in ok]
+    firsts = [r[2] for r in ok if r[2] is not None]
+    return {"concurrency": concurrency, "cache": cache, "requests": len(bodies), "completed": len(ok),
+            "errors": len(bodies) - len(ok), "tokens_per_s": tokens / wall if wall else None,
+            "p50_latency_s": percentile(latencies, 0.5), "p99_latency_s": percentile(latencies, 0.99),
+            "mean_latency_s": statistics.fmean(latencies) if latencies else None,
+            "p50_first_block_s": percentile(firsts, 0.5), "wall_s": wall, "completion_tokens": tokens}
+
+
+async def agreement(url: str, model: str, cache: str, texts: list[str], settings: dict) -> float:
+    """Fraction of answers that are the same batched (all sent at once) as served alone (one at a time).
+    In fp32 on CPU they are equal (tests/test_serving.py); in bf16 the padding and batch shape change
+    the rounding, and this measures by how much that moves tokens."""
+    bodies = [{"model": model, "prompt": t, "cache": cache, **settings} for t in texts]
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(3600.0)) as client:
+        together = await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
+        alone = [await client.post("/v1/completions", json=b) for b in bodies]
+    same = [a.status_code == b.status_code == 200 and a.json()["choices"] == b.json()["choices"] for a, b in zip(together, alone)]
+    return sum(same) / len(same)
+
+
+def direct_latency(model_dir: str, device: str, dtype: str, cache: str, text: str, settings: dict, repeats: int = 3) -> float:
+    """Median seconds of one direct generate() call (batch 1) with the server's settings: the baseline
+    of the concurrency-1 latency target."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from dllm_cache.engine.patch import cache_enabled
+    from dllm_cache.sampling.generate import generate
+    from dllm_cache.serving.engine import CACHE_PRESETS, DTYPES
+
+    model = AutoModel.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]], device=device)
+    kw = dict(gen_length=settings["max_tokens"], steps=settings["steps"], block_length=settings["block_length"],
+              stop_at_eos=True)
+
+    def once() -> float:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        config = CACHE_PRESETS[cache]
+        if config is None:
+            generate(model, ids, **kw)
+        else:
+            with cache_enabled(model, config):
+                generate(model, ids, **kw)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    once()  # warm-up
+    times = [once() for _ in range(repeats)]
+    return statistics.median(times)
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def start_server(model_dir: str, args: argparse.Namespace, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "dllm_cache.cli", "serve", "--model", model_dir, "--served-model-name", "bench",
+           "--host", "127.0.0.1", "--port", str(port), "--device", args.device, "--dtype", args.dtype,
+           "--gen-length", str(args.gen_length), "--block-length", str(args.block_length),
+           "--steps", str(steps_of(args)), "--max-batch-size", str(args.max_batch_size or max(args.concurrency)),
+           "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"] + (["--continuous"] if args.continuous else [])
+    proc = subprocess.Popen(cmd)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + args.start_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"serving_bench: the server exited with {proc.returncode} before answering")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"serving_bench: the server did not answer within {args.start_timeout} s")
+
+
+def steps_of(args: argparse.Namespace) -> int:
+    blocks = args.gen_length // args.block_length
+    return max(blocks, round(args.gen_length / args.tokens_per_step / blocks) * blocks)
+
+
+def write_outputs(result: dict, out: Path, plot: bool = True) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# Serving benchmark: {result['model']} on {result['device']}", "", f"`{result['command']}`", "",
+             "| cache | concurrency | requests | completed | errors | tokens/s | p50 latency (s) | p99 latency (s) | "
+             "p50 first block (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def f(v, digits=2):
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    for row in result["rows"]:
+        lines.append(f"| {row['cache']} | {row['concurrency']} | {row['requests']} | {row['completed']} | {row['errors']} | "
+                     f"{f(row['tokens_per_s'], 1)} | {f(row['p50_latency_s'])} | {f(row['p99_latency_s'])} | "
+                     f"{f(row['p50_first_block_s'])} |")
+    for row in result.get("direct", []):
+        lines.append(f"\nDirect generate() at batch 1, cache {row['cache']}: {row['latency_s']:.3f} s")
+    for row in result.get("batch_agreement", []):
+        lines.append(f"\nBatched vs alone, cache {row['cache']}: {row['identical_fraction']:.0%} of {row['prompts']} "
+                     "answers identical")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    if not plot:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for cache in dict.fromkeys(r["cache"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["cache"] == cache]
+        a.plot([r["concurrency"] for r in rows], [r["tokens_per_s"] or 0 for r in rows], marker="o", label=cache)
+        b.plot([r["concurrency"] for r in rows], [r["p50_latency_s"] or 0 for r in rows], marker="o", label=cache)
+    for ax, label in ((a, "generated tokens/s"), (b, "p50 latency (s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+        ax.legend(title="cache")
+    fig.suptitle(f"dllm-cache serve: {result['model']} on {result['device']}")
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--url", default=None, help="benchmark this running server (its first model)")
+    src.add_argument("--model", default=None, help="start `dllm-cache serve` on this model directory")
+    src.add_argument("--shape", default=None, help="start it on a random checkpoint of this shape (eval.random_checkpoint)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--caches", nargs="+", default=["none", "default"], help="cache presets to compare ('none' = uncached)")
+    p.add_argument("--requests-per-client", type=int, default=2)
+    p.add_argument("--prompt-chars", type=int, default=128)
+    p.add_argument("--gen-length", type=int, default=256)
+    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--tokens-per-step", type=float, default=3.0, help="fixed steps = gen_length / this")
+    p.add_argument("--max-batch-size", type=int, default=None, help="server's; None = the largest concurrency")
+    p.add_argument("--max-wait-ms", type=float, default=10.0)
+    p.add_argument("--continuous", action="store_true", help="start the server with --continuous (continuous batching)")
+    p.add_argument("--mixed-lengths", action="store_true",
+                   help="requests ask for 1/4, 1/2 or all of --gen-length (where continuous batching gains)")
+    p.add_argument("--agreement", type=int, default=0, metavar="N",
+                   help="also compare N prompts answered in one batch with the same served alone (identical fraction)")
+    p.add_argument("--direct", action="store_true", help="also time a direct generate() per cache setting")
+    p.add_argument("--start-timeout", type=float, default=600.0)
+    p.add_argument("--out", type=Path, default=RESULTS / "serving.json")
+    p.add_argument("--no-plot", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.gen_length % args.block_length:
+        raise SystemExit("--gen-length must be a multiple of --block-length")
+    settings = {"max_tokens": args.gen_length, "block_length": args.block_length, "steps": steps_of(args)}
+    proc, model_dir, tmp = None, args.model, None
+    if args.shape:
+        from eval.random_checkpoint import save
+
+        tmp = tempfile.TemporaryDirectory(prefix="serving-bench-")
+        model_dir = str(save(Path(tmp.name) / args.shape, args.shape, dtype=getattr(__import__("torch"), args.dtype)))
+    url = args.url
+    if url is None:
+        if model_dir is None:
+            raise SystemExit("pass --url, --model or --shape")
+        proc = start_server(model_dir, args, free_port())
+        url = proc.args[proc.args.index("--port") + 1]
+        url = f"http://127.0.0.1:{url}"
+    try:
+        model = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+        texts = prompts(max(args.concurrency) * args.requests_per_client, args.prompt_chars)
+        rows, agree = [], []
+        for cache in args.caches:
+            asyncio.run(run_level(url, model, 1, 1, cache, texts[:1], settings))  # warm-up (allocations, kernels)
+            for c in args.concurrency:
+                row = asyncio.run(run_level(url, model, c, args.requests_per_client, cache, texts, settings,
+                                            mixed=args.mixed_lengths))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+            if args.agreement:
+                share = asyncio.run(agreement(url, model, cache, texts[: args.agreement], settings))
+                agree.append({"cache": cache, "prompts": args.agreement, "identical_fraction": share})
+                print(json.dumps(agree[-1]), flush=True)
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    direct = []
+    if args.direct and model_dir is not None:
+        for cache in args.caches:
+            direct.append({"cache": cache, "latency_s": direct_latency(model_dir, args.device, args.dtype, cache, texts[0],
+                                                                      settings)})
+    shape = args.shape or (Path(model_dir).name if model_dir else model)
+    result = {"device": device_name(args.device) if args.url is None else f"server at {args.url}",
+              "model": f"{shape} ({args.dtype}, random weights)" if args.shape else shape,
+              "command": "python -m eval.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "settings": {**settings, "tokens_per_step": args.tokens_per_step, "prompt_chars": args.prompt_chars,
+                           "continuous": args.continuous, "mixed_lengths": args.mixed_lengths,
+                           "requests_per_client": args.requests_per_client, "max_wait_ms": args.max_wait_ms},
+              "rows": rows, "direct": direct, "batch_agreement": agree}
+    write_outputs(result, args.out, plot=not args.no_plot)
+    if tmp is not None:
+        tmp.cleanup()
+    print(f"wrote {args.out} (+ .md, .png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

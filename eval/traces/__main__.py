@@ -1,0 +1,5 @@
+"""`python -m eval.traces`: runs eval/traces/run.py."""
+
+from eval.traces.run import main
+
+main()
