@@ -19,25 +19,9 @@ from pathlib import Path
 
 import torch
 
-SPECIALS = ("<|mask|>", "<|eos|>", "<|pad|>")  # ids 256, 257, 258 after the 256 byte symbols
+from tests.helpers import SPECIALS, byte_tokenizer  # one definition with the tests (the product's tests may not import eval/)
+
 SHAPES = ("llada-8b", "dream-7b", "tiny-llada", "tiny-dream")
-
-
-def byte_tokenizer():
-    """Byte-level tokenizer without merges: every text round-trips; 256 bytes + 3 specials."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    for token in SPECIALS:
-        vocab[token] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(list(SPECIALS))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, mask_token="<|mask|>", eos_token="<|eos|>", pad_token="<|pad|>"
-    )
 
 
 def save(out: str | Path, shape: str, dtype: torch.dtype = torch.bfloat16, device: str | None = None) -> Path:

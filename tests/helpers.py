@@ -1,4 +1,5 @@
-"""Shared test inputs: a denoising trajectory with left-padded prompts of different lengths."""
+"""Shared test inputs: a denoising trajectory with left-padded prompts of different lengths, and a byte-level
+tokenizer for random-weight checkpoints (also eval/random_checkpoint.py's)."""
 
 import torch
 
@@ -50,3 +51,23 @@ def right_padded(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, t
     """The same prompts with their pads moved to the end of each row."""
     order = torch.argsort(1 - mask, dim=1, stable=True)  # real tokens first, pads after
     return ids.gather(1, order), mask.gather(1, order)
+
+
+SPECIALS = ("<|mask|>", "<|eos|>", "<|pad|>")  # ids 256, 257, 258 after the 256 byte symbols
+
+
+def byte_tokenizer():
+    """Byte-level tokenizer without merges: every text round-trips; 256 bytes + 3 specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for token in SPECIALS:
+        vocab[token] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(SPECIALS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, mask_token="<|mask|>", eos_token="<|eos|>", pad_token="<|pad|>"
+    )

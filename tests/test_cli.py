@@ -185,20 +185,6 @@ def test_bench_repeats_by_default_into_dllm_cache_results(monkeypatch, tmp_path,
     assert "dllm_cache_results" in " ".join(bench_parser().format_help().split())
 
 
-def test_shipped_helpers_match_the_training_task():
-    """dllm_cache.shipped copies the arith task's prompt and answer check (the library may not
-    import eval/): they must agree with eval/tiny/tasks.py."""
-    from eval.tiny import tasks
-
-    examples = [json.loads(line) for line in shipped.default_prompts_file().read_text().splitlines()[:20]]
-    assert examples and all("question" in e and "####" in e["answer"] for e in examples)
-    for e in examples:
-        assert shipped.arith_prompt(e["question"]) == tasks.arith_prompt(e["question"])
-    for text, gold in [(" 3 + 4 = 7.\n#### 7", "#### 7"), ("#### 007", "#### 7"), ("no number", "#### 1"),
-                       ("1 + 1 = 2", "#### 2"), ("#### -3", "#### -3"), ("#### 5", "#### 6")]:
-        assert shipped.is_correct(text, gold) == tasks.is_correct("arith", text, gold)
-
-
 def test_shipped_model_folder():
     assert (shipped.default_model_dir() / "config.json").exists()
     assert list(shipped.default_model_dir().glob("*.safetensors"))

@@ -25,6 +25,8 @@ if str(REPO) not in sys.path:
 
 from eval.tiny import drift_profile  # noqa: E402
 
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+
 
 def _kinds_and_trace(model, config, seqs, mask, P):
     """Each step's kind (from the cache_stats counters) and the drift trace the run kept."""

@@ -6,6 +6,8 @@ import pytest
 
 from eval.memory.run import main, parse_run
 
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+
 FIELDS = {"model", "workload", "batch", "prompt_len", "weights_gb", "uncached_peak_gb", "cached_peak_gb", "device"}
 
 

@@ -16,6 +16,8 @@ from dllm_cache.sampling.generate import generate  # noqa: E402
 from dllm_cache.sampling.trace import DecodeTrace, ReplaySchedule, read_trace, write_trace  # noqa: E402
 from eval.traces import extend as extend_trace  # noqa: E402
 
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+
 ROWS = [{"blocks": [[6, 2], [8], [7, 1]], "stopped": False, "correct": True},
         {"blocks": [[8], [5, 3]], "stopped": True, "correct": False}]  # stopped early: left alone
 

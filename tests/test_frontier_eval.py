@@ -15,6 +15,8 @@ if str(REPO) not in sys.path:
 
 from eval.frontier import run as frontier  # noqa: E402
 
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+
 
 def test_wilson_interval():
     lo, hi = frontier.wilson_interval(50, 100)

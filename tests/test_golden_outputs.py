@@ -29,8 +29,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from dllm_cache import CacheConfig, cache_enabled
 from dllm_cache.sampling.generate import generate
-from dllm_cache.shipped import ready_model_dir
-from eval.tiny import tasks
+from dllm_cache.shipped import arith_prompt, default_prompts_file, ready_model_dir
 from tests.reference_samplers import dream_reference, llada_reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,8 +52,9 @@ def _load(name: str):
 
 def _prompts(tok) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """(questions, left-padded ids (N, P), attention mask (N, P)) of the first held-out problems."""
-    questions = [ex["question"] for ex in tasks.test_examples("arith", N_PROMPTS)]
-    rows = [tok(tasks.arith_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
+    lines = default_prompts_file().read_text().splitlines()[:N_PROMPTS]  # the held-out file eval/tiny/tasks.py reads
+    questions = [json.loads(line)["question"] for line in lines]
+    rows = [tok(arith_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
     width = max(map(len, rows))
     ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)

@@ -36,10 +36,9 @@ from dllm_cache.hooks import sampler_of
 from dllm_cache.models.layers import attend
 from dllm_cache.models.tiny import tiny_dream, tiny_llada
 from dllm_cache.sampling.generate import generate
-from eval.kv_fp8.run import logit_deviation
 from tests.conftest import FACTORIES
 from tests.test_kv_fp8 import MAX_REL, MIN_ARGMAX
-from tests.trajectory import trajectory
+from tests.trajectory import logit_deviation, trajectory
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -21,9 +21,9 @@ from dllm_cache.engine.patch import _state
 from dllm_cache.hooks import sampler_of
 from dllm_cache.models.tiny import llada_8b_config, tiny_dream, tiny_llada
 from dllm_cache.sampling.generate import generate
-from eval.kv_fp8.run import logit_deviation, step_logits, trajectory
 from tests.conftest import FACTORIES
 from tests.test_graph_protocol import stand_in_graphs  # noqa: F401  (fixture)
+from tests.trajectory import logit_deviation, step_logits, trajectory
 
 FP8 = "fp8"
 MAX_REL = 0.04  # see the module docstring

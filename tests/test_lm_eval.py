@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 
 from dllm_cache.integrations.lm_eval import launch as lm_eval_launch  # noqa: E402
 from dllm_cache.integrations.lm_eval.model import DLLMCacheLM, cut_at_stop_strings, parse_bool, parse_dtype, parse_int  # noqa: E402
-from eval.random_checkpoint import byte_tokenizer  # noqa: E402
+from tests.helpers import byte_tokenizer  # noqa: E402
 
 TASKS_DIR = REPO / "dllm_cache" / "integrations" / "lm_eval" / "tasks"
 VOCAB = 260

@@ -6,7 +6,11 @@ import gzip
 import json
 from pathlib import Path
 
+import pytest
+
 from eval.tiny import loss_curves
+
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
 
 PROXY = Path(__file__).resolve().parents[1] / "eval" / "results" / "proxy_training"
 

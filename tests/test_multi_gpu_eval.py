@@ -27,6 +27,8 @@ if str(REPO) not in sys.path:
 from eval.multi_gpu import run as multi_gpu_eval  # noqa: E402
 from tests.test_lm_eval import _save_tiny  # noqa: E402
 
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+
 LIMIT = 4  # documents: 2 per rank
 
 

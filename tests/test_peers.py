@@ -17,6 +17,8 @@ if str(REPO) not in sys.path:
 
 from eval.peers import run as peers  # noqa: E402
 
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+
 
 class _Two(torch.nn.Module):
     def __init__(self, order):

@@ -16,6 +16,8 @@ from eval.tiny import train
 from eval.tiny.grow import grow_model_dir
 from eval.tiny.tokenizer import load_or_build
 
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -19,6 +19,8 @@ from dllm_cache.sampling.trace import ReplaySchedule, read_trace, summary, write
 from eval.real_rate import run as real_rate
 from eval.real_rate.traces import PROXY_TRACES, RESULTS, RULES, make_trace, measure_tail, trace_path
 
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+
 # ----------------------------------------------------------------------------- traces
 
 

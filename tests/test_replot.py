@@ -6,7 +6,11 @@ import gzip
 import json
 import struct
 
+import pytest
+
 from eval import replot
+
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
 
 # Every plot eval/results had when the PNGs left the tree (issue 24, item 5): each must still have
 # its JSON and plot function, so the command named in eval/results/README.md can redraw it.

@@ -15,6 +15,8 @@ from dllm_cache.serving import Defaults, build_app, load_engine  # noqa: E402
 from eval.serving.run import direct_latency, main  # noqa: E402
 from tests.test_serving_utils import live, tiny_model_dir, torch_threads  # noqa: E402
 
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+
 ROW_KEYS = {"concurrency", "cache", "requests", "completed", "errors", "tokens_per_s", "p50_latency_s", "p99_latency_s"}
 
 

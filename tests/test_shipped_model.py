@@ -19,6 +19,8 @@ from dllm_cache.sampling.generate import generate
 from dllm_cache.shipped import ready_model_dir
 from eval.tiny import tasks
 
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"llada": REPO / "eval" / "tiny" / "model", "dream": REPO / "eval" / "tiny" / "dream_model"}
 RESPONSE = {"arith": 256, "hotpot": 32}

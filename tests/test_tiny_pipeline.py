@@ -17,6 +17,8 @@ import eval.tiny  # noqa: E402, F401  (also lets dllm_cache.hooks resolve from a
 from eval.tiny import tasks  # noqa: E402
 from eval.tiny.tokenizer import EOS, MASK, PAD, UNK, build_tokenizer  # noqa: E402
 
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+
 
 @pytest.fixture(scope="module")
 def tok():
@@ -123,6 +125,20 @@ def test_single_hop_training_rows(tok):
     batch = maker.make(0)
     prompt = tok.decode(batch.input_ids[0][batch.attention_mask[0].bool()][: -batch.response_len])
     assert any(q in prompt for q in ("In which city was", "In which country is", "On which river lies"))
+
+
+def test_shipped_helpers_match_the_training_task():
+    """dllm_cache.shipped copies the arith task's prompt and answer check (the library may not
+    import eval/): they must agree with eval/tiny/tasks.py."""
+    from dllm_cache import shipped
+
+    examples = [json.loads(line) for line in shipped.default_prompts_file().read_text().splitlines()[:20]]
+    assert examples and all("question" in e and "####" in e["answer"] for e in examples)
+    for e in examples:
+        assert shipped.arith_prompt(e["question"]) == tasks.arith_prompt(e["question"])
+    for text, gold in [(" 3 + 4 = 7.\n#### 7", "#### 7"), ("#### 007", "#### 7"), ("no number", "#### 1"),
+                       ("1 + 1 = 2", "#### 2"), ("#### -3", "#### -3"), ("#### 5", "#### 6")]:
+        assert shipped.is_correct(text, gold) == tasks.is_correct("arith", text, gold)
 
 
 def test_scoring():

@@ -16,6 +16,8 @@ if str(REPO) not in sys.path:
 from eval.traces import run as traces  # noqa: E402
 from tests import test_frontier_eval  # noqa: E402
 
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+
 micro_model = test_frontier_eval.micro_model
 
 

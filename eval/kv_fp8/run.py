@@ -32,40 +32,13 @@ from typing import Any
 
 import torch
 
-from dllm_cache import CacheConfig, cache_enabled, reset_cache
+from dllm_cache import CacheConfig, cache_enabled
 from dllm_cache.hooks import adapter_for, sampler_of
 from dllm_cache.models.tiny import tiny_dream, tiny_llada
 from dllm_cache.sampling.generate import generate
-from tests.trajectory import trajectory
+from tests.trajectory import logit_deviation, step_logits, trajectory
 
 FP8 = "fp8"
-
-
-def step_logits(model, seqs: list[torch.Tensor], mask: torch.Tensor, config: CacheConfig | None,
-                prompt_len: int) -> list[torch.Tensor]:
-    """Float32 logits of every step along `seqs`, uncached (config None) or cached with `config`."""
-    def run() -> list[torch.Tensor]:
-        # A copy for every step: with CUDA graphs a cached step's logits live in a buffer the next step
-        # overwrites, and .float() of float32 logits is no copy.
-        return [model(s, attention_mask=mask).logits.to(torch.float32, copy=True) for s in seqs]
-
-    with torch.no_grad():
-        if config is None:
-            return run()
-        with cache_enabled(model, config):
-            reset_cache(model, prompt_length=prompt_len)
-            return run()
-
-
-def logit_deviation(out: list[torch.Tensor], ref: list[torch.Tensor], lo: int, hi: int) -> dict[str, float]:
-    """Rows [lo, hi) of each step's (batch, seq, vocab) logits: max abs deviation, that relative to
-    the reference's max |logit|, and argmax agreement (fraction of rows)."""
-    o = torch.stack([t[:, lo:hi] for t in out])
-    r = torch.stack([t[:, lo:hi] for t in ref])
-    max_abs = (o - r).abs().max().item()
-    scale = r.abs().max().item()
-    return {"max_abs": max_abs, "max_rel": max_abs / scale if scale else float("nan"),
-            "argmax_agreement": (o.argmax(-1) == r.argmax(-1)).float().mean().item()}
 
 
 def token_agreement(a: torch.Tensor, b: torch.Tensor, prompt_len: int) -> float:
