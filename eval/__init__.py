@@ -1,5 +1,6 @@
-"""The lab of dllm-cache: proxy models, studies, benchmarks and GPU scripts (the lm-eval model, tasks
-and `dllm-cache eval` live in the package: dllm_cache.integrations.lm_eval).
+"""The lab of dllm-cache: proxy models (tiny/), one folder per study with its runner and README, result
+files (results/); eval/README.md is the index. The lm-eval model, tasks and `dllm-cache eval` live in the
+package (dllm_cache.integrations.lm_eval); the library never imports this.
 
-Not installed as a package: run modules from the repository root, e.g. ``python -m eval.frontier``.
+Not installed as a package: run from the repository root, e.g. ``PYTHONPATH=. python -m eval.frontier``.
 """
