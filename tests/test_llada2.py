@@ -220,7 +220,7 @@ def test_lm_eval_generate_until(tmp_path):
     from types import SimpleNamespace
 
     from dllm_cache.integrations.lm_eval.model import DLLMCacheLM
-    from eval.random_checkpoint import byte_tokenizer
+    from tests.helpers import byte_tokenizer
 
     tokenizer = byte_tokenizer()
     tiny_llada2(seed=0, vocab_size=260, mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
