@@ -43,3 +43,25 @@ def test_serving_bench_smoke(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 0
     settings = {"max_tokens": 8, "block_length": 4, "steps": 4}
     assert direct_latency(str(model_dir), "cpu", "float32", "default", "hello", settings, repeats=1) > 0
+
+
+def test_merge_keeps_an_earlier_runs_unmeasured_rows(tmp_path):
+    """--merge: a run cut by its time limit is completed by a second run; the second run's rows win."""
+    from argparse import Namespace
+
+    from eval.serving.run import build_parser, merged_rows, result_of
+
+    earlier = {"command": "first", "rows": [{"cache": "none", "concurrency": 1, "tokens_per_s": 1.0},
+                                            {"cache": "default", "concurrency": 1, "tokens_per_s": 2.0}],
+               "direct": [], "batch_agreement": [{"cache": "none", "prompts": 4, "identical_fraction": 1.0}]}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+    args: Namespace = build_parser().parse_args(["--url", "http://x", "--merge", str(path)])
+    new = [{"cache": "default", "concurrency": 1, "tokens_per_s": 3.0},
+           {"cache": "default", "concurrency": 4, "tokens_per_s": 4.0}]
+    result = result_of(args, ["--merge", str(path)], "m", None, merged_rows(args.merge), new, [], [], complete=True)
+    assert [(r["cache"], r["concurrency"], r["tokens_per_s"]) for r in result["rows"]] == [
+        ("none", 1, 1.0), ("default", 1, 3.0), ("default", 4, 4.0)]
+    assert result["rows"][0]["run"] == "earlier" and "run" not in result["rows"][1]
+    assert result["batch_agreement"][0]["run"] == "earlier"
+    assert result["command"].startswith("first ; then python -m eval.serving")

@@ -257,6 +257,39 @@ def write_outputs(result: dict, out: Path, plot: bool = True) -> None:
     plt.close(fig)
 
 
+def merged_rows(path: Path | None) -> dict:
+    """Rows, direct timings and agreement of an earlier run (--merge), to be completed by this one."""
+    if path is None:
+        return {"rows": [], "direct": [], "batch_agreement": [], "command": None}
+    earlier = json.loads(Path(path).read_text())
+    return {key: earlier.get(key, []) for key in ("rows", "direct", "batch_agreement")} | {"command": earlier.get("command")}
+
+
+def result_of(args: argparse.Namespace, argv: list[str] | None, model: str, model_dir: str | None, earlier: dict,
+              rows: list, direct: list, agree: list, complete: bool) -> dict:
+    """The result file: this run's rows, plus an earlier run's (--merge) for the settings this one did not measure."""
+
+    def keep(old: list, new: list, key) -> list:
+        measured = {key(r) for r in new}
+        return [r | {"run": "earlier"} for r in old if key(r) not in measured] + new
+
+    shape = args.shape or (Path(model_dir).name if model_dir else model)
+    commands = ["python -m eval.serving " + " ".join(argv if argv is not None else sys.argv[1:])]
+    if earlier["command"]:
+        commands.insert(0, earlier["command"])
+    return {"device": device_name(args.device) if args.url is None else f"server at {args.url}",
+            "model": f"{shape} ({args.dtype}, random weights)" if args.shape else shape,
+            "command": " ; then ".join(commands) if len(commands) > 1 else commands[0],
+            "complete": complete,
+            "settings": {"max_tokens": args.gen_length, "block_length": args.block_length, "steps": steps_of(args),
+                         "tokens_per_step": args.tokens_per_step, "prompt_chars": args.prompt_chars,
+                         "continuous": args.continuous, "mixed_lengths": args.mixed_lengths,
+                         "requests_per_client": args.requests_per_client, "max_wait_ms": args.max_wait_ms},
+            "rows": keep(earlier["rows"], rows, lambda r: (r["cache"], r["concurrency"])),
+            "direct": keep(earlier["direct"], direct, lambda r: r["cache"]),
+            "batch_agreement": keep(earlier["batch_agreement"], agree, lambda r: r["cache"])}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
@@ -283,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-timeout", type=float, default=600.0)
     p.add_argument("--out", type=Path, default=RESULTS / "serving.json")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--merge", type=Path, default=None, metavar="JSON",
+                   help="an earlier result file of the same model and settings: its rows for the (cache, concurrency) "
+                        "this run does not measure are kept (marked run: earlier), so a run cut by its time limit "
+                        "can be completed")
     return p
 
 
@@ -308,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         model = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
         texts = prompts(max(args.concurrency) * args.requests_per_client, args.prompt_chars)
         rows, agree = [], []
+        earlier = merged_rows(args.merge)
+
+        def save_partial() -> None:  # a run cut by its time limit still leaves every row it measured
+            write_outputs(result_of(args, argv, model, model_dir, earlier, rows, [], agree, complete=False), args.out,
+                          plot=False)
+
         for cache in args.caches:
             asyncio.run(run_level(url, model, 1, 1, cache, texts[:1], settings))  # warm-up (allocations, kernels)
             for c in args.concurrency:
@@ -315,10 +358,12 @@ def main(argv: list[str] | None = None) -> int:
                                             mixed=args.mixed_lengths))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+                save_partial()
             if args.agreement:
                 share = asyncio.run(agreement(url, model, cache, texts[: args.agreement], settings))
                 agree.append({"cache": cache, "prompts": args.agreement, "identical_fraction": share})
                 print(json.dumps(agree[-1]), flush=True)
+                save_partial()
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
@@ -331,14 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         for cache in args.caches:
             direct.append({"cache": cache, "latency_s": direct_latency(model_dir, args.device, args.dtype, cache, texts[0],
                                                                       settings)})
-    shape = args.shape or (Path(model_dir).name if model_dir else model)
-    result = {"device": device_name(args.device) if args.url is None else f"server at {args.url}",
-              "model": f"{shape} ({args.dtype}, random weights)" if args.shape else shape,
-              "command": "python -m eval.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "settings": {**settings, "tokens_per_step": args.tokens_per_step, "prompt_chars": args.prompt_chars,
-                           "continuous": args.continuous, "mixed_lengths": args.mixed_lengths,
-                           "requests_per_client": args.requests_per_client, "max_wait_ms": args.max_wait_ms},
-              "rows": rows, "direct": direct, "batch_agreement": agree}
+    result = result_of(args, argv, model, model_dir, earlier, rows, direct, agree, complete=True)
     write_outputs(result, args.out, plot=not args.no_plot)
     if tmp is not None:
         tmp.cleanup()
