@@ -4,10 +4,10 @@ inside the block being decoded.
 Block diffusion decodes blocks of `block_length` columns in order (aligned at column 0 of the sequence), and
 its attention is causal across blocks: a block's rows see their own block and the blocks before it. Once a
 block is decoded its tokens never change, so its K and V at every layer are final: they are computed once
-(`commit`, the block's rows against the stored prefix, block-causal among themselves) and every later step
-computes only the current block's rows against them. No approximation: this alone gives the uncached
-model's logits ("exact block cache": CacheConfig(policy="block-prefix" or "block-dual"), or the feature
-policy with response_interval=1).
+(`commit`, the block's rows against the stored prefix, block-causal among themselves, in the same pass as
+the next block's first step) and every later step computes only the current block's rows against them. No
+approximation: this alone gives the uncached model's logits ("exact block cache": CacheConfig(policy=
+"block-prefix" or "block-dual"), or the feature policy with response_interval=1).
 
 Inside the current block, across its steps, the feature cache (CacheConfig(policy="feature")) reuses the
 block rows' attention and FFN outputs: every `response_interval` steps of a block (its first step always)
@@ -56,9 +56,12 @@ def _heads(t: torch.Tensor, head_dim: int) -> torch.Tensor:
 
 
 def commit_rows_forward(parts: BlockParts, dims: Dims, kv: ExactKV, x: torch.Tensor, lo: int, hi: int,
-                        rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-    """One layer over rows [lo, hi) of committed blocks: their K/V are written into kv (batch, kv_heads, >= hi, hd)
-    at [lo, hi); their queries attend to kv[:, :, :hi] under `mask` (batch or 1, 1, hi - lo, hi) bool.
+                        rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
+                        deltas: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """One layer over rows [lo, hi) (blocks to commit, possibly followed by the block being decoded): their K/V
+    are written into kv (batch, kv_heads, >= hi, hd) at [lo, hi); their queries attend to kv[:, :, :hi] under
+    `mask` (batch or 1, 1, hi - lo, hi) bool. deltas: (attn, ffn) stores (batch, B, d_model) that receive the
+    last B rows' attention and FFN outputs (the decoded block's, for the feature cache's later steps).
     x (batch, hi - lo, d_model) -> layer output of the same shape."""
     cos, sin = rope[0][:, lo:hi], rope[1][:, lo:hi]
     h = parts.attn_norm(x)
@@ -70,8 +73,14 @@ def commit_rows_forward(parts: BlockParts, dims: Dims, kv: ExactKV, x: torch.Ten
     if group > 1:
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    x = x + parts.out_proj(rearrange(o, "b h t d -> b t (h d)"))
-    return x + parts.mlp(parts.ffn_norm(x))
+    attn = parts.out_proj(rearrange(o, "b h t d -> b t (h d)"))
+    x = x + attn
+    ffn = parts.mlp(parts.ffn_norm(x))
+    if deltas is not None:
+        B = deltas[0].shape[1]
+        deltas[0].copy_(attn[:, -B:])
+        deltas[1].copy_(ffn[:, -B:])
+    return x + ffn
 
 
 class BlockCausalCache:
@@ -123,16 +132,22 @@ class BlockCausalCache:
         return allowed
 
     @torch.no_grad()
-    def commit(self, ids: torch.Tensor, hi: int) -> None:
-        """Store final K/V for columns [committed, hi) (whole blocks: the prompt's, then each decoded one)."""
+    def commit(self, ids: torch.Tensor, hi: int, block: bool = False) -> torch.Tensor | None:
+        """Store final K/V for columns [committed, hi) (whole blocks: the prompt's, then each decoded one).
+
+        block=True: the last block_length columns are the block being decoded, computed in the same pass
+        (block-causal masking gives them exactly the attention they have alone); their K/V and features are
+        stored as a refresh step's, the committed frontier stops before them, and their final hidden states
+        (batch, B, d_model) are returned."""
         lo = self.committed
         if hi <= lo:
-            return
+            return None
         x = self.embed(ids[:, lo:hi])
         mask = self._mask(lo, hi)
-        for parts, kv in zip(self.parts, self.kv):
-            x = commit_rows_forward(parts, self.dims, kv, x, lo, hi, self.rope, mask)
-        self.committed = hi
+        for parts, kv, deltas in zip(self.parts, self.kv, self.deltas):
+            x = commit_rows_forward(parts, self.dims, kv, x, lo, hi, self.rope, mask, deltas if block else None)
+        self.committed = hi - self.block_length if block else hi
+        return x[:, -self.block_length:] if block else None
 
     # ------------------------------------------------------------------ the current block
     def _plan(self, lo: int, block_ids: torch.Tensor) -> tuple[bool, torch.Tensor | None]:
@@ -157,9 +172,14 @@ class BlockCausalCache:
         if lo < self.committed:
             raise ValueError(f"block_logits: block [{lo}, {hi}) is already committed (columns < {self.committed}); "
                              "blocks are decoded in order.")
-        self.commit(ids, lo)
         block_ids = ids[:, lo:hi]
         refresh, priority = self._plan(lo, block_ids)
+        if lo > self.committed:
+            if refresh:  # a block's first step: commit the blocks before it and compute it, in one pass
+                x = self.commit(ids, hi, block=True)
+                self._count(True, x.shape[0])
+                return self.head(self.norm(x))
+            self.commit(ids, lo)
         plan = StepPlan(refresh_prompt=False, refresh_response=refresh)
         rope = (self.rope[0][:, :hi], self.rope[1][:, :hi])
         key_mask = None if self.key_mask is None else self.key_mask[:, :hi]
