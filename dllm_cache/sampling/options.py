@@ -35,7 +35,11 @@ def check_options(family: str, options: dict, samplers: dict[str, Callable]) -> 
     values are dropped); ValueError naming the valid ones for an unknown option, one that only
     another family uses, or a choice not on its list."""
     valid = option_names(samplers[family])
-    others = {name: fam for fam, fn in samplers.items() if fam != family for name in option_names(fn)}
+    others: dict[str, str] = {}  # option -> the first other family that takes it (LLaDA's, Dream's, then LLaDA 2.x's)
+    for fam, fn in samplers.items():
+        if fam != family:
+            for name in option_names(fn):
+                others.setdefault(name, fam)
     kept = {}
     for name, value in options.items():
         if value is None and (name in valid or name in others):
