@@ -138,6 +138,8 @@ def test_sampler_options_are_checked(model):
         generate(model, ids, gen_length=8, treshold=0.9)
     with pytest.raises(ValueError, match="edit_threshold.*temperature"):
         generate(model, ids, gen_length=8, edit_threshold=0.5, temperature=0.7)
+    with pytest.raises(ValueError, match="stop_at_eos.*token editing"):
+        generate(model, ids, gen_length=8, edit_threshold=0.5, stop_at_eos=True)
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         generate(model, ids, gen_length=8, steps=0)
     with pytest.raises(ValueError, match="threshold must be a number in"):

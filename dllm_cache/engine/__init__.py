@@ -5,6 +5,7 @@
     state.py         the per-model feature store (CacheState, one per cached model, never global)
     layer.py         the generic cached block forward: recompute only the tokens the step plan asks for
     block_cache.py   Fast-dLLM's block K/V cache policies as a forward of the same engine
+    block_causal.py  block-diffusion models (LLaDA 2.x): exact K/V of committed blocks, the feature cache in the block
     v_verify.py      V-verify: the response tokens whose Value vectors drifted most
     frontier.py      the frontier selection: the current block first, then V-verify
     schedule.py      which feature groups a step refreshes (the step plan)
@@ -14,8 +15,8 @@
     graphs.py        CUDA-graph capture and replay of cached steps
     compiled.py      torch.compile of the cached block forward
 
-Layers, leaves first: v_verify, frontier, kv_store -> schedule, drift, state, layer, block_cache, graphs,
-compiled -> step -> patch. The names below load on first use, so importing one module of the engine (the config
+Layers, leaves first: v_verify, frontier, kv_store -> schedule, drift, state, layer, block_cache, block_causal,
+graphs, compiled -> step -> patch. The names below load on first use, so importing one module of the engine (the config
 imports kv_store) does not import all of it.
 """
 
@@ -42,6 +43,7 @@ _LAZY = {
     "ramp_ratios": "layer_budget",
     "plan_step": "schedule",
     "step_kind": "schedule",
+    "BlockCausalCache": "block_causal",
 }
 
 __all__ = list(_LAZY)

@@ -4,6 +4,7 @@
     loop.py       the block/step loop both samplers share (windows, steps, Unmasker, declared generation)
     llada.py      LLaDA's step rule: block rows, CFG, Gumbel sampling, low_confidence / random remasking
     dream.py      Dream's step rule: shifted rows, entropy / maskgit_plus / topk_margin / origin, top_p, top_k
+    llada2.py     LLaDA 2.x's own loop: the official block-diffusion generate (+ LLaDA2.1 token editing)
     unmasking.py  which masked tokens a step unmasks (top-k, threshold, factor) and early stopping
     options.py    what the samplers accept: option names per family, input shapes, padding side
     trace.py      decoding traces (tokens unmasked per step) and their replay (ReplaySchedule)
@@ -21,6 +22,7 @@ from .._lazy import lazy_exports
 _LAZY = {
     "llada_generate": "generate",
     "dream_generate": "generate",
+    "llada2_generate": "llada2",
     "SAMPLERS": "generate",
     "decode": "loop",
     "StepRule": "loop",

@@ -127,7 +127,7 @@ class _Forward:
 
 
 def _check(gen_length, block_length, steps, temperature, top_k, top_p, threshold, minimal_topk, edit_threshold,
-           max_post_edit_steps, schedule, trace):
+           max_post_edit_steps, schedule, trace, stop_at_eos):
     gen_length, block_length = as_int(gen_length, "gen_length"), as_int(block_length, "block_length")
     steps, minimal_topk = as_int(steps, "steps"), as_int(minimal_topk, "minimal_topk")
     temperature = as_number(temperature, "temperature", 0)
@@ -145,6 +145,9 @@ def _check(gen_length, block_length, steps, temperature, top_k, top_p, threshold
         if schedule is not None:
             raise ValueError("generate(): schedule= replays a fixed count of unmasked tokens per step; token editing "
                              "changes decoded tokens too. Pass one of them.")
+        if stop_at_eos:
+            raise ValueError("generate(): stop_at_eos (the in-block early stop) is not defined with token editing (a later "
+                             "edit may rewrite the end token); generation still stops after a block that holds one.")
     if schedule is not None and not isinstance(schedule, ReplaySchedule):
         raise TypeError(f"generate(): schedule must be a dllm_cache.ReplaySchedule, got {type(schedule).__name__}.")
     if trace is not None and not isinstance(trace, DecodeTrace):
@@ -186,7 +189,7 @@ def llada2_generate(
     """
     (gen_length, block_length, steps, temperature, top_k, top_p, threshold, minimal_topk, edit_threshold,
      max_post_edit_steps) = _check(gen_length, block_length, steps, temperature, top_k, top_p, threshold, minimal_topk,
-                                   edit_threshold, max_post_edit_steps, schedule, trace)
+                                   edit_threshold, max_post_edit_steps, schedule, trace, stop_at_eos)
     if input_ids is None:
         raise ValueError("generate(): LLaDA 2.x takes the prompt as input_ids (batch, prompt_len).")
     mask_id = mask_id_of(model, mask_id)
