@@ -28,7 +28,8 @@ class FusedQKV:
     """q_proj / k_proj / v_proj views of one fused projection, with its QK norms.
 
     The cached layer asks for Q, K and V of the same normalised rows one after another; the fused
-    matmul runs once per distinct input tensor (the last input is kept, by identity, until the next).
+    matmul runs once per distinct input tensor (the last input is kept, by identity, until the next one
+    or until all three were read, so a long prompt's projections are not held between steps).
     Each call returns (batch, tokens, heads * head_dim), QK norms applied, RoPE not."""
 
     def __init__(self, attn: nn.Module, n_heads: int, n_kv_heads: int, head_dim: int):
@@ -36,10 +37,19 @@ class FusedQKV:
         self.q_norm = getattr(attn, "query_layernorm", None)
         self.k_norm = getattr(attn, "key_layernorm", None)
         self._last: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        self._read: set[int] = set()
+
+    def _get(self, h: torch.Tensor, which: int) -> torch.Tensor:
+        out = self._split(h)[which]
+        self._read.add(which)
+        if len(self._read) == 3:  # Q, K and V all read: nothing more will ask for this input
+            self._last, self._read = None, set()
+        return out
 
     def _split(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._last is not None and self._last[0] is h:
             return self._last[1]
+        self._read = set()
         qkv = rearrange(self.attn.query_key_value(h), "b t (h d) -> b t h d", d=self.head_dim)
         q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
         if self.q_norm is not None:
@@ -49,13 +59,13 @@ class FusedQKV:
         return out
 
     def q(self, h: torch.Tensor) -> torch.Tensor:
-        return self._split(h)[0]
+        return self._get(h, 0)
 
     def k(self, h: torch.Tensor) -> torch.Tensor:
-        return self._split(h)[1]
+        return self._get(h, 1)
 
     def v(self, h: torch.Tensor) -> torch.Tensor:
-        return self._split(h)[2]
+        return self._get(h, 2)
 
 
 def _ffn(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
