@@ -127,13 +127,6 @@ def test_dims_from_both_config_styles():
         ModelDims.from_config({"vocab_size": 3})
 
 
-def test_moe_dims_are_a_clear_error():
-    from dllm_cache.models.tiny import tiny_llada_moe_config
-
-    with pytest.raises(ValueError, match="not modelled for mixture-of-experts"):
-        ModelDims.from_config(tiny_llada_moe_config())
-
-
 def test_bytes_weights_and_roofline():
     dims = ModelDims.from_config(llada_8b_config())
     weights = 2 * (dims.n_layers * dims.params_layer + dims.params_lm_head)

@@ -14,6 +14,14 @@ Conventions
   FlopCounterMode charges for `scaled_dot_product_attention`.
 * Both families use a gated FFN (gate/up/down = LLaDA ff_proj/up_proj/ff_out, Qwen2/Dream
   gate_proj/up_proj/down_proj): 3 * 2 * d_model * d_ff per token.
+* Mixture of experts (LLaDA-MoE, LLaDA 2.x): a routed layer charges per token its router
+  (2 * d_model * n_experts), its top-k routed experts (k * 3 * 2 * d_model * d_expert) and the
+  shared experts (3 * 2 * d_model * d_shared); its dense layers (LLaDA 2.x: the first
+  first_k_dense_replace, LLaDA-MoE: moe_layer_freq 0) the dense FFN. Top-k routing sends every
+  token to exactly k experts, so the count does not depend on the routing, provided the experts
+  run on their routed tokens only (a loop over experts on the tokens each was picked by, as ours
+  and the official modelling code do; a kernel that ran every expert on every token would cost
+  n_experts / k times more). Routing itself (softmax or sigmoid, group top-k) is not counted.
 * RMSNorm, RoPE, softmax, SiLU, residual adds, the embedding gather and the cache's cosine
   similarity are not counted: they are O(tokens * d_model) per layer against
   O(tokens * d_model^2) for the projections (well under 1% at d_model >= 1024).
@@ -36,7 +44,9 @@ partial   layer 0 as in "response" (its input, the embeddings, changes whenever 
           test) and recomputes q/k/o + FFN + attention only for k = int(R * transfer_ratio)
           selected tokens, whose queries attend to all P + R keys (with `layer_ratios`, each
           layer its own k = int(R * ratio)). The drift-triggered refresh changes no step's
-          work, only how many steps of each kind a generation takes.
+          work, only how many steps of each kind a generation takes. A fused Q/K/V projection
+          (`ModelDims.fused_qkv`, LLaDA 2.x) computes all three whenever it runs: the drift test
+          costs Q, K and V of the R rows, and the k selected rows pay for Q, K and V again.
 prompt    a prompt refresh (step % Kp == 0) that is not a response refresh: layer 0 "full";
           every other layer recomputes the P prompt tokens (q/k/v/o, FFN, P queries against
           P + R keys) plus the "partial" work on the response.
@@ -65,6 +75,8 @@ if TYPE_CHECKING:
 FEATURE_KINDS = ("full", "response", "prompt", "partial")  # the feature cache's step kinds
 STEP_KINDS = (*FEATURE_KINDS, "block")  # "block": the block KV-cache policies
 _KIND_ALIASES = {"uncached": "full"}
+BLOCK_CAUSAL_MODEL_TYPES = ("llada2_moe",)  # attention causal across blocks: decoded by dllm_cache.sampling.llada2
+FUSED_QKV_MODEL_TYPES = ("llada2_moe",)  # one query_key_value projection (hooks/llada2.py's FusedQKV)
 
 
 def _get(config: Any, *keys: str, default: Any = None) -> Any:
@@ -78,32 +90,51 @@ def _get(config: Any, *keys: str, default: Any = None) -> Any:
 
 @dataclass(frozen=True)
 class ModelDims:
-    """The few numbers FLOPs depend on, normalised across LLaDA and Dream/Qwen2 configs."""
+    """The few numbers FLOPs depend on, normalised across LLaDA, Dream/Qwen2 and mixture-of-experts configs.
+
+    A mixture of experts (LLaDA-MoE, LLaDA 2.x) adds the MoE fields: `moe_layers` are the layers whose FFN is
+    routed (the others keep the dense FFN of width `d_ff`); each routed layer has a router (d_model ->
+    n_experts), `n_experts` experts of width `d_expert` of which every token runs `experts_per_tok`, and shared
+    experts of total width `d_shared` that every token runs. A dense model leaves them 0 / ().
+    """
 
     d_model: int
     n_layers: int
     n_heads: int
     n_kv_heads: int
     head_dim: int
-    d_ff: int
+    d_ff: int  # the dense FFN's width (an MoE model's dense layers)
     vocab: int  # width of the LM head (LLaDA: embedding_size, which pads vocab_size)
     logit_shift: int = 0  # 1 when logits at row i predict token i + 1 (Dream)
+    n_experts: int = 0  # routed experts per MoE layer
+    experts_per_tok: int = 0  # top-k: routed experts each token runs
+    d_expert: int = 0  # one routed expert's FFN width (moe_intermediate_size / expert_intermediate_size)
+    d_shared: int = 0  # the shared experts' total FFN width (0: none)
+    moe_layers: tuple[int, ...] = ()  # indices of the routed layers
+    block_causal: bool = False  # block diffusion (LLaDA 2.x): decoded block by block, see generation_cost
+    fused_qkv: bool = False  # one Q/K/V projection (LLaDA 2.x query_key_value): see step_flops' partial kind
+
+    def __post_init__(self) -> None:
+        if self.moe_layers and not (0 < self.experts_per_tok <= self.n_experts and self.d_expert > 0):
+            raise ValueError(f"MoE layers {self.moe_layers} need 0 < experts_per_tok <= n_experts and d_expert > 0, got "
+                             f"experts_per_tok={self.experts_per_tok}, n_experts={self.n_experts}, d_expert={self.d_expert}")
+        if any(not 0 <= i < self.n_layers for i in self.moe_layers):
+            raise ValueError(f"moe_layers {self.moe_layers} must be layer indices in [0, {self.n_layers})")
 
     @classmethod
-    def from_config(cls, config: Any, allow_moe: bool = False) -> ModelDims:
-        """Read dims from a LLaDA or Dream/Qwen2 config (object or dict).
+    def from_config(cls, config: Any, allow_moe: bool = True) -> ModelDims:
+        """Read dims from a LLaDA, Dream/Qwen2, LLaDA-MoE or LLaDA 2.x config (object or dict).
 
         LLaDA keys: d_model, n_heads, n_kv_heads, n_layers, mlp_hidden_size (or mlp_ratio),
         embedding_size / vocab_size. Dream keys: hidden_size, num_attention_heads,
         num_key_value_heads, num_hidden_layers, intermediate_size, vocab_size.
-        Mixture-of-experts configs are refused (their FFN FLOPs are not modelled) unless
-        `allow_moe`: what the cache stores (K/V, deltas, logits) does not depend on the FFN.
+        Mixture of experts (`num_experts` set): LLaDA-MoE's dense_intermediate_size,
+        expert_intermediate_size, shared_expert_intermediate_size and moe_layer_freq (a 0/1 entry per
+        layer); LLaDA 2.x's intermediate_size, moe_intermediate_size, num_shared_experts (shared width =
+        num_shared_experts * moe_intermediate_size) and first_k_dense_replace (the first k layers dense);
+        both with num_experts_per_tok. `allow_moe` False refuses MoE configs (kept for callers that
+        predate the MoE model).
         """
-        if not allow_moe and _get(config, "num_experts", "expert_intermediate_size") is not None:
-            raise ValueError(
-                f"analytic FLOPs are not modelled for mixture-of-experts configs ({type(config).__name__}: "
-                "routed experts per token, dense and MoE layers mixed); count them with measure_step_flops."
-            )
         d_model = _get(config, "d_model", "hidden_size")
         n_heads = _get(config, "n_heads", "num_attention_heads")
         n_layers = _get(config, "n_layers", "num_hidden_layers")
@@ -116,12 +147,15 @@ class ModelDims:
             )
         n_kv_heads = _get(config, "n_kv_heads", "num_key_value_heads", default=n_heads)
         head_dim = _get(config, "head_dim", default=d_model // n_heads)
-        d_ff = _get(config, "mlp_hidden_size", "intermediate_size")
+        d_ff = _get(config, "mlp_hidden_size", "dense_intermediate_size", "intermediate_size")
         if d_ff is None:
             d_ff = int(_get(config, "mlp_ratio", default=4) * d_model)
         vocab = _get(config, "embedding_size", "vocab_size")
         if vocab is None:
             raise ValueError(f"{type(config).__name__} has neither embedding_size nor vocab_size")
+        moe = _moe_dims(config, int(n_layers)) if _get(config, "num_experts") is not None else {}
+        if moe and not allow_moe:
+            raise ValueError(f"{type(config).__name__} is a mixture-of-experts config and allow_moe is False.")
         return cls(
             d_model=int(d_model),
             n_layers=int(n_layers),
@@ -131,6 +165,9 @@ class ModelDims:
             d_ff=int(d_ff),
             vocab=int(vocab),
             logit_shift=int("dream" in str(_get(config, "model_type", default="")).lower()),
+            block_causal=str(_get(config, "model_type", default="")).lower() in BLOCK_CAUSAL_MODEL_TYPES,
+            fused_qkv=str(_get(config, "model_type", default="")).lower() in FUSED_QKV_MODEL_TYPES,
+            **moe,
         )
 
     @property
@@ -140,6 +177,10 @@ class ModelDims:
     @property
     def kv_dim(self) -> int:
         return self.n_kv_heads * self.head_dim
+
+    @property
+    def is_moe(self) -> bool:
+        return bool(self.moe_layers)
 
     # Per-token matmul FLOPs of one layer's pieces.
     @property
@@ -159,13 +200,36 @@ class ModelDims:
         return 2 * self.q_dim * self.d_model
 
     @property
+    def flops_attn_proj(self) -> int:
+        """q/k/v/o projections of one token in one layer."""
+        return self.flops_q + self.flops_k + self.flops_v + self.flops_o
+
+    @property
     def flops_ffn(self) -> int:
+        """The dense gated FFN of one token (every layer of a dense model; see `ffn_flops` per layer)."""
         return 3 * 2 * self.d_model * self.d_ff
+
+    def ffn_flops(self, layer: int) -> int:
+        """FFN of one token in `layer`: the dense FFN, or in a routed layer the router (d_model ->
+        n_experts), its top-k experts and the shared experts. Top-k routing sends every token to exactly
+        `experts_per_tok` experts, so this does not depend on the routing."""
+        if layer not in self.moe_layers:
+            return self.flops_ffn
+        return 2 * self.d_model * (self.n_experts + 3 * (self.experts_per_tok * self.d_expert + self.d_shared))
+
+    def layer_flops(self, layer: int) -> int:
+        """Projections + FFN of one token in `layer` (attention scores excluded)."""
+        return self.flops_attn_proj + self.ffn_flops(layer)
 
     @property
     def flops_token_layer(self) -> int:
-        """Projections + FFN of one token in one layer (attention scores excluded)."""
-        return self.flops_q + self.flops_k + self.flops_v + self.flops_o + self.flops_ffn
+        """Projections + dense FFN of one token in one layer (every layer of a dense model)."""
+        return self.flops_attn_proj + self.flops_ffn
+
+    @property
+    def flops_token(self) -> int:
+        """Projections + FFN of one token through every layer (LM head and attention scores excluded)."""
+        return sum(self.layer_flops(i) for i in range(self.n_layers))
 
     def attention_flops(self, n_queries: int, n_keys: int) -> int:
         """Q K^T and the weighted sum with V for one batch row, one layer."""
@@ -178,14 +242,68 @@ class ModelDims:
 
     @property
     def params_layer(self) -> int:
+        """Weights of one dense layer (every layer of a dense model; see `layer_params` per layer)."""
         return self.flops_token_layer // 2
+
+    def layer_params(self, layer: int, experts: float | None = None) -> int:
+        """Weights of `layer`: attention and its FFN; in a routed layer the router, the shared experts and
+        `experts` routed experts (default all of them: what the layer holds)."""
+        if layer not in self.moe_layers:
+            return self.params_layer
+        n = self.n_experts if experts is None else experts
+        routed = round(n * 3 * self.d_model * self.d_expert)
+        return self.flops_attn_proj // 2 + self.d_model * (self.n_experts + 3 * self.d_shared) + routed
+
+    @property
+    def params_layers(self) -> int:
+        """Weights of all layers (every expert included): what the model holds besides embedding and head."""
+        return sum(self.layer_params(i) for i in range(self.n_layers))
+
+    @property
+    def active_params_layers(self) -> int:
+        """Weights one token multiplies by across the layers (routed layers: its top-k experts only)."""
+        return self.flops_token // 2
 
     @property
     def params_lm_head(self) -> int:
         return self.d_model * self.vocab
 
-    def to_dict(self) -> dict[str, int]:
+    def experts_read(self, tokens: int) -> float:
+        """Expected distinct routed experts `tokens` tokens reach in one routed layer, each choosing
+        `experts_per_tok` of `n_experts` uniformly: n_experts * (1 - (1 - k / n_experts) ** tokens).
+        A trained router with balanced load is close to this; a skewed one reads fewer."""
+        if not self.n_experts or tokens <= 0:
+            return 0.0
+        return self.n_experts * (1.0 - (1.0 - self.experts_per_tok / self.n_experts) ** tokens)
+
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _moe_dims(config: Any, n_layers: int) -> dict[str, Any]:
+    """The MoE fields of ModelDims from a LLaDA-MoE or LLaDA 2.x config (see ModelDims.from_config)."""
+    d_expert = _get(config, "moe_intermediate_size", "expert_intermediate_size")
+    top_k = _get(config, "num_experts_per_tok")
+    if d_expert is None or top_k is None:
+        raise ValueError(
+            f"{type(config).__name__} has num_experts but not num_experts_per_tok and moe_intermediate_size "
+            "(LLaDA 2.x) or expert_intermediate_size (LLaDA-MoE): cannot count its routed experts."
+        )
+    shared = _get(config, "shared_expert_intermediate_size")
+    if shared is None:
+        shared = int(_get(config, "num_shared_experts", default=0)) * int(d_expert)
+    freq = _get(config, "moe_layer_freq")
+    first_dense = _get(config, "first_k_dense_replace")
+    if freq is not None and first_dense is not None:
+        raise ValueError(f"{type(config).__name__} has both moe_layer_freq and first_k_dense_replace: which layers route?")
+    if freq is not None:
+        if isinstance(freq, int) or len(freq) != n_layers:
+            raise ValueError(f"moe_layer_freq must be one 0/1 entry per layer ({n_layers}), got {freq!r}")
+        moe_layers = tuple(i for i, f in enumerate(freq) if f)
+    else:
+        moe_layers = tuple(range(int(first_dense or 0), n_layers))
+    return dict(n_experts=int(_get(config, "num_experts")), experts_per_tok=int(top_k), d_expert=int(d_expert),
+                d_shared=int(shared), moe_layers=moe_layers)
 
 
 def _as_dims(dims: ModelDims | Any) -> ModelDims:
@@ -261,28 +379,33 @@ def step_flops(
     total = prompt_len + resp_len
     logits_tokens = _head_rows(logits_tokens, kind, prompt_len, resp_len)
 
-    full_layer = total * d.flops_token_layer + d.attention_flops(total, total)
-    response_layer = resp_len * d.flops_token_layer + d.attention_flops(resp_len, total)
+    def every_layer(tokens: int) -> int:  # `tokens` through every layer, their queries against all keys
+        return tokens * d.flops_token + d.n_layers * d.attention_flops(tokens, total)
+
     if kind == "block":
         if rows is None:
             raise ValueError("a 'block' step needs rows= (the rows it recomputes, see schedule.block_region)")
-        layers = d.n_layers * (rows * d.flops_token_layer + d.attention_flops(rows, total))
+        layers = every_layer(rows)
     elif kind == "full":
-        layers = d.n_layers * full_layer
+        layers = every_layer(total)
     elif kind == "response":
-        layers = d.n_layers * response_layer
+        layers = every_layer(resp_len)
     else:
+        # V of all R rows for the drift test, then Q/K for the k selected; a fused projection computes
+        # Q, K and V whenever it runs (once for the R rows, again for the k gathered rows).
+        verify, select = (d.flops_q + d.flops_k + d.flops_v,) * 2 if d.fused_qkv else (d.flops_v, d.flops_q + d.flops_k)
         partial_layers = sum(
-            (resp_len * d.flops_v if k else 0)
-            + k * (d.flops_q + d.flops_k + d.flops_o + d.flops_ffn)
+            (resp_len * verify if k else 0)
+            + k * (select + d.flops_o + d.ffn_flops(i))
             + d.attention_flops(k, total)
-            for k in _partial_counts(d, resp_len, transfer_ratio, selected)
+            for i, k in enumerate(_partial_counts(d, resp_len, transfer_ratio, selected), start=1)
         )
-        if kind == "partial":
-            layers = response_layer + partial_layers
-        else:  # "prompt": prompt tokens recomputed on top of the partial response work
-            prompt_layer = prompt_len * d.flops_token_layer + d.attention_flops(prompt_len, total)
-            layers = full_layer + (d.n_layers - 1) * prompt_layer + partial_layers
+        if kind == "partial":  # layer 0 as on a response step
+            layers = resp_len * d.layer_flops(0) + d.attention_flops(resp_len, total) + partial_layers
+        else:  # "prompt": layer 0 full, the prompt tokens recomputed on top of the partial response work
+            layers = total * d.layer_flops(0) + d.attention_flops(total, total) + partial_layers + sum(
+                prompt_len * d.layer_flops(i) + d.attention_flops(prompt_len, total) for i in range(1, d.n_layers)
+            )
     lm_head = logits_tokens * 2 * d.d_model * d.vocab
     return batch * (layers + lm_head)
 
@@ -297,6 +420,7 @@ def step_bytes(
     logits_tokens: int | dict[str, int] | None = None,
     dtype_bytes: int = 2,
     selected: int | Sequence[int] | None = None,
+    rows: int | None = None,
 ) -> int:
     """Minimum HBM bytes of one step of `kind`, for a roofline bound.
 
@@ -304,7 +428,11 @@ def step_bytes(
     * weights: every layer's full weights are read on every step kind, because every kind
       runs at least one token through every projection of every layer (a partial step with
       k = int(R * ratio) = 0 reads only the V projection of layers 1..L-1); plus the LM head.
-      Embedding rows gathered: batch * (P + R) * d_model.
+      Embedding rows gathered: batch * (P + R) * d_model. A routed (MoE) layer reads its
+      attention, router and shared experts, and of its routed experts the expected number the
+      step's tokens reach (`ModelDims.experts_read`: uniform routing; all of them once
+      batch * tokens * top-k is well past n_experts). `rows`: a "block" step's recomputed rows
+      (only routed layers depend on it; default R).
     * K/V: each layer that runs attention reads K and V of all P + R keys per row (on a partial
       step, layer 0 and the layers that selected a token).
     * cached features on partial (and prompt-refresh) steps, layers 1..L-1: the cached V of
@@ -319,15 +447,24 @@ def step_bytes(
     total = prompt_len + resp_len
     logits_tokens = _head_rows(logits_tokens, kind, prompt_len, resp_len)
 
-    weights = d.n_layers * d.params_layer + d.params_lm_head
+    # Tokens per row through each layer's FFN; None: the layer reads no weights this step.
+    ffn_tokens: list[int | None] = [{"full": total, "response": resp_len, "prompt": total, "partial": resp_len,
+                                     "block": resp_len if rows is None else rows}[kind]] * d.n_layers
     attending = d.n_layers
     cached = 0
     if kind in ("partial", "prompt"):
-        verifying = sum(1 for k in _partial_counts(d, resp_len, transfer_ratio, selected) if k)  # layers 1..L-1 with k > 0
+        counts = _partial_counts(d, resp_len, transfer_ratio, selected)  # layers 1..L-1
+        verifying = sum(1 for k in counts if k)  # layers 1..L-1 with k > 0
         cached = batch * resp_len * (verifying * d.kv_dim + (d.n_layers - 1) * 2 * d.d_model)
         if kind == "partial":  # a layer past the first with nothing selected only adds its cached deltas
-            weights = (1 + verifying) * d.params_layer + d.params_lm_head
+            ffn_tokens[1:] = [k if k else None for k in counts]
             attending = 1 + verifying
+        else:
+            ffn_tokens[1:] = [prompt_len + k for k in counts]
+    weights = d.params_lm_head + sum(
+        d.layer_params(i, d.experts_read(batch * n) if d.is_moe else None)
+        for i, n in enumerate(ffn_tokens) if n is not None
+    )
     kv_reads = batch * attending * total * 2 * d.kv_dim
     embed = batch * total * d.d_model
     logits = batch * logits_tokens * d.vocab
@@ -457,11 +594,18 @@ def generation_cost(
     by its generations; fractions allowed) instead of the schedule's; required with
     `response_drift_threshold`, whose refreshes follow the measured drift. `layer_ratios`: each
     layer's own count of recomputed tokens.
+
+    A block-diffusion model (`dims.block_causal`, LLaDA 2.x) is costed as its sampler runs it
+    (`_block_causal_generation_cost`): `block_length` is required, `steps_per_block` counts the
+    decoded blocks' forwards (fewer blocks after an end-of-text stop).
     """
-    if block_length is not None and (block_length <= 0 or gen_len % block_length):
-        raise ValueError(f"gen_len {gen_len} must be a multiple of block_length {block_length}")
     if steps_per_block is not None:
         steps = sum(steps_per_block)
+    if _as_dims(dims).block_causal:
+        return _block_causal_generation_cost(_as_dims(dims), batch, prompt_len, gen_len, steps, config, block_length,
+                                             logits_tokens, dtype_bytes, peak_tflops, peak_tbps, steps_per_block)
+    if block_length is not None and (block_length <= 0 or gen_len % block_length):
+        raise ValueError(f"gen_len {gen_len} must be a multiple of block_length {block_length}")
     if config is not None and config.is_block:
         return _block_generation_cost(dims, batch, prompt_len, gen_len, steps, config, block_length, logits_tokens,
                                       dtype_bytes, peak_tflops, peak_tbps, steps_per_block)
@@ -510,7 +654,7 @@ def _block_generation_cost(dims, batch, P, R, steps, config, block_length, logit
     for kind, rows, asked in block_schedule(config, P, R, block_length, steps_per_block, d.logit_shift):
         head = asked if logits_tokens is None else logits_tokens
         f = step_flops(d, batch, P, R, kind, logits_tokens=head, rows=rows)
-        b = step_bytes(d, batch, P, R, kind, logits_tokens=head, dtype_bytes=dtype_bytes)
+        b = step_bytes(d, batch, P, R, kind, logits_tokens=head, dtype_bytes=dtype_bytes, rows=rows)
         counts[kind] += 1
         flops_k[kind] += f
         bytes_k[kind] += b
@@ -518,6 +662,79 @@ def _block_generation_cost(dims, batch, P, R, steps, config, block_length, logit
         total_bytes += b
         if peak_tflops and peak_tbps:
             roofline += roofline_seconds(f, b, peak_tflops, peak_tbps)
+    for kind, n in counts.items():
+        if n:
+            flops_k[kind] //= n
+            bytes_k[kind] //= n
+    return GenerationCost(flops=total_flops, bytes=total_bytes, step_counts=counts, flops_per_kind=flops_k,
+                          bytes_per_kind=bytes_k, roofline_s=roofline if peak_tflops and peak_tbps else None)
+
+
+def _block_causal_generation_cost(d: ModelDims, batch, P, R, steps, config, block_length, logits_tokens, dtype_bytes,
+                                  peak_tflops, peak_tbps, steps_per_block) -> GenerationCost:
+    """generation_cost of a block-diffusion model (LLaDA 2.x) as `dllm_cache.sampling.llada2` runs it.
+
+    The sequence is P + R columns rounded up to whole blocks of `block_length` B aligned at column 0;
+    decoding starts at the block holding the prompt's end. Uncached, each step of the block [lo, lo + B)
+    runs the model on columns [0, lo + B) with the block-causal mask (every row, LM head on every row):
+    a "full" step of lo + B tokens (a mask does not change FlopCounterMode's count of the attention).
+    Cached (`dllm_cache.engine.block_causal`), a block's first step runs, in one pass, the columns not
+    committed yet (the prompt's whole blocks, or the previous block) and the block itself: those rows
+    through every layer, their queries against all keys up to the block's end, the LM head on the B block
+    rows (counted as a "response" step). Its other steps run the block's B rows against the lo + B keys:
+    "response" steps (all rows; every step of the exact block cache), or with the feature cache (policy
+    "feature", response_interval > 1) "partial" steps between the block's refreshes, with
+    `CacheConfig.layer_counts(B, ...)` rows per layer; the LM head on the B rows. `steps_per_block`:
+    forwards of each decoded block (default `steps` spread evenly over all blocks).
+    """
+    if block_length is None or block_length <= 0:
+        raise ValueError("a block-diffusion model (LLaDA 2.x) decodes block by block: pass block_length (its "
+                         "sampler's block_length, 32 by default)")
+    B = block_length
+    first, n_blocks = P // B, -(-(P + R) // B)
+    if steps_per_block is None:
+        if steps % (n_blocks - first):
+            raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks decoded ({n_blocks - first}), "
+                             "or pass steps_per_block")
+        steps_per_block = [steps // (n_blocks - first)] * (n_blocks - first)
+    if len(steps_per_block) > n_blocks - first:
+        raise ValueError(f"steps_per_block has {len(steps_per_block)} blocks; prompt {P} + gen {R} in blocks of {B} "
+                         f"decodes {n_blocks - first}")
+    feature = config is not None and not config.is_block and config.response_interval != 1
+    selected = config.layer_counts(B, d.n_layers, B) if config is not None else None
+    counts = dict.fromkeys(STEP_KINDS, 0)
+    flops_k = dict.fromkeys(STEP_KINDS, 0)
+    bytes_k = dict.fromkeys(STEP_KINDS, 0)
+    total_flops = total_bytes = 0
+    roofline = 0.0
+    committed = 0
+    for j, n in enumerate(steps_per_block):
+        lo = (first + j) * B
+        for i in range(n):
+            if config is None:
+                kind, head = "full", _head_rows(logits_tokens, "full", 0, lo + B)
+                f = step_flops(d, batch, 0, lo + B, kind, logits_tokens=head)
+                b = step_bytes(d, batch, 0, lo + B, kind, logits_tokens=head, dtype_bytes=dtype_bytes)
+            else:
+                kind = "partial" if feature and i % config.response_interval else "response"
+                head = B if logits_tokens is None else _head_rows(logits_tokens, kind, lo, B)
+                if i == 0:  # the columns not committed yet and the block, in one pass
+                    rows = lo + B - committed
+                    f = step_flops(d, batch, committed, rows, "block", logits_tokens=head, rows=rows)
+                    b = step_bytes(d, batch, committed, rows, "block", logits_tokens=head, dtype_bytes=dtype_bytes,
+                                   rows=rows)
+                    committed = lo
+                else:
+                    f = step_flops(d, batch, lo, B, kind, logits_tokens=head, selected=selected)
+                    b = step_bytes(d, batch, lo, B, kind, logits_tokens=head, dtype_bytes=dtype_bytes,
+                                   selected=selected)
+            counts[kind] += 1
+            flops_k[kind] += f
+            bytes_k[kind] += b
+            total_flops += f
+            total_bytes += b
+            if peak_tflops and peak_tbps:
+                roofline += roofline_seconds(f, b, peak_tflops, peak_tbps)
     for kind, n in counts.items():
         if n:
             flops_k[kind] //= n

@@ -7,6 +7,10 @@ logits only for the rows a caller asked for (`logits_to_keep`). With an fp8 K/V 
 (CacheConfig.kv_cache_dtype="fp8") K/V take 1 byte a value plus a float32 scale per token and
 KV head, and one layer's K/V in the model's dtype are kept as the workspace attention reads. Estimates of temporaries are
 deliberately the dominant terms only, so the fit check errs on the side of letting a run start.
+
+Mixture of experts (LLaDA-MoE, LLaDA 2.x): the weights are every expert's (the memory a model holds), while a
+token's FFN temporaries are those of its top-k experts and the shared experts; what the cache keeps (K/V with
+the config's KV heads and head_dim, the attention and FFN outputs of width d_model) does not depend on the FFN.
 """
 
 from __future__ import annotations
@@ -119,20 +123,53 @@ def estimate_cache_bytes(
     return out
 
 
+def estimate_block_causal_cache_bytes(
+    dims: ModelDims, batch: int, prompt_len: int, gen_len: int, block_length: int | None, dtype_bytes: int = 2,
+) -> dict[str, int]:
+    """What a block-diffusion model's cache (LLaDA 2.x: `dllm_cache.engine.block_causal.BlockCausalCache`) holds
+    for one generation, by kind (KINDS) plus "total": K/V of every column of the sequence rounded up to whole
+    blocks (prompt_kv the first P columns, response_kv the rest) and the attention and FFN outputs of the
+    current block's rows only (response_deltas: B rows, not the whole response), in every layer; "other" the
+    float32 RoPE tables (head_dim wide: an upper bound under partial RoPE). block_length None: one block of
+    gen_len rows over P + R columns."""
+    B = block_length or gen_len
+    total = -(-(prompt_len + gen_len) // B) * B if block_length else prompt_len + gen_len
+    kv = kv_bytes_per_token_layer(dims, dtype_bytes)
+    out = dict.fromkeys(KINDS, 0)
+    out["prompt_kv"] = batch * dims.n_layers * prompt_len * kv
+    out["response_kv"] = batch * dims.n_layers * (total - prompt_len) * kv
+    out["response_deltas"] = batch * dims.n_layers * B * 2 * dims.d_model * dtype_bytes
+    out["other"] = 2 * batch * total * dims.head_dim * 4
+    out["total"] = sum(out.values())
+    return out
+
+
 def estimate_step_bytes(dims: ModelDims, batch: int, tokens: int, logit_rows: int, dtype_bytes: int = 2,
                         layers: bool = True, head: bool = True) -> int:
     """Temporaries of one forward of `tokens` rows per sequence: the larger of one layer's
     (residual stream in and out, its norm in float32, the FFN's gate, up and product) and the
     head's (final norm in float32, `logit_rows` rows of logits). Dominant terms only."""
     d, B = dims.d_model, dtype_bytes
-    layer = batch * tokens * (2 * d * B + 4 * d + 3 * dims.d_ff * B) if layers else 0
+    layer = batch * tokens * (2 * d * B + 4 * d + _ffn_temporaries_per_token(dims, B)) if layers else 0
     head_bytes = batch * tokens * (d * B + 4 * d) + batch * logit_rows * dims.vocab * B if head else 0
     return max(layer, head_bytes)
 
 
+def _ffn_temporaries_per_token(dims: ModelDims, dtype_bytes: int) -> int:
+    """The largest FFN temporaries of one token in any layer: a dense layer's gate, up and product (3 x
+    d_ff); a routed layer's router scores in float32 and the gate, up and product of its top-k experts and
+    shared experts (3 x (k * d_expert + d_shared))."""
+    dense = 3 * dims.d_ff * dtype_bytes if dims.n_layers > len(dims.moe_layers) else 0
+    routed = 0
+    if dims.is_moe:
+        routed = 4 * dims.n_experts + 3 * (dims.experts_per_tok * dims.d_expert + dims.d_shared) * dtype_bytes
+    return max(dense, routed)
+
+
 def weights_bytes(dims: ModelDims, dtype_bytes: int = 2, tied: bool = False) -> int:
-    """Parameters of the layers, the embedding and (unless tied) the LM head."""
-    return dtype_bytes * (dims.n_layers * dims.params_layer + dims.params_lm_head * (1 if tied else 2))
+    """Parameters of the layers (every expert of a mixture of experts), the embedding and (unless tied)
+    the LM head."""
+    return dtype_bytes * (dims.params_layers + dims.params_lm_head * (1 if tied else 2))
 
 
 def generation_peak_bytes(
@@ -149,14 +186,17 @@ def generation_peak_bytes(
     tied: bool = False,
     deltas: bool = True,
     kv_cache_dtype: str | None = None,
+    block_length: int | None = None,
 ) -> dict[str, int]:
-    """Estimated whole-process peak of a generation: weights, the cache (cached runs), the
-    temporaries of a full step, and the sampler's float32 softmax of `sampler_rows` rows.
+    """Estimated whole-process peak of a generation: weights (every expert of a mixture of experts), the
+    cache (cached runs), the temporaries of a full step, and the sampler's float32 softmax of `sampler_rows` rows.
 
     logit_rows: rows through the LM head on a full step (default all P + R: what an uncached
     model computes). Cached runs also keep each captured step's temporaries (two step kinds per
     branch, R rows each). deltas False: a block KV-cache policy, which keeps K/V only. kv_cache_dtype:
-    the cache's K/V store (CacheConfig's). Returns the terms and "total"."""
+    the cache's K/V store (CacheConfig's). A block-diffusion model (`dims.block_causal`, LLaDA 2.x) keeps
+    `estimate_block_causal_cache_bytes` (its sampler's `block_length`) and captures no graphs. Returns the
+    terms and "total"."""
     seq = prompt_len + gen_len
     rows = seq if logit_rows is None else logit_rows
     out = {
@@ -166,7 +206,10 @@ def generation_peak_bytes(
         "graphs": 0,
         "sampler": 2 * batch * sampler_rows * dims.vocab * 4,
     }
-    if cached:
+    if cached and dims.block_causal:
+        out["cache"] = branches * estimate_block_causal_cache_bytes(
+            dims, batch, prompt_len, gen_len, block_length, dtype_bytes)["total"]
+    elif cached:
         out["cache"] = branches * estimate_cache_bytes(
             dims, batch, prompt_len, gen_len, dtype_bytes, prompt_logit_rows, prompt_deltas=tied, deltas=deltas,
             kv_cache_dtype=kv_cache_dtype,
@@ -210,6 +253,34 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+def check_block_causal_fits(dims: ModelDims, batch: int, prompt_len: int, gen_len: int, block_length: int,
+                            device: torch.device, dtype_bytes: int = 2) -> None:
+    """Before a cached block-diffusion generation (LLaDA 2.x): raise NotEnoughMemoryError when its cache
+    (`estimate_block_causal_cache_bytes`) plus the temporaries of a step over the prompt (the first commit:
+    P rows, no logits) or a block cannot fit in what `device` has free, naming the largest batch that would.
+    No-op where free memory is unknown (CPU) or with DLLM_CACHE_MEMORY_CHECK=0."""
+    if not check_enabled():
+        return
+    free = device_free_bytes(device)
+    if free is None:
+        return
+
+    def need(b: int) -> int:
+        cache = estimate_block_causal_cache_bytes(dims, b, prompt_len, gen_len, block_length, dtype_bytes)["total"]
+        return cache + estimate_step_bytes(dims, b, max(prompt_len, block_length), block_length, dtype_bytes)
+
+    if need(batch) > free:
+        fits = largest_batch(need, free)
+        raise NotEnoughMemoryError(
+            f"dllm-cache: a cached block-diffusion generation of batch {batch} (prompt {prompt_len} + gen {gen_len}, "
+            f"blocks of {block_length}) needs about {gib(need(batch))} on {device} (K/V of every column, one block's "
+            f"features, a step's temporaries), but {gib(free)} is free. "
+            + (f"The largest batch that fits is {fits}: split the batch. " if fits else
+               "Even batch 1 does not fit: shorten the prompt or the generation. ")
+            + f"(Estimate from the shapes; set {CHECK_ENV}=0 to try anyway.)"
+        )
+
+
 def check_generation_fits(
     model: nn.Module,
     blocks: list[nn.Module],
@@ -231,7 +302,7 @@ def check_generation_fits(
     if not check_enabled():
         return
     try:
-        dims = ModelDims.from_config(model.config, allow_moe=True)  # memory does not depend on the FFN
+        dims = ModelDims.from_config(model.config)
     except (ValueError, TypeError, AttributeError):
         return  # a config we cannot read: no estimate, no check
     params = [next(b.parameters(), None) for b in blocks]
