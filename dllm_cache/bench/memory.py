@@ -46,6 +46,7 @@ def run_peak(config: Any, batch: int, prompt_len: int, gen_len: int, block_lengt
         dims, batch, prompt_len, gen_len, dtype_bytes, cached=cached,
         logit_rows=hi - lo if cached and not tied else None, sampler_rows=scored,
         prompt_logit_rows=max(min(hi, prompt_len) - lo, 0), tied=tied, deltas=deltas, kv_cache_dtype=kv_cache_dtype,
+        block_length=block_length,  # a block-diffusion model's cache holds one block's features
     )
 
 
