@@ -7,6 +7,7 @@ against a literal reference loop (tests/reference_llada2.py); the cache against 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -235,3 +236,10 @@ def test_lm_eval_generate_until(tmp_path):
     out = lm.generate_until(reqs, disable_tqdm=True)
     assert len(out) == 2 and all(isinstance(o, str) for o in out)
     assert lm.generate_until([reqs[1]], disable_tqdm=True)[0] == out[1]
+    # Scoring attends block-causally, as LLaDA 2.x decodes: the first block's logits ignore later blocks.
+    x = torch.randint(0, 250, (1, 16))
+    y = x.clone()
+    y[:, 8:] = (y[:, 8:] + 1) % 250
+    assert torch.allclose(lm._logits(x, 4)[:, :8], lm._logits(y, 4)[:, :8], atol=1e-5)
+    ll = lm.loglikelihood([SimpleNamespace(args=("a prompt", " and more"))], disable_tqdm=True)
+    assert len(ll) == 1 and math.isfinite(ll[0][0])

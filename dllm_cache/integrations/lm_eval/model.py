@@ -680,16 +680,26 @@ class DLLMCacheLM(LM):
         prefix = self._encode(context)
         return whole[: len(prefix)], whole[len(prefix) :]
 
+    def _forward(self, x: torch.Tensor):
+        """The model's forward for scoring; LLaDA 2.x attends block-causally (blocks of block_length, 32 by
+        default, aligned at column 0), as it decodes, through the 4-D mask its official generate passes."""
+        if self.family != "llada2":
+            return self.model(x)
+        from dllm_cache.sampling.llada2 import block_mask
+
+        mask = block_mask(x.shape[1], self.block_length or 32, None, next(self.model.parameters()).dtype, x.device)
+        return self.model(x, attention_mask=mask)
+
     def _logits(self, x: torch.Tensor, prefix_len: int) -> torch.Tensor:
         """Logits (rows, seq, vocab) aligned so position i predicts token i (Dream is shifted)."""
         if self.cfg_scale > 0:
             uncond = x.clone()
             uncond[:, :prefix_len] = self.mask_id
-            both = self.model(torch.cat([x, uncond])).logits
+            both = self._forward(torch.cat([x, uncond])).logits
             cond, unc = both.chunk(2)
             logits = unc + (self.cfg_scale + 1) * (cond - unc)
         else:
-            logits = self.model(x).logits
+            logits = self._forward(x).logits
         if self.family == "dream":
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
