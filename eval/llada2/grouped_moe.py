@@ -53,7 +53,7 @@ class GroupedMoeBlock(nn.Module):
                 out = torch._grouped_mm(xs, w.transpose(-2, -1), offs=offs)
                 GroupedMoeBlock.used = "grouped"
                 return out
-            except (RuntimeError, NotImplementedError):  # an unsupported device / dtype / layout: fall back for good
+            except (RuntimeError, NotImplementedError, TypeError, ValueError):  # unsupported here: fall back for good
                 GroupedMoeBlock.used = "padded"
         GroupedMoeBlock.used = "padded"
         E = w.shape[0]
