@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One device call (<= 560 s): fine-tune the LLaDA and the Dream proxy on kv-retrieval side by side on
+# one GPU (two processes: a d384 model leaves most of an H200 idle), then each runs the long-task
+# frontier; both count their budgets from the same start. Packs into $OUT (<= 8 files, <= 16 MB each):
+#   frontier_llada-kv.json, frontier_dream-kv.json, llada.log, dream.log, models.tar.part-aa.. (the
+#   fine-tuned bf16 weights + tokenizers, split; keep them out of the repository: build/ is ignored).
+#
+#   run(command="bash eval/long_context/gpu.sh", timeout_s=570)
+# Toy check on CPU (short contexts, 2 training steps, a few rows):
+#   TOY=1 OUT=/tmp/toy bash eval/long_context/gpu.sh
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=. TOKENIZERS_PARALLELISM=false
+START=$(date +%s.%N)
+OUT=${OUT:-build/long_context/out}
+WORK=build/long_context
+mkdir -p "$WORK" "$OUT"
+TRAIN_UNTIL=${TRAIN_UNTIL:-290}
+SWEEP_UNTIL=${SWEEP_UNTIL:-522}
+HARD=${HARD:-540}  # kill a process still running then: its JSON holds every finished row
+EXTRA=()
+if [ -n "${TOY:-}" ]; then
+  EXTRA=(--device cpu --toy --records 4 8 --max-steps 2 --batch-tokens 600 --val-n 4 --val-every 0 --n 4 --eval-batch 4
+         --only "default,frontier Kp=10 Kr=2,block-dual,default thr=0.9")
+  TRAIN_UNTIL=60 SWEEP_UNTIL=900 HARD=1200
+fi
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
+for spec in "llada eval/tiny/model" "dream eval/tiny/dream_model"; do
+  set -- $spec
+  timeout -s INT "$HARD" python -m eval.long_context.run --model "$2" --name "$1-kv" --out "$WORK/$1" --start "$START" \
+    --train-until "$TRAIN_UNTIL" --sweep-until "$SWEEP_UNTIL" "${EXTRA[@]}" > "$WORK/$1.log" 2>&1 &
+done
+wait
+echo "[gpu.sh] both done after $(python3 -c "import time; print(round(time.time() - $START))") s"
+for a in llada dream; do
+  cp "$WORK/$a.log" "$OUT/$a.log"
+  cp "$WORK/$a/frontier_$a-kv.json" "$OUT/" 2>/dev/null || echo "[gpu.sh] no results from $a"
+  tail -n 5 "$WORK/$a.log"
+done
+# the weights come back only if they fit in 3 parts of 16 MB (bf16: ~46 MB); 8 files at most come back
+( cd "$WORK" && tar cf models.tar llada/model dream/model 2>/dev/null )
+if [ "$(stat -c %s "$WORK/models.tar" 2>/dev/null || echo 0)" -le 48000000 ]; then
+  split -b 16000000 "$WORK/models.tar" "$OUT/models.tar.part-"
+else
+  echo "[gpu.sh] models.tar is $(stat -c %s "$WORK/models.tar") bytes: not packed"
+fi
+ls -la "$OUT"

@@ -1,0 +1,62 @@
+"""The long-context task kv-retrieval (eval/long_context/task.py): text and device-side ids agree, the
+held-out set is a pure function of its seed, prompts are 2k-3.4k tokens, and scoring reads the value."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from eval.long_context import task
+from eval.tiny.tokenizer import load_or_build
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_or_build("eval/tiny/model")
+
+
+@pytest.mark.parametrize("n_records", [1, 7, 40])
+def test_render_ids_is_the_tokenizers_encoding_of_the_text(tok, n_records):
+    vocab = task.Vocab(tok)
+    for i in range(3):
+        ex = task.make_example(random.Random(f"t/{n_records}/{i}"), n_records)
+        prompt, response = task.render_ids(vocab, *task.example_tensors(ex), task.GEN["gen_length"])
+        assert prompt[0].tolist() == tok(task.prompt_of(ex), add_special_tokens=False)["input_ids"]
+        target = tok(task.target_of(ex), add_special_tokens=False)["input_ids"]
+        assert response[0].tolist() == target + [tok.eos_token_id] * (task.GEN["gen_length"] - len(target))
+        assert tok.unk_token_id not in prompt[0].tolist()
+
+
+def test_held_out_set_is_fixed_by_its_seed_and_long():
+    a, b = task.test_examples(4), task.test_examples(4)
+    assert a == b
+    assert a != task.test_examples(4, seed=task.TEST_SEED + 1)
+    for ex in a:
+        assert len(set(ex["keys"])) == len(ex["keys"])  # unique keys: the question has one answer
+        assert ex["values"][ex["query"]] == ex["answer"] and ex["key"] in ex["question"]
+        assert 2000 <= task.prompt_tokens(ex) <= 3400
+
+
+def test_train_batch_rows(tok):
+    vocab = task.Vocab(tok)
+    g = torch.Generator().manual_seed(0)
+    ids = task.train_batch(vocab, g, rows=3, n_records=12, gen_length=16, device="cpu")
+    assert ids.shape == (3, len(vocab.head) + 12 * task.RECORD_TOKENS + 13 + 16)
+    for row in ids:
+        text = tok.decode(row.tolist())
+        keys = [line.split()[3] for line in text.splitlines() if line.startswith("The number of")]
+        assert len(keys) == 12 and len(set(keys)) == 12
+        asked = text.split("Which is the number of ")[1].split("?")[0]
+        value = text.split(f"The number of {asked} is ")[1][:4]
+        assert text.split("Answer:")[1].startswith(f" The number of {asked} is {value}.")
+
+
+def test_scoring():
+    assert task.answer_key(" The number of Zypaen is 0042.") == "0042"
+    assert task.is_correct(" The number of Zypaen is 0042.", "0042")
+    assert not task.is_correct(" The number of Zypaen is 42.", "0042")
+    assert task.answer_key(" The number of") is None
+    with pytest.raises(ValueError, match="n_records"):
+        task.make_example(random.Random(0), len(task.KEYS) + 1)
