@@ -89,6 +89,11 @@ def test_official_config_folder_loads_without_remote_code(tmp_path):
         assert type(loaded) is LLaDA2MoeModelLM
         ids = torch.randint(0, 250, (1, 16))
         assert torch.allclose(loaded(ids, block_length=8).logits, src(ids, block_length=8).logits, atol=1e-6)
+    # ... and generates with the cache on (the tiny vocabulary's own mask id: 156895 is outside it)
+    kw = dict(gen_length=16, block_length=8, mask_id=MASK, eos_id=[])
+    plain = generate(loaded, ids, **kw)
+    with cache_enabled(loaded, CacheConfig(policy="block-dual")):
+        assert torch.equal(generate(loaded, ids, **kw), plain) and not (plain == MASK).any()
 
 
 def test_config_refuses_what_it_would_compute_differently():
