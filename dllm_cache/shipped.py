@@ -68,7 +68,10 @@ def cache_root() -> Path:
     ~/.cache/dllm_cache (the models go in its shipped/ subfolder)."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except (RuntimeError, KeyError):  # no $HOME and no passwd entry
+        raise CacheDirError(f"no home folder to cache unpacked model weights in: set ${CACHE_ENV} to a writable folder") from None
     return Path(base).expanduser() / "dllm_cache"
 
 

@@ -123,3 +123,15 @@ def test_a_bad_cache_folder_is_a_clear_error(packed_folder, monkeypatch, tmp_pat
     monkeypatch.setenv(shipped.CACHE_ENV, str(blocker))  # exists but is no folder: nothing can be written under it
     with pytest.raises(shipped.CacheDirError, match=r"DLLM_CACHE_HOME"):
         shipped.ready_model_dir(folder)
+
+
+def test_lm_eval_loads_a_packed_folder_by_path():
+    """`--model_args pretrained=eval/tiny/model` (a packed folder, as the lab's scripts pass it) loads
+    its unpacked copy instead of failing on a folder without safetensors."""
+    pytest.importorskip("lm_eval")
+    from dllm_cache.integrations.lm_eval.model import DLLMCacheLM
+
+    if not list(SHIPPED[0].glob("*" + shipped.PACKED_SUFFIX)):
+        pytest.skip(f"{SHIPPED[0]} is not packed")
+    lm = DLLMCacheLM(pretrained=str(SHIPPED[0]), device="cpu", gen_length="8", steps="8")
+    assert lm.model.config.name_or_path == str(shipped.ready_model_dir(SHIPPED[0]))

@@ -53,3 +53,13 @@ def test_wheel_ships_small_data_only(wheel_names):
     assert data + "train.jsonl" not in wheel_names  # 4 MB: --data-dir / DLLM_CACHE_DATA_DIR
     assert "dllm_cache/default_data/test.jsonl" in wheel_names  # arith_synth, also `generate`'s prompts
     assert not any(n.startswith(("eval/", "tests/")) for n in wheel_names)
+
+
+def test_wheel_ships_the_model_packed(wheel_names):
+    """The shipped model goes in as its *.safetensors.xz archives (~30% smaller), never unpacked:
+    dllm_cache.shipped.ready_model_dir unpacks them on first use."""
+    archives = sorted(p.name for p in (REPO / "eval" / "tiny" / "model").glob("*.safetensors.xz"))
+    assert archives, "eval/tiny/model holds no packed weights"
+    model = "dllm_cache/default_model/"
+    assert {model + name for name in archives + ["config.json", "tokenizer.json", "model.safetensors.index.json"]} <= wheel_names
+    assert not any(n.endswith(".safetensors") for n in wheel_names)

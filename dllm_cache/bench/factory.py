@@ -92,7 +92,9 @@ def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     if args.model:
         from transformers import AutoModel
 
-        model = AutoModel.from_pretrained(args.model, dtype=dtype)
+        from dllm_cache.shipped import ready_model_dir
+
+        model = AutoModel.from_pretrained(ready_model_dir(args.model), dtype=dtype)  # packed shipped weights: their unpacked copy
         return model.to(device).eval()
     if args.shape in ("tiny-llada", "tiny-dream"):
         from dllm_cache.models import tiny
