@@ -11,6 +11,8 @@ import torch
 from eval.long_context import task
 from eval.tiny.tokenizer import load_or_build
 
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+
 
 @pytest.fixture(scope="module")
 def tok():

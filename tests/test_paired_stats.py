@@ -9,6 +9,8 @@ import pytest
 
 from eval.long_context.paired import correct_indices, discordant, mcnemar_exact, paired_bounds, paired_object
 
+pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+
 
 def _two_sided_by_enumeration(b: int, c: int) -> Fraction:
     """Independent definition: the probability, under Binomial(b + c, 1/2), of every outcome at least
