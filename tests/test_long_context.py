@@ -62,3 +62,20 @@ def test_scoring():
     assert task.answer_key(" The number of") is None
     with pytest.raises(ValueError, match="n_records"):
         task.make_example(random.Random(0), len(task.KEYS) + 1)
+
+
+def test_annotate_marks_a_task_the_model_did_not_learn():
+    from eval.long_context.run import NOT_LEARNT, annotate
+
+    def report(acc):
+        rows = [{"name": "uncached", "config": None, "accuracy": acc, "agreement_with_uncached": None, "speedup": None},
+                {"name": "default", "config": {}, "accuracy": acc, "agreement_with_uncached": 0.9, "speedup": 5.0}]
+        return {"rows": rows, "init_from": "m", "mean_prompt_tokens": 2709.0, "skipped": ["x"],
+                "training": {"train_steps": 3, "train_tokens": 1e6, "train_seconds": 1.0, "val": [{"accuracy": 0.0}]}}
+
+    low = annotate(report(NOT_LEARNT / 2))
+    assert low["note"].startswith("NOT LEARNT") and "Rows skipped at the deadline: x." in low["note"]
+    assert low["rows"][0]["agreement_with_uncached"] == 1.0 and low["rows"][0]["speedup"] == 1.0
+    assert low["rows"][1]["speedup"] == 5.0  # cached rows untouched
+    assert annotate(low) == low  # idempotent
+    assert "note" not in annotate(report(0.95))
