@@ -20,24 +20,14 @@ The package, by concern:
 """
 
 import importlib.util as _ilu
-import sys as _sys
-from pathlib import Path as _Path
 
-
-def _source_checkout_hooks() -> None:
-    """Installs map the top-level hooks/ folder to dllm_cache.hooks; in a bare source checkout
-    (PYTHONPATH=.) load it from beside this package under the same name."""
-    if _ilu.find_spec(__name__ + ".hooks") is not None:
-        return
-    init = _Path(__file__).resolve().parent.parent / "hooks" / "__init__.py"
-    spec = _ilu.spec_from_file_location(__name__ + ".hooks", init, submodule_search_locations=[str(init.parent)])
-    module = _ilu.module_from_spec(spec)
-    _sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    globals()["hooks"] = module
-
-
-_source_checkout_hooks()
+if _ilu.find_spec(__name__ + ".hooks") is None:  # a check, not a path hack: installs map hooks/ to dllm_cache.hooks
+    raise ImportError(
+        "dllm_cache.hooks is missing: the repository's top-level hooks/ folder is installed as dllm_cache.hooks by "
+        "pip. From a source checkout run `pip install -e .` (or `pip install --no-deps --no-build-isolation -e .` "
+        "where dependencies are already there, as on a bare GPU machine: `bash eval/gpu/install_checkout.sh`); "
+        "PYTHONPATH=. alone does not map it."
+    )
 
 from . import models  # noqa: E402, F401  (registers LLaDA and Dream with transformers' Auto classes)
 from .config import CacheConfig  # noqa: E402

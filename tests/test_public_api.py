@@ -31,3 +31,20 @@ def test_importing_the_library_loads_no_optional_dependency():
              "sys.exit(f'loaded {loaded}' if loaded else 0)")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_checkout_without_the_hooks_mapping_is_a_clear_import_error(tmp_path):
+    """No import-time path hack: pip maps the top-level hooks/ to dllm_cache.hooks; a bare copy of the package
+    (python -S: no site-packages, so no editable install's finder) says how to install instead of half-importing."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import dllm_cache
+
+    shutil.copytree(Path(dllm_cache.__file__).parent, tmp_path / "dllm_cache",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    run = subprocess.run([sys.executable, "-S", "-c", "import dllm_cache"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "ImportError: dllm_cache.hooks is missing" in run.stderr and "pip install -e ." in run.stderr

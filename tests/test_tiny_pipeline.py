@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `eval/` is a folder of the repository, not an installed package
     sys.path.insert(0, str(REPO))
 
-import eval.tiny  # noqa: E402, F401  (also lets dllm_cache.hooks resolve from a source checkout)
+import eval.tiny  # noqa: E402, F401
 from eval.tiny import tasks  # noqa: E402
 from eval.tiny.tokenizer import EOS, MASK, PAD, UNK, build_tokenizer  # noqa: E402
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU test tier: every test marked `gpu` (tests/test_gpu.py: CUDA-graph replay, torch.compile on CUDA,
 # the FlashAttention few-query path, the fp8 store's CUDA kernels, bf16 and float32 on the GPU), run on the
-# GPU machine from a source checkout (no install: PYTHONPATH=.), and recorded in eval/results/gpu_tests.txt:
+# GPU machine from a source checkout (editable install without dependencies: eval/gpu/install_checkout.sh), and recorded in eval/results/gpu_tests.txt:
 # date, device, torch / CUDA versions, the exact command, pass / fail / skip counts and pytest's summary.
 #
 #     bash eval/gpu/tests.sh                 # PYTHON=python3 by default; GPU_TESTS_OUT=... to record elsewhere
@@ -10,6 +10,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
+PYTHON=$PY bash eval/gpu/install_checkout.sh || exit 1  # a bare GPU machine: dllm_cache.hooks comes from an install
 RECORD=${GPU_TESTS_OUT:-eval/results/gpu_tests.txt}
 JUNIT=$(mktemp --suffix .xml)
 LOG=$(mktemp)

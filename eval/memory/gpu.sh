@@ -20,6 +20,7 @@ set -u
 OUT=${OUT:-eval/results}
 mkdir -p "$OUT"
 export PYTHONPATH=. PYTHONUNBUFFERED=1
+bash eval/gpu/install_checkout.sh || exit 1  # a bare GPU machine: dllm_cache.hooks comes from an install
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/memory_device.txt"
 STAGES=${STAGES:-check memory speed}
 if [[ " $STAGES " == *" check "* ]]; then

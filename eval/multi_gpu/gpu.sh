@@ -8,6 +8,7 @@
 # On the offline GPU machine, lm-eval travels as wheels: `bash eval/gpu/device_wheels.sh` here, then carry
 # .whl; this script installs them into /tmp/site when lm-eval is missing.
 set -euo pipefail
+bash eval/gpu/install_checkout.sh  # a bare GPU machine: dllm_cache.hooks comes from an install
 if ! python -c "import lm_eval" 2>/dev/null; then
   if compgen -G ".whl/*.whl" >/dev/null; then
     python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl

@@ -9,6 +9,7 @@ set -u
 OUT=${OUT:-eval/results}
 mkdir -p "$OUT"
 export PYTHONPATH=. PYTHONUNBUFFERED=1
+bash eval/gpu/install_checkout.sh || exit 1  # a bare GPU machine: dllm_cache.hooks comes from an install
 SHAPES=${SHAPES:-llada-8b dream-7b}
 for shape in $SHAPES; do
   tag=${shape/-/}  # llada8b, dream7b

@@ -16,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONPATH=.
+bash eval/gpu/install_checkout.sh || exit 1  # a bare GPU machine: dllm_cache.hooks comes from an install
 R=eval/results
 MODEL=${MODEL:-eval/tiny/model}
 stage=${1:-all}

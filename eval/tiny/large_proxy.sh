@@ -27,6 +27,7 @@ STAGE=/tmp/large_stage
 MODEL=$STAGE/${ARCH}_large
 GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
 export PYTHONUNBUFFERED=1 PYTHONPATH=. TOKENIZERS_PARALLELISM=false
+bash eval/gpu/install_checkout.sh || exit 1  # a bare GPU machine: dllm_cache.hooks comes from an install
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast on shared hosts
 mkdir -p "$STAGE" "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1

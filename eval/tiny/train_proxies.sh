@@ -24,6 +24,7 @@ TOTAL=${2:?total minutes}
 INIT_DIR=${3:-}
 OUT=${OUT:-/tmp/proxy_out}
 export PYTHONUNBUFFERED=1 PYTHONPATH=. TOKENIZERS_PARALLELISM=false
+bash eval/gpu/install_checkout.sh || exit 1  # a bare GPU machine: dllm_cache.hooks comes from an install
 STAGE=/tmp/proxy_stage
 mkdir -p "$STAGE" "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
