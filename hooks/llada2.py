@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -25,37 +26,56 @@ LAYER_ATTRS = ("attention", "mlp", "input_layernorm", "post_attention_layernorm"
 
 
 class FusedQKV:
-    """q_proj / k_proj / v_proj views of one fused projection, with its QK norms.
+    """q_proj / k_proj / v_proj views of one fused projection (query heads, then key heads, then value heads),
+    with its QK norms.
 
-    The cached layer asks for Q, K and V of the same normalised rows one after another; the fused
-    matmul runs once per distinct input tensor (the last input is kept, by identity, until the next one
-    or until all three were read, so a long prompt's projections are not held between steps).
+    Each input pays only for what its callers read, as split projections would (the FLOPs model counts
+    LLaDA 2.x like any split-projection model): the refresh paths ask for Q, K and V of the same rows, so Q
+    runs the whole fused matmul once and keeps K and V for the next two calls; a partial step asks for V
+    alone on every block row (the drift test: the V rows of the weight and bias), then K and Q of the
+    selected rows (K runs the Q and K rows, one matmul, and keeps Q). A kept projection is matched to its
+    input by identity and dropped when read, so a long prompt's projections are not held between steps.
+    A projection that is not a plain nn.Linear (quantised, adapter-wrapped) is run whole and sliced.
     Each call returns (batch, tokens, heads * head_dim), QK norms applied, RoPE not."""
 
     def __init__(self, attn: nn.Module, n_heads: int, n_kv_heads: int, head_dim: int):
         self.attn, self.n_heads, self.n_kv_heads, self.head_dim = attn, n_heads, n_kv_heads, head_dim
         self.q_norm = getattr(attn, "query_layernorm", None)
         self.k_norm = getattr(attn, "key_layernorm", None)
-        self._last: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
-        self._read: set[int] = set()
+        self.sliceable = type(attn.query_key_value) is nn.Linear
+        self._input: torch.Tensor | None = None  # the input the kept projections belong to
+        self._kept: dict[int, torch.Tensor] = {}  # 0 Q, 1 K, 2 V -> (batch, tokens, heads * head_dim)
+
+    def _project(self, h: torch.Tensor, first: int, last: int) -> list[torch.Tensor]:
+        """Heads groups first..last (0 Q, 1 K, 2 V) of h (batch, tokens, d_model), each (batch, tokens, h * d)."""
+        widths = [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim]
+        lo, hi = sum(widths[:first]), sum(widths[:last + 1])
+        lin = self.attn.query_key_value
+        if self.sliceable:  # rows lo:hi of the weight are contiguous: no copy
+            out = F.linear(h, lin.weight[lo:hi], None if lin.bias is None else lin.bias[lo:hi])
+        else:
+            out = lin(h)[..., lo:hi]
+        parts = list(out.split(widths[first:last + 1], dim=-1))
+        for i, which in enumerate(range(first, last + 1)):
+            norm = (self.q_norm, self.k_norm, None)[which]
+            if norm is not None:  # the QK norm acts per head
+                heads = rearrange(parts[i], "b t (h d) -> b t h d", d=self.head_dim)
+                parts[i] = rearrange(norm(heads), "b t h d -> b t (h d)")
+        return parts
 
     def _get(self, h: torch.Tensor, which: int) -> torch.Tensor:
-        out = self._split(h)[which]
-        self._read.add(which)
-        if len(self._read) == 3:  # Q, K and V all read: nothing more will ask for this input
-            self._last, self._read = None, set()
-        return out
-
-    def _split(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self._last is not None and self._last[0] is h:
-            return self._last[1]
-        self._read = set()
-        qkv = rearrange(self.attn.query_key_value(h), "b t (h d) -> b t h d", d=self.head_dim)
-        q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        out = tuple(rearrange(t, "b t h d -> b t (h d)") for t in (q, k, v))
-        self._last = (h, out)
+        if self._input is h and which in self._kept:
+            out = self._kept.pop(which)
+            if not self._kept:
+                self._input = None
+            return out
+        # What a caller asks for first tells what follows: Q (refresh paths: then K, V), K (a partial step's
+        # selected rows: then Q), V (a partial step's drift test: nothing more of these rows).
+        first, last = {0: (0, 2), 1: (0, 1), 2: (2, 2)}[which]
+        parts = self._project(h, first, last)
+        out = parts[which - first]
+        self._kept = {i: p for i, p in zip(range(first, last + 1), parts) if i != which}
+        self._input = h if self._kept else None
         return out
 
     def q(self, h: torch.Tensor) -> torch.Tensor:

@@ -155,7 +155,7 @@ def test_llada2_generation_matches_flop_counter(run):
     steps per block uneven (read from the trace)."""
     model = tiny_llada2()
     dims = ModelDims.from_config(model.config)
-    assert dims.block_causal and dims.fused_qkv and dims.moe_layers == (1, 2)  # a dense first layer
+    assert dims.block_causal and not dims.fused_qkv and dims.moe_layers == (1, 2)  # a dense first layer
     config = LLADA2_RUNS[run]
     P2, R2, B2 = 6, 10, 4  # blocks [4, 8) (2 prompt columns), [8, 12), [12, 16)
     ids = torch.randint(0, 200, (2, P2), generator=torch.Generator().manual_seed(1))
@@ -186,11 +186,12 @@ def test_llada2_cost_by_hand():
     assert generation_cost(d, 1, 6, 10, 6, cfg, 4).flops == expect
     uncached = sum(2 * step_flops(d, 1, 0, hi, "full") for hi in (8, 12, 16))
     assert generation_cost(d, 1, 6, 10, 6, None, 4).flops == uncached
-    # fused Q/K/V: the drift test of 4 rows and the 2 selected rows each pay for Q, K and V
-    plain = ModelDims(**{**d.to_dict(), "fused_qkv": False})
+    # LLaDA 2.x pays as split projections do (hooks/llada2.py slices query_key_value); a projection computed
+    # whole whenever it runs (fused_qkv) would make the drift test of 4 rows and the 2 selected rows pay Q, K and V
+    fused = ModelDims(**{**d.to_dict(), "fused_qkv": True})
     qkv = d.flops_q + d.flops_k + d.flops_v
     extra = 2 * (4 * (qkv - d.flops_v) + 2 * d.flops_v)  # layers 1 and 2
-    assert step_flops(d, 1, 8, 4, "partial", selected=sel) - step_flops(plain, 1, 8, 4, "partial", selected=sel) == extra
+    assert step_flops(fused, 1, 8, 4, "partial", selected=sel) - step_flops(d, 1, 8, 4, "partial", selected=sel) == extra
     with pytest.raises(ValueError, match="pass block_length"):
         generation_cost(d, 1, 6, 10, 6, None)
 

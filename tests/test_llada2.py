@@ -210,6 +210,48 @@ def test_feature_cache_inside_the_block(model):
         assert torch.equal(generate(model, ids, **kw), plain)
 
 
+def test_fused_qkv_runs_only_the_rows_a_step_reads():
+    """The adapter's q/k/v of the fused query_key_value equal the fused projection split (biases, QK norms);
+    a partial step's drift test (V of every block row) runs the V rows alone, its selected rows (K, then Q)
+    the Q and K rows in one matmul, a refresh (Q, K, V of the same rows) one whole matmul. A projection that is
+    not a plain Linear is run whole and sliced."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dllm_cache.hooks.llada2 import LLaDA2Adapter
+
+    model = tiny_llada2(seed=1, use_qkv_bias=True)
+    attn, d = model.model.layers[1].attention, model.config.hidden_size
+    hd, nq, nkv = attn.head_dim, attn.n_heads, attn.n_kv_heads
+    h, hs = torch.randn(2, 8, d), torch.randn(2, 3, d)
+
+    def reference(x):  # (Q, K, V) as the model computes them: the whole fused matmul, split, QK norms per head
+        q, k, v = attn.query_key_value(x).unflatten(-1, (-1, hd)).split([nq, nkv, nkv], dim=2)
+        return attn.query_layernorm(q).flatten(2), attn.key_layernorm(k).flatten(2), v.flatten(2)
+
+    def run(parts, calls):  # the calls' outputs and the matmul FLOPs they took
+        with FlopCounterMode(display=False) as counter:
+            outs = [getattr(parts, f"{name}_proj")(x) for name, x in calls]
+        return outs, counter.get_total_flops()
+
+    per_row = {name: 2 * d * width * hd for name, width in (("q", nq), ("k", nkv), ("v", nkv))}
+    for wrapped in (False, True):
+        if wrapped:
+            attn.query_key_value = torch.nn.Sequential(attn.query_key_value)
+        parts = LLaDA2Adapter().parts(model.model.layers[1])
+        (v,), cost_v = run(parts, [("v", h)])
+        (k, q), cost_kq = run(parts, [("k", hs), ("q", hs)])
+        (q2, k2, v2), cost_qkv = run(parts, [("q", h), ("k", h), ("v", h)])
+        ref_h, ref_s = reference(h), reference(hs)
+        for got, want in ((v, ref_h[2]), (k, ref_s[1]), (q, ref_s[0]), (q2, ref_h[0]), (k2, ref_h[1]), (v2, ref_h[2])):
+            assert torch.allclose(got, want, atol=1e-6)
+        whole = 16 * sum(per_row.values())  # the whole fused matmul over h's 16 rows
+        assert cost_qkv == whole
+        if not wrapped:
+            assert (cost_v, cost_kq) == (16 * per_row["v"], 6 * (per_row["q"] + per_row["k"]))
+        else:
+            assert (cost_v, cost_kq) == (whole, 6 * sum(per_row.values()))
+
+
 def test_enable_cache_patches_nothing_and_undoes(model):
     ids = torch.randint(0, 250, (1, 16))
     before = model(ids, block_length=8).logits

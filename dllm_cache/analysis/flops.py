@@ -45,8 +45,10 @@ partial   layer 0 as in "response" (its input, the embeddings, changes whenever 
           selected tokens, whose queries attend to all P + R keys (with `layer_ratios`, each
           layer its own k = int(R * ratio)). The drift-triggered refresh changes no step's
           work, only how many steps of each kind a generation takes. A fused Q/K/V projection
-          (`ModelDims.fused_qkv`, LLaDA 2.x) computes all three whenever it runs: the drift test
-          costs Q, K and V of the R rows, and the k selected rows pay for Q, K and V again.
+          that computes all three whenever it runs (`ModelDims.fused_qkv`) makes the drift test
+          cost Q, K and V of the R rows, and the k selected rows pay for Q, K and V again. LLaDA
+          2.x's query_key_value is fused but not costed so: hooks/llada2.py runs the V rows of its
+          weight alone for the drift test and the Q and K rows for the selected tokens.
 prompt    a prompt refresh (step % Kp == 0) that is not a response refresh: layer 0 "full";
           every other layer recomputes the P prompt tokens (q/k/v/o, FFN, P queries against
           P + R keys) plus the "partial" work on the response.
@@ -76,7 +78,7 @@ FEATURE_KINDS = ("full", "response", "prompt", "partial")  # the feature cache's
 STEP_KINDS = (*FEATURE_KINDS, "block")  # "block": the block KV-cache policies
 _KIND_ALIASES = {"uncached": "full"}
 BLOCK_CAUSAL_MODEL_TYPES = ("llada2_moe",)  # attention causal across blocks: decoded by dllm_cache.sampling.llada2
-FUSED_QKV_MODEL_TYPES = ("llada2_moe",)  # one query_key_value projection (hooks/llada2.py's FusedQKV)
+FUSED_QKV_MODEL_TYPES: tuple[str, ...] = ()  # none: hooks/llada2.py slices LLaDA 2.x's query_key_value per use
 
 
 def _get(config: Any, *keys: str, default: Any = None) -> Any:
@@ -112,7 +114,7 @@ class ModelDims:
     d_shared: int = 0  # the shared experts' total FFN width (0: none)
     moe_layers: tuple[int, ...] = ()  # indices of the routed layers
     block_causal: bool = False  # block diffusion (LLaDA 2.x): decoded block by block, see generation_cost
-    fused_qkv: bool = False  # one Q/K/V projection (LLaDA 2.x query_key_value): see step_flops' partial kind
+    fused_qkv: bool = False  # one Q/K/V projection computed whole whenever it runs: see step_flops' partial kind
 
     def __post_init__(self) -> None:
         if self.moe_layers and not (0 < self.experts_per_tok <= self.n_experts and self.d_expert > 0):
