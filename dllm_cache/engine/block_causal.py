@@ -36,6 +36,8 @@ from torch import nn
 from dllm_cache.hooks.base import BlockParts, Dims, ModelAdapter
 from dllm_cache.models.rope import apply_rope, rope_cos_sin
 
+from ..analysis.flops import ModelDims
+from ..analysis.memory import check_block_causal_fits
 from ..config import CacheConfig
 from .kv_store import ExactKV
 from .layer import response_rows_forward
@@ -90,12 +92,16 @@ class BlockCausalCache:
     """One generation of a block-diffusion model: K/V of committed columns, and the current block's features.
 
     ids passed to `block_logits` are the whole sequence (batch, total) as the sampler holds it; positions
-    (batch, total) and key_mask (batch, total) bool (None: nothing padded) are fixed for the generation.
+    (batch, total) and key_mask (batch, total) bool (None: nothing padded) are fixed for the generation;
+    prompt_len the prompt's columns (padding included; None: every column but the last block, the most a first
+    pass can cover), for the memory check. Before allocating, `check_block_causal_fits` raises
+    NotEnoughMemoryError (naming the largest batch that fits) when the cache and a step cannot fit on the
+    model's device, as the feature cache's step 0 does (`check_generation_fits`).
     """
 
     def __init__(self, model: nn.Module, adapter: ModelAdapter, config: CacheConfig, *, batch: int, total: int,
                  block_length: int, positions: torch.Tensor, key_mask: torch.Tensor | None, stats: Stats | None = None,
-                 mask_id: int | None = None):
+                 mask_id: int | None = None, prompt_len: int | None = None):
         check_block_causal_config(config)
         self.model, self.adapter, self.config = model, adapter, config
         self.blocks = adapter.blocks(model)
@@ -104,6 +110,13 @@ class BlockCausalCache:
         self.embed, self.norm, self.head = adapter.embeddings(model), adapter.final_norm(model), adapter.lm_head(model)
         param = next(model.parameters())
         dtype, device = param.dtype, param.device
+        try:
+            cost_dims = ModelDims.from_config(model.config)
+        except (ValueError, TypeError, AttributeError):
+            cost_dims = None  # a config the estimate cannot read: no check (as check_generation_fits)
+        if cost_dims is not None:
+            P = max(total - block_length, 0) if prompt_len is None else prompt_len
+            check_block_causal_fits(cost_dims, batch, P, total - P, block_length, device, param.element_size())
         hd, kvh = self.dims.head_dim, self.dims.n_kv_heads
         self.kv = [ExactKV.empty((batch, kvh, total, hd), dtype, device) for _ in self.blocks]
         d_model = self.embed.embedding_dim
