@@ -109,7 +109,7 @@ class _Forward:
     columns [0, hi) with the 4-D block mask (as the official loop calls it)."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, block_length: int, positions: torch.Tensor,
-                 key_mask: torch.Tensor | None, mask_id: int):
+                 key_mask: torch.Tensor | None, mask_id: int, prompt_len: int):
         self.model, self.block_length, self.positions, self.key_mask = model, block_length, positions, key_mask
         self.dtype = next(model.parameters()).dtype
         self.cache = None
@@ -117,7 +117,7 @@ class _Forward:
             state = _state(model)
             self.cache = BlockCausalCache(model, adapter_for(model), state.config, batch=x.shape[0], total=x.shape[1],
                                           block_length=block_length, positions=positions, key_mask=key_mask,
-                                          stats=state.stats, mask_id=mask_id)
+                                          stats=state.stats, mask_id=mask_id, prompt_len=prompt_len)
 
     def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         if self.cache is not None:
@@ -212,7 +212,7 @@ def llada2_generate(
     if pad is not None and not bool(pad.all()):
         key_mask = torch.cat([pad.bool(), torch.ones(batch, total - P, dtype=torch.bool, device=device)], dim=1)
     positions = adapter_for(model).positions(key_mask, batch, total, device)
-    forward = _Forward(model, x, block_length, positions, key_mask, mask_id)
+    forward = _Forward(model, x, block_length, positions, key_mask, mask_id, P)
     eos = _eos_ids(model, eos_id)
     steps = min(steps, max(gen_length // minimal_topk, 1))
     budget = num_transfer_tokens(block_length, steps)
