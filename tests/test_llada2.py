@@ -252,6 +252,30 @@ def test_fused_qkv_runs_only_the_rows_a_step_reads():
             assert (cost_v, cost_kq) == (whole, 6 * sum(per_row.values()))
 
 
+def test_cached_generation_checks_that_its_cache_fits(model, monkeypatch):
+    """Building the block-causal cache runs the memory fit check (as the feature cache's step 0 does): a device
+    with too little free memory raises NotEnoughMemoryError naming the largest batch that fits, before a step."""
+    from dllm_cache.analysis import memory
+    from dllm_cache.analysis.flops import ModelDims
+
+    dims = ModelDims.from_config(model.config)
+    P, gen, B = 6, 18, 8  # 24 columns, 3 blocks
+
+    def need(b):  # what the check counts for batch b: the cache, and a step over the prompt or a block
+        return (memory.estimate_block_causal_cache_bytes(dims, b, P, gen, B, dtype_bytes=4)["total"]
+                + memory.estimate_step_bytes(dims, b, max(P, B), B, 4))
+
+    ids = torch.randint(0, 250, (3, P))
+    monkeypatch.setattr(memory, "device_free_bytes", lambda device: need(2))
+    with cache_enabled(model, CacheConfig()):
+        with pytest.raises(memory.NotEnoughMemoryError, match=r"batch 3 \(prompt 6 \+ gen 18, blocks of 8\).*largest "
+                           "batch that fits is 2"):
+            generate(model, ids, gen_length=gen, block_length=B, steps=4)
+        monkeypatch.setattr(memory, "device_free_bytes", lambda device: need(3))  # just enough: it runs
+        out = generate(model, ids, gen_length=gen, block_length=B, steps=4)
+    assert out.shape == (3, P + gen) and not (out == MASK).any()
+
+
 def test_enable_cache_patches_nothing_and_undoes(model):
     ids = torch.randint(0, 250, (1, 16))
     before = model(ids, block_length=8).logits
