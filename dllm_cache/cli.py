@@ -129,9 +129,10 @@ def _timed(fn, device: str) -> tuple[torch.Tensor, float]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import dllm_cache
-    from dllm_cache.analysis.flops import ModelDims, generation_flops
+    from dllm_cache.analysis.flops import ModelDims, generation_cost
     from dllm_cache.hooks import sampler_of
     from dllm_cache.sampling.generate import generate
+    from dllm_cache.sampling.trace import DecodeTrace, steps_per_block
 
     cache_cfg = cache_config_of(args)  # before loading the model: a bad value fails at once
     if cache_cfg.cuda_graphs and not args.device.startswith("cuda"):  # graphs replay on CUDA only: say what runs
@@ -143,26 +144,45 @@ def cmd_generate(args: argparse.Namespace) -> int:
     special = {i for i in (cfg.mask_token_id, cfg.pad_token_id, getattr(cfg, "eos_token_id", None)) if i is not None}
     ids, mask, examples = _prompts(tok, args, cfg.vocab_size, special)
     ids, mask = ids.to(args.device), mask.to(args.device)
+    family = sampler_of(model)
+    dims = ModelDims.from_config(cfg)
     kw = dict(gen_length=args.gen_length, steps=args.steps, progress=True)
-    if sampler_of(model) == "llada":  # Dream's sampler has no blocks
+    steps_note = ""
+    if family in ("llada", "llada2"):  # Dream's sampler has no blocks
         kw["block_length"] = args.block_length
+    if family == "llada2":  # LLaDA 2.x counts steps per block: the same total, spread over the answer's blocks
+        kw["steps"] = max(1, -(-args.steps * args.block_length // args.gen_length))
+        steps_note = f" ({kw['steps']} per block, as LLaDA 2.x's sampler counts them; threshold decoding may take fewer)"
 
     print(f"model: {where}  ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {args.dtype}, {args.device})")
-    print(f"batch {ids.shape[0]} x prompt {ids.shape[1]} tokens, gen {args.gen_length}, steps {args.steps}, "
+    print(f"batch {ids.shape[0]} x prompt {ids.shape[1]} tokens, gen {args.gen_length}, steps {args.steps}{steps_note}, "
           f"block {args.block_length}; cache {cache_cfg}")
     warm = dict(kw, gen_length=8, steps=8, progress=False)
     if "block_length" in warm:
         warm["block_length"] = 8
     generate(model, ids[:1], mask[:1], **warm)
-    ref, t_ref = _timed(lambda: generate(model, ids, mask, **kw), args.device)
+    # A block-diffusion model's cost depends on the steps each block took (its sampler stops a block early once
+    # it is decoded): both runs are traced and costed by what they did.
+    traces = {"uncached": DecodeTrace(), "cached": DecodeTrace()} if dims.block_causal else {}
+
+    def run(name: str) -> torch.Tensor:
+        return generate(model, ids, mask, **kw, **({"trace": traces[name]} if traces else {}))
+
+    ref, t_ref = _timed(lambda: run("uncached"), args.device)
     with dllm_cache.cache_enabled(model, cache_cfg):
-        out, t_cache = _timed(lambda: generate(model, ids, mask, **kw), args.device)
+        out, t_cache = _timed(lambda: run("cached"), args.device)
         stats = dllm_cache.cache_stats(model)
 
     P = ids.shape[1]
-    dims = ModelDims.from_config(cfg)
-    f_ref = generation_flops(dims, ids.shape[0], P, args.gen_length, args.steps, None)
-    f_cache = generation_flops(dims, ids.shape[0], P, args.gen_length, args.steps, cache_cfg)
+    per_block = {}
+    if traces:
+        blocks = -(-(P + args.gen_length) // args.block_length) - P // args.block_length  # the blocks it decodes
+        per_block = {name: steps_per_block(t.rows(), blocks) for name, t in traces.items()}
+    block_length = kw.get("block_length")
+    f_ref = generation_cost(dims, ids.shape[0], P, args.gen_length, args.steps, None, block_length,
+                            steps_per_block=per_block.get("uncached")).flops
+    f_cache = generation_cost(dims, ids.shape[0], P, args.gen_length, args.steps, cache_cfg, block_length,
+                              steps_per_block=per_block.get("cached")).flops
     agree = (out[:, P:] == ref[:, P:]).float().mean().item()
     print()
     print(f"{'':10s}{'time (s)':>10s}{'TFLOPs':>12s}")
@@ -267,8 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     # so that a CPU runs it in about a minute.
     g.add_argument("--batch-size", type=positive_int, default=4, help="prompts generated together")
     g.add_argument("--gen-length", type=positive_int, default=256, help="generated tokens per prompt")
-    g.add_argument("--steps", type=positive_int, default=64, help="denoising steps")
-    g.add_argument("--block-length", type=positive_int, default=8, help="LLaDA semi-autoregressive block length")
+    g.add_argument("--steps", type=positive_int, default=64,
+                   help="denoising steps over the answer (LLaDA 2.x: spread over its blocks, its sampler counting per block)")
+    g.add_argument("--block-length", type=positive_int, default=8,
+                   help="block length: LLaDA's semi-autoregressive blocks, LLaDA 2.x's diffusion blocks (Dream has none)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
     g.add_argument("--show", type=int, default=3, help="print this many prompts with both outputs")
