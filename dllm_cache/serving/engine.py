@@ -5,7 +5,10 @@ Blocks are reported without touching the sampler: a forward pre-hook on the mode
 (batch, P + gen) of every denoising step, and a semi-AR block with no mask token left is final (the
 samplers never remask a committed token). So the text of block b reaches its client at the first
 forward of block b + 1, and the last block when generate() returns. The same hook stops a batch
-whose every client has gone (it raises; the cache's context managers undo themselves).
+whose every client has gone (it raises; the cache's context managers undo themselves). LLaDA 2.x
+(block diffusion) is called on the columns up to the current block uncached, and not at all cached (the
+block-causal cache runs the layers itself): its text arrives when generate() returns, and a batch whose
+clients have gone runs to its end when cached.
 
 Everything here runs in the batcher's single worker thread: one generation at a time per model,
 because a cache's state belongs to one generation (dllm_cache.engine.patch keeps it on the model).
@@ -183,7 +186,7 @@ class Engine:
         else:
             steps = req.steps
         top_p = None if req.top_p in (None, 1, 1.0) else float(req.top_p)
-        if top_p is not None and self.family != "dream":
+        if top_p is not None and self.family not in ("dream", "llada2"):
             raise RequestError(f"top_p is not supported by the {self.family} sampler (it samples from the full "
                                "distribution); leave it out or set it to 1", "top_p")
         cache = d.cache if req.cache in (None, True) else "none" if req.cache is False else req.cache
@@ -227,7 +230,9 @@ class Engine:
 
         options = dict(gen_length=d.gen_length, steps=d.steps, block_length=d.block_length, threshold=d.threshold,
                        temperature=d.temperature, stop_at_eos=True)
-        if self.family == "dream" and d.top_p is not None:
+        if self.family == "llada2":  # its sampler counts steps per block (a multiple of the blocks: see decoding)
+            options["steps"] = d.steps // (d.gen_length // d.block_length)
+        if self.family in ("dream", "llada2") and d.top_p is not None:
             options["top_p"] = d.top_p
         if d.temperature > 0 and d.seed is not None:
             torch.manual_seed(d.seed)
