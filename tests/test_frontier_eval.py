@@ -14,6 +14,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from eval.frontier import run as frontier  # noqa: E402
+from eval.frontier.paired import mcnemar_exact  # noqa: E402
 
 pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
 
@@ -85,6 +86,13 @@ def test_default_row_is_the_measured_row_that_cacheconfig_does_now():
     assert [r["name"] for r in frontier.with_current_default(old)] == [r["name"] for r in out]
     others = [r for r in rows if r["config"] is None or r["config"] != want]
     assert "default" not in [r["name"] for r in frontier.with_current_default(others)]
+    # a threshold-decoded row of the default config is another decoding: never the default row
+    thr = [{**r, "threshold": 0.9} if r["config"] == want else r for r in rows]
+    assert "default" not in [r["name"] for r in frontier.with_current_default(thr)]
+    # a run that measured the default config only under the name "default" keeps that row
+    named = [r for r in rows if r["config"] != want] + [{**next(r for r in rows if r["config"] == want), "name": "default"}]
+    (kept,) = [r for r in frontier.with_current_default(named) if r["name"] == "default"]
+    assert kept["config"] == want and "measured_as" not in kept
 
 
 def test_run_and_report(micro_model, tmp_path):
@@ -97,6 +105,17 @@ def test_run_and_report(micro_model, tmp_path):
     rows = json.loads((tmp_path / "frontier_llada.json").read_text())["rows"]
     assert {(r["task"], r["name"]) for r in rows} == {(t, n) for t in ("arith", "multihop")
                                                      for n in ("uncached", *common, drift[t])}
+    for r in rows:  # per-problem correctness on every row; cached rows paired with uncached (exact McNemar)
+        base = next(u for u in rows if u["task"] == r["task"] and u["name"] == "uncached")
+        assert r["correct"] == len(r["correct_ids"]) and all(0 <= i < r["n"] for i in r["correct_ids"])
+        assert r["mean_prompt_tokens"] > 0
+        if r["name"] == "uncached":
+            assert r["paired"] is None
+            continue
+        b, c = r["paired"]["cached_right_uncached_wrong"], r["paired"]["cached_wrong_uncached_right"]
+        assert (b, c) == (len(set(r["correct_ids"]) - set(base["correct_ids"])),
+                          len(set(base["correct_ids"]) - set(r["correct_ids"])))
+        assert r["paired"]["exact"] and r["paired"]["p_value"] == mcnemar_exact(b, c)
     for r in rows:
         assert r["n"] == 3 and 0 <= r["accuracy"] <= 1 and r["ci95"][0] <= r["accuracy"] <= r["ci95"][1]
         assert r["gpu_seconds"] > 0 and r["flops"] > 0
@@ -112,7 +131,8 @@ def test_run_and_report(micro_model, tmp_path):
     (default,) = [s for s in entry["settings"] if s["name"] == "default"]
     assert default["config"] == frontier.default_config_fields() and default["measured_as"] in common
     for s in entry["settings"]:
-        assert {"name", "accuracy", "ci95", "flops", "gpu_seconds", "device"} <= set(s)
+        assert {"name", "accuracy", "ci95", "paired", "flops", "gpu_seconds", "device"} <= set(s)
+    assert entry["mean_prompt_tokens"] > 0
     assert "multihop" in summary["llada"]
     assert (tmp_path / "frontier.md").read_text().count("| paper-default |") == 2
     assert (tmp_path / "frontier.png").stat().st_size > 0
@@ -182,10 +202,29 @@ def test_committed_gzipped_model_files_reproduce_the_summary(tmp_path):
     the committed frontier.json and frontier.md again, byte for byte."""
     results = REPO / "eval" / "results"
     inputs = sorted(results.glob("frontier_*.json.gz"))
-    assert len(inputs) == 4, "frontier_{llada,dream,llada-large,dream-large}.json.gz are committed"
+    assert len(inputs) == 6, "frontier_{llada,dream,llada-large,dream-large,llada-kv,dream-kv}.json.gz are committed"
     assert frontier.main(["report", "--out-dir", str(tmp_path), "--inputs", *map(str, inputs)]) == 0
     for name in ("frontier.json", "frontier.md"):
         assert (tmp_path / name).read_text() == (results / name).read_text(), name
+
+
+def test_rows_without_per_problem_data_get_paired_bounds():
+    """Rows of runs that kept no per-problem correctness: the summary gives the range of the exact p
+    that their agreement with uncached and correct counts allow, never an invented exact value."""
+    rows = [{"name": "uncached", "config": None, "n": 500, "accuracy": 0.736, "agreement_with_uncached": 1.0},
+            {"name": "default", "config": {"selection": "frontier"}, "n": 500, "accuracy": 0.716,
+             "agreement_with_uncached": 0.842},
+            {"name": "uncached thr=0.9", "config": None, "threshold": 0.9, "n": 500, "accuracy": 0.7},
+            {"name": "default thr=0.9", "config": {}, "threshold": 0.9, "n": 500, "accuracy": 0.7,
+             "agreement_with_uncached": 0.99}]
+    out = frontier.with_paired(rows)
+    assert out[0].get("paired") is None and out[2].get("paired") is None
+    bounds = out[1]["paired"]
+    assert bounds["exact"] is False and bounds["difference"] == -10 and bounds["answers_differ"] == 79
+    assert bounds["p_value_min"] == mcnemar_exact(0, 10) and bounds["at_0.05"] == "undetermined"
+    assert out[3]["paired"]["against"] == "uncached thr=0.9" and out[3]["paired"]["at_0.05"] == "not significant"
+    exact = {"exact": True, "p_value": 1.0}
+    assert frontier.with_paired([rows[0], {**rows[1], "paired": exact}])[1]["paired"] is exact  # kept as measured
 
 
 def test_run_and_merge_add_to_a_gzipped_model_file(tmp_path):

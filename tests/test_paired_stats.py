@@ -1,4 +1,4 @@
-"""The exact McNemar test and the "paired" objects of frontier rows (eval/long_context/paired.py)."""
+"""The exact McNemar test and the "paired" objects of frontier rows (eval/frontier/paired.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from eval.long_context.paired import correct_indices, discordant, mcnemar_exact, paired_bounds, paired_object
+from eval.frontier.paired import correct_indices, discordant, mcnemar_exact, paired_bounds, paired_object
 
 pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
 

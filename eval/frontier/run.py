@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from eval.frontier.paired import correct_indices, paired_bounds, paired_object
 from eval.tiny import tasks
 from eval.tiny.evaluate import GEN_SETTINGS, accuracy_of, load_model, mean_flops, parse_gen, prompt_lengths, sampler_settings
 
@@ -146,7 +147,9 @@ def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpo
         # warm-up: CUDA context, kernels and allocator, so the first timed row pays none of it
         accuracy_of(model, tok, family, examples[:2], device=device, settings=settings, batch_size=2)
         base_texts: list[str] | None = None
+        base_ok: list[int] = []
         base_seconds = None
+        mean_prompt = sum(P * k for P, k in lengths.items()) / max(1, sum(lengths.values()))
         done: dict = {}
         todo = settings_for(family, arch, len(adapter_for(model).blocks(model)))
         if only:
@@ -170,9 +173,10 @@ def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpo
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
+            ok = correct_indices(tasks.is_correct(family, t, ex["answer"]) for t, ex in zip(texts, examples))
             if cfg is None:
-                base_texts, base_seconds = texts, seconds
-            correct = round(acc * len(examples))
+                base_texts, base_seconds, base_ok = texts, seconds, ok
+            correct = len(ok)
             keys = [tasks.answer_key(family, t) for t in texts]
             row = {
                 "name": setting,
@@ -185,6 +189,10 @@ def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpo
                 "ci95": list(wilson_interval(correct, len(examples))),
                 "agreement_with_uncached": None if base_texts is None else
                 sum(a == tasks.answer_key(family, b) for a, b in zip(keys, base_texts)) / len(texts),
+                # exact McNemar against uncached on the same problems (eval/frontier/paired.py)
+                "paired": None if cfg is None else paired_object(ok, base_ok, len(examples)),
+                "correct_ids": ok,  # indices of the problems answered right: what later pairings need
+                "mean_prompt_tokens": mean_prompt,
                 "flops": mean_flops(model, lengths, settings, cfg) if cfg is None or not cfg.drift_triggered
                 else realized_flops(model, lengths, settings, cfg, stats),
                 "gpu_seconds": seconds / len(examples),
@@ -269,7 +277,7 @@ def commands_of(report: dict) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- report
-SUMMARY_KEYS = ("name", "accuracy", "ci95", "flops", "gpu_seconds", "speedup", "flops_vs_uncached",
+SUMMARY_KEYS = ("name", "threshold", "accuracy", "ci95", "paired", "flops", "gpu_seconds", "speedup", "flops_vs_uncached",
                 "agreement_with_uncached", "recompute_fraction", "config", "device", "measured_as")
 
 
@@ -285,11 +293,18 @@ def with_current_default(rows: list[dict]) -> list[dict]:
     (under whatever name it ran), so the summary follows a change of default without a re-run and
     never shows a default measured under an older one. Fields a row predates count as their default."""
     want = default_config_fields()
-    match = next((r for r in rows if r.get("config") and r["name"] != "default"
-                  and all(r["config"].get(k, v) == v for k, v in want.items())), None)
+
+    def current(r: dict) -> bool:  # a threshold-decoded row is another decoding: never the default row
+        return bool(r.get("config")) and r.get("threshold") is None and all(r["config"].get(k, v) == v for k, v in want.items())
+
+    # a row of the current config under another name first; else a row run as "default" that still is it
+    match = next((r for r in rows if r["name"] != "default" and current(r)), None)
+    match = match or next((r for r in rows if r["name"] == "default" and current(r)), None)
     if match is None:
         return [r for r in rows if r["name"] != "default"]
-    default = {**match, "name": "default", "measured_as": match["name"]}
+    default = {**match, "name": "default"}
+    if match["name"] != "default":
+        default["measured_as"] = match["name"]
     at = next((i for i, r in enumerate(rows) if r["name"] == "default"), None)
     rest = [r for r in rows if r["name"] != "default"]
     rest.insert(len(rest) if at is None else at, default)
@@ -303,6 +318,45 @@ def report_order(report: dict) -> tuple:
     return (0 if arch == "llada" else 1, arch, report["model"])
 
 
+def with_paired(rows: list[dict]) -> list[dict]:
+    """Rows with their "paired" object. Rows of runs that kept per-problem correctness have it (exact);
+    for older rows `paired_bounds` gives the range of the exact p their agreement with uncached and
+    correct counts allow (uncached rows, and rows with neither, get None)."""
+    uncached = {r.get("threshold"): r for r in rows if r.get("config") is None}
+    out = []
+    for r in rows:
+        base = uncached.get(r.get("threshold"))
+        if r.get("paired") is None and r.get("config") is not None and base is not None \
+                and r.get("agreement_with_uncached") is not None:
+            n = r["n"]
+            r = {**r, "paired": paired_bounds(n, round(r["accuracy"] * n), round(base["accuracy"] * n),
+                                              r["agreement_with_uncached"], against=base["name"])}
+        out.append(r)
+    return out
+
+
+_PROMPT_TOKENS: dict[str, float] = {}
+
+
+def mean_prompt_tokens(task: str, n: int, rows: list[dict]) -> float | None:
+    """Mean prompt length (tokens of the proxies' tokenizer) of a task's held-out problems: the rows'
+    own record when they have one, else computed from eval/data (arith, multihop) on the CPU."""
+    recorded = next((r["mean_prompt_tokens"] for r in rows if r.get("mean_prompt_tokens") is not None), None)
+    if recorded is not None:
+        return recorded
+    family = next((f for f, t in TASK_NAMES.items() if t == task), None)
+    if family is None:
+        return None
+    key = f"{family}/{n}"
+    if key not in _PROMPT_TOKENS:
+        from eval.tiny.tokenizer import load_or_build
+
+        tok = load_or_build(Path(tasks.__file__).resolve().parent / "model")  # the proxies' one tokenizer
+        lengths = prompt_lengths(tok, family, tasks.test_examples(family, n))
+        _PROMPT_TOKENS[key] = sum(P * k for P, k in lengths.items()) / max(1, sum(lengths.values()))
+    return _PROMPT_TOKENS[key]
+
+
 def summarise(reports: list[dict]) -> dict:
     """frontier.json: {model: {task: {"n", "device", "settings": [...]}}}; "default" is
     `with_current_default`'s."""
@@ -312,14 +366,17 @@ def summarise(reports: list[dict]) -> dict:
         tasks = dict.fromkeys(r["task"] for r in rep["rows"])
         for task in sorted(tasks, key=lambda t: task_order.index(t) if t in task_order else len(task_order)):
             rows = [dict(r, device=rep.get("gpu") or rep.get("device")) for r in rep["rows"] if r["task"] == task]
-            rows = with_current_default(rows)
+            rows = with_paired(with_current_default(rows))
             out.setdefault(rep["model"], {})[task] = {
                 "n": rows[0]["n"],
+                "mean_prompt_tokens": mean_prompt_tokens(task, rows[0]["n"], rows),
                 "device": rep.get("gpu") or rep.get("device"),
                 "generation": rows[0]["generation"],
                 "batch_size": rows[0]["batch_size"],
                 "settings": [{k: r.get(k) for k in SUMMARY_KEYS} for r in rows],
             }
+            if rep.get("note"):  # what a reader must know before reading the rows (e.g. a task the model did not learn)
+                out[rep["model"]][task]["note"] = rep["note"]
     return out
 
 
@@ -327,15 +384,29 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _paired_cells(paired: dict | None) -> str:
+    """"b / c | p": the exact McNemar test, or for rows without per-problem data the answers that
+    differ and the range of p they allow."""
+    if paired is None:
+        return "- | -"
+    if paired.get("exact"):
+        return f"{paired['cached_right_uncached_wrong']} / {paired['cached_wrong_uncached_right']} | {paired['p_value']:.3g}"
+    return f"<= {paired['answers_differ']} differ | {paired['p_value_min']:.2g}-{paired['p_value_max']:.2g}"
+
+
 def markdown(summary: dict, commands: list[str]) -> str:
     lines = []
     for model, per_task in summary.items():
         for task, entry in per_task.items():
             gen = entry["generation"]
+            tokens = entry.get("mean_prompt_tokens")
             lines += [f"### {model} / {task} (n = {entry['n']}, {entry['device']}; gen {gen['gen_length']}, "
-                      f"steps {gen['steps']}, block {gen.get('block_length')}, batch {entry['batch_size']})", "",
+                      f"steps {gen['steps']}, block {gen.get('block_length')}, batch {entry['batch_size']}"
+                      + ("" if tokens is None else f"; mean prompt {tokens:.0f} tokens") + ")", "",
+                      *([f"> {entry['note']}", ""] if entry.get("note") else []),
                       "| setting | Kp | Kr | ratio | selection | accuracy % | 95% CI | agree % | TFLOPs/gen | FLOPs vs uncached "
-                      "| GPU ms/gen | speedup |", "|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|"]
+                      "| GPU ms/gen | speedup | right only cached / only uncached | McNemar p |",
+                      "|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
             for s in entry["settings"]:
                 c = s["config"] or {}
                 sel = c.get("selection", "-")
@@ -343,6 +414,10 @@ def markdown(summary: dict, commands: list[str]) -> str:
                     sel += " (only)"
                 if c.get("shifted_row") == "response":
                     sel += ", shifted row fresh"
+                if c.get("policy", "feature") != "feature":
+                    sel = c["policy"]
+                if s.get("threshold") is not None:
+                    sel += f", threshold {s['threshold']}"
                 lo, hi = s["ci95"]
                 speed = "-" if s["speedup"] is None else f"{s['speedup']:.2f}x"
                 name = s["name"] + (f" (= {s['measured_as']})" if s.get("measured_as") else "")
@@ -350,7 +425,7 @@ def markdown(summary: dict, commands: list[str]) -> str:
                     f"| {name} | {c.get('prompt_interval', '-')} | {c.get('response_interval', '-')} | "
                     f"{c.get('transfer_ratio', '-')} | {sel} | {_pct(s['accuracy'])} | {_pct(lo)}-{_pct(hi)} | "
                     f"{_pct(s['agreement_with_uncached'])} | {s['flops'] / 1e12:.3f} | {s['flops_vs_uncached']:.3f} | "
-                    f"{1e3 * s['gpu_seconds']:.2f} | {speed} |"
+                    f"{1e3 * s['gpu_seconds']:.2f} | {speed} | {_paired_cells(s.get('paired'))} |"
                 )
             lines.append("")
     lines += ["Commands:", "", *[f"    {c}" for c in commands], ""]
@@ -363,6 +438,10 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # an entry with a note (e.g. a task the model did not learn) is for the table only: its points would
+    # read as quality
+    summary = {m: {t: e for t, e in per.items() if not e.get("note")} for m, per in summary.items()}
+    summary = {m: per for m, per in summary.items() if per}
     models = list(summary)
     task_names = list(dict.fromkeys(t for per in summary.values() for t in per))
     # one row per model, one column per task: eight panels side by side were unreadable
@@ -380,7 +459,9 @@ def plot(summary: dict, path: Path) -> None:
             sel = (s["config"] or {}).get("selection", "paper")
             color = "tab:green" if s["name"] == "default" else ("tab:orange" if sel == "frontier" else "tab:blue")
             lo, hi = s["ci95"]
-            ax.errorbar(s["speedup"], 100 * s["accuracy"], yerr=[[100 * (s["accuracy"] - lo)], [100 * (hi - s["accuracy"])]],
+            # max(0, ...): at 0% or 100% the Wilson bound equals the estimate up to float rounding
+            err = [[100 * max(0.0, s["accuracy"] - lo)], [100 * max(0.0, hi - s["accuracy"])]]
+            ax.errorbar(s["speedup"], 100 * s["accuracy"], yerr=err,
                         fmt="o", color=color, ms=4, capsize=2, alpha=0.85)
             ax.annotate(s["name"], (s["speedup"], 100 * s["accuracy"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
         base = next(s for s in entry["settings"] if s["name"] == "uncached")

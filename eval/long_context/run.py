@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
+from eval.frontier.paired import correct_indices, paired_object
 from eval.long_context import task
-from eval.long_context.paired import correct_indices, paired_object
 
 VAL_SEED = 777  # validation set for early stopping: never the held-out seed
 THRESHOLD = 0.9  # parallel decoding: commit every masked token whose confidence reaches it (Fast-dLLM's value)
