@@ -151,7 +151,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if family in ("llada", "llada2"):  # Dream's sampler has no blocks
         kw["block_length"] = args.block_length
     if family == "llada2":  # LLaDA 2.x counts steps per block: the same total, spread over the answer's blocks
-        kw["steps"] = max(1, -(-args.steps * args.block_length // args.gen_length))
+        from dllm_cache.sampling.llada2 import steps_per_block as llada2_steps
+
+        kw["steps"] = llada2_steps(args.steps, args.gen_length, args.block_length)
         steps_note = f" ({kw['steps']} per block, as LLaDA 2.x's sampler counts them; threshold decoding may take fewer)"
 
     print(f"model: {where}  ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {args.dtype}, {args.device})")

@@ -303,6 +303,7 @@ def test_lm_eval_generate_until(tmp_path):
     lm = DLLMCacheLM(pretrained=str(tmp_path), device="cpu", batch_size="2", gen_length="16", steps="8",
                      block_length="8", cache="on")
     assert lm.family == "llada2"
+    assert lm.sampler_options["steps"] == 4  # steps=8 over the answer's two blocks: 4 per block, as its sampler counts
     reqs = [SimpleNamespace(args=("a prompt", {"until": ["\n"]})), SimpleNamespace(args=("another one", {"until": []}))]
     out = lm.generate_until(reqs, disable_tqdm=True)
     assert len(out) == 2 and all(isinstance(o, str) for o in out)
@@ -314,3 +315,15 @@ def test_lm_eval_generate_until(tmp_path):
     assert torch.allclose(lm._logits(x, 4)[:, :8], lm._logits(y, 4)[:, :8], atol=1e-5)
     ll = lm.loglikelihood([SimpleNamespace(args=("a prompt", " and more"))], disable_tqdm=True)
     assert len(ll) == 1 and math.isfinite(ll[0][0])
+
+
+def test_steps_over_the_answer_become_steps_per_block():
+    """One conversion for the CLI, the server and lm-eval (they take steps over the answer, the sampler per block)."""
+    from dllm_cache.sampling.llada2 import steps_per_block
+
+    assert steps_per_block(256, 256, 32) == 32  # one token per step
+    assert steps_per_block(64, 256, 32) == 8
+    assert steps_per_block(10, 64, 32) == 5
+    assert steps_per_block(9, 64, 32) == 5  # rounded up: never fewer steps than asked
+    assert steps_per_block(1, 256, 32) == 1
+    assert steps_per_block(8, 40, 32) == 4  # a partial last block counts as a block

@@ -50,6 +50,14 @@ from .unmasking import topk_rows
 __all__ = ["llada2_generate", "num_transfer_tokens"]
 
 
+def steps_per_block(total_steps: int, gen_length: int, block_length: int) -> int:
+    """LLaDA 2.x's sampler counts `steps` per block (the official meaning); the CLI, the server and lm-eval take
+    steps over the whole answer, as for the other families: the same total spread over the answer's blocks,
+    rounded up, at least 1."""
+    blocks = max(1, -(-gen_length // block_length))
+    return max(1, -(-total_steps // blocks))
+
+
 def num_transfer_tokens(block_length: int, steps: int) -> list[int]:
     """The official per-step budget: block_length spread over `steps`, the remainder on the first steps."""
     base, extra = divmod(block_length, steps)

@@ -231,7 +231,9 @@ class Engine:
         options = dict(gen_length=d.gen_length, steps=d.steps, block_length=d.block_length, threshold=d.threshold,
                        temperature=d.temperature, stop_at_eos=True)
         if self.family == "llada2":  # its sampler counts steps per block (a multiple of the blocks: see decoding)
-            options["steps"] = d.steps // (d.gen_length // d.block_length)
+            from dllm_cache.sampling.llada2 import steps_per_block
+
+            options["steps"] = steps_per_block(d.steps, d.gen_length, d.block_length)
         if self.family in ("dream", "llada2") and d.top_p is not None:
             options["top_p"] = d.top_p
         if d.temperature > 0 and d.seed is not None:

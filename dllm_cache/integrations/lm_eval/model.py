@@ -306,8 +306,14 @@ class DLLMCacheLM(LM):
         # Options this family's sampler takes; a wrong-family or misspelled one fails here, not mid-run.
         self.factor = parse_float(factor, "factor", optional=True)
         self.stop_at_eos = parse_bool(stop_at_eos, "stop_at_eos")
+        steps_asked = self.steps
+        if self.family == "llada2":  # steps= counts over the answer, as for the other families and the CLI and server
+            from dllm_cache.sampling.llada2 import llada2_generate, steps_per_block
+
+            block = self.block_length or inspect.signature(llada2_generate).parameters["block_length"].default
+            steps_asked = steps_per_block(self.steps, self.gen_length, block)
         self.sampler_options = check_options(self.family, dict(
-            gen_length=self.gen_length, steps=self.steps, block_length=self.block_length, temperature=self.temperature,
+            gen_length=self.gen_length, steps=steps_asked, block_length=self.block_length, temperature=self.temperature,
             cfg_scale=self.cfg_scale, remasking=self.remasking, alg=self.alg, threshold=self.threshold, mask_id=self.mask_id,
             top_p=self.top_p, factor=self.factor, stop_at_eos=self.stop_at_eos,
         ), SAMPLERS)
