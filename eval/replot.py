@@ -13,6 +13,8 @@ Which JSON gives which plot (the study's own plot function, so the picture is th
 - `real_rate.json` -> `real_rate.png` (eval.real_rate report)
 - `proxy_training/loss_curves.json` -> `loss_curves.png` (eval.tiny.loss_curves)
 - `tiny_*.json` (eval.tiny.evaluate reports) -> `tiny_*.png`
+- `serving.json` (and any eval.serving result file: `{"device", "command", "rows": [{"concurrency", "cache",
+  "tokens_per_s", ...}]}`, e.g. `serving_raw/h200_run1.json`) -> the same name `.png` (eval.serving)
 - every `dllm-cache bench` report (`{"meta": {"reference", ...}, "results": [...]}`, e.g.
   `llada8b-gsm8k-policy.json`, `real_rate_raw/ours_gen256_b1.json`) -> the same name `.png`
   (dllm_cache.bench.plot)
@@ -76,6 +78,18 @@ def _bench(data: Any, png: Path) -> None:
     plot(data, png)
 
 
+def _serving(data: Any, png: Path) -> None:
+    from eval.serving.run import draw
+
+    draw(data, png)
+
+
+def _is_serving_result(data: Any) -> bool:
+    rows = data.get("rows") if isinstance(data, dict) else None
+    return ("device" in data and "command" in data and isinstance(rows, list) and bool(rows)
+            and all(isinstance(r, dict) and {"concurrency", "cache", "tokens_per_s", "p50_latency_s"} <= set(r) for r in rows))
+
+
 def _is_bench_report(data: Any) -> bool:
     return (isinstance(data, dict) and isinstance(data.get("meta"), dict) and "reference" in data["meta"]
             and isinstance(data.get("results"), list))
@@ -91,6 +105,8 @@ def plotter(relative: str, data: Any) -> Callable[[Any, Path], None] | None:
         return _tiny
     if _is_bench_report(data):
         return _bench
+    if _is_serving_result(data):
+        return _serving
     return None
 
 

@@ -17,6 +17,18 @@ server sees N in flight. Tokens/s counts the tokens the server returned (its /me
 streamed answers count exactly) over the wall time of the run. `--direct` also times one direct
 `generate()` call per cache setting in this process, with the same prompt and settings: the target is
 concurrency-1 latency within 10% of it. Only 127.0.0.1 is used for a server it starts.
+
+`--from-raw FILE` measures nothing: it rewrites a recorded run (a result file, e.g. one kept verbatim in
+eval/results/serving_raw/ from a GPU call cut by its time limit) through the same result and table writers,
+given that run's own arguments (so the settings and the rows it was asked for are that run's); a cut run stays
+marked incomplete and the table says which rows are missing:
+
+    python -m eval.serving --shape llada-8b --device cuda --dtype bfloat16 --concurrency 1 4 16 64 \\
+        --caches none default --direct --agreement 16 --from-raw eval/results/serving_raw/h200_run1.json --note "..."
+
+`--prompt-set arith-drill` sends the shipped model's symbol drills (1-6 operations): its answers end at its end
+token after ~5-55 tokens, so rows of one batch (one batch key) finish at different blocks, the load where
+continuous batching can gain (eval/serving/continuous_gain.py compares the server with and without it).
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import signal
 import socket
 import statistics
@@ -59,6 +72,19 @@ def prompts(count: int, length: int) -> list[str]:
             j = j * 7 + 3
         out.append(text[:length])
     return out
+
+
+def drill_prompts(count: int, seed: int = 20261203) -> list[str]:
+    """`count` prompts of the shipped model's arithmetic drill format ("Question: 26 * 3 , - 20 ?\\nAnswer:")
+    with 1-6 operations in turn: its answers ("26 * 3 = 78. 78 - 20 = 58.\\n#### 58" and the end token) are
+    ~5-55 tokens long, so with gen 64 and block 16 the rows of one batch end in different blocks (the drills are
+    a training-only format of eval/tiny/tasks.py; what the model answers does not matter to a load test)."""
+    import random
+
+    from eval.tiny.tasks import arith_prompt, make_arith_drill
+
+    rng = random.Random(seed)
+    return [arith_prompt(make_arith_drill(rng, n_ops=1 + i % 6)["question"]) for i in range(count)]
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -99,12 +125,27 @@ def completion_tokens(url: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("dllm_completion_tokens_total"))
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds a process (every thread) has used so far, from /proc (Linux); None elsewhere.
+    On a shared CPU the server's tokens per CPU second move far less with other processes' load than its
+    tokens per wall second: a second view of the same run."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15 of stat)
+
+
 async def run_level(url: str, model: str, concurrency: int, per_client: int, cache: str, texts: list[str],
-                    settings: dict, mixed: bool = False) -> dict:
-    """One row: `concurrency` clients x `per_client` requests with one cache setting."""
+                    settings: dict, mixed: bool = False, server_pid: int | None = None) -> dict:
+    """One row: `concurrency` clients x `per_client` requests with one cache setting. With `server_pid` (a
+    server this script started) the row also has the server's CPU seconds and tokens per CPU second."""
     bodies = [{"model": model, "prompt": texts[i % len(texts)], "stream": True, "cache": cache, **settings}
               for i in range(concurrency * per_client)]
-    if mixed:  # answers of 1/4, 1/2 and all of max_tokens (steps scaled alike): rows finish at different blocks
+    if mixed:  # answers of 1/4, 1/2 and all of max_tokens (steps scaled alike); the server batches each length
+        # apart (gen_length is in Decoding.batch_key), so this mixes batches, not rows of one batch
         for i, body in enumerate(bodies):
             part = (4, 2, 1)[i % 3]
             body["max_tokens"] = max(settings["block_length"], settings["max_tokens"] // part)
@@ -115,13 +156,14 @@ async def run_level(url: str, model: str, concurrency: int, per_client: int, cac
         for i in range(per_client):
             results.append(await _one(client, bodies[k * per_client + i]))
 
-    tokens_before = completion_tokens(url)
+    tokens_before, cpu_before = completion_tokens(url), cpu_seconds(server_pid)
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(3600.0), limits=limits) as client:
         t0 = time.perf_counter()
         await asyncio.gather(*(client_loop(k, client) for k in range(concurrency)))
         wall = time.perf_counter() - t0
     tokens = completion_tokens(url) - tokens_before
+    cpu = None if cpu_before is None or (after := cpu_seconds(server_pid)) is None else after - cpu_before
     ok = [r for r in results if r[0]]
     latencies = [r[1] for r in ok]
     firsts = [r[2] for r in ok if r[2] is not None]
@@ -129,7 +171,8 @@ async def run_level(url: str, model: str, concurrency: int, per_client: int, cac
             "errors": len(bodies) - len(ok), "tokens_per_s": tokens / wall if wall else None,
             "p50_latency_s": percentile(latencies, 0.5), "p99_latency_s": percentile(latencies, 0.99),
             "mean_latency_s": statistics.fmean(latencies) if latencies else None,
-            "p50_first_block_s": percentile(firsts, 0.5), "wall_s": wall, "completion_tokens": tokens}
+            "p50_first_block_s": percentile(firsts, 0.5), "wall_s": wall, "completion_tokens": tokens,
+            "server_cpu_s": cpu, "tokens_per_server_cpu_s": tokens / cpu if cpu else None}
 
 
 async def agreement(url: str, model: str, cache: str, texts: list[str], settings: dict) -> float:
@@ -224,6 +267,8 @@ def write_outputs(result: dict, out: Path, plot: bool = True) -> None:
     def f(v, digits=2):
         return "-" if v is None else f"{v:.{digits}f}"
 
+    if result.get("from_raw"):
+        lines[4:4] = [f"Rows as recorded in `{result['from_raw']}`, written here by `--from-raw` (nothing re-measured).", ""]
     for row in result["rows"]:
         lines.append(f"| {row['cache']} | {row['concurrency']} | {row['requests']} | {row['completed']} | {row['errors']} | "
                      f"{f(row['tokens_per_s'], 1)} | {f(row['p50_latency_s'])} | {f(row['p99_latency_s'])} | "
@@ -233,9 +278,43 @@ def write_outputs(result: dict, out: Path, plot: bool = True) -> None:
     for row in result.get("batch_agreement", []):
         lines.append(f"\nBatched vs alone, cache {row['cache']}: {row['identical_fraction']:.0%} of {row['prompts']} "
                      "answers identical")
+    if not result.get("complete", True):
+        lacking = missing(result)
+        lines.append("\n**Incomplete run.** " + (f"Not measured: {'; '.join(lacking)}." if lacking else
+                                                  "Every requested row was measured, but the run did not finish.")
+                     + (f" {result['note']}" if result.get("note") else ""))
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    if not plot:
-        return
+    if plot:
+        draw(result, out.with_suffix(".png"))
+
+
+def missing(result: dict) -> list[str]:
+    """What the run's arguments asked for (result["requested"]) and its rows lack, in words: the rows per
+    cache setting, the direct generate() timings, the batched-vs-alone agreement. Empty when nothing is
+    missing or the file does not record what was requested (written before it did)."""
+    req = result.get("requested")
+    if not req:
+        return []
+    out = []
+    for cache in req["caches"]:
+        have = {r["concurrency"] for r in result["rows"] if r["cache"] == cache}
+        lack = [c for c in req["concurrency"] if c not in have]
+        if lack:
+            out.append(f"cache {cache} at concurrency {', '.join(map(str, lack))}")
+    if req.get("direct"):
+        lack = [c for c in req["caches"] if c not in {r["cache"] for r in result.get("direct", [])}]
+        if lack:
+            out.append(f"the direct generate() latency (--direct) for cache {', '.join(lack)}")
+    if req.get("agreement"):
+        lack = [c for c in req["caches"] if c not in {r["cache"] for r in result.get("batch_agreement", [])}]
+        if lack:
+            out.append(f"the batched-vs-alone agreement (--agreement {req['agreement']}) for cache {', '.join(lack)}")
+    return out
+
+
+def draw(result: dict, png: Path) -> None:
+    """The plot of a result file: tokens/s and p50 latency against concurrency, one line per cache setting
+    (eval/replot.py redraws it from the JSON: the PNGs are not tracked)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,7 +332,7 @@ def write_outputs(result: dict, out: Path, plot: bool = True) -> None:
         ax.legend(title="cache")
     fig.suptitle(f"dllm-cache serve: {result['model']} on {result['device']}")
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
+    fig.savefig(png, dpi=120)
     plt.close(fig)
 
 
@@ -266,8 +345,10 @@ def merged_rows(path: Path | None) -> dict:
 
 
 def result_of(args: argparse.Namespace, argv: list[str] | None, model: str, model_dir: str | None, earlier: dict,
-              rows: list, direct: list, agree: list, complete: bool) -> dict:
-    """The result file: this run's rows, plus an earlier run's (--merge) for the settings this one did not measure."""
+              rows: list, direct: list, agree: list, complete: bool, device: str | None = None) -> dict:
+    """The result file: this run's rows, plus an earlier run's (--merge) for the settings this one did not measure.
+    `device`: the machine's name when it is not this one (--from-raw); `requested` records what the arguments
+    asked for, so a run cut short can say what it lacks (missing())."""
 
     def keep(old: list, new: list, key) -> list:
         measured = {key(r) for r in new}
@@ -277,17 +358,42 @@ def result_of(args: argparse.Namespace, argv: list[str] | None, model: str, mode
     commands = ["python -m eval.serving " + " ".join(argv if argv is not None else sys.argv[1:])]
     if earlier["command"]:
         commands.insert(0, earlier["command"])
-    return {"device": device_name(args.device) if args.url is None else f"server at {args.url}",
+    if device is None:
+        device = device_name(args.device) if args.url is None else f"server at {args.url}"
+    return {"device": device,
             "model": f"{shape} ({args.dtype}, random weights)" if args.shape else shape,
             "command": " ; then ".join(commands) if len(commands) > 1 else commands[0],
             "complete": complete,
             "settings": {"max_tokens": args.gen_length, "block_length": args.block_length, "steps": steps_of(args),
                          "tokens_per_step": args.tokens_per_step, "prompt_chars": args.prompt_chars,
                          "continuous": args.continuous, "mixed_lengths": args.mixed_lengths,
-                         "requests_per_client": args.requests_per_client, "max_wait_ms": args.max_wait_ms},
+                         "requests_per_client": args.requests_per_client, "max_wait_ms": args.max_wait_ms,
+                         "max_batch_size": args.max_batch_size or max(args.concurrency), "prompt_set": args.prompt_set},
+            "requested": {"caches": args.caches, "concurrency": args.concurrency, "direct": args.direct,
+                          "agreement": args.agreement},
             "rows": keep(earlier["rows"], rows, lambda r: (r["cache"], r["concurrency"])),
             "direct": keep(earlier["direct"], direct, lambda r: r["cache"]),
             "batch_agreement": keep(earlier["batch_agreement"], agree, lambda r: r["cache"])}
+
+
+def from_raw(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """The result file of a recorded run (--from-raw), its numbers untouched: rows, direct timings and
+    agreement as recorded, the device, model and command as recorded, the settings and the requested rows
+    from these arguments (the recorded run's own). Refuses a file whose rows these arguments did not ask for."""
+    raw = json.loads(Path(args.from_raw).read_text())
+    asked = {(c, n) for c in args.caches for n in args.concurrency}
+    stray = [(r["cache"], r["concurrency"]) for r in raw["rows"] if (r["cache"], r["concurrency"]) not in asked]
+    if stray:
+        raise SystemExit(f"--from-raw {args.from_raw}: rows {stray} are not among the (cache, concurrency) these "
+                         f"arguments ask for ({sorted(asked)}); pass the recorded run's own arguments")
+    result = result_of(args, argv, raw["model"], None, merged_rows(None), raw["rows"], raw.get("direct", []),
+                       raw.get("batch_agreement", []), complete=bool(raw.get("complete", False)), device=raw["device"])
+    result["model"], result["command"] = raw["model"], raw["command"]
+    result["from_raw"] = str(args.from_raw)
+    result["written_by"] = "python -m eval.serving " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.note:
+        result["note"] = args.note
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--continuous", action="store_true", help="start the server with --continuous (continuous batching)")
     p.add_argument("--mixed-lengths", action="store_true",
-                   help="requests ask for 1/4, 1/2 or all of --gen-length (where continuous batching gains)")
+                   help="requests ask for 1/4, 1/2 or all of --gen-length (steps scaled alike); each length is its own "
+                        "batch key, so they never share a batch: for rows of one batch ending in different blocks use "
+                        "--prompt-set arith-drill with the shipped model")
     p.add_argument("--agreement", type=int, default=0, metavar="N",
                    help="also compare N prompts answered in one batch with the same served alone (identical fraction)")
     p.add_argument("--direct", action="store_true", help="also time a direct generate() per cache setting")
@@ -320,6 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an earlier result file of the same model and settings: its rows for the (cache, concurrency) "
                         "this run does not measure are kept (marked run: earlier), so a run cut by its time limit "
                         "can be completed")
+    p.add_argument("--prompt-set", default="words", choices=["words", "arith-drill"],
+                   help="words: distinct prompts of --prompt-chars characters (any model); arith-drill: the shipped "
+                        "model's drills, whose answers end at its end token in different blocks (drill_prompts)")
+    p.add_argument("--from-raw", type=Path, default=None, metavar="JSON",
+                   help="measure nothing: rewrite this recorded result file through the result and table writers; "
+                        "pass the recorded run's own arguments with it (see the module docstring)")
+    p.add_argument("--note", default=None, help="a sentence the table ends with (e.g. why a run is incomplete)")
     return p
 
 
@@ -327,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.gen_length % args.block_length:
         raise SystemExit("--gen-length must be a multiple of --block-length")
+    if args.from_raw is not None:
+        write_outputs(from_raw(args, argv), args.out, plot=not args.no_plot)
+        print(f"wrote {args.out} (+ .md{'' if args.no_plot else ', .png'}) from {args.from_raw}")
+        return 0
     settings = {"max_tokens": args.gen_length, "block_length": args.block_length, "steps": steps_of(args)}
     proc, model_dir, tmp = None, args.model, None
     if args.shape:
@@ -343,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{url}"
     try:
         model = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
-        texts = prompts(max(args.concurrency) * args.requests_per_client, args.prompt_chars)
+        count = max(args.concurrency) * args.requests_per_client
+        texts = drill_prompts(count) if args.prompt_set == "arith-drill" else prompts(count, args.prompt_chars)
         rows, agree = [], []
         earlier = merged_rows(args.merge)
 
@@ -355,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run_level(url, model, 1, 1, cache, texts[:1], settings))  # warm-up (allocations, kernels)
             for c in args.concurrency:
                 row = asyncio.run(run_level(url, model, c, args.requests_per_client, cache, texts, settings,
-                                            mixed=args.mixed_lengths))
+                                            mixed=args.mixed_lengths, server_pid=proc.pid if proc is not None else None))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 save_partial()
@@ -380,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     write_outputs(result, args.out, plot=not args.no_plot)
     if tmp is not None:
         tmp.cleanup()
-    print(f"wrote {args.out} (+ .md, .png)")
+    print(f"wrote {args.out} (+ .md{'' if args.no_plot else ', .png'})")
     return 0
 
 
