@@ -16,8 +16,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
     ref = report["meta"]["reference"]
     # the knob sweeps: feature-cache runs with the fixed schedule (block policies have no knobs)
-    cached = [r for r in report["results"] if r["cache"] is not None and r["cache"].get("policy") not in
-              ("block-prefix", "block-dual") and r.get("decoding", "fixed") == "fixed"]
+    cached = [r for r in report["results"] if r["cache"] is not None and not
+              str(r["cache"].get("policy")).startswith("block-") and r.get("decoding", "fixed") == "fixed"]
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     panels = [
         ("transfer_ratio", "response_interval", "transfer ratio", axes[0]),
