@@ -13,6 +13,7 @@ from .engine.kv_store import KV_CACHE_DTYPES as _STORED_KV_DTYPES
 POLICIES = ("feature", "block-prefix", "block-dual")
 SELECTIONS = ("paper", "frontier")
 SHIFTED_ROWS = ("prompt", "response")
+BLOCK_STARTS = ("full", "incremental")
 KV_CACHE_DTYPES = (None, *_STORED_KV_DTYPES)  # None: K/V in the model's dtype (exact); see dllm_cache.engine.kv_store
 # Decoding window of the frontier selection when the sampler declared no semi-AR block (Dream).
 DEFAULT_FRONTIER_WINDOW = 32
@@ -77,12 +78,20 @@ class CacheConfig:
         The family of cache. "feature": the dLLM-Cache method (per token and layer the attention and FFN outputs
         are reused; the intervals, transfer_ratio and selection fields say what is refreshed when).
         "block-prefix" / "block-dual": Fast-dLLM's block KV cache: only K and V are reused, refreshed by a full
-        forward at the start of every semi-autoregressive block and every block_refresh steps; in between
+        forward at the start of every semi-autoregressive block (block_start="full", the default; see block_start)
+        and every block_refresh steps; in between
         "block-prefix" recomputes the decoded block (the rows the sampler asks logits for, logits_to_keep) and
         everything after it, "block-dual" the decoded block only. The feature cache's fields do not apply.""")
     block_refresh: int | None = _field(None, """
         Block policies only: also refresh every N steps within a block (1 = every step, which equals the uncached
         model); None: at block starts only, as Fast-dLLM.""")
+    block_start: str = _field("full", """
+        Block policies only: what a new block's first step runs. "full": a full forward of every row (Fast-dLLM).
+        "incremental": the block just decoded (its rows' K/V were last written while some of its tokens were still
+        masks) and the new block's region, against the cached K/V of every other row; a full forward only on step
+        0 of a generation and every prompt_interval steps (Kp; None: step 0 only; 1: every step, which equals the
+        uncached model). The prompt's and later blocks' K/V then stay up to Kp steps stale, as the feature cache's
+        prompt does. Not combined with block_refresh (prompt_interval is its clock).""")
     response_drift_threshold: float | None = _field(None, """
         Refresh the response when it drifted, not on a fixed clock: each partial step measures the mean Value
         drift its V-verify sees anyway (1 - cos(V_new, V_cached) over response rows and layers); when it reaches
@@ -118,7 +127,8 @@ class CacheConfig:
                 none = " or None" if name not in required else ""
                 raise ValueError(f"CacheConfig.{name} must be an integer >= 1{none} ({meaning}), got {value!r}.")
             object.__setattr__(self, name, int(value))  # numpy / torch integers become plain ints
-        for name, allowed in (("policy", POLICIES), ("selection", SELECTIONS), ("shifted_row", SHIFTED_ROWS)):
+        for name, allowed in (("policy", POLICIES), ("selection", SELECTIONS), ("shifted_row", SHIFTED_ROWS),
+                              ("block_start", BLOCK_STARTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"CacheConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
@@ -199,10 +209,21 @@ class CacheConfig:
                     f"policy={self.policy!r}, which recomputes the decoded block (and, for block-prefix, what "
                     "follows it). Leave them at their defaults, or use policy='feature'."
                 )
+            if self.block_start == "incremental" and self.block_refresh is not None:
+                raise ValueError(
+                    f"CacheConfig.block_refresh={self.block_refresh!r} cannot be combined with block_start='incremental', "
+                    "whose full forwards come every prompt_interval steps (prompt_interval=1: every step). Set "
+                    "prompt_interval instead, or use block_start='full'."
+                )
         elif self.block_refresh is not None:
             raise ValueError(
                 f"CacheConfig.block_refresh={self.block_refresh!r} applies to the block policies only "
                 "(policy='block-prefix' or 'block-dual'); the feature cache refreshes on response_interval."
+            )
+        elif self.block_start != "full":
+            raise ValueError(
+                f"CacheConfig.block_start={self.block_start!r} applies to the block policies only "
+                "(policy='block-prefix' or 'block-dual'); the feature cache has no blocks to start."
             )
 
     @property

@@ -13,6 +13,12 @@ state code is called). Only K and V are cached:
   range's K/V are written into the cache and its queries attend to every key (cached K/V outside
   the range); its rows add their fresh attention and FFN outputs. Rows outside the range are not
   computed at all (nothing reads them: the asked logits lie inside the range).
+With block_start="incremental" a new block does not start with a full step: full steps come on
+step 0 of the generation and every prompt_interval steps (None: step 0 only), counted from 0 over the
+whole generation. A step whose asked rows differ from the previous step's (and that is not full)
+recomputes, with the new block's range, the block decoded just before (its rows' K/V were last written
+while some of its tokens were masks): the range runs from the previous asked rows' first row to the new
+range's end. Everything else keeps the K/V of the last full step.
 Facts read from the engine (schedule.block_region / plan_block_step, state._block_plan): the
 "N-th step" counts the full step as 1; the Dream range's upper end is min(hi + 1, seq).
 """
@@ -36,6 +42,7 @@ class ReferenceBlockCache:
         self.m = PlainModel(model)
         self.cfg = config
         self.asked: tuple[int, int] | None = None  # rows asked at the previous step
+        self.step = 0  # steps of this generation so far
         self.since_full = 0  # steps since the last full step, counting that step as 1
         self.K: list[torch.Tensor] = []
         self.V: list[torch.Tensor] = []
@@ -50,16 +57,25 @@ class ReferenceBlockCache:
         mask = torch.ones_like(ids) if attention_mask is None else attention_mask
         keep = mask.bool()
         cos, sin = self.m.rope_tables(self.m.positions(mask))
-        every = self.cfg.block_refresh
-        full = (lo, hi) != self.asked or (every is not None and self.since_full >= every)
+        new_block = (lo, hi) != self.asked
+        if self.cfg.block_start == "incremental":
+            kp = self.cfg.prompt_interval
+            full = self.step == 0 if kp is None else self.step % kp == 0
+        else:
+            every = self.cfg.block_refresh
+            full = new_block or (every is not None and self.since_full >= every)
+        a = lo
+        if new_block and not full:  # incremental start: the block decoded just before comes too
+            a = min(self.asked[0], lo)
         self.asked = (lo, hi)
+        self.step += 1
         self.since_full = 1 if full else self.since_full + 1
         if full:
             a, z = 0, seq
         elif self.cfg.policy == "block-prefix":
-            a, z = lo, seq
+            z = seq
         else:
-            a, z = lo, min(hi + self.m.shift, seq)
+            z = min(hi + self.m.shift, seq)
         self.regions.append(None if full else (a, z))
         self.records.append(StepRecord(refresh_prompt=full, refresh_response=full))
 

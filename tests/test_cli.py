@@ -99,6 +99,7 @@ CACHE_FIELD_VALUES = {
     "shifted_row": ("response", {}, "response"),
     "policy": ("block-dual", {}, "block-dual"),
     "block_refresh": ("2", {"policy": "block-dual"}, 2),
+    "block_start": ("incremental", {"policy": "block-dual"}, "incremental"),
     "response_drift_threshold": ("0.1", {}, 0.1),
     "response_min_interval": ("2", {"response_drift_threshold": "0.1"}, 2),
     "layer_ratios": ("0.5:0.25:0.75", {}, (0.5, 0.25, 0.75)),  # one per layer of the tiny models (3)

@@ -27,6 +27,8 @@ Mutants this file catches (applied one at a time to a scratch copy of the engine
 (c) the frontier window one block late: 20 fail (every frontier case).
 (d) prompt refresh every Kp + 1 steps: 11 fail (every case with a finite Kp < steps).
 (e) block-dual recomputes one row fewer: 8 fail (every block-dual case).
+block_start="incremental" (12 cases, 2026-12-03): a block start recomputing the new block only, or the
+last block's range one row short: 12 fail each; full steps every Kp + 1 steps: 8 fail (every finite-Kp case).
 Also caught: the frontier ignoring Dream's logit shift (7 fail), layer 0 not always refreshed (24), frontier
 levels weighted 0.001 instead of 3 (20), the drift trigger's `since >= min_interval` as `>` (4),
 block_refresh's `since >= N` as `>` (8), round() for int() in the budget (4: where R * ratio has a
@@ -207,6 +209,10 @@ BLOCK_CONFIGS = {
     "dual": CacheConfig(policy="block-dual"),
     "prefix+refresh": CacheConfig(policy="block-prefix", block_refresh=3),
     "dual+refresh": CacheConfig(policy="block-dual", block_refresh=2),
+    # block_start="incremental": full forwards on step 0 only (Kp 100 > steps), or every Kp steps
+    "dual+incremental": CacheConfig(policy="block-dual", block_start="incremental"),
+    "dual+incremental+Kp": CacheConfig(policy="block-dual", block_start="incremental", prompt_interval=6),
+    "prefix+incremental+Kp": CacheConfig(policy="block-prefix", block_start="incremental", prompt_interval=5),
 }
 
 

@@ -544,22 +544,29 @@ def block_schedule(
     logit_shift: int = 0,
 ) -> list[tuple[str, int | None, int]]:
     """(kind, recomputed rows or None, logit rows asked) of every step of a generation under a block
-    policy, as the engine plans it for our samplers (`schedule.plan_block_step`): a full refresh on
-    each block's first step and every `block_refresh` steps, block steps in between."""
+    policy, as the engine plans it for our samplers (`schedule.plan_block_step`): block_start "full",
+    a full refresh on each block's first step and every `block_refresh` steps, block steps in between;
+    "incremental", a full refresh every `prompt_interval` steps of the generation, the last block and
+    the new one recomputed together on a block's first step."""
     from dllm_cache.engine.schedule import block_region, plan_block_step
 
     B = block_length or gen_len
     seq = prompt_len + gen_len
     out = []
+    step = 0
+    previous: tuple[int, int] | None = None  # the last block's region
     for b, n in enumerate(steps_per_block):
         asked = sampler_logit_rows(prompt_len, b, B, logit_shift)
         region = block_region(asked, seq, logit_shift, config.policy)
         since: int | None = None
         for _ in range(n):
-            plan = plan_block_step(since, config, region)
+            plan = plan_block_step(since, config, region, step, previous)
             rows = None if plan.rows is None else plan.rows[1] - plan.rows[0]
             out.append((plan.kind, rows, asked[1] - asked[0]))
-            since = 1 if plan.kind == "full" else since + 1
+            since = 1 if since is None or plan.kind == "full" else since + 1
+            step += 1
+        if n:
+            previous = region
     return out
 
 

@@ -60,8 +60,11 @@ POLICIES = {
     "frontier-only": {"selection": "frontier", "frontier_only": True},
     "block-prefix": {"policy": "block-prefix"},
     "block-dual": {"policy": "block-dual"},
+    # a block start recomputes the last block and the new one, a full forward every Kp (100) steps only
+    "block-prefix-incremental": {"policy": "block-prefix", "block_start": "incremental"},
+    "block-dual-incremental": {"policy": "block-dual", "block_start": "incremental"},
 }
-BLOCK_POLICIES = ("block-prefix", "block-dual")
+BLOCK_POLICIES = ("block-prefix", "block-dual", "block-prefix-incremental", "block-dual-incremental")
 
 
 @dataclass(frozen=True)

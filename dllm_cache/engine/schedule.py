@@ -46,9 +46,23 @@ def block_region(asked: tuple[int, int], seq: int, logit_shift: int, policy: str
     return (lo, seq) if policy == "block-prefix" else (lo, min(hi + logit_shift, seq))
 
 
-def plan_block_step(since_refresh: int | None, config: CacheConfig, region: tuple[int, int]) -> StepPlan:
-    """Block policies: a full refresh when a new block starts (`since_refresh` None) or every
-    `config.block_refresh` steps, else recompute `region` against the cached K/V."""
+def plan_block_step(since_refresh: int | None, config: CacheConfig, region: tuple[int, int], step: int = 0,
+                    previous: tuple[int, int] | None = None) -> StepPlan:
+    """Block policies: which rows step `step` of a generation recomputes against the cached K/V.
+
+    `since_refresh` None marks a block start (the decoded block changed), `region` is this block's
+    `block_region`, `previous` the last block's. block_start "full" (Fast-dLLM): a full refresh on
+    a block start or every `config.block_refresh` steps, else `region`. block_start "incremental":
+    a full refresh on step 0 and every `prompt_interval` steps (None: step 0 only); a block start
+    recomputes the last block and the new one together (the hull of `previous` and `region`: the last
+    block's K/V were written while some of its tokens were masks), other steps `region`."""
+    if config.block_start == "incremental":
+        kp = config.prompt_interval
+        if step == 0 if kp is None else step % kp == 0:
+            return StepPlan(refresh_prompt=True, refresh_response=True)
+        if since_refresh is None and previous is not None:
+            region = (min(previous[0], region[0]), max(previous[1], region[1]))
+        return StepPlan(refresh_prompt=False, refresh_response=False, rows=region)
     every = config.block_refresh
     if since_refresh is None or (every is not None and since_refresh >= every):
         return StepPlan(refresh_prompt=True, refresh_response=True)

@@ -145,6 +145,9 @@ class BranchState:
     asked_rows: tuple[int, int] | None = None
     since_refresh: int = 0
     block_index: torch.Tensor | None = None
+    # row count -> a persistent index of that many rows: block_start="incremental" alternates two region
+    # sizes (a block start's and a block step's), each with its own captured graph reading its own index
+    block_indexes: dict[int, torch.Tensor] = field(default_factory=dict)
     declared: bool = False  # set by reset_cache(prompt_length=...): skip the per-step prompt check
     masked: int = -1  # undeclared generations: masked response tokens at the previous step
     # fp8 K/V stores (CacheConfig.kv_cache_dtype): one layer's dequantized K/V per device, shared by its layers
@@ -397,7 +400,9 @@ class CacheState:
         seq = input_ids.shape[1]
         asked = asked or (0, seq)
         since = None if asked != b.asked_rows else b.since_refresh
-        plan = plan_block_step(since, self.config, block_region(asked, seq, self.logit_shift, self.config.policy))
+        policy = self.config.policy
+        previous = None if b.asked_rows is None else block_region(b.asked_rows, seq, self.logit_shift, policy)
+        plan = plan_block_step(since, self.config, block_region(asked, seq, self.logit_shift, policy), b.step, previous)
         b.asked_rows = asked
         b.since_refresh = 1 if plan.kind == "full" else b.since_refresh + 1
         return plan

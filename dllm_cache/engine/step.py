@@ -178,7 +178,7 @@ def _logit_layout(patched: _Patched, branch, plan, lo: int, hi: int, device) -> 
     serves prompt rows [lo, min(hi, P)) from the logits kept at the last prompt refresh."""
     P = branch.prompt_len
     if plan.kind == "block":  # block policies: the recomputed rows, and the asked ones among them
-        branch.persist("block_index", torch.arange(*plan.rows, device=device))
+        _persist_block_index(branch, plan.rows, device)
         if patched.head is not None:
             _persist_logit_index(branch, lo, hi, device)
         return "block", plan.rows[1] - plan.rows[0], hi - lo
@@ -196,6 +196,22 @@ def _logit_layout(patched: _Patched, branch, plan, lo: int, hi: int, device) -> 
             "(logits_to_keep), or for response rows only."
         )
     return n_prompt, lo - kept_lo if n_prompt else 0, hi - start
+
+
+def _persist_block_index(branch, rows: tuple[int, int], device) -> None:
+    """Rows [lo, hi) a block step recomputes, in the persistent index of that row count (captured graphs
+    read it; the graph key holds the count). Two counts are kept (block_start="incremental": a block
+    start's and a block step's); a third (block-prefix's shrinking regions) drops the graphs and indexes."""
+    lo, hi = rows
+    index = branch.block_indexes.get(hi - lo)
+    if index is not None and index.device == torch.device(device):
+        index.copy_(torch.arange(lo, hi, device=device))  # in place: the address a captured graph reads
+    else:
+        if index is not None or len(branch.block_indexes) >= 2:
+            branch.drop_graphs()
+            branch.block_indexes.clear()
+        index = branch.block_indexes[hi - lo] = torch.arange(lo, hi, device=device)
+    branch.block_index = index
 
 
 def _persist_logit_index(branch, start: int, hi: int, device) -> None:
