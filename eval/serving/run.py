@@ -196,7 +196,9 @@ def direct_latency(model_dir: str, device: str, dtype: str, cache: str, text: st
     from dllm_cache.engine.patch import cache_enabled
     from dllm_cache.sampling.generate import generate
     from dllm_cache.serving.engine import CACHE_PRESETS, DTYPES
+    from dllm_cache.shipped import ready_model_dir
 
+    model_dir = str(ready_model_dir(model_dir))  # the shipped models' packed weights: their unpacked copy, as the server loads
     model = AutoModel.from_pretrained(model_dir, dtype=DTYPES[dtype]).to(device).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]], device=device)
