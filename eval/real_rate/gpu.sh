@@ -6,6 +6,7 @@
 #   bash eval/real_rate/gpu.sh gen256    # ours b1 (graphs + compiled), peers b1, ours b16          (<10 min)
 #   bash eval/real_rate/gpu.sh long      # profile; ours b1 gen 512 and 1024; peers b1 512 and 1024 (<10 min)
 #   bash eval/real_rate/gpu.sh report    # real_rate_raw/* -> eval/results/real_rate.json / .md / .png
+#   bash eval/real_rate/gpu.sh block_start  # block-dual vs block_start="incremental": gen 256 b1 / b16, gen 1024 b1 (<10 min)
 #
 # The peers' code comes from clones in peers/ (ignored by git, see eval/peers/run.py). Their model code
 # calls torch.compile (Fast-dLLM's attention, the original's flex attention with max-autotune): on a
@@ -24,7 +25,7 @@ PEERS="--dllm-cache-repo peers/dLLM-cache --fast-dllm-repo peers/Fast-dLLM"
 save() {  # everything this work wrote so far, as one archive in $OUT (the call's file count stays low)
   python -m eval.real_rate report > /dev/null 2>&1 || true
   if [ -n "${OUT:-}" ]; then
-    tar -czf "$OUT/real_rate_results.tgz" $R/real_rate.* $RAW $R/profile_real_rate_* 2>/dev/null || true
+    tar -czf "$OUT/real_rate_results.tgz" $R/real_rate.* $RAW $R/profile_real_rate_* $R/block_start_raw 2>/dev/null || true
   fi
 }
 step() {  # step SECONDS CMD...: one measurement, bounded, logged; a failure does not stop the stage
@@ -58,6 +59,17 @@ if [[ $stage == final ]]; then
   step 190 python -m eval.real_rate ours --gen 256 --batch 16 $F --warmup-steps 20
   step 80 python -m eval.real_rate ours --gen 512 --batch 1 $F --warmup-steps 40
   step 100 python -m eval.real_rate ours --gen 1024 --batch 1 $F --warmup-steps 40
+fi
+
+# CacheConfig(block_start="incremental") (docs/policies.md, issue 25): block-dual's block step without its full
+# forward per block, beside Fast-dLLM's block-dual, at the real rate; `dllm-cache bench` reports in
+# eval/results/block_start_raw/ (not merged into real_rate.json: read them beside its block-dual rows).
+if [[ $stage == block_start ]]; then
+  BS="python -m dllm_cache.bench --shape llada-8b --workload gsm8k --init by-name --policy block-dual block-dual-incremental
+      --compile on --repeats 1 --no-progress --out-dir $R/block_start_raw"
+  step 150 $BS --trace $R/traces_real-llada_gen256.json --batch-size 1 --warmup-steps 20 --tag gen256_b1
+  step 200 $BS --trace $R/traces_real-llada_gen256.json --batch-size 16 --warmup-steps 20 --tag gen256_b16
+  step 200 $BS --trace $R/traces_real-llada_gen1024.json --batch-size 1 --warmup-steps 40 --tag gen1024_b1
 fi
 
 if [[ $stage == report ]]; then

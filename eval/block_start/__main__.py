@@ -1,0 +1,3 @@
+from eval.block_start.run import main
+
+raise SystemExit(main())
