@@ -10,6 +10,7 @@
 #   TOY=1 OUT=/tmp/toy bash eval/long_context/gpu.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=. TOKENIZERS_PARALLELISM=false
+bash eval/gpu/install_checkout.sh || exit 1  # a bare GPU machine: dllm_cache.hooks comes from an install
 START=$(date +%s.%N)
 OUT=${OUT:-build/long_context/out}
 WORK=build/long_context
