@@ -233,3 +233,27 @@ def test_stats_dict_summarises_the_per_step_drift():
     assert out["steps"] == 3 and out["recompute_fraction"] is None and isinstance(out["config"], str)
     assert out["drift"] == {"cond": {"steps": 3, "mean": pytest.approx(0.2), "max": 0.3, "dropped": 4}}
     json.dumps(out)  # a report can hold it
+
+
+def test_rows_are_written_as_they_finish(tmp_path, monkeypatch):
+    """A run killed mid-way (a GPU call's time limit) leaves the rows it measured on disk, marked incomplete."""
+    from dllm_cache.bench import runner
+
+    calls = {"n": 0}
+    real = runner.estimate_latency
+
+    def stop_after_two(run, kinds):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt  # what a time limit's SIGINT does in the third run
+        return real(run, kinds)
+
+    monkeypatch.setattr(runner, "estimate_latency", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--shape", "tiny-llada", *SMALL[:-6], "--batch-size", "1", "--warmup-steps", "1", "--no-progress",
+              "--repeats", "1", "--policy", "paper", "frontier", "--out-dir", str(tmp_path), "--tag", "cut"])
+    report = json.loads((tmp_path / "cut.json").read_text())
+    assert report["meta"]["complete"] is False
+    assert [r["cache"] is None for r in report["results"]] == [True, False]  # the uncached baseline, then paper
+    assert "**Incomplete**" in (tmp_path / "cut.md").read_text()
+    assert not (tmp_path / "cut.png").exists()

@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(dry_run(args))
             return 0
-        report = run_bench(args)
+        report = run_bench(args, on_row=lambda partial: write_outputs(partial, args.out_dir, args.tag, draw=False))
     except ValueError as err:  # the shapes and settings checks: their message is the whole story
         raise SystemExit(f"dllm-cache bench: error: {err}") from None
     paths = write_outputs(report, args.out_dir, args.tag)

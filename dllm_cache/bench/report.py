@@ -33,6 +33,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"peaks {_fmt(meta['peak_tflops'], '.4g')} TFLOP/s, {_fmt(meta['peak_tbps'], '.3g')} TB/s"
         f" ({meta.get('peaks_source', 'given')}); weight-read floor {_fmt(meta.get('weight_floor_ms'), '.2f')} ms/step.",
         *_decoding_lines(meta.get("decoding")),
+        *(["", "**Incomplete**: the rows measured before the run stopped (see meta.complete)."]
+          if meta.get("complete") is False else []),
         "",
         "| batch | cache | latency s (median) | spread | tok/s | speedup | TFLOP | FLOP cut | TFLOP/s | "
         "roofline s | meas/roof | agree | recomputed | peak GiB |",

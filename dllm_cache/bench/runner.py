@@ -29,6 +29,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -452,8 +453,11 @@ def _timed_runs(
     return runs, stats
 
 
-def run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    """Run every (batch size, configuration); return the JSON-ready report."""
+def run_bench(args: argparse.Namespace, on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run every (batch size, configuration); return the JSON-ready report.
+
+    `on_row` receives the report of the rows measured so far after each row (meta "complete": False), so a
+    run killed by a time limit (a GPU call's) still leaves what it measured."""
     from tqdm import tqdm
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -527,6 +531,47 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         )
     rows: list[Row] = []
     flop_checks: list[dict[str, Any]] = []
+
+    def report(complete: bool) -> dict[str, Any]:
+        """The JSON-ready report of the rows measured so far."""
+        return {
+            "meta": {
+                "tag": args.tag,
+                "model": args.model or args.shape,
+                "family": str(getattr(config, "model_type", "")),
+                "dims": dims.to_dict(),
+                "dtype": str(dtype).replace("torch.", ""),
+                "device": str(device),
+                "device_name": torch.cuda.get_device_name(device) if on_gpu else platform.processor()
+                or platform.machine(),
+                "torch": torch.__version__,
+                "workload": {"name": args.workload, **asdict(workload)},
+                "batch_sizes": list(args.batch_size),
+                "timed_steps": window or workload.steps,
+                "warmup_steps": args.warmup_steps if args.warmup_steps is not None else "2 uncached, 2 Kr + 1 cached",
+                "decoding": decoding.describe(),
+                "repeats": args.repeats,
+                "peak_tflops": peak_tflops,
+                "peak_tbps": peak_tbps,
+                "peaks_source": peaks.source,
+                "weight_bytes": weight_bytes,
+                "weight_floor_ms": peaks.floor_ms(weight_bytes),
+                "model_build_s": build_s,
+                "weights_gb": weights_gb,
+                "wall_s": time.perf_counter() - t0,
+                "complete": complete,
+                "reference": {
+                    "transfer_ratio": _reference(args.transfer_ratio, 0.25),
+                    "response_interval": _reference(args.response_interval, 8),
+                    "prompt_interval": _reference(args.prompt_interval, 100),
+                    "compile": args.compile != "off",
+                },
+                "notes": notes,
+            },
+            "flop_check": flop_checks,
+            "results": [asdict(r) for r in rows],
+        }
+
     fixed = Decoding()
     plan = [(None, fixed)] + ([] if decoding.fixed else [(None, decoding)]) + [(s, decoding) for s in settings]
     n_runs = len(args.batch_size) * len(plan)
@@ -630,53 +675,23 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     row.notes.append(f"cache_stats step counts {got} != schedule {expected}")
             rows.append(row)
             bar.update(1)
+            if on_row is not None:
+                on_row(report(complete=False))
     bar.close()
-
-    return {
-        "meta": {
-            "tag": args.tag,
-            "model": args.model or args.shape,
-            "family": str(getattr(config, "model_type", "")),
-            "dims": dims.to_dict(),
-            "dtype": str(dtype).replace("torch.", ""),
-            "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if on_gpu else platform.processor()
-            or platform.machine(),
-            "torch": torch.__version__,
-            "workload": {"name": args.workload, **asdict(workload)},
-            "batch_sizes": list(args.batch_size),
-            "timed_steps": window or workload.steps,
-            "warmup_steps": args.warmup_steps if args.warmup_steps is not None else "2 uncached, 2 Kr + 1 cached",
-            "decoding": decoding.describe(),
-            "repeats": args.repeats,
-            "peak_tflops": peak_tflops,
-            "peak_tbps": peak_tbps,
-            "peaks_source": peaks.source,
-            "weight_bytes": weight_bytes,
-            "weight_floor_ms": peaks.floor_ms(weight_bytes),
-            "model_build_s": build_s,
-            "weights_gb": weights_gb,
-            "wall_s": time.perf_counter() - t0,
-            "reference": {
-                "transfer_ratio": _reference(args.transfer_ratio, 0.25),
-                "response_interval": _reference(args.response_interval, 8),
-                "prompt_interval": _reference(args.prompt_interval, 100),
-                "compile": args.compile != "off",
-            },
-            "notes": notes,
-        },
-        "flop_check": flop_checks,
-        "results": [asdict(r) for r in rows],
-    }
+    return report(complete=True)
 
 
 # ----------------------------------------------------------------------------- outputs
 
 
-def write_outputs(report: dict[str, Any], out_dir: Path, tag: str) -> dict[str, Path]:
+def write_outputs(report: dict[str, Any], out_dir: Path, tag: str, draw: bool = True) -> dict[str, Path]:
+    """<tag>.json, .md and (with `draw`) .png in `out_dir`; a partial report (after each row) skips the plot."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {ext: out_dir / f"{tag}.{ext}" for ext in ("json", "md", "png")}
     paths["json"].write_text(json.dumps(report, indent=2) + "\n")
     paths["md"].write_text(markdown_table(report))
-    plot(report, paths["png"])
+    if draw:
+        plot(report, paths["png"])
+    else:
+        del paths["png"]
     return paths
