@@ -27,7 +27,7 @@ def test_serving_bench_smoke(tmp_path):
     with torch_threads(1), live(build_app(engine, max_batch_size=4)) as server:
         assert main(["--url", server.url, "--concurrency", "1", "3", "--requests-per-client", "2", "--caches", "none",
                      "default", "--gen-length", "8", "--block-length", "4", "--tokens-per-step", "2",
-                     "--prompt-chars", "40", "--agreement", "3", "--out", str(out)]) == 0
+                     "--prompt-chars", "40", "--agreement", "3", "--chunk-times", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert {"device", "model", "rows", "command"} <= set(result)
     assert [(r["cache"], r["concurrency"]) for r in result["rows"]] == [("none", 1), ("none", 3), ("default", 1),
@@ -37,6 +37,13 @@ def test_serving_bench_smoke(tmp_path):
         assert row["requests"] == 2 * row["concurrency"] and row["completed"] == row["requests"] and row["errors"] == 0
         assert row["tokens_per_s"] > 0 and 0 < row["p50_latency_s"] <= row["p99_latency_s"]
         assert row["completion_tokens"] <= 8 * row["requests"]
+        # --chunk-times: every request's chunks as they arrived, one per block (2, or 1 if it ended in the first)
+        assert len(row["streams"]) == row["requests"]
+        for stream in row["streams"]:
+            times = [c[0] for c in stream["chunks"]]
+            assert 1 <= len(times) <= 2 and times == sorted(times) and stream["first_block_s"] == times[0]
+            assert [c[2] for c in stream["chunks"]][-1] in ("length", "stop") and times[-1] <= stream["latency_s"]
+        assert 0 < row["p50_first_block_share"] <= 1
     # fp32 on CPU: batched answers are the answers served alone
     assert result["batch_agreement"] == [{"cache": c, "prompts": 3, "identical_fraction": 1.0} for c in ("none", "default")]
     assert "| default | 3 |" in out.with_suffix(".md").read_text()

@@ -226,7 +226,8 @@ def build_app(engine: Engine, *, max_batch_size: int = 16, max_wait_ms: float = 
 
     async def _stream(request: Request, pending: _Pending, job: Job, body: SamplingFields, prompt_tokens: int,
                       chat: bool, t0: float, deadline: float) -> AsyncIterator[str]:
-        rid, first_sent, done = new_request_id(chat), [False] * body.n, False
+        rid, done = new_request_id(chat), False
+        first_sent, closed = [False] * body.n, [False] * body.n  # per choice: a chunk sent; its finish reason sent
         try:
             while not pending.finished:
                 left = deadline - time.monotonic()
@@ -244,15 +245,17 @@ def build_app(engine: Engine, *, max_batch_size: int = 16, max_wait_ms: float = 
                 if await request.is_disconnected():
                     metrics.cancelled.inc()
                     return
-                if index is None:
-                    continue
+                if index is None or closed[index]:
+                    continue  # a choice cut by a stop string still runs with its batch: its later blocks are dropped
+                # One chunk per completed block, even when its text is empty (ids the tokenizer decodes to nothing,
+                # special tokens, a held-back stop-string prefix or split character): the chunk itself tells the
+                # client that a block is done, so the time to the first block is the time to the first chunk.
                 choice = pending.choices[index]
                 text = choice.delta()
-                if text or choice.reason is not None or (chat and not first_sent[index]):
-                    if not first_sent[index]:
-                        metrics.first_block.observe(time.monotonic() - t0)
-                    yield _sse(chunk_body(rid, engine.name, index, text, choice.reason, chat=chat, first=not first_sent[index]))
-                    first_sent[index] = True
+                if not first_sent[index]:
+                    metrics.first_block.observe(time.monotonic() - t0)
+                yield _sse(chunk_body(rid, engine.name, index, text, choice.reason, chat=chat, first=not first_sent[index]))
+                first_sent[index], closed[index] = True, choice.reason is not None
             done = True
             metrics.prompt_tokens.inc(prompt_tokens)
             metrics.completion_tokens.inc(sum(len(c.ids) for c in pending.choices))

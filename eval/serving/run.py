@@ -26,6 +26,15 @@ marked incomplete and the table says which rows are missing:
     python -m eval.serving --shape llada-8b --device cuda --dtype bfloat16 --concurrency 1 4 16 64 \\
         --caches none default --direct --agreement 16 --from-raw eval/results/serving_raw/h200_run1.json --note "..."
 
+Time to the first block: the server sends one chunk per completed block, its text possibly empty, so the first
+chunk times the first block (`p50_first_block_s`, and `p50_first_block_share` of the latency: ~1/blocks for one
+request alone) and the first chunk with text the first visible text (`p50_first_text_s`). With a random checkpoint
+and its byte tokenizer they differ: nearly every id of a real vocabulary (126k for LLaDA-8B) is beyond the
+tokenizer's 259 and decodes to nothing. Results written before this (eval/results/serving_raw/h200_run1.json) took
+the first chunk with text, and the server then sent no chunk for an empty block: their "first block" is the first
+text. `--chunk-times` keeps every request's chunk arrival times in its row ("streams"), to see how the blocks of one
+answer arrive.
+
 `--prompt-set arith-drill` sends the shipped model's symbol drills (1-6 operations): its answers end at its end
 token after ~5-55 tokens, so rows of one batch (one batch key) finish at different blocks, the load where
 continuous batching can gain (eval/serving/continuous_gain.py compares the server with and without it).
@@ -94,30 +103,45 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-async def _one(client: httpx.AsyncClient, body: dict) -> tuple[bool, float, float | None]:
-    """(ok, latency s, time to first block s) of one streamed completion."""
+async def _one(client: httpx.AsyncClient, body: dict) -> dict:
+    """One streamed completion: {"ok", "latency_s", "first_block_s", "first_text_s", "chunks"}.
+
+    The server sends one chunk per completed block, its text possibly empty (a block of ids the tokenizer
+    decodes to nothing: with a random checkpoint's byte tokenizer, ~all of LLaDA-8B's 126k ids), so the
+    first chunk times the first block and the first chunk with text times the first visible text; they
+    differ only when early blocks decode to nothing. `chunks`: [seconds since the request was sent,
+    characters of text, finish reason] per chunk, as they arrived."""
     t0 = time.perf_counter()
-    first = None
+    rec: dict = {"ok": False, "latency_s": None, "first_block_s": None, "first_text_s": None, "chunks": []}
+
+    def close(ok: bool) -> dict:
+        rec["ok"], rec["latency_s"] = ok, time.perf_counter() - t0
+        return rec
+
     try:
         async with client.stream("POST", "/v1/completions", json=body) as r:
             if r.status_code != 200:
                 await r.aread()
-                return False, time.perf_counter() - t0, None
-            done = False
+                return close(False)
             async for line in r.aiter_lines():
                 if not line.startswith("data: "):
                     continue
                 if line == "data: [DONE]":
-                    done = True
-                    break
+                    return close(True)
+                now = time.perf_counter() - t0
                 event = json.loads(line[6:])
                 if "error" in event:
-                    return False, time.perf_counter() - t0, first
-                if first is None:
-                    first = time.perf_counter() - t0
-            return done, time.perf_counter() - t0, first
+                    return close(False)
+                choice = event["choices"][0]
+                text = choice.get("text") or ""
+                rec["chunks"].append([now, len(text), choice.get("finish_reason")])
+                if rec["first_block_s"] is None:
+                    rec["first_block_s"] = now
+                if text and rec["first_text_s"] is None:
+                    rec["first_text_s"] = now
+            return close(False)  # the stream ended without [DONE]
     except httpx.HTTPError:
-        return False, time.perf_counter() - t0, first
+        return close(False)
 
 
 def completion_tokens(url: str) -> float:
@@ -139,9 +163,11 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 
 async def run_level(url: str, model: str, concurrency: int, per_client: int, cache: str, texts: list[str],
-                    settings: dict, mixed: bool = False, server_pid: int | None = None) -> dict:
+                    settings: dict, mixed: bool = False, server_pid: int | None = None, chunk_times: bool = False) -> dict:
     """One row: `concurrency` clients x `per_client` requests with one cache setting. With `server_pid` (a
-    server this script started) the row also has the server's CPU seconds and tokens per CPU second."""
+    server this script started) the row also has the server's CPU seconds and tokens per CPU second. With
+    `chunk_times` the row keeps every request's chunk arrival times ("streams", see _one): how far apart
+    the blocks of one answer arrive, to tell a server that holds blocks back from one whose blocks are empty."""
     bodies = [{"model": model, "prompt": texts[i % len(texts)], "stream": True, "cache": cache, **settings}
               for i in range(concurrency * per_client)]
     if mixed:  # answers of 1/4, 1/2 and all of max_tokens (steps scaled alike); the server batches each length
@@ -150,29 +176,38 @@ async def run_level(url: str, model: str, concurrency: int, per_client: int, cac
             part = (4, 2, 1)[i % 3]
             body["max_tokens"] = max(settings["block_length"], settings["max_tokens"] // part)
             body["steps"] = max(1, settings["steps"] // part)
-    results: list[tuple[bool, float, float | None]] = []
+    results: list[dict] = []
 
-    async def client_loop(k: int, client: httpx.AsyncClient) -> None:
+    async def client_loop(k: int, client: httpx.AsyncClient, start: float) -> None:
         for i in range(per_client):
-            results.append(await _one(client, bodies[k * per_client + i]))
+            sent = time.perf_counter() - start
+            results.append(await _one(client, bodies[k * per_client + i]) | {"client": k, "sent_s": sent})
 
     tokens_before, cpu_before = completion_tokens(url), cpu_seconds(server_pid)
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(3600.0), limits=limits) as client:
         t0 = time.perf_counter()
-        await asyncio.gather(*(client_loop(k, client) for k in range(concurrency)))
+        await asyncio.gather(*(client_loop(k, client, t0) for k in range(concurrency)))
         wall = time.perf_counter() - t0
     tokens = completion_tokens(url) - tokens_before
     cpu = None if cpu_before is None or (after := cpu_seconds(server_pid)) is None else after - cpu_before
-    ok = [r for r in results if r[0]]
-    latencies = [r[1] for r in ok]
-    firsts = [r[2] for r in ok if r[2] is not None]
-    return {"concurrency": concurrency, "cache": cache, "requests": len(bodies), "completed": len(ok),
-            "errors": len(bodies) - len(ok), "tokens_per_s": tokens / wall if wall else None,
-            "p50_latency_s": percentile(latencies, 0.5), "p99_latency_s": percentile(latencies, 0.99),
-            "mean_latency_s": statistics.fmean(latencies) if latencies else None,
-            "p50_first_block_s": percentile(firsts, 0.5), "wall_s": wall, "completion_tokens": tokens,
-            "server_cpu_s": cpu, "tokens_per_server_cpu_s": tokens / cpu if cpu else None}
+    ok = [r for r in results if r["ok"]]
+    latencies = [r["latency_s"] for r in ok]
+    firsts = [r["first_block_s"] for r in ok if r["first_block_s"] is not None]
+    texts_first = [r["first_text_s"] for r in ok if r["first_text_s"] is not None]
+    shares = [r["first_block_s"] / r["latency_s"] for r in ok if r["first_block_s"] is not None and r["latency_s"]]
+    row = {"concurrency": concurrency, "cache": cache, "requests": len(bodies), "completed": len(ok),
+           "errors": len(bodies) - len(ok), "tokens_per_s": tokens / wall if wall else None,
+           "p50_latency_s": percentile(latencies, 0.5), "p99_latency_s": percentile(latencies, 0.99),
+           "mean_latency_s": statistics.fmean(latencies) if latencies else None,
+           "p50_first_block_s": percentile(firsts, 0.5), "p50_first_text_s": percentile(texts_first, 0.5),
+           "p50_first_block_share": percentile(shares, 0.5),
+           "p50_chunks_per_request": percentile([len(r["chunks"]) for r in ok], 0.5),
+           "wall_s": wall, "completion_tokens": tokens,
+           "server_cpu_s": cpu, "tokens_per_server_cpu_s": tokens / cpu if cpu else None}
+    if chunk_times:
+        row["streams"] = results
+    return row
 
 
 async def agreement(url: str, model: str, cache: str, texts: list[str], settings: dict) -> float:
@@ -436,6 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-raw", type=Path, default=None, metavar="JSON",
                    help="measure nothing: rewrite this recorded result file through the result and table writers; "
                         "pass the recorded run's own arguments with it (see the module docstring)")
+    p.add_argument("--chunk-times", action="store_true",
+                   help="keep every request's streamed chunks in its row of the result file (\"streams\": per request "
+                        "the client, when it was sent, and [seconds since sent, characters, finish reason] per chunk): "
+                        "whether blocks arrive as they complete or all at the end")
     p.add_argument("--note", default=None, help="a sentence the table ends with (e.g. why a run is incomplete)")
     return p
 
@@ -477,8 +516,9 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run_level(url, model, 1, 1, cache, texts[:1], settings))  # warm-up (allocations, kernels)
             for c in args.concurrency:
                 row = asyncio.run(run_level(url, model, c, args.requests_per_client, cache, texts, settings,
-                                            mixed=args.mixed_lengths, server_pid=proc.pid if proc is not None else None))
-                print(json.dumps(row), flush=True)
+                                            mixed=args.mixed_lengths, server_pid=proc.pid if proc is not None else None,
+                                            chunk_times=args.chunk_times))
+                print(json.dumps({k: v for k, v in row.items() if k != "streams"}), flush=True)
                 rows.append(row)
                 save_partial()
             if args.agreement:
