@@ -79,3 +79,57 @@ def test_annotate_marks_a_task_the_model_did_not_learn():
     assert low["rows"][1]["speedup"] == 5.0  # cached rows untouched
     assert annotate(low) == low  # idempotent
     assert "note" not in annotate(report(0.95))
+
+
+def test_curriculum_advances_only_on_a_passing_validation_and_never_past_the_held_out_range():
+    from eval.long_context.run import Curriculum, parse_stages
+
+    cur = Curriculum([(2, 4), (4, 8), (185, 300)], advance_at=0.9, replay=0.25)
+    rng = random.Random(0)
+    assert cur.range == (2, 4) and not cur.final
+    assert {cur.records(rng) for _ in range(300)} == {2, 3, 4}  # the first stage: no replay, its whole range
+    assert not cur.update(0.89) and cur.range == (2, 4)
+    assert cur.update(0.9) and cur.range == (4, 8)
+    draws = [cur.records(rng) for _ in range(4000)]
+    assert min(draws) == 2 and max(draws) == 8
+    assert 0.12 < sum(d < 4 for d in draws) / len(draws) < 0.22  # replay 0.25 of rows from 2..4: 2/3 of them below 4
+    assert cur.update(0.95) and cur.final and cur.range == (185, 300)
+    assert not cur.update(1.0) and cur.range == (185, 300)  # the held-out range is the last stage
+    assert not cur.to_final()
+    early = Curriculum([(2, 4), (185, 300)])
+    assert early.to_final() and early.final
+    assert parse_stages("2-4, 8-16,32") == [(2, 4), (8, 16), (32, 32)]
+    for bad in ("2-x", "a"):
+        with pytest.raises(ValueError, match="--stages"):
+            parse_stages(bad)
+    with pytest.raises(ValueError, match="lo-hi"):
+        Curriculum([(4, 2)])
+    with pytest.raises(ValueError, match="at least one stage"):
+        Curriculum([])
+
+
+def test_kv_loss_is_the_sft_loss_with_the_value_digits_weighted(tok):
+    """value_weight 1 is exactly eval.tiny.train's masked_diffusion_loss (same draws); the loss is affine in
+    the weight, and VALUE_OFFSET points at the value's digits in the rendered response."""
+    from dllm_cache.models.tiny import tiny_llada
+    from eval.long_context.run import kv_loss
+    from eval.tiny.train import Batch, masked_diffusion_loss
+
+    vocab = task.Vocab(tok)
+    ex = task.make_example(random.Random("offset"), 5)
+    _, response = task.render_ids(vocab, *task.example_tensors(ex), task.GEN["gen_length"])
+    digits = tok(" " + ex["answer"], add_special_tokens=False)["input_ids"]
+    assert response[0, task.VALUE_OFFSET:task.VALUE_OFFSET + task.DIGITS].tolist() == digits
+    model = tiny_llada(vocab_size=2048, embedding_size=2048)
+    ids = task.train_batch(vocab, torch.Generator().manual_seed(1), rows=6, n_records=3, gen_length=16, device="cpu")
+
+    def ours(w):
+        return kv_loss(model, ids, 16, tok.mask_token_id, tok.eos_token_id, torch.Generator().manual_seed(5), False, 0.5, w)
+
+    ref, _ = masked_diffusion_loss(model, Batch("kv", ids, None, 16, 0), tok.mask_token_id,
+                                   generator=torch.Generator().manual_seed(5), suffix_frac=0.5, eos_id=tok.eos_token_id)
+    with torch.no_grad():
+        one, two, four = ours(1.0), ours(2.0), ours(4.0)
+    torch.testing.assert_close(one, ref)
+    assert float(two - one) > 0  # some digit was masked in 6 rows
+    torch.testing.assert_close(four - one, 3 * (two - one))

@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
 # One device call (<= 560 s): fine-tune the LLaDA and the Dream proxy on kv-retrieval side by side on
-# one GPU (two processes: a d384 model leaves most of an H200 idle), then each runs the long-task
-# frontier; both count their budgets from the same start. Packs into $OUT (<= 8 files, <= 16 MB each):
+# one GPU (two processes: a d384 model leaves most of an H200 idle) through the gated record curriculum
+# of run.py (2-4 records first, small batches, many steps; the next range once validation there is
+# >= 90%; the held-out 185-300 last, or after 80% of the training budget whatever the stage), then each
+# exports its model and runs the long-task frontier; both count their budgets from the same start. Packs into $OUT (<= 8 files, <= 16 MB each):
 #   frontier_llada-kv.json, frontier_dream-kv.json, llada.log, dream.log, models.tar.part-aa.. (the
 #   fine-tuned bf16 weights + tokenizers, split; keep them out of the repository: build/ is ignored).
 #
 #   run(command="bash eval/long_context/gpu.sh", timeout_s=570)
-# Toy check on CPU (short contexts, 2 training steps, a few rows):
+# Toy check on CPU (short contexts, 6 training steps through two curriculum stages, a few rows):
 #   TOY=1 OUT=/tmp/toy bash eval/long_context/gpu.sh
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=. TOKENIZERS_PARALLELISM=false
+T_CALL=$(date +%s.%N)
 bash eval/gpu/install_checkout.sh || exit 1  # a bare GPU machine: dllm_cache.hooks comes from an install
 START=$(date +%s.%N)
+echo "[gpu.sh] install took $(python3 -c "print(round($START - $T_CALL, 1))") s"
 OUT=${OUT:-build/long_context/out}
 WORK=build/long_context
 mkdir -p "$WORK" "$OUT"
-TRAIN_UNTIL=${TRAIN_UNTIL:-290}
-SWEEP_UNTIL=${SWEEP_UNTIL:-522}
-HARD=${HARD:-540}  # kill a process still running then: its JSON holds every finished row
+TRAIN_UNTIL=${TRAIN_UNTIL:-300}
+SWEEP_UNTIL=${SWEEP_UNTIL:-515}
+HARD=${HARD:-530}  # kill a process still running then: its JSON holds every finished row (install + 530 + packing < 560)
 EXTRA=()
 if [ -n "${TOY:-}" ]; then
-  EXTRA=(--device cpu --toy --records 4 8 --max-steps 2 --batch-tokens 600 --val-n 4 --val-every 0 --n 4 --eval-batch 4
-         --only "default,frontier Kp=10 Kr=2,block-dual,default thr=0.9")
-  TRAIN_UNTIL=60 SWEEP_UNTIL=900 HARD=1200
+  # --advance-at 0: every validation passes, so the toy walks the curriculum's stages (2-3, then 4-8)
+  EXTRA=(--device cpu --toy --records 4 8 --stages 2-3 --advance-at 0 --max-steps 6 --batch-tokens 600 --val-n 4
+         --stage-val-n 4 --val-every 0 --n 4 --eval-batch 4 --only "default,frontier Kp=10 Kr=2,block-dual,default thr=0.9")
+  TRAIN_UNTIL=90 SWEEP_UNTIL=900 HARD=1200  # loading alone can take a minute on a busy CPU
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
 for spec in "llada eval/tiny/model" "dream eval/tiny/dream_model"; do

@@ -1,18 +1,20 @@
 """Fine-tune one proxy on kv-retrieval, then run the long-task frontier on it: one process, one wall-clock budget.
 
     PYTHONUNBUFFERED=1 PYTHONPATH=. python -m eval.long_context.run --model eval/tiny/model --name llada-kv \
-        --out build/long_context/llada --train-until 250 --sweep-until 520
+        --out build/long_context/llada --train-until 300 --sweep-until 515
 
 (`eval/long_context/gpu.sh` runs the LLaDA and the Dream proxy side by side on one GPU in one device call.)
 
 Phases, each bounded by seconds since --start (default: this process's start), so a device call's limit
 is never crossed and whatever finished is written:
-1. training (until --train-until, or earlier once a validation set of --val-n examples, drawn from
-   another seed than the held-out set, is at least --stop-at right): the LLaDA SFT objective of
-   `eval.tiny.train.masked_diffusion_loss` (Dream through its shifted head), half the rows masked
-   from a random cut on as semi-AR decoding sees them; batches of ~--batch-tokens tokens drawn on the
-   device by `task.train_batch`; a curriculum: record counts from 8 up during the first quarter, then
-   70% at the held-out range and 30% shorter;
+1. training (until --train-until, or earlier once a validation set of --val-n examples at the held-out
+   range, drawn from another seed than the held-out set, is at least --stop-at right): the LLaDA SFT
+   objective (Dream through its shifted head; `kv_loss`: half the rows masked from a random cut on as
+   semi-AR decoding sees them, the value's digits weighted --value-weight) on batches of ~--batch-tokens
+   tokens drawn on the device by `task.train_batch`, through a gated record curriculum (`Curriculum`):
+   --stages (2-4 records first, many small steps) each until a validation set of that range is
+   --advance-at right, then the held-out range (also once --final-after of the budget is spent). The
+   learning curve (step, records, loss, validation) goes into the report's "training" object;
 2. export (bf16 weights + tokenizer to <out>/model);
 3. the sweep (until --sweep-until): `settings()` in priority order on the N_TEST held-out examples,
    each row written to <out>/frontier_<name>.json as soon as it is measured, in the schema of
@@ -90,14 +92,111 @@ def _config_fields(cfg) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- training
-def records_for(rng: random.Random, progress: float, high: tuple[int, int]) -> int:
-    """Records per row of the next batch: a curriculum (short contexts first, where the answer is a
-    larger share of the tokens), then mostly the held-out range."""
-    lo, hi = high
-    if progress < 0.25:
-        top = max(8, int(8 + (hi - 8) * progress / 0.25))
-        return int(round(math.exp(rng.uniform(math.log(8), math.log(top)))))
-    return rng.randint(lo, hi) if rng.random() < 0.7 else rng.randint(min(8, lo), lo)
+# Before the held-out range (task.RECORDS, always the last stage): record counts per stage, short first.
+# Why a gated curriculum: fine-tuned at 185-300 records with 98k-token batches (~800 steps) the proxies
+# learnt the format and the copied name but never which record holds the asked key (loss flat at ~0.5,
+# the digits' entropy; recall 12/12 with 1 record, 4/12 with 8). Associative recall forms where the
+# answer is a large share of the tokens and steps are many; longer contexts only dilute it after that.
+STAGES = ((2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 128), (128, 184))
+
+
+def parse_stages(text: str) -> list[tuple[int, int]]:
+    """"2-4,4-8" -> [(2, 4), (4, 8)] (inclusive record ranges)."""
+    out = []
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        lo, _, hi = part.partition("-")
+        try:
+            out.append((int(lo), int(hi or lo)))
+        except ValueError:
+            raise ValueError(f"--stages takes ranges like '2-4,4-8', got {part!r} in {text!r}") from None
+    return out
+
+
+class Curriculum:
+    """Record-count stages gated on recall: training stays at a stage's range until a validation set
+    drawn from that range is at least `advance_at` right, then moves to the next; the last stage is the
+    held-out range. A share `replay` of the rows after the first stage is drawn from the shorter counts
+    already passed (from the first stage's low end up to the current low end), so recall at few records
+    is not unlearnt while the context grows."""
+
+    def __init__(self, stages: list[tuple[int, int]], advance_at: float = 0.9, replay: float = 0.2):
+        if not stages:
+            raise ValueError("the curriculum needs at least one stage (the held-out range)")
+        for lo, hi in stages:
+            if not 1 <= lo <= hi <= len(task.KEYS):
+                raise ValueError(f"a stage is a record range lo-hi with 1 <= lo <= hi <= {len(task.KEYS)}, got {lo}-{hi}")
+        if not 0.0 <= replay < 1.0:
+            raise ValueError(f"replay is a share of rows in [0, 1), got {replay}")
+        self.stages, self.advance_at, self.replay = [tuple(s) for s in stages], advance_at, replay
+        self.stage = 0
+
+    @property
+    def range(self) -> tuple[int, int]:
+        return self.stages[self.stage]
+
+    @property
+    def final(self) -> bool:
+        return self.stage == len(self.stages) - 1
+
+    def records(self, rng: random.Random) -> int:
+        """Records per row of the next batch."""
+        lo, hi = self.range
+        first = self.stages[0][0]
+        if self.stage > 0 and first < lo and rng.random() < self.replay:
+            return rng.randint(first, lo)
+        return rng.randint(lo, hi)
+
+    def update(self, accuracy: float) -> bool:
+        """A validation result at the current stage -> whether the curriculum moved to the next stage."""
+        if accuracy >= self.advance_at and not self.final:
+            self.stage += 1
+            return True
+        return False
+
+    def to_final(self) -> bool:
+        """Jump to the held-out range (the budget is running out); whether it moved."""
+        moved = not self.final
+        self.stage = len(self.stages) - 1
+        return moved
+
+
+def kv_loss(model, ids: torch.Tensor, gen_length: int, mask_id: int, eos_id: int, generator: torch.Generator,
+            shifted: bool, suffix_frac: float, value_weight: float) -> torch.Tensor:
+    """The LLaDA SFT loss of `eval.tiny.train.masked_diffusion_loss` (same masking: only response tokens,
+    each row at a ratio t ~ U(0, 1), a share `suffix_frac` of rows also masked from a random cut on as
+    semi-AR decoding sees them; 1/p weights over R) with the value's digits weighted `value_weight` times.
+
+    Why the weight: every other response token (the format, the name copied from the question, the eos
+    padding) is learnt in tens of steps; the 4 digits are the only part that needs recall, and they are
+    4 of 16 supervised positions. ids: (rows, P + R), no padding.
+    """
+    import torch.nn.functional as F
+
+    from eval.tiny.train import MASK_EPS
+
+    rows, L = ids.shape
+    R = gen_length
+    p = (1 - MASK_EPS) * torch.rand(rows, device=ids.device, generator=generator) + MASK_EPS  # (rows,)
+    response = torch.zeros_like(ids, dtype=torch.bool)
+    response[:, L - R:] = True
+    masked = response & (torch.rand(ids.shape, device=ids.device, generator=generator) < p[:, None])  # (rows, L)
+    if suffix_frac > 0:
+        target_len = (ids[:, L - R:] != eos_id).sum(1)  # (rows,)
+        cut = (torch.rand(rows, device=ids.device, generator=generator) * (target_len + 1)).long()
+        suffix_row = torch.rand(rows, device=ids.device, generator=generator) < suffix_frac
+        after = torch.arange(L, device=ids.device)[None, :] >= (L - R + cut)[:, None]
+        masked = masked | (suffix_row[:, None] & after)
+        p = torch.where(suffix_row, masked.sum(1).float() / R, p).clamp_min(1.0 / R)
+    noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
+    logits = model(noisy).logits  # (rows, L, vocab)
+    if shifted:  # Dream: position i - 1 predicts token i (masked positions are response positions >= 1)
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+    weight = torch.ones(L, device=ids.device)
+    start = L - R + task.VALUE_OFFSET
+    weight[start:start + task.DIGITS] = value_weight
+    weight = ((1.0 / p)[:, None] * weight[None, :] / R)[masked]  # (n_masked,)
+    token_loss = F.cross_entropy(logits[masked].float(), ids[masked], reduction="none")
+    return (token_loss * weight).sum() / rows
 
 
 def validate(model, tok, examples: list[dict], device: str, batch_size: int) -> float:
@@ -119,40 +218,65 @@ def gen_for(model) -> dict:
     return sampler_settings(model, task.GEN)
 
 
-def train(model, tok, args, t0: float, device: str, meta: dict) -> None:
-    from eval.tiny.train import Batch, masked_diffusion_loss
+def lr_at(args, step: int, progress: float) -> float:
+    """Linear warmup over --warmup steps, then cosine by wall-clock progress to 0.1 x --lr."""
+    return args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
+
+def train(model, tok, args, t0: float, device: str, meta: dict, write=None) -> None:
+    """Fine-tune `model` on kv-retrieval through the gated record curriculum until --train-until seconds
+    after t0 (or --max-steps, or the final stage's validation reaching --stop-at). `meta` gets the learning
+    curve ("curve": step, elapsed, stage range, mean loss since the last check, validation accuracy, lr) and
+    the steps each stage was reached at ("stages"), so a run that fails still says where it stalled; `write`
+    (optional) is called after each validation to save them."""
     vocab = task.Vocab(tok)
     arch = "dream" if model.config.model_type.lower() == "dream" else "llada"
     gen = torch.Generator(device=device).manual_seed(task.TRAIN_SEED)
     rng = random.Random(task.TRAIN_SEED)
-    val = task.test_examples(args.val_n, seed=VAL_SEED)
-    if args.toy:
-        val = [task.make_example(random.Random(f"val/{i}"), args.records[0]) for i in range(args.val_n)]
+    stages = [s for s in parse_stages(args.stages) if s[0] < args.records[0]] + [tuple(args.records)]
+    cur = Curriculum(stages, args.advance_at, args.replay)
+    val_sets: dict[int, list[dict]] = {}
+
+    def val_set(stage: int) -> list[dict]:  # the held-out range: the validation seed's test-like set
+        if stage not in val_sets:
+            rng_range = cur.stages[stage]
+            n = args.val_n if stage == len(cur.stages) - 1 else args.stage_val_n
+            val_sets[stage] = task.range_examples(n, rng_range, VAL_SEED) if (args.toy or stage < len(cur.stages) - 1) \
+                else task.test_examples(n, seed=VAL_SEED)
+        return val_sets[stage]
+
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     budget = max(1.0, args.train_until - (time.time() - t0))
     start = time.time()
     on_cuda = device.startswith("cuda")
     model.train()
-    step, window, last_val = 0, [], time.time()
-    meta.update(train_steps=0, train_tokens=0, val=[])
+    step, window, last_val, since_val = 0, [], time.time(), []
+    meta.update(train_steps=0, train_tokens=0, val=[], curve=[], stages=[{"range": list(cur.range), "step": 0, "elapsed": 0.0}],
+                recipe={k: getattr(args, k) for k in ("lr", "warmup", "batch_tokens", "max_rows", "stages", "advance_at",
+                                                      "replay", "final_after", "value_weight", "suffix_frac", "stop_at")})
+
+    def enter(reason: str) -> None:
+        meta["stages"].append({"range": list(cur.range), "step": step, "elapsed": round(time.time() - t0, 1), "why": reason})
+        log(f"curriculum: stage {cur.stage + 1}/{len(cur.stages)} records {cur.range[0]}-{cur.range[1]} ({reason})")
+
     while True:
         now = time.time()
         if now - t0 >= args.train_until or (args.max_steps and step >= args.max_steps):
             break
-        progress = min(1.0, (now - start) / budget)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        progress = min(1.0, max((now - start) / budget, step / args.max_steps if args.max_steps else 0.0))  # the nearer end
+        if progress >= args.final_after and cur.to_final():
+            enter(f"{100 * args.final_after:.0f}% of the training budget spent")
+        lr = lr_at(args, step, progress)
         for g in opt.param_groups:
             g["lr"] = lr
-        n_rec = records_for(rng, progress, tuple(args.records))
+        n_rec = cur.records(rng)
         length = len(vocab.head) + n_rec * task.RECORD_TOKENS + 13 + task.GEN["gen_length"]
-        rows = max(1, min(args.max_rows, args.batch_tokens // length))
+        rows = max(args.min_rows, min(args.max_rows, args.batch_tokens // length))
         ids = task.train_batch(vocab, gen, rows, n_rec, task.GEN["gen_length"], device)  # (rows, P + R)
-        batch = Batch("kv", ids, None, task.GEN["gen_length"], step)  # no padding: no mask, SDPA's fastest kernels
         with torch.autocast("cuda" if on_cuda else "cpu", dtype=torch.bfloat16, enabled=on_cuda):
-            loss, _ = masked_diffusion_loss(model, batch, tok.mask_token_id, generator=gen, shifted=arch == "dream",
-                                            suffix_frac=0.5, eos_id=tok.eos_token_id)
+            loss = kv_loss(model, ids, task.GEN["gen_length"], tok.mask_token_id, tok.eos_token_id, gen, arch == "dream",
+                           args.suffix_frac, args.value_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -160,22 +284,34 @@ def train(model, tok, args, t0: float, device: str, meta: dict) -> None:
         step += 1
         meta["train_steps"], meta["train_tokens"] = step, meta["train_tokens"] + ids.numel()
         window.append(loss.detach())
+        since_val.append(loss.detach())
         if step % args.log_every == 0:
             mean = float(torch.stack(window).mean())
             window = []
             if not math.isfinite(mean):
                 raise SystemExit(f"loss is {mean} at step {step}; lower --lr (now {args.lr})")
-            log(f"train step {step} loss {mean:.4f} lr {lr:.2e} records {n_rec} rows {rows} "
+            log(f"train step {step} loss {mean:.4f} lr {lr:.2e} stage {cur.range[0]}-{cur.range[1]} records {n_rec} rows {rows} "
                 f"tokens {meta['train_tokens'] / 1e6:.1f}M elapsed {time.time() - t0:.0f}s")
-        if time.time() - last_val > args.val_every and progress > 0.3:
-            acc = validate(model, tok, val, device, args.eval_batch)
-            meta["val"].append({"step": step, "elapsed": round(time.time() - t0, 1), "accuracy": acc})
-            log(f"validation step {step}: {100 * acc:.1f}% of {len(val)}")
+        if (step % args.val_steps == 0) if args.val_steps else (time.time() - last_val >= args.val_every):
+            rng_range, was_final = cur.range, cur.final
+            acc = validate(model, tok, val_set(cur.stage), device, args.eval_batch)
+            point = {"step": step, "elapsed": round(time.time() - t0, 1), "records": list(rng_range),
+                     "loss": round(float(torch.stack(since_val).mean()), 4), "accuracy": acc, "lr": lr}
+            since_val = []
+            meta["curve"].append(point)
+            if was_final:
+                meta["val"].append({"step": step, "elapsed": point["elapsed"], "accuracy": acc})
+            log(f"validation step {step} records {rng_range[0]}-{rng_range[1]}: {100 * acc:.1f}% of {len(val_set(cur.stage))}")
             last_val = time.time()
-            if acc >= args.stop_at:
+            if write is not None:
+                write()
+            if was_final and acc >= args.stop_at:
                 meta["stopped"] = f"validation {acc:.3f} >= {args.stop_at}"
                 break
+            if cur.update(acc):
+                enter(f"validation {100 * acc:.1f}% >= {100 * args.advance_at:.0f}%")
     meta["train_seconds"] = round(time.time() - start, 1)
+    meta["final_stage"] = list(cur.range)
     model.eval()
 
 
@@ -318,7 +454,7 @@ def annotate_file(src: Path, dest: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="proxy model folder to start from (eval/tiny/model, eval/tiny/dream_model)")
     p.add_argument("--name", required=True, help="model key in the reports, e.g. llada-kv")
@@ -327,21 +463,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start", type=float, default=None, help="epoch seconds the budgets count from (default: now)")
     p.add_argument("--train-until", type=float, default=250.0, help="stop training this many seconds after --start")
     p.add_argument("--sweep-until", type=float, default=520.0, help="start no sweep row that would end after this")
-    p.add_argument("--max-steps", type=int, default=0, help="stop training after this many steps (0: time only)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=50)
-    p.add_argument("--batch-tokens", type=int, default=98304, help="tokens per training batch")
-    p.add_argument("--max-rows", type=int, default=256)
-    p.add_argument("--records", type=int, nargs=2, default=list(task.RECORDS), help="record range of long rows")
-    p.add_argument("--val-n", type=int, default=128)
-    p.add_argument("--val-every", type=float, default=40.0, help="seconds between validation runs")
-    p.add_argument("--stop-at", type=float, default=0.99, help="stop training once validation reaches this")
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="stop training after this many steps (0: time only); the LR schedule follows the nearer end")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per training batch (rows = this // row length)")
+    p.add_argument("--max-rows", type=int, default=128)
+    p.add_argument("--min-rows", type=int, default=8, help="rows per batch at least (long stages)")
+    p.add_argument("--records", type=int, nargs=2, default=list(task.RECORDS),
+                   help="record range of the held-out set (the last stage)")
+    p.add_argument("--stages", default=",".join(f"{a}-{b}" for a, b in STAGES),
+                   help="curriculum record ranges before --records (those starting at or above its low end are dropped)")
+    p.add_argument("--advance-at", type=float, default=0.9, help="validation accuracy that moves the curriculum on")
+    p.add_argument("--replay", type=float, default=0.2, help="share of rows drawn from the record counts already passed")
+    p.add_argument("--final-after", type=float, default=0.8,
+                   help="share of the training budget after which training moves to --records whatever the stage")
+    p.add_argument("--value-weight", type=float, default=4.0, help="loss weight of the value's digits (others 1)")
+    p.add_argument("--suffix-frac", type=float, default=0.5, help="share of rows masked from a random cut on")
+    p.add_argument("--val-n", type=int, default=128, help="validation examples at the held-out range")
+    p.add_argument("--stage-val-n", type=int, default=64, help="validation examples at an earlier stage's range")
+    p.add_argument("--val-every", type=float, default=4.0, help="seconds between validation runs")
+    p.add_argument("--val-steps", type=int, default=0, help="validate every this many steps instead (0: by --val-every)")
+    p.add_argument("--stop-at", type=float, default=0.99, help="stop training once validation at the held-out range reaches this")
     p.add_argument("--n", type=int, default=task.N_TEST, help="held-out examples in the sweep")
     p.add_argument("--eval-batch", type=int, default=250)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--toy", action="store_true", help="CPU smoke run: short contexts from --records, few rows")
     p.add_argument("--only", default=None, help="comma-separated setting names to sweep (uncached rows always run)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     t0 = args.start or time.time()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from eval.tiny.evaluate import load_model
@@ -362,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{arch} {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params from {args.model}; "
         f"train until {args.train_until}s, sweep until {args.sweep_until}s")
     try:
-        train(model, tok, args, t0, args.device, report["training"])
+        train(model, tok, args, t0, args.device, report["training"], write)
     except Exception as err:
         traceback.print_exc()
         report["errors"].append({"name": "training", "error": repr(err)})

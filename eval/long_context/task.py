@@ -42,6 +42,7 @@ N_TEST = 500
 RECORDS = (185, 300)  # records per held-out prompt: 2.07k-3.34k prompt tokens
 RECORD_TOKENS = 11  # "The", " number", " of", " <name>", " is", " d", "d", "d", "d", ".", "\n"
 DIGITS = 4
+VALUE_OFFSET = 5  # the value's first digit in the response: " The", " number", " of", " <name>", " is", digits...
 GEN = {"gen_length": 16, "steps": 16, "block_length": 8}  # target 10 tokens + eos; two semi-AR blocks for LLaDA
 KEYS = ENTITIES["people"]  # 400 one-token names
 
@@ -73,6 +74,17 @@ def make_example(rng: random.Random, n_records: int) -> dict:
     context = "\n".join(record_text(k, v) for k, v in zip(keys, values))
     return {"context": context, "question": question_text(keys[query]), "answer": values[query], "key": keys[query],
             "keys": keys, "values": values, "query": query}
+
+
+def range_examples(n: int, records: tuple[int, int], seed: int) -> list[dict]:
+    """n examples with record counts uniform in `records` (inclusive), example i from
+    random.Random(f"kv/range/{seed}/{lo}-{hi}/{i}"): the curriculum's per-stage validation sets."""
+    lo, hi = records
+    out = []
+    for i in range(n):
+        rng = random.Random(f"kv/range/{seed}/{lo}-{hi}/{i}")
+        out.append(make_example(rng, rng.randint(lo, hi)))
+    return out
 
 
 def test_examples(n: int = N_TEST, seed: int = TEST_SEED) -> list[dict]:
