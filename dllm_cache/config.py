@@ -14,6 +14,7 @@ POLICIES = ("feature", "block-prefix", "block-dual")
 SELECTIONS = ("paper", "frontier")
 SHIFTED_ROWS = ("prompt", "response")
 BLOCK_STARTS = ("full", "incremental")
+RESPONSE_CLOCKS = ("tokens", "steps")
 KV_CACHE_DTYPES = (None, *_STORED_KV_DTYPES)  # None: K/V in the model's dtype (exact); see dllm_cache.engine.kv_store
 # Decoding window of the frontier selection when the sampler declared no semi-AR block (Dream).
 DEFAULT_FRONTIER_WINDOW = 32
@@ -114,6 +115,16 @@ class CacheConfig:
         in the model's dtype as a shared workspace. Lossy: attention sees K/V rounded to fp8, so logits move
         slightly from the uncached model's; for long prompts on models with many KV heads. See
         dllm_cache.engine.kv_store.""")
+    response_clock: str = _field("tokens", """
+        What response_interval (Kr; cfg_interval for CFG's unconditional pass) counts. "tokens": the response is
+        refreshed once some row has committed Kr tokens since the last response refresh, or after Kr steps,
+        whichever comes first; at one token per step that is the step clock, and under parallel decoding
+        (threshold or factor: ~3 tokens per step on LLaDA-8B at threshold 0.9) refreshes come sooner, because
+        response features go stale per token committed, not per step. The counts come from our samplers at no
+        extra host sync (the threshold / factor rules read them with the step's existing one, a replayed trace
+        has them on the host); forwards the sampler reports nothing for (the fixed schedule, another sampling
+        loop, LLaDA 2.x's in-block cache) follow the step clock. In a batch the row that committed most
+        decides. "steps": every Kr steps whatever was decoded, the paper's rule.""")
 
     def __post_init__(self) -> None:
         required = ("response_interval", "response_min_interval")  # the rest may be None
@@ -128,7 +139,7 @@ class CacheConfig:
                 raise ValueError(f"CacheConfig.{name} must be an integer >= 1{none} ({meaning}), got {value!r}.")
             object.__setattr__(self, name, int(value))  # numpy / torch integers become plain ints
         for name, allowed in (("policy", POLICIES), ("selection", SELECTIONS), ("shifted_row", SHIFTED_ROWS),
-                              ("block_start", BLOCK_STARTS)):
+                              ("block_start", BLOCK_STARTS), ("response_clock", RESPONSE_CLOCKS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"CacheConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
@@ -201,7 +212,8 @@ class CacheConfig:
         """Fields of one cache family set on the other are an error, not silently ignored."""
         if self.is_block:
             defaults = {f.name: f.default for f in fields(self)}
-            feature_only = ("selection", "frontier_only", "layer_ratios", "frontier_window", "shifted_row")
+            feature_only = ("selection", "frontier_only", "layer_ratios", "frontier_window", "shifted_row",
+                            "response_clock")
             wrong = [name for name in feature_only if getattr(self, name) != defaults[name]]
             if wrong:
                 raise ValueError(
@@ -230,6 +242,11 @@ class CacheConfig:
     def is_block(self) -> bool:
         """A block KV-cache policy (Fast-dLLM's prefix or dual cache)."""
         return self.policy != "feature"
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Response refreshes also follow the tokens committed (response_clock "tokens", feature cache)."""
+        return self.response_clock == "tokens" and not self.is_block
 
     @property
     def uncond_response_interval(self) -> int:

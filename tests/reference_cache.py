@@ -21,6 +21,10 @@ the recomputed rows' FFN outputs are taken and every row adds its cached FFN del
 
 Facts taken from reading the engine, each the *definition* the docs leave open:
 - the clocks count steps of the generation from 0 (schedule.plan_step: step % Kp, step % Kr);
+  response_clock "tokens" (CacheConfig's docstring: "once some row has committed Kr tokens since the
+  last response refresh, or after Kr steps, whichever comes first") counts, per row, the response's
+  mask tokens at the last response refresh minus those now (no early-stop fills in these tests), and
+  only when the sampler reports its commits (threshold, factor, replay; not the fixed schedule);
   the drift trigger (drift.plan_drift_step) compares the previous step's drift, 0.0 when it
   measured none, and counts steps since the last response refresh including the current one;
 - a step's drift is the mean over V-verify layers of mean(1 - cos) over batch and response rows;
@@ -149,6 +153,8 @@ class StepRecord:
     refresh_prompt: bool
     refresh_response: bool
     triggered: bool = False  # the response refresh came from the drift trigger
+    since: int = 0  # steps since the last response refresh, counting this one (0 on step 0)
+    committed: int = 0  # the most tokens a row unmasked since the last response refresh (response_clock "tokens")
     drift: float = 0.0
     min_margin: float = math.inf  # smallest top-k boundary gap of the step's selections
     selected: dict = field(default_factory=dict)  # layer -> (batch, R) bool, the recomputed response rows
@@ -159,9 +165,12 @@ class ReferenceFeatureCache:
     the step's ids (batch, seq); it returns the logits of rows [lo, hi) (batch, hi - lo, vocab).
 
     prompt_len / block_length: what the sampler declares (reset_cache(prompt_length=, block_length=)).
+    reports_commits: the sampler reports the tokens it commits (the threshold / factor rules and a replay
+    do, the fixed schedule does not), so response_clock "tokens" applies.
     """
 
-    def __init__(self, model: nn.Module, config: CacheConfig, prompt_len: int, block_length: int | None = None):
+    def __init__(self, model: nn.Module, config: CacheConfig, prompt_len: int, block_length: int | None = None,
+                 reports_commits: bool = False):
         if config.is_block:
             raise ValueError(f"ReferenceFeatureCache models policy='feature', got {config.policy!r}: "
                              "use tests.reference_block_cache.ReferenceBlockCache.")
@@ -173,22 +182,30 @@ class ReferenceFeatureCache:
         self.block_length = block_length
         self.step = 0
         self.since_response = 0  # steps since the last response refresh, as of the last step
+        # response_clock "tokens" counts tokens only where the sampler reports what it commits
+        self.counted = config.response_clock == "tokens" and reports_commits
+        self.refresh_masked: torch.Tensor | None = None  # (batch,) masks per row at the last response refresh
         self.prev_drift = 0.0
         self.refresh_tokens: torch.Tensor | None = None
         self.cache: list[_Layer] = []
         self.records: list[StepRecord] = []
 
     # --- the schedule ---------------------------------------------------------------------------
-    def _plan(self) -> tuple[bool, bool, bool]:
-        """(refresh_prompt, refresh_response, triggered) of the current step."""
+    def _plan(self, masked: torch.Tensor) -> tuple[bool, bool, bool]:
+        """(refresh_prompt, refresh_response, triggered) of the current step; masked: (batch,) mask tokens
+        left in each row's response."""
         s, c = self.step, self.cfg
         prompt = s == 0 if c.prompt_interval is None else s % c.prompt_interval == 0
         if s == 0:
             return True, True, False
-        if c.response_drift_threshold is None:
-            return prompt, s % c.response_interval == 0, False
         since = self.since_response + 1  # counting this step
-        due = since >= c.response_interval
+        # Kr steps since the last response refresh, or ("tokens", counted) Kr tokens unmasked since it in
+        # some row: the masks that row had then minus those it has now
+        committed = int((self.refresh_masked - masked).max()) if self.counted else 0
+        self.clock = (since, committed)
+        due = since >= c.response_interval or committed >= c.response_interval
+        if c.response_drift_threshold is None:
+            return prompt, due, False
         triggered = not due and since >= c.response_min_interval and self.prev_drift >= c.response_drift_threshold
         return prompt, due or triggered, triggered
 
@@ -238,8 +255,12 @@ class ReferenceFeatureCache:
         mask = torch.ones_like(ids) if attention_mask is None else attention_mask
         keep = mask.bool()
         cos, sin = self.m.rope_tables(self.m.positions(mask))
-        refresh_prompt, refresh_response, triggered = self._plan()
-        rec = StepRecord(refresh_prompt, refresh_response, triggered)
+        masked = (ids[:, self.P_tok:] == self.mask_id).sum(dim=1)  # (batch,)
+        self.clock = (0, 0)
+        refresh_prompt, refresh_response, triggered = self._plan(masked)
+        rec = StepRecord(refresh_prompt, refresh_response, triggered, *self.clock)
+        if refresh_response:
+            self.refresh_masked = masked
         prio = None if refresh_response else self._priority(ids, R)
         if refresh_response and self.cfg.selection == "frontier":
             self.refresh_tokens = ids[:, self.P_tok:].clone()

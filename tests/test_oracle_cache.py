@@ -1,7 +1,7 @@
 """The cache against a plain reference of what it defines (tests/reference_cache.py,
 tests/reference_block_cache.py), step by step, on its approximate path: partial steps, prompt
-refreshes, the frontier and paper selections, the drift trigger, per-layer budgets and the block
-policies, on every family, with left padding and batch 3.
+refreshes, the frontier and paper selections, the drift trigger, the token clock under threshold
+decoding, per-layer budgets and the block policies, on every family, with left padding and batch 3.
 
 Each case runs our sampler twice on the same prompts, once on the cached model and once on the
 reference (behind the model's call signature), and compares every step: the input ids (so the
@@ -29,6 +29,9 @@ Mutants this file catches (applied one at a time to a scratch copy of the engine
 (e) block-dual recomputes one row fewer: 8 fail (every block-dual case).
 block_start="incremental" (12 cases, 2026-12-03): a block start recomputing the new block only, or the
 last block's range one row short: 12 fail each; full steps every Kp + 1 steps: 8 fail (every finite-Kp case).
+response_clock="tokens" (12 cases, 2026-12-03): the count compared with > instead of >= Kr: 9 fail; the count
+ignored (the step clock alone): 12 fail; the per-step maximum over rows summed instead of each row's own sum:
+2 fail (of the 4 batch-3 cases; tests/test_response_clock.py pins that rule on the planner).
 Also caught: the frontier ignoring Dream's logit shift (7 fail), layer 0 not always refreshed (24), frontier
 levels weighted 0.001 instead of 3 (20), the drift trigger's `since >= min_interval` as `>` (4),
 block_refresh's `since >= N` as `>` (8), round() for int() in the budget (4: where R * ratio has a
@@ -70,17 +73,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _sample(model, ids, mask, block_length, family_model=None):
+def _sample(model, ids, mask, block_length, family_model=None, threshold=None):
     """Our sampler of the model's family (family_model: the model whose family decides, for the reference)."""
     sampler = llada_generate if sampler_of(family_model or model) == "llada" else dream_generate
-    return sampler(model, ids, mask, gen_length=GEN, steps=_steps(family_model or model), block_length=block_length)
+    return sampler(model, ids, mask, gen_length=GEN, steps=_steps(family_model or model), block_length=block_length,
+                   threshold=threshold)
 
 
 def _steps(model) -> int:
     return STEPS[sampler_of(model)]
 
 
-def _engine_run(model, config, ids, mask, block_length):
+def _engine_run(model, config, ids, mask, block_length, threshold=None):
     """Cached generation; every forward recorded as (ids, rows asked, logits)."""
     calls = []
 
@@ -93,7 +97,7 @@ def _engine_run(model, config, ids, mask, block_length):
     enable_cache(model, config)
     handle = model.register_forward_hook(record, with_kwargs=True)
     try:
-        out = _sample(model, ids, mask, block_length)
+        out = _sample(model, ids, mask, block_length, threshold=threshold)
         stats = cache_stats(model)
     finally:
         handle.remove()
@@ -101,14 +105,17 @@ def _engine_run(model, config, ids, mask, block_length):
     return out, calls, stats
 
 
-def _reference_run(model, config, ids, mask, block_length, monkeypatch):
+def _reference_run(model, config, ids, mask, block_length, monkeypatch, threshold=None):
     """The same generation on the reference; the sampler asks it for its rows as it asks a cached model."""
     declared = block_length or GEN if sampler_of(model) == "llada" else block_length  # what each sampler declares
-    cls = ReferenceBlockCache if config.is_block else ReferenceFeatureCache
-    ref = ReferenceModel(model, cls(model, config, ids.shape[1], declared))
+    if config.is_block:
+        cache = ReferenceBlockCache(model, config, ids.shape[1], declared)
+    else:  # the threshold rule reports what it commits; the fixed schedule does not
+        cache = ReferenceFeatureCache(model, config, ids.shape[1], declared, reports_commits=threshold is not None)
+    ref = ReferenceModel(model, cache)
     cached = generate_module.is_cache_enabled
     monkeypatch.setattr(generate_module, "is_cache_enabled", lambda m: m is ref or cached(m))
-    out = _sample(ref, ids, mask, block_length, model)
+    out = _sample(ref, ids, mask, block_length, model, threshold=threshold)
     monkeypatch.setattr(generate_module, "is_cache_enabled", cached)
     return out, ref
 
@@ -164,6 +171,38 @@ def test_feature_cache_matches_reference(family, name, monkeypatch):
     _compare(calls, ref, out_e, out_r)
     partial = _partial_steps(ref)
     assert partial >= _steps(model) // 2 and stats["partial_steps"] + stats["prompt_refresh_steps"] == partial
+
+
+# Parallel decoding on these tiny random models: their confidences sit around 0.02 .. 0.1, so a threshold of
+# 0.05 commits 1 .. 8 tokens per row and step (a block of 8 in 1 .. 5 steps), and the token clock fires.
+# In a batch a row whose block is full waits, unmasking nothing: its cosines are all exactly 1, a true
+# top-k tie. So selections run on one row ("Kr3", "Kr3+paper+prompt"); the batch rule (the row that
+# committed most) on 3 rows with transfer_ratio 0 ("batch3"), where partial steps select nothing.
+THRESHOLD = 0.05
+TOKEN_CLOCK = {
+    "Kr3": (CacheConfig(response_interval=3), 1),
+    "Kr3+paper+prompt": (CacheConfig(prompt_interval=5, response_interval=3, selection="paper"), 1),
+    "batch3": (CacheConfig(response_interval=4, transfer_ratio=0.0), 3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TOKEN_CLOCK))
+@pytest.mark.parametrize("family", sorted(FACTORIES))
+def test_token_clock_matches_reference(family, name, monkeypatch):
+    """response_clock "tokens" under threshold decoding: a response refresh once some row has unmasked Kr
+    tokens since the last one, or after Kr steps. Some refreshes must come from the tokens alone (fewer
+    than Kr steps since the last), and partial steps must remain."""
+    model = FACTORIES[family]()
+    config, batch = TOKEN_CLOCK[name]
+    ids, mask = _prompts(model)
+    ids, mask = ids[-batch:], None if mask is None else mask[-batch:]  # the last row: 4 pad tokens in front
+    out_e, calls, stats = _engine_run(model, config, ids, mask, BLOCK, THRESHOLD)
+    out_r, ref = _reference_run(model, config, ids, mask, BLOCK, monkeypatch, THRESHOLD)
+    _compare(calls, ref, out_e, out_r)
+    recs = ref.cache.records
+    by_tokens = [i for i, r in enumerate(recs) if r.refresh_response and 0 < r.since < config.response_interval]
+    assert by_tokens, "the token clock never fired alone: pick a lower threshold or a smaller Kr"
+    assert _partial_steps(ref) >= 2 and stats["partial_steps"] + stats["prompt_refresh_steps"] == _partial_steps(ref)
 
 
 DRIFT = CacheConfig(prompt_interval=None, response_interval=8, response_drift_threshold=0.02, response_min_interval=2)

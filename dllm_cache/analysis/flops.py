@@ -510,10 +510,27 @@ def step_kind(step: int, config: CacheConfig | None) -> str:
     return schedule_step_kind(step, config)
 
 
-def schedule_counts(steps: int, config: CacheConfig | None) -> dict[str, int]:
+def feature_kinds(steps: int, config: CacheConfig | None,
+                  committed: Sequence[Sequence[int]] | None = None) -> list[str]:
+    """Kind of each of `steps` denoising steps of the feature cache, as the engine plans them for our
+    samplers (uncached: all "full"). `committed[s][r]`: tokens row r committed at step s, as a
+    threshold / factor sampler or a replay reports them (`dllm_cache.sampling.trace.committed_per_step`
+    of a trace), which response_clock "tokens" counts; None: the step clock alone (the fixed schedule)."""
+    if committed is None or config is None or not config.counts_tokens:
+        return [step_kind(s, config) for s in range(steps)]
+    if config.drift_triggered:
+        step_kind(0, config)  # raises: refreshes follow the measured drift
+    from dllm_cache.engine.schedule import feature_plans
+
+    return [plan.kind for plan in feature_plans(config, steps, committed)]
+
+
+def schedule_counts(steps: int, config: CacheConfig | None,
+                    committed: Sequence[Sequence[int]] | None = None) -> dict[str, int]:
     """Number of steps of each kind over `steps` denoising steps of the feature cache (uncached:
-    all "full"); block policies depend on the blocks, see `block_schedule`."""
-    counts = Counter(step_kind(s, config) for s in range(steps))
+    all "full"; `committed`: see `feature_kinds`); block policies depend on the blocks, see
+    `block_schedule`."""
+    counts = Counter(feature_kinds(steps, config, committed))
     return {kind: counts.get(kind, 0) for kind in FEATURE_KINDS}
 
 
@@ -584,6 +601,7 @@ def generation_cost(
     peak_tbps: float | None = None,
     steps_per_block: list[int] | None = None,
     step_counts: Mapping[str, float] | None = None,
+    committed: Sequence[Sequence[int]] | None = None,
 ) -> GenerationCost:
     """FLOPs, bytes and (optionally) roofline time of a whole generation.
 
@@ -598,6 +616,10 @@ def generation_cost(
     `steps` spread evenly over the blocks. Block policies: their cost depends on it (a refresh per
     block), and the LM head computes the rows our samplers ask for unless `logits_tokens` says
     otherwise; `flops_per_kind` / `bytes_per_kind` are then the mean over that kind's steps.
+
+    `committed`: tokens each batch row committed at each step (`committed[s][r]`; from a trace:
+    `dllm_cache.sampling.trace.committed_per_step`), which the feature cache's response_clock "tokens"
+    counts (`feature_kinds`); None: the step clock, as for the fixed schedule.
 
     `step_counts`: steps of each feature-cache kind a run took (e.g. cache_stats' counts divided
     by its generations; fractions allowed) instead of the schedule's; required with
@@ -624,7 +646,8 @@ def generation_cost(
         shift = _as_dims(dims).logit_shift
         P, R = P - shift, R + shift
     selected = config.layer_counts(R, _as_dims(dims).n_layers, block_length) if config is not None else None
-    counts = schedule_counts(steps, config) if step_counts is None else {k: step_counts.get(k, 0) for k in FEATURE_KINDS}
+    counts = (schedule_counts(steps, config, committed) if step_counts is None
+              else {k: step_counts.get(k, 0) for k in FEATURE_KINDS})
     flops_k: dict[str, int] = {}
     bytes_k: dict[str, int] = {}
     for kind in FEATURE_KINDS:

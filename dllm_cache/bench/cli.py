@@ -68,12 +68,14 @@ def dry_run(args: argparse.Namespace) -> str:
         for setting, dec in plan:
             cfg = setting.to_config() if setting else None
             per_block = dec.steps_per_block(batch, w.gen_len, w.block_length)
-            kinds = run_kinds(cfg, w.prompt_len, w.gen_len, w.steps, w.block_length, per_block, dims.logit_shift)
+            committed = dec.committed(batch, w.gen_len, w.block_length)
+            kinds = run_kinds(cfg, w.prompt_len, w.gen_len, w.steps, w.block_length, per_block, dims.logit_shift,
+                              committed)
             cost = generation_cost(
                 dims, batch, w.prompt_len, w.gen_len, w.steps, cfg, w.block_length,
                 logits_tokens=cached_rows if setting else w.prompt_len + w.gen_len, dtype_bytes=dtype_bytes,
                 peak_tflops=args.peak_tflops or DRY_RUN_PEAKS[0], peak_tbps=args.peak_tbps or DRY_RUN_PEAKS[1],
-                steps_per_block=per_block,
+                steps_per_block=per_block, committed=committed,
             )
             peak = bench_memory.run_peak(config, batch, w.prompt_len, w.gen_len, w.block_length, dtype_bytes,
                                          setting is not None, deltas=cfg is None or not cfg.is_block,

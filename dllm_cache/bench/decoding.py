@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dllm_cache.analysis.flops import block_schedule, step_kind
-from dllm_cache.sampling.trace import ReplaySchedule, batch_rows, read_trace, steps_per_block, summary
+from dllm_cache.analysis.flops import block_schedule, feature_kinds
+from dllm_cache.sampling.trace import ReplaySchedule, batch_rows, committed_per_step, read_trace, steps_per_block, summary
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +53,14 @@ class Decoding:
             return None
         return steps_per_block(self.rows_for(batch), gen_len // (block_length or gen_len))
 
+    def committed(self, batch: int, gen_len: int, block_length: int | None) -> list[list[int]] | None:
+        """Tokens each row unmasks at each step of a replay, (steps, batch), which the feature cache's
+        response_clock "tokens" counts; None for the other rules (a random-weight model under a threshold
+        or factor unmasks one token per step, where the token clock is the step clock)."""
+        if self.trace_path is None:
+            return None
+        return committed_per_step(self.rows_for(batch), gen_len // (block_length or gen_len))
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"rule": self.label or "fixed schedule"}
         if self.trace_path is not None:
@@ -87,11 +95,12 @@ def apply_trace_lengths(workload, decoding: Decoding, explicit: dict[str, Any]):
 
 
 def run_kinds(config: Any | None, prompt_len: int, gen_len: int, steps: int, block_length: int | None,
-              per_block: list[int] | None, logit_shift: int) -> list[str]:
-    """Step kinds of a whole generation, in order (what the cache's stats will count)."""
+              per_block: list[int] | None, logit_shift: int, committed: list[list[int]] | None = None) -> list[str]:
+    """Step kinds of a whole generation, in order (what the cache's stats will count); `committed`:
+    a replay's tokens per step and row (`Decoding.committed`), which the feature cache's token clock counts."""
     if config is not None and config.is_block:
         n_blocks = gen_len // (block_length or gen_len)
         per_block = per_block or [steps // n_blocks] * n_blocks
         return [kind for kind, _, _ in block_schedule(config, prompt_len, gen_len, block_length, per_block, logit_shift)]
     total = sum(per_block) if per_block is not None else steps
-    return [step_kind(s, config) for s in range(total)]
+    return feature_kinds(total, config, committed)

@@ -605,8 +605,9 @@ def run_bench(args: argparse.Namespace, on_row: Callable[[dict[str, Any]], None]
             label += f" + {dec.label}" if dec.label else ""
             bar.set_postfix_str(f"b={batch} {label}")
             per_block = dec.steps_per_block(batch, workload.gen_len, workload.block_length)
+            committed = dec.committed(batch, workload.gen_len, workload.block_length)
             kinds = run_kinds(cache_config, workload.prompt_len, workload.gen_len, workload.steps,
-                              workload.block_length, per_block, dims.logit_shift)
+                              workload.block_length, per_block, dims.logit_shift, committed)
             windowed = _windowed(dec, setting)
             runs, stats = _timed_runs(
                 model, setting, prompts, workload, device, window if windowed else None,
@@ -620,6 +621,7 @@ def run_bench(args: argparse.Namespace, on_row: Callable[[dict[str, Any]], None]
                 cache_config, workload.block_length,
                 logits_tokens=logits_tokens if setting is not None else workload.prompt_len + workload.gen_len,
                 dtype_bytes=dtype_bytes, peak_tflops=peak_tflops, peak_tbps=peak_tbps, steps_per_block=per_block,
+                committed=committed,
             )
             estimate = bench_memory.run_peak(config, batch, workload.prompt_len, workload.gen_len,
                                              workload.block_length, dtype_bytes, setting is not None,

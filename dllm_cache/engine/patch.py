@@ -264,6 +264,14 @@ def declared_generation(model: nn.Module, prompt_length: int, block_length: int 
             reset_cache(model)
 
 
+def note_committed(model: nn.Module, per_row: list[int]) -> None:
+    """A sampler committed `per_row[r]` tokens (host ints) in batch row r since the model's last forward:
+    the feature cache's response clock counts them (CacheConfig.response_clock "tokens"). Our sampling loop
+    calls it after each step; a loop that never does keeps the step clock. No-op if uncached."""
+    if is_cache_enabled(model):
+        _state(model).note_committed(per_row)
+
+
 @contextlib.contextmanager
 def cache_branch(model: nn.Module, name: str) -> Iterator[None]:
     """Route the forwards inside to their own feature store (CFG's "uncond" pass). No-op if uncached."""

@@ -1,8 +1,10 @@
-"""Which feature groups a denoising step refreshes: from the step index alone (the feature cache),
-or from the decoded block (the block KV-cache policies)."""
+"""Which feature groups a denoising step refreshes: from the step index and the tokens committed
+since the last response refresh (the feature cache; CacheConfig.response_clock), or from the decoded
+block (the block KV-cache policies)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..config import CacheConfig
@@ -26,12 +28,47 @@ class StepPlan:
         return "response" if self.refresh_response else "partial"
 
 
-def plan_step(step: int, config: CacheConfig, response_interval: int | None = None) -> StepPlan:
+def response_due(since: int, committed: int, interval: int, config: CacheConfig) -> bool:
+    """Is a response refresh due: `since` steps since the last one (counting this step) reached the
+    interval, or (response_clock "tokens") `committed`, the most tokens one row has committed since it,
+    did. One token per step per row: committed == since - 1 < since, so the step clock decides alone."""
+    return since >= interval or (config.counts_tokens and committed >= interval)
+
+
+def plan_step(step: int, config: CacheConfig, response_interval: int | None = None, since: int | None = None,
+              committed: int = 0) -> StepPlan:
     """Step 0 of a generation refreshes everything; then prompt every Kp (never with Kp None),
-    response every Kr."""
+    response every Kr steps, or, given `since` (steps since the last response refresh, counting this
+    one) and `committed` (the most tokens a row committed since it), by `response_due`. Without
+    them the step clock alone: step % Kr == 0, the refreshes `response_due` gives when no row ever
+    commits Kr tokens between two of them."""
     kr = response_interval or config.response_interval
     kp = config.prompt_interval
-    return StepPlan(refresh_prompt=step == 0 if kp is None else step % kp == 0, refresh_response=step % kr == 0)
+    prompt = step == 0 if kp is None else step % kp == 0
+    if since is None:
+        response = step % kr == 0
+    else:
+        response = step == 0 or response_due(since, committed, kr, config)
+    return StepPlan(refresh_prompt=prompt, refresh_response=response)
+
+
+def feature_plans(config: CacheConfig, steps: int, committed: Sequence[Sequence[int]] | None = None,
+                  response_interval: int | None = None) -> list[StepPlan]:
+    """The feature cache's plan of every step of one generation, as the engine makes it (CacheState.begin_step
+    with the counts our samplers report): `committed[s][r]` tokens row r committed at step s (after its
+    forward; steps past the end of `committed` commit none). None: the step clock alone."""
+    plans: list[StepPlan] = []
+    since, rows = 0, None  # steps since the last response refresh; per row, tokens committed since it
+    for step in range(steps):
+        since += 1
+        plan = plan_step(step, config, response_interval, since, max(rows, default=0) if rows else 0)
+        plans.append(plan)
+        if plan.refresh_response:
+            since, rows = 0, None
+        if committed is not None and step < len(committed):
+            counts = list(committed[step])
+            rows = counts if rows is None else [a + b for a, b in zip(rows, counts)]
+    return plans
 
 
 def step_kind(step: int, config: CacheConfig) -> str:

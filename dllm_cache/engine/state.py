@@ -159,6 +159,9 @@ class BranchState:
     # drift-triggered refresh: the last step's drift, which plans the next one
     since_response: int = 0
     drift: float = 0.0
+    # response_clock "tokens": per batch row, tokens the sampler reported committed since the last response
+    # refresh (CacheState.note_committed); empty when nothing was reported (the step clock alone decides)
+    committed: list[int] = field(default_factory=list)
 
     def persist(self, name: str, value: torch.Tensor | None) -> torch.Tensor | None:
         """Keep `value` in the branch's buffer of that name, in place when the layout allows,
@@ -304,6 +307,19 @@ class CacheState:
             trace = self.stats.drift.setdefault(self.active_branch, DriftTrace())
             trace.add(b.step - 1, b.since_response, drift)
 
+    def note_committed(self, per_row: list[int]) -> None:
+        """The sampler committed `per_row[r]` tokens in row r after the last forward (host ints, read with
+        the step's existing sync): every started branch of the feature cache adds them to its count since
+        its last response refresh (response_clock "tokens"). A batch of another size restarts the count."""
+        if not self.config.counts_tokens:
+            return
+        for b in self.branches.values():
+            if not b.started:
+                continue
+            if len(b.committed) != len(per_row):
+                b.committed = [0] * len(per_row)
+            b.committed = [a + int(n) for a, n in zip(b.committed, per_row)]
+
     def disable_graphs(self) -> None:
         self.graphs_disabled = True
         for b in self.branches.values():
@@ -367,13 +383,17 @@ class CacheState:
         if self.config.is_block:
             plan = self._block_plan(b, input_ids, asked)
         else:
+            committed = max(b.committed, default=0)  # the batch rule: the row that committed most
             if self.config.drift_triggered:  # steps since the refresh, counting this one
-                plan, triggered = plan_drift_step(b.step, b.since_response + 1, b.drift, self.config, b.response_interval)
+                plan, triggered = plan_drift_step(b.step, b.since_response + 1, b.drift, self.config, b.response_interval,
+                                                  committed)
                 self.stats.drift_refreshes += triggered
                 b.drift = 0.0  # until this step's V-verify measures one
             else:
-                plan = plan_step(b.step, self.config, b.response_interval)
+                plan = plan_step(b.step, self.config, b.response_interval, b.since_response + 1, committed)
             b.since_response = 0 if plan.refresh_response else b.since_response + 1
+            if plan.refresh_response:
+                b.committed = []
         b.step += 1
         s = self.stats
         s.steps += 1

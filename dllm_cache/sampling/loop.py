@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..engine.patch import declared_generation
+from ..engine.patch import declared_generation, note_committed
 from .options import check_inputs, to_left_padding
 from .prompt import prompt_tokens
 from .trace import DecodeTrace, ReplaySchedule
@@ -170,7 +170,9 @@ def decode(
                 tokens, picked = rule.step(run, b, i, lo, hi, masked)
                 picked = picked & masked
                 x[:, lo:hi] = torch.where(picked, tokens, block)
-                block_full, done = dec.after_step(b, x[:, lo:hi], x[:, P:], masked, picked)
+                block_full, done = dec.after_step(b, x[:, lo:hi], x[:, P:], masked, picked, i)
+                if dec.committed is not None:  # host ints: the cache's response clock counts tokens
+                    note_committed(model, dec.committed)
                 bar.update(1)
                 if done or block_full:
                     break

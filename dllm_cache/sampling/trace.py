@@ -153,6 +153,18 @@ def steps_per_block(rows: list[dict[str, Any]], num_blocks: int) -> list[int]:
     return [max((len(r["blocks"][b]) for r in rows if b < len(r["blocks"])), default=0) for b in range(num_blocks)]
 
 
+def committed_per_step(rows: list[dict[str, Any]], num_blocks: int) -> list[list[int]]:
+    """Tokens each row unmasked at each step of a batch made of these rows, (steps, batch) as host ints:
+    block by block, `steps_per_block` steps each, 0 once a row's block is full (it waits) or its trace
+    ended. What a replay reports to the cache after each step (CacheConfig.response_clock "tokens"), and
+    what `analysis.flops.generation_cost(committed=...)` plans with."""
+    out: list[list[int]] = []
+    for b, n in enumerate(steps_per_block(rows, num_blocks)):
+        for i in range(n):
+            out.append([r["blocks"][b][i] if b < len(r["blocks"]) and i < len(r["blocks"][b]) else 0 for r in rows])
+    return out
+
+
 def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Mean steps per row, tokens per step and the share of rows that stopped early."""
     steps = [sum(len(b) for b in r["blocks"]) for r in rows]

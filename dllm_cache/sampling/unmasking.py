@@ -152,6 +152,7 @@ class Unmasker:
         self.dynamic = threshold is not None or factor is not None
         self.fixed = not self.dynamic and schedule is None
         self.stopped = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.committed: list[int] | None = None  # the last step's tokens per row, where known on the host
         if trace is not None:
             trace.begin(num_blocks)
 
@@ -174,18 +175,32 @@ class Unmasker:
         return topk_rows(confidence, counts, kmax)
 
     def after_step(self, block: int, window: torch.Tensor, response: torch.Tensor, masked: torch.Tensor,
-                   picked: torch.Tensor) -> tuple[bool, bool]:
-        """After a step updated `window` (the block's columns of x) and `response` (x's generated
-        columns), given the window's masks before the step and what it unmasked: record it, stop
-        finished rows, and return (window full, every row done). Reads the device at most once."""
+                   picked: torch.Tensor, step: int | None = None) -> tuple[bool, bool]:
+        """After step `step` of block `block` updated `window` (the block's columns of x) and `response`
+        (x's generated columns), given the window's masks before the step and what it unmasked: record it,
+        stop finished rows, and return (window full, every row done). Reads the device at most once.
+
+        Sets `committed`: the tokens each row unmasked by the rule this step, as host ints, where they come
+        free (the threshold / factor rules read them with their one sync; a replay has them on the host),
+        else None (the fixed schedule: the cache's response clock then counts steps)."""
+        picked_rows = picked.sum(dim=1) if self.trace is not None or self.dynamic else None  # (batch,)
         if self.trace is not None:
-            self.trace.record(block, picked.sum(dim=1), masked.any(dim=1))
+            self.trace.record(block, picked_rows, masked.any(dim=1))
         if self.stop is not None:
             self.stopped |= self.stop.apply(response, self.mask_id)
+        self.committed = None
+        if self.schedule is not None and step is not None:
+            self.committed = [blocks[block][step] if block < len(blocks) and step < len(blocks[block]) else 0
+                              for blocks in (row["blocks"] for row in self.schedule.rows)]
         if not (self.dynamic or self.stop is not None):
             return False, False
-        window_left, any_left = torch.stack([(window == self.mask_id).any(), (response == self.mask_id).any()]).tolist()
-        return not window_left, not any_left
+        read = torch.stack([(window == self.mask_id).any(), (response == self.mask_id).any()]).long()
+        if self.dynamic:  # the counts ride on the one sync the rule needs anyway
+            read = torch.cat([read, picked_rows.long()])
+        read = read.tolist()
+        if self.dynamic:
+            self.committed = read[2:]
+        return not read[0], not read[1]
 
     def after_block(self, block: int, response: torch.Tensor) -> bool:
         """Replay: fill the rows whose trace ended in this block; True when every row has ended."""
