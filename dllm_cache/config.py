@@ -117,14 +117,15 @@ class CacheConfig:
         dllm_cache.engine.kv_store.""")
     response_clock: str = _field("tokens", """
         What response_interval (Kr; cfg_interval for CFG's unconditional pass) counts. "tokens": the response is
-        refreshed once some row has committed Kr tokens since the last response refresh, or after Kr steps,
-        whichever comes first; at one token per step that is the step clock, and under parallel decoding
-        (threshold or factor: ~3 tokens per step on LLaDA-8B at threshold 0.9) refreshes come sooner, because
-        response features go stale per token committed, not per step. The counts come from our samplers at no
-        extra host sync (the threshold / factor rules read them with the step's existing one, a replayed trace
-        has them on the host); forwards the sampler reports nothing for (the fixed schedule, another sampling
-        loop, LLaDA 2.x's in-block cache) follow the step clock. In a batch the row that committed most
-        decides. "steps": every Kr steps whatever was decoded, the paper's rule.""")
+        refreshed once the rows have committed Kr tokens each (on average over the batch) since the last response
+        refresh, or after Kr steps, whichever comes first; at one token per step that is the step clock, and
+        under parallel decoding (threshold or factor: ~3 tokens per step on LLaDA-8B at threshold 0.9)
+        refreshes come sooner, because response features go stale per token committed, not per step. The counts
+        come from our samplers at no extra host sync (the threshold / factor rules read them with the step's
+        existing one, a replayed trace has them on the host); forwards the sampler reports nothing for (the
+        fixed schedule, another sampling loop, LLaDA 2.x's in-block cache) follow the step clock. The batch mean
+        gives a batch about the plan one row alone would get (dllm_cache.engine.schedule.batch_committed).
+        "steps": every Kr steps whatever was decoded, the paper's rule.""")
 
     def __post_init__(self) -> None:
         required = ("response_interval", "response_min_interval")  # the rest may be None

@@ -21,10 +21,11 @@ the recomputed rows' FFN outputs are taken and every row adds its cached FFN del
 
 Facts taken from reading the engine, each the *definition* the docs leave open:
 - the clocks count steps of the generation from 0 (schedule.plan_step: step % Kp, step % Kr);
-  response_clock "tokens" (CacheConfig's docstring: "once some row has committed Kr tokens since the
-  last response refresh, or after Kr steps, whichever comes first") counts, per row, the response's
-  mask tokens at the last response refresh minus those now (no early-stop fills in these tests), and
-  only when the sampler reports its commits (threshold, factor, replay; not the fixed schedule);
+  response_clock "tokens" (CacheConfig's docstring: "once the rows have committed Kr tokens each (on
+  average over the batch) since the last response refresh, or after Kr steps, whichever comes first")
+  counts, per row, the response's mask tokens at the last response refresh minus those now (no
+  early-stop fills in these tests), averaged over the rows, and only when the sampler reports its
+  commits (threshold, factor, replay; not the fixed schedule);
   the drift trigger (drift.plan_drift_step) compares the previous step's drift, 0.0 when it
   measured none, and counts steps since the last response refresh including the current one;
 - a step's drift is the mean over V-verify layers of mean(1 - cos) over batch and response rows;
@@ -154,7 +155,7 @@ class StepRecord:
     refresh_response: bool
     triggered: bool = False  # the response refresh came from the drift trigger
     since: int = 0  # steps since the last response refresh, counting this one (0 on step 0)
-    committed: int = 0  # the most tokens a row unmasked since the last response refresh (response_clock "tokens")
+    committed: float = 0.0  # tokens unmasked per row since the last response refresh, batch mean (response_clock)
     drift: float = 0.0
     min_margin: float = math.inf  # smallest top-k boundary gap of the step's selections
     selected: dict = field(default_factory=dict)  # layer -> (batch, R) bool, the recomputed response rows
@@ -199,9 +200,9 @@ class ReferenceFeatureCache:
         if s == 0:
             return True, True, False
         since = self.since_response + 1  # counting this step
-        # Kr steps since the last response refresh, or ("tokens", counted) Kr tokens unmasked since it in
-        # some row: the masks that row had then minus those it has now
-        committed = int((self.refresh_masked - masked).max()) if self.counted else 0
+        # Kr steps since the last response refresh, or ("tokens", counted) Kr tokens unmasked since it per
+        # row on average over the batch: the masks a row had then minus those it has now
+        committed = float((self.refresh_masked - masked).double().mean()) if self.counted else 0.0
         self.clock = (since, committed)
         due = since >= c.response_interval or committed >= c.response_interval
         if c.response_drift_threshold is None:
@@ -256,7 +257,7 @@ class ReferenceFeatureCache:
         keep = mask.bool()
         cos, sin = self.m.rope_tables(self.m.positions(mask))
         masked = (ids[:, self.P_tok:] == self.mask_id).sum(dim=1)  # (batch,)
-        self.clock = (0, 0)
+        self.clock = (0, 0.0)
         refresh_prompt, refresh_response, triggered = self._plan(masked)
         rec = StepRecord(refresh_prompt, refresh_response, triggered, *self.clock)
         if refresh_response:

@@ -1,8 +1,8 @@
-"""CacheConfig.response_clock="tokens" (the default): the response is refreshed once some row has committed
-Kr tokens since the last response refresh, or after Kr steps. The oracle cases (the refresh steps and
-every logit, with a threshold sampler) are in tests/test_oracle_cache.py; here: it is the step clock at
-one token per step, the planner (analysis.flops, the bench) plans as the engine runs, under
-FlopCounterMode, it reads no more from the device than the step clock, and its config rules."""
+"""CacheConfig.response_clock="tokens" (the default): the response is refreshed once the rows have
+committed Kr tokens each on average since the last response refresh, or after Kr steps. The oracle cases
+(the refresh steps and every logit, with a threshold sampler) are in tests/test_oracle_cache.py; here:
+it is the step clock at one token per step, the planner (analysis.flops, the bench) plans as the engine
+runs, under FlopCounterMode, it reads no more from the device than the step clock, and its config rules."""
 
 from __future__ import annotations
 
@@ -75,8 +75,8 @@ def test_one_token_per_step_is_the_step_clock(factory):
 @pytest.mark.parametrize("factory", [tiny_llada, tiny_dream], ids=["llada", "dream"])
 def test_flops_and_kinds_are_planned_as_the_engine_runs(factory):
     """Several tokens per step, two rows at different rates: the engine's step kinds are those
-    feature_kinds / the bench's run_kinds plan from the replay's counts (the batch rule: the row that
-    committed most), and FlopCounterMode over the generation equals generation_cost(committed=...)."""
+    feature_kinds / the bench's run_kinds plan from the replay's counts (the batch rule: the mean over
+    rows), and FlopCounterMode over the generation equals generation_cost(committed=...)."""
     model = factory()
     dims = ModelDims.from_config(model.config)
     config = CacheConfig(response_interval=4, prompt_interval=7)
@@ -88,7 +88,7 @@ def test_flops_and_kinds_are_planned_as_the_engine_runs(factory):
     kinds = feature_kinds(steps, config, committed)
     assert {k: kinds.count(k) for k in KINDS} == {k: stats[v] for k, v in STAT.items()}
     assert run_kinds(config, P, R, steps, B, [8, 4, 4, 2], dims.logit_shift, committed) == kinds
-    # row 0 commits 3 + 3 >= 4 tokens by step 2 (the step clock: step 4); then row 1 reaches 4 by step 6
+    # the rows commit (3 + 1) + (3 + 1) = 4 each on average by step 2 (the step clock: step 4); then the step clock
     assert kinds[:8] == ["full", "partial", "response", "partial", "partial", "partial", "response", "prompt"]
     cost = generation_cost(dims, 2, P, R, steps, config, B, logits_tokens=B, committed=committed)
     if dims.logit_shift == 0:  # Dream's first block asks for prompt row P - 1, served from cache: B - 1 head rows
@@ -99,12 +99,14 @@ def test_flops_and_kinds_are_planned_as_the_engine_runs(factory):
 
 def test_the_planner_counts_each_row_and_resets_on_refresh():
     config = CacheConfig(response_interval=4, prompt_interval=None)
-    # committed[s]: reported after step s. Row 0 has 2 + 1 + 1 = 4 by step 3 (refresh), then 3 + 1 by step 6.
-    committed = [[2, 1], [1, 1], [1, 1], [0, 1], [3, 0], [1, 0], [0, 0], [0, 0], [0, 0]]
+    # committed[s]: reported after step s. The rows' mean reaches 4 after step 0 (5, 3) and after step 3
+    # (1 + 0 + 2, 1 + 0 + 4 since the refresh at step 1: 3 and 5); else the step clock (step 8).
+    committed = [[5, 3], [1, 1], [0, 0], [2, 4], [3, 3], [0, 0], [0, 0], [0, 0], [0, 0]]
     kinds = [p.kind for p in feature_plans(config, 9, committed)]
-    assert kinds == ["full", "partial", "partial", "response", "partial", "partial", "response", "partial", "partial"]
-    # rows are counted apart: 2 in each row is not 4 (a per-step maximum summed would refresh at step 2)
-    assert [p.kind for p in feature_plans(config, 3, [[2, 0], [0, 2], [0, 0]])] == ["full", "partial", "partial"]
+    assert kinds == ["full", "response", "partial", "partial", "response", "partial", "partial", "partial", "response"]
+    # the batch rule is the mean over rows: one row far ahead does not refresh the batch alone
+    assert [p.kind for p in feature_plans(config, 3, [[6, 0], [0, 0], [0, 0]])] == ["full", "partial", "partial"]
+    assert [p.kind for p in feature_plans(config, 3, [[6, 2], [0, 0], [0, 0]])] == ["full", "response", "partial"]
     steps_clock = CacheConfig(response_interval=4, prompt_interval=None, response_clock="steps")
     assert [p.kind for p in feature_plans(steps_clock, 9, committed)] == [
         "full", "partial", "partial", "partial", "response", "partial", "partial", "partial", "response"]

@@ -44,15 +44,15 @@ def step_drift(layer_drifts: list[torch.Tensor]) -> float:
 
 
 def plan_drift_step(
-    step: int, since_refresh: int, drift: float, config: CacheConfig, longest: int, committed: int = 0
+    step: int, since_refresh: int, drift: float, config: CacheConfig, longest: int, committed: float = 0
 ) -> tuple[StepPlan, bool]:
     """(plan, drift_triggered) for step `step` of a generation.
 
     since_refresh: steps since the last response refresh; drift: the previous step's `step_drift`;
     longest: the branch's longest interval (response_interval, or cfg_interval for CFG's
-    unconditional pass); committed: the most tokens a row committed since the last response refresh
-    (response_clock "tokens": the longest interval also counts them, `schedule.response_due`). Prompt
-    refreshes keep their Kp clock; step 0 refreshes everything."""
+    unconditional pass); committed: the tokens a row committed since the last response refresh
+    (`schedule.batch_committed`; response_clock "tokens": the longest interval also counts them,
+    `schedule.response_due`). Prompt refreshes keep their Kp clock; step 0 refreshes everything."""
     prompt = plan_step(step, config, longest).refresh_prompt
     if step == 0:
         return StepPlan(refresh_prompt=True, refresh_response=True), False

@@ -24,7 +24,7 @@ import torch
 from ..config import CacheConfig
 from .drift import DriftTrace, plan_drift_step
 from .kv_store import ExactKV, Fp8KV
-from .schedule import StepPlan, block_region, plan_block_step, plan_step
+from .schedule import StepPlan, batch_committed, block_region, plan_block_step, plan_step
 
 
 @dataclass
@@ -383,7 +383,7 @@ class CacheState:
         if self.config.is_block:
             plan = self._block_plan(b, input_ids, asked)
         else:
-            committed = max(b.committed, default=0)  # the batch rule: the row that committed most
+            committed = batch_committed(b.committed)  # the batch rule: the mean over rows
             if self.config.drift_triggered:  # steps since the refresh, counting this one
                 plan, triggered = plan_drift_step(b.step, b.since_response + 1, b.drift, self.config, b.response_interval,
                                                   committed)
