@@ -201,3 +201,26 @@ def test_bench_settings_keep_every_compile_variant_beside_block_policies():
         for kr in (8, 2):
             assert {(policy, kr, False), (policy, kr, True)} <= got
     assert {("block-dual", 8, False), ("block-dual", 8, True)} <= got and len(got) == 10
+
+
+def test_add_rows_keeps_a_later_runs_policy_after_the_main_file(raw, tmp_path):
+    """Rows of a later run (add-rows) sit after the run's main file, keep their own speedup, bring no second baseline."""
+    import shutil
+
+    later = tmp_path / "later"
+    later.mkdir()
+    shutil.copy(raw / "ours_gen32_b1.json", later / "ours_gen32_b1.json")
+    merged = tmp_path / "raw"
+    shutil.copytree(raw, merged)
+    out = real_rate.add_rows(later / "ours_gen32_b1.json", ["block-prefix"], "prefix", "a test", merged)
+    assert out.name == "ours_gen32_b1_prefix.json"
+    kept = json.loads(out.read_text())
+    assert [r["cache"]["policy"] for r in kept["results"]] == ["block-prefix"] and "a test" in kept["meta"]["notes"][-1]
+    names = [p.name for p in sorted(merged.glob("ours_gen*_b*.json"), key=real_rate._order)]
+    assert names == ["ours_gen32_b1.json", "ours_gen32_b1_prefix.json"]
+    rows = real_rate.report(merged, merged / "real_rate.json")
+    ours = [r["setting"] for r in rows if r["impl"] == "ours"]
+    assert ours[0] == "uncached, 1 token/step" and ours.count("uncached, 1 token/step") == 1
+    assert ours.count("block-prefix") == 2 and ours[-1] == "block-prefix"
+    with pytest.raises(SystemExit, match="no rows of policy"):
+        real_rate.add_rows(later / "ours_gen32_b1.json", ["nope"], "x", "", merged)

@@ -4,7 +4,7 @@
 #
 #   PYTHONPATH=. python -m eval.real_rate.traces   # CPU, seconds: eval/results/traces_real-*.json (committed)
 #   bash eval/real_rate/gpu.sh gen256    # ours b1 (graphs + compiled), peers b1, ours b16          (<10 min)
-#   bash eval/real_rate/gpu.sh long      # profile; ours b1 gen 512 and 1024; peers b1 512 and 1024 (<10 min)
+#   bash eval/real_rate/gpu.sh long      # profile; paper + block-prefix b1 gen 512 / 1024; Fast-dLLM b1 512 / 1024 (~10 min)
 #   bash eval/real_rate/gpu.sh report    # real_rate_raw/* -> eval/results/real_rate.json / .md / .png
 #   bash eval/real_rate/gpu.sh block_start  # block-dual vs block_start="incremental": gen 256 b1 / b16, gen 1024 b1 (<10 min)
 #
@@ -41,13 +41,20 @@ if [[ $stage == gen256 ]]; then
   step 220 python -m eval.real_rate ours --gen 256 --batch 16 --compile on --repeats 1
 fi
 
+# Run on 2026-12-03 as three calls (the engine files restored from HEAD first: a GPU call carries the working
+# tree, helpers' edits included): the paper and block-prefix rows at gen 512 / 1024 join the final stage's files
+# through add-rows; Fast-dLLM alone (the original dLLM-Cache at one token per step takes most of a call's time).
 if [[ $stage == long ]]; then
   step 80 python -m eval.gpu.profile_step --workload gsm8k --batch-size 1 --variants compiled+graph \
       --out $R/profile_real_rate_llada8b_b1.txt
-  step 110 python -m eval.real_rate ours --gen 512 --batch 1 --compile on --repeats 2
-  step 120 python -m eval.real_rate ours --gen 1024 --batch 1 --compile on --repeats 2
-  step 90 python -m eval.real_rate peers --gen 512 --batch 1 $PEERS --repeats 1
-  step 160 python -m eval.real_rate peers --gen 1024 --batch 1 $PEERS --repeats 1
+  for g in 512 1024; do
+    step 110 python -m eval.real_rate ours --gen $g --batch 1 --policy paper block-prefix --response-interval 8 \
+        --compile on --repeats 1 --warmup-steps 40 --out-dir $R/real_rate_more
+    python -m eval.real_rate add-rows $R/real_rate_more/ours_gen${g}_b1.json --policy paper --suffix paper
+    python -m eval.real_rate add-rows $R/real_rate_more/ours_gen${g}_b1.json --policy block-prefix --suffix prefix
+  done
+  step 150 python -m eval.real_rate peers --gen 512 --batch 1 $PEERS --repeats 1 --skip dllm-cache-original
+  step 175 python -m eval.real_rate peers --gen 1024 --batch 1 $PEERS --repeats 1 --skip dllm-cache-original
 fi
 
 # What one call could still afford after gen256's first run (its peers and batch-16 steps ran past

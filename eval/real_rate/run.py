@@ -207,9 +207,26 @@ def collect(raw: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list
     return rows, metas, notes
 
 
-def _order(path: Path) -> tuple[int, int]:
-    stem = path.stem.split("_")  # ours_gen256_b1
-    return int(stem[2][1:]), int(stem[1][3:])
+def add_rows(source: Path, policies: list[str], suffix: str, why: str, raw: Path = RAW) -> Path:
+    """Copy the rows of `policies` from a later bench run into real_rate_raw/<its tag>_<suffix>.json. Each row keeps
+    the speedup over its own run's uncached baseline; that run's uncached rows stay out (one baseline per table)."""
+    report = json.loads(source.read_text())
+    keep = [r for r in report["results"] if r["cache"] and r["cache"].get("policy") in policies]
+    if not keep:
+        raise SystemExit(f"{source}: no rows of policy {policies}")
+    report["results"] = keep
+    report["meta"]["notes"].append(f"real_rate: only the {', '.join(policies)} rows of this run ({source.name}) are kept; "
+                                   f"their speedups are over that run's own uncached baseline. {why}".strip())
+    out = raw / f"{report['meta']['tag']}_{suffix}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return out
+
+
+def _order(path: Path) -> tuple[int, int, str]:
+    """(batch, gen, file name): a run's main file (ours_gen512_b1) before the rows added to it by later runs
+    (ours_gen512_b1_paper)."""
+    stem = path.stem.split("_")  # ours_gen256_b1[_suffix]
+    return int(stem[2][1:]), int(stem[1][3:]), "_".join(stem[3:])
 
 
 TARGETS = {(256, 1): 20.0, (512, 1): 30.0, (1024, 1): 50.0, (256, 16): 40.0}
@@ -283,7 +300,7 @@ STAGE_COMMANDS = [
     "PYTHONPATH=. python -m eval.real_rate.traces                      # CPU, seconds",
     "bash eval/real_rate/gpu.sh gen256    # ours b1 (CUDA graphs and compiled); its peers and b16 steps timed out",
     "bash eval/real_rate/gpu.sh final     # Fast-dLLM b1; ours b16 gen 256, b1 gen 512 / 1024 (frontier, block-dual)",
-    "bash eval/real_rate/gpu.sh long      # (not run: device time) profile; every policy at gen 512 / 1024; peers",
+    "bash eval/real_rate/gpu.sh long      # profile; paper + block-prefix at gen 512 / 1024 (add-rows); Fast-dLLM 512 / 1024",
     "PYTHONPATH=. python -m eval.real_rate report",
 ]
 
@@ -350,6 +367,13 @@ def main(argv: list[str] | None = None) -> int:
     pe.add_argument("--device")
     pe.add_argument("--seed", type=int, default=0)
     pe.add_argument("--timeout", type=float, default=None)
+    a = sub.add_parser("add-rows", help="keep some policies' rows of a later bench run beside a run's main file: "
+                                        "real_rate_raw/ours_gen<G>_b<B>_<suffix>.json")
+    a.add_argument("source", type=Path, help="a bench report (ours_gen<G>_b<B>.json of another --out-dir)")
+    a.add_argument("--policy", nargs="+", required=True, help="cache policies whose rows are kept")
+    a.add_argument("--suffix", required=True)
+    a.add_argument("--why", default="", help="a sentence for the report's notes (e.g. why other rows were dropped)")
+    a.add_argument("--raw", type=Path, default=RAW)
     r = sub.add_parser("report", help="real_rate_raw/* -> real_rate.json / .md / .png")
     r.add_argument("--raw", type=Path, default=RAW)
     r.add_argument("--out", type=Path, default=RESULTS / "real_rate.json")
@@ -360,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         return bench.main(bench_argv(args.gen, args.batch, args.compile, args.repeats, args.out_dir, args.max_steps,
                                      args.shape, args.trace, args.prompt_len, tuple(args.policy),
                                      tuple(args.response_interval), args.warmup_steps))
+    if args.cmd == "add-rows":
+        print(add_rows(args.source, args.policy, args.suffix, args.why, args.raw))
+        return 0
     if args.cmd == "peers":
         print(run_peers(args))
         return 0
