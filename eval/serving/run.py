@@ -320,6 +320,8 @@ def write_outputs(result: dict, out: Path, plot: bool = True) -> None:
         lines.append("\n**Incomplete run.** " + (f"Not measured: {'; '.join(lacking)}." if lacking else
                                                   "Every requested row was measured, but the run did not finish.")
                      + (f" {result['note']}" if result.get("note") else ""))
+    elif result.get("note"):
+        lines.append(f"\n{result['note']}")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     if plot:
         draw(result, out.with_suffix(".png"))
