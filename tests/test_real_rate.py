@@ -224,3 +224,27 @@ def test_add_rows_keeps_a_later_runs_policy_after_the_main_file(raw, tmp_path):
     assert ours.count("block-prefix") == 2 and ours[-1] == "block-prefix"
     with pytest.raises(SystemExit, match="no rows of policy"):
         real_rate.add_rows(later / "ours_gen32_b1.json", ["nope"], "x", "", merged)
+
+
+def test_peers_run_fast_dllm_first_and_keep_its_rows_when_the_original_is_cut(tmp_path, monkeypatch):
+    """The peers stage writes after each implementation: a time limit hit by the slow original (one token per step)
+    leaves Fast-dLLM's rows, which run first, on disk."""
+    from eval.peers import run as peers
+
+    order = []
+
+    def fake_spawn(impl, spec, timeout):
+        order.append(impl)
+        if impl == "dllm-cache-original":
+            raise KeyboardInterrupt  # what the stage's time limit does to the process
+        return [{"setting": s["setting"], "seconds": 1.5, "steps": 10} for s in spec["settings"]]
+
+    monkeypatch.setattr(peers, "_spawn", fake_spawn)
+    trace = make_trace("llada", 32, n_rows=1)
+    path = write_trace(tmp_path / "trace32.json", trace["rows"], trace["meta"])
+    with pytest.raises(KeyboardInterrupt):
+        real_rate.main(["peers", "--gen", "32", "--shape", "tiny-llada", "--trace", str(path), "--prompt-len", "8",
+                        "--device", "cpu", "--dllm-cache-repo", "x", "--fast-dllm-repo", "y", "--out-dir", str(tmp_path)])
+    assert order == ["fast-dllm", "dllm-cache-original"]
+    rows = json.loads((tmp_path / "peers_gen32_b1.json").read_text())["rows"]
+    assert [r["impl"] for r in rows] == ["fast-dllm", "fast-dllm"] and all(r["seconds"] == 1.5 for r in rows)

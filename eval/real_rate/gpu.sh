@@ -57,6 +57,20 @@ if [[ $stage == long ]]; then
   step 175 python -m eval.real_rate peers --gen 1024 --batch 1 $PEERS --repeats 1 --skip dllm-cache-original
 fi
 
+# Still to run (issue 25): the original dLLM-Cache code at gen 512 / 1024 (one token per step: 512 / 1024 steps of its
+# step, twice with the warm-up; Fast-dLLM runs first and its rows are written before the original starts), and the
+# paper and block-prefix policies at batch 16.
+if [[ $stage == rest ]]; then
+  step 200 python -m eval.real_rate peers --gen 512 --batch 1 $PEERS --repeats 1 --out-dir $R/real_rate_more
+  step 330 python -m eval.real_rate peers --gen 1024 --batch 1 $PEERS --repeats 1 --out-dir $R/real_rate_more
+fi
+if [[ $stage == b16 ]]; then
+  step 400 python -m eval.real_rate ours --gen 256 --batch 16 --policy paper block-prefix --response-interval 8 \
+      --compile on --repeats 1 --warmup-steps 20 --out-dir $R/real_rate_more
+  python -m eval.real_rate add-rows $R/real_rate_more/ours_gen256_b16.json --policy paper --suffix paper
+  python -m eval.real_rate add-rows $R/real_rate_more/ours_gen256_b16.json --policy block-prefix --suffix prefix
+fi
+
 # What one call could still afford after gen256's first run (its peers and batch-16 steps ran past
 # their limits): Fast-dLLM alone at gen 256, then the two fastest policies at batch 16 and at
 # gen 512 / 1024, with a 20-40-step warm-up (every cached step kind at least twice) instead of a whole generation.

@@ -115,14 +115,14 @@ def rows_from_bench(report: dict[str, Any]) -> list[dict[str, Any]]:
 def peer_settings(trace_row: dict[str, Any], batch: int) -> dict[str, list[dict[str, Any]]]:
     """eval/peers/run.py worker settings: Fast-dLLM dual and prefix at the real rate (batch 1 only: its
     generate functions build x as (1, prompt + gen)), the original dLLM-Cache at one token per step."""
-    out: dict[str, list[dict[str, Any]]] = {
-        "dllm-cache-original": [{"setting": "cache (Kp 100, Kr 8, r 0.25), 1 token/step", "peer_cache": {
-            "prompt_interval": PAPER["prompt_interval"], "response_interval": PAPER["response_interval"],
-            "transfer_ratio": PAPER["transfer_ratio"]}}]}
-    if batch == 1:
+    out: dict[str, list[dict[str, Any]]] = {}
+    if batch == 1:  # first: the rows the targets compare with; the original at one token per step is the slow one
         out["fast-dllm"] = [{"setting": f"{kind} cache + threshold {THRESHOLD:g}, real rate", "function": fn,
                              "threshold": THRESHOLD, "trace_row": trace_row}
                             for kind, fn in (("dual", "generate_with_dual_cache"), ("prefix", "generate_with_prefix_cache"))]
+    out["dllm-cache-original"] = [{"setting": "cache (Kp 100, Kr 8, r 0.25), 1 token/step", "peer_cache": {
+        "prompt_interval": PAPER["prompt_interval"], "response_interval": PAPER["response_interval"],
+        "transfer_ratio": PAPER["transfer_ratio"]}}]
     return out
 
 
@@ -146,6 +146,15 @@ def run_peers(args: argparse.Namespace) -> Path:
         settings = {k: v for k, v in settings.items() if k not in args.skip}
     repos = {"dllm-cache-original": args.dllm_cache_repo, "fast-dllm": args.fast_dllm_repo}
     rows = []
+    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    path = args.out_dir / f"peers_gen{gen}_b{args.batch}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:  # after each implementation: a later one cut by a time limit leaves the earlier rows
+        out = {"gen_length": gen, "batch": args.batch, "workload": WORKLOAD, "prompt_len": args.prompt_len,
+               "device": device_name, "trace": str(args.trace or trace_file(args.gen)), "rows": rows}
+        path.write_text(json.dumps(out, indent=1) + "\n")
+
     for impl, impl_settings in settings.items():
         if not repos[impl]:
             continue
@@ -157,12 +166,8 @@ def run_peers(args: argparse.Namespace) -> Path:
             rows.append({"impl": impl, "setting": r["setting"], "seconds": r.get("seconds"),
                          "all_seconds": r.get("all_seconds"), "steps": r.get("steps"), "error": r.get("error"),
                          "replayed_counts": r.get("replayed_counts")})
-    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
-    out = {"gen_length": gen, "batch": args.batch, "workload": WORKLOAD, "prompt_len": args.prompt_len,
-           "device": device_name, "trace": str(args.trace or trace_file(args.gen)), "rows": rows}
-    path = args.out_dir / f"peers_gen{gen}_b{args.batch}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1) + "\n")
+        write()
+    write()
     return path
 
 
