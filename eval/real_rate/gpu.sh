@@ -58,11 +58,14 @@ if [[ $stage == long ]]; then
 fi
 
 # Still to run (issue 25): the original dLLM-Cache code at gen 512 / 1024 (one token per step: 512 / 1024 steps of its
-# step, twice with the warm-up; Fast-dLLM runs first and its rows are written before the original starts), and the
+# step, twice with the warm-up), and the
 # paper and block-prefix policies at batch 16.
 if [[ $stage == rest ]]; then
-  step 200 python -m eval.real_rate peers --gen 512 --batch 1 $PEERS --repeats 1 --out-dir $R/real_rate_more
-  step 330 python -m eval.real_rate peers --gen 1024 --batch 1 $PEERS --repeats 1 --out-dir $R/real_rate_more
+  for g in 512 1024; do  # peers_gen<G>_b1_original.json sits beside the Fast-dLLM file (the report reads both)
+    step $((g == 512 ? 200 : 330)) python -m eval.real_rate peers --gen $g --batch 1 $PEERS --repeats 1 --skip fast-dllm \
+        --out-dir $R/real_rate_more
+    cp $R/real_rate_more/peers_gen${g}_b1.json $RAW/peers_gen${g}_b1_original.json 2>/dev/null
+  done
 fi
 if [[ $stage == b16 ]]; then
   step 400 python -m eval.real_rate ours --gen 256 --batch 16 --policy paper block-prefix --response-interval 8 \
