@@ -108,10 +108,11 @@ def test_curriculum_advances_only_on_a_passing_validation_and_never_past_the_hel
         Curriculum([])
 
 
-def test_kv_loss_is_the_sft_loss_with_the_value_digits_weighted(tok):
-    """value_weight 1 is exactly eval.tiny.train's masked_diffusion_loss (same draws); the loss is affine in
-    the weight, and VALUE_OFFSET points at the value's digits in the rendered response."""
-    from dllm_cache.models.tiny import tiny_llada
+@pytest.mark.parametrize("shifted", [False, True], ids=["llada", "dream"])
+def test_kv_loss_is_the_sft_loss_with_the_value_digits_weighted(tok, shifted):
+    """value_weight 1 is eval.tiny.train's masked_diffusion_loss (same draws; Dream through its shifted
+    head); the loss is affine in the weight, and VALUE_OFFSET points at the value's digits in the response."""
+    from dllm_cache.models.tiny import tiny_dream, tiny_llada
     from eval.long_context.run import kv_loss
     from eval.tiny.train import Batch, masked_diffusion_loss
 
@@ -120,16 +121,18 @@ def test_kv_loss_is_the_sft_loss_with_the_value_digits_weighted(tok):
     _, response = task.render_ids(vocab, *task.example_tensors(ex), task.GEN["gen_length"])
     digits = tok(" " + ex["answer"], add_special_tokens=False)["input_ids"]
     assert response[0, task.VALUE_OFFSET:task.VALUE_OFFSET + task.DIGITS].tolist() == digits
-    model = tiny_llada(vocab_size=2048, embedding_size=2048)
+    model = tiny_dream(vocab_size=2048) if shifted else tiny_llada(vocab_size=2048, embedding_size=2048)
     ids = task.train_batch(vocab, torch.Generator().manual_seed(1), rows=6, n_records=3, gen_length=16, device="cpu")
 
     def ours(w):
-        return kv_loss(model, ids, 16, tok.mask_token_id, tok.eos_token_id, torch.Generator().manual_seed(5), False, 0.5, w)
+        return kv_loss(model, ids, 16, tok.mask_token_id, tok.eos_token_id, torch.Generator().manual_seed(5), shifted, 0.5, w)
 
     ref, _ = masked_diffusion_loss(model, Batch("kv", ids, None, 16, 0), tok.mask_token_id,
-                                   generator=torch.Generator().manual_seed(5), suffix_frac=0.5, eos_id=tok.eos_token_id)
+                                   generator=torch.Generator().manual_seed(5), shifted=shifted, suffix_frac=0.5,
+                                   eos_id=tok.eos_token_id)
     with torch.no_grad():
         one, two, four = ours(1.0), ours(2.0), ours(4.0)
+        ref = ref.detach()
     torch.testing.assert_close(one, ref)
     assert float(two - one) > 0  # some digit was masked in 6 rows
     torch.testing.assert_close(four - one, 3 * (two - one))

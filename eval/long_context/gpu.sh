@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # One device call (<= 560 s): fine-tune the LLaDA and the Dream proxy on kv-retrieval side by side on
 # one GPU (two processes: a d384 model leaves most of an H200 idle) through the gated record curriculum
-# of run.py (2-4 records first, small batches, many steps; the next range once validation there is
+# of run.py (1-2 records first, small batches, many steps; the next range once validation there is
 # >= 90%; the held-out 185-300 last, or after 80% of the training budget whatever the stage), then each
-# exports its model and runs the long-task frontier; both count their budgets from the same start. Packs into $OUT (<= 8 files, <= 16 MB each):
+# exports its model and runs the long-task frontier (uncached, default, paper default, threshold rows
+# first: run.settings()); both count their budgets from the same start. Packs into $OUT (<= 8 files,
+# <= 16 MB each):
 #   frontier_llada-kv.json, frontier_dream-kv.json, llada.log, dream.log, models.tar.part-aa.. (the
 #   fine-tuned bf16 weights + tokenizers, split; keep them out of the repository: build/ is ignored).
 #
-#   run(command="bash eval/long_context/gpu.sh", timeout_s=570)
+#   run(command="bash eval/long_context/gpu.sh", timeout_s=560)
 # Toy check on CPU (short contexts, 6 training steps through two curriculum stages, a few rows):
 #   TOY=1 OUT=/tmp/toy bash eval/long_context/gpu.sh
 set -u

@@ -12,7 +12,7 @@ is never crossed and whatever finished is written:
    objective (Dream through its shifted head; `kv_loss`: half the rows masked from a random cut on as
    semi-AR decoding sees them, the value's digits weighted --value-weight) on batches of ~--batch-tokens
    tokens drawn on the device by `task.train_batch`, through a gated record curriculum (`Curriculum`):
-   --stages (2-4 records first, many small steps) each until a validation set of that range is
+   --stages (1-2 records first, many small steps) each until a validation set of that range is
    --advance-at right, then the held-out range (also once --final-after of the budget is spent). The
    learning curve (step, records, loss, validation) goes into the report's "training" object;
 2. export (bf16 weights + tokenizer to <out>/model);
@@ -97,7 +97,7 @@ def _config_fields(cfg) -> dict | None:
 # learnt the format and the copied name but never which record holds the asked key (loss flat at ~0.5,
 # the digits' entropy; recall 12/12 with 1 record, 4/12 with 8). Associative recall forms where the
 # answer is a large share of the tokens and steps are many; longer contexts only dilute it after that.
-STAGES = ((2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 128), (128, 184))
+STAGES = ((1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 128), (128, 184))
 
 
 def parse_stages(text: str) -> list[tuple[int, int]]:
@@ -189,24 +189,27 @@ def kv_loss(model, ids: torch.Tensor, gen_length: int, mask_id: int, eos_id: int
         p = torch.where(suffix_row, masked.sum(1).float() / R, p).clamp_min(1.0 / R)
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
     logits = model(noisy).logits  # (rows, L, vocab)
-    if shifted:  # Dream: position i - 1 predicts token i (masked positions are response positions >= 1)
-        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-    weight = torch.ones(L, device=ids.device)
-    start = L - R + task.VALUE_OFFSET
-    weight[start:start + task.DIGITS] = value_weight
-    weight = ((1.0 / p)[:, None] * weight[None, :] / R)[masked]  # (n_masked,)
-    token_loss = F.cross_entropy(logits[masked].float(), ids[masked], reduction="none")
+    # Dream: position i - 1 predicts token i; a response token's logits are then at L - R - 1 .. L - 2
+    logits = logits[:, L - R - 1:L - 1] if shifted else logits[:, L - R:]  # (rows, R, vocab)
+    weight = torch.ones(R, device=ids.device)
+    weight[task.VALUE_OFFSET:task.VALUE_OFFSET + task.DIGITS] = value_weight
+    # dense over the R response positions, zero where not masked: no boolean indexing, so no host sync per step
+    weight = masked[:, L - R:].float() * (1.0 / p)[:, None] * weight[None, :] / R  # (rows, R)
+    token_loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, L - R:].flatten(), reduction="none").view(rows, R)
     return (token_loss * weight).sum() / rows
 
 
 def validate(model, tok, examples: list[dict], device: str, batch_size: int) -> float:
+    """Exact-match accuracy of greedy generation (the sweep's sampler) on `examples`; bf16 autocast on CUDA,
+    as the sweep runs the exported bf16 model."""
     from eval.tiny.evaluate import generate_texts
 
     was = model.training
     model.eval()
     try:
-        texts = generate_texts(model, tok, [task.prompt_of(e) for e in examples], device=device, settings=gen_for(model),
-                               batch_size=batch_size)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+            texts = generate_texts(model, tok, [task.prompt_of(e) for e in examples], device=device, settings=gen_for(model),
+                                   batch_size=batch_size)
     finally:
         model.train(was)
     return sum(task.is_correct(t, e["answer"]) for t, e in zip(texts, examples)) / max(1, len(examples))
@@ -246,12 +249,13 @@ def train(model, tok, args, t0: float, device: str, meta: dict, write=None) -> N
         return val_sets[stage]
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    on_cuda = device.startswith("cuda")
+    # fused: one kernel for the whole update instead of a few per tensor (small steps are launch-bound)
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1, fused=on_cuda)
     budget = max(1.0, args.train_until - (time.time() - t0))
     start = time.time()
-    on_cuda = device.startswith("cuda")
     model.train()
-    step, window, last_val, since_val = 0, [], time.time(), []
+    step, window, last_val, since_val, val_gap = 0, [], time.time(), [], args.val_every
     meta.update(train_steps=0, train_tokens=0, val=[], curve=[], stages=[{"range": list(cur.range), "step": 0, "elapsed": 0.0}],
                 recipe={k: getattr(args, k) for k in ("lr", "warmup", "batch_tokens", "max_rows", "stages", "advance_at",
                                                       "replay", "final_after", "value_weight", "suffix_frac", "stop_at")})
@@ -292,9 +296,11 @@ def train(model, tok, args, t0: float, device: str, meta: dict, write=None) -> N
                 raise SystemExit(f"loss is {mean} at step {step}; lower --lr (now {args.lr})")
             log(f"train step {step} loss {mean:.4f} lr {lr:.2e} stage {cur.range[0]}-{cur.range[1]} records {n_rec} rows {rows} "
                 f"tokens {meta['train_tokens'] / 1e6:.1f}M elapsed {time.time() - t0:.0f}s")
-        if (step % args.val_steps == 0) if args.val_steps else (time.time() - last_val >= args.val_every):
+        if (step % args.val_steps == 0) if args.val_steps else (time.time() - last_val >= val_gap):
             rng_range, was_final = cur.range, cur.final
+            v0 = time.time()
             acc = validate(model, tok, val_set(cur.stage), device, args.eval_batch)
+            val_gap = max(args.val_every, 3 * (time.time() - v0))  # validation <= ~1/4 of the time at long stages
             point = {"step": step, "elapsed": round(time.time() - t0, 1), "records": list(rng_range),
                      "loss": round(float(torch.stack(since_val).mean()), 4), "accuracy": acc, "lr": lr}
             since_val = []

@@ -141,6 +141,21 @@ class Vocab:
         self.first_digit = torch.tensor(ids([f"\u2581{d}" for d in range(10)]))  # " d" opens a number
         self.digit = torch.tensor(ids([str(d) for d in range(10)]))
         self.eos = tok.eos_token_id
+        self._on: dict[str, dict[str, torch.Tensor]] = {}
+
+    def on(self, device) -> dict[str, torch.Tensor]:
+        """The pieces as tensors on `device`, made once per device. Why: a host-to-device copy per
+        training step blocks the host until the GPU's queue drains, and at small batches the steps
+        are launch-bound, so every copy would idle the GPU while the next step is being launched."""
+        key = str(device)
+        if key not in self._on:
+            pre, mid, post = self.record
+            lists = {"pre": pre, "mid": mid, "post": post, "head": self.head, "question": self.question,
+                     "tail": self.tail, "answer": self.answer}
+            out = {k: torch.tensor(v, device=device) for k, v in lists.items()}
+            out.update(key=self.key.to(device), first_digit=self.first_digit.to(device), digit=self.digit.to(device))
+            self._on[key] = out
+        return self._on[key]
 
 
 def render_ids(vocab: Vocab, keys: torch.Tensor, values: torch.Tensor, query: torch.Tensor, gen_length: int) -> tuple:
@@ -152,22 +167,21 @@ def render_ids(vocab: Vocab, keys: torch.Tensor, values: torch.Tensor, query: to
     """
     B, R = keys.shape
     dev = keys.device
-    key_ids = vocab.key.to(dev)[keys]  # (B, R)
-    digits = torch.cat([vocab.first_digit.to(dev)[values[..., :1]], vocab.digit.to(dev)[values[..., 1:]]], dim=-1)  # (B, R, 4)
-    pre, mid, post = (torch.tensor(x, device=dev) for x in vocab.record)
+    t = vocab.on(dev)
+    key_ids = t["key"][keys]  # (B, R)
+    digits = torch.cat([t["first_digit"][values[..., :1]], t["digit"][values[..., 1:]]], dim=-1)  # (B, R, 4)
+    pre, mid, post = t["pre"], t["mid"], t["post"]
 
-    def rows(t: torch.Tensor, *lead: int) -> torch.Tensor:
-        return t.expand(*lead, t.shape[-1])
+    def rows(x: torch.Tensor, *lead: int) -> torch.Tensor:
+        return x.expand(*lead, x.shape[-1])
 
     records = torch.cat([rows(pre, B, R), key_ids[..., None], rows(mid, B, R), digits, rows(post, B, R)], dim=-1)  # (B, R, 11)
-    head = torch.tensor(vocab.head, device=dev).expand(B, -1)
+    head = t["head"].expand(B, -1)
     q_key = key_ids.gather(1, query[:, None])  # (B, 1)
-    question = torch.cat([rows(torch.tensor(vocab.question, device=dev), B), q_key,
-                          rows(torch.tensor(vocab.tail, device=dev), B)], dim=1)
+    question = torch.cat([rows(t["question"], B), q_key, rows(t["tail"], B)], dim=1)
     prompt = torch.cat([head, records.reshape(B, R * RECORD_TOKENS), question], dim=1)  # (B, P)
     q_digits = digits.gather(1, query[:, None, None].expand(B, 1, DIGITS))[:, 0]  # (B, 4)
-    target = torch.cat([rows(torch.tensor(vocab.answer, device=dev), B), q_key, rows(mid, B), q_digits,
-                        rows(torch.tensor(vocab.record[2][:1], device=dev), B)], dim=1)  # (B, 10)
+    target = torch.cat([rows(t["answer"], B), q_key, rows(mid, B), q_digits, rows(post[:1], B)], dim=1)  # (B, 10)
     if target.shape[1] > gen_length:
         raise ValueError(f"gen_length {gen_length} is shorter than the target ({target.shape[1]} tokens)")
     response = torch.cat([target, torch.full((B, gen_length - target.shape[1]), vocab.eos, device=dev)], dim=1)
