@@ -32,7 +32,8 @@ if [ -n "${TOY:-}" ]; then
   TRAIN_UNTIL=90 SWEEP_UNTIL=900 HARD=1200  # loading alone can take a minute on a busy CPU
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
-for spec in "llada eval/tiny/model" "dream eval/tiny/dream_model"; do
+# LLADA_FROM / DREAM_FROM: another starting point (e.g. a carried, already fine-tuned model folder)
+for spec in "llada ${LLADA_FROM:-eval/tiny/model}" "dream ${DREAM_FROM:-eval/tiny/dream_model}"; do
   set -- $spec
   timeout -s INT "$HARD" python -m eval.long_context.run --model "$2" --name "$1-kv" --out "$WORK/$1" --start "$START" \
     --train-until "$TRAIN_UNTIL" --sweep-until "$SWEEP_UNTIL" "${EXTRA[@]}" > "$WORK/$1.log" 2>&1 &

@@ -264,7 +264,33 @@ def train(model, tok, args, t0: float, device: str, meta: dict, write=None) -> N
         meta["stages"].append({"range": list(cur.range), "step": step, "elapsed": round(time.time() - t0, 1), "why": reason})
         log(f"curriculum: stage {cur.stage + 1}/{len(cur.stages)} records {cur.range[0]}-{cur.range[1]} ({reason})")
 
-    while True:
+    def check(lr: float) -> bool:
+        """Validate at the current stage, record the point, move the curriculum on if it passed; whether
+        training should stop (the held-out range reached --stop-at)."""
+        nonlocal since_val, last_val, val_gap
+        rng_range, was_final = cur.range, cur.final
+        v0 = time.time()
+        acc = validate(model, tok, val_set(cur.stage), device, args.eval_batch)
+        val_gap = max(args.val_every, 3 * (time.time() - v0))  # validation <= ~1/4 of the time at long stages
+        point = {"step": step, "elapsed": round(time.time() - t0, 1), "records": list(rng_range),
+                 "loss": round(float(torch.stack(since_val).mean()), 4) if since_val else None, "accuracy": acc, "lr": lr}
+        since_val = []
+        meta["curve"].append(point)
+        if was_final:
+            meta["val"].append({"step": step, "elapsed": point["elapsed"], "accuracy": acc})
+        log(f"validation step {step} records {rng_range[0]}-{rng_range[1]}: {100 * acc:.1f}% of {len(val_set(cur.stage))}")
+        last_val = time.time()
+        if write is not None:
+            write()
+        if was_final and acc >= args.stop_at:
+            meta["stopped"] = f"validation {acc:.3f} >= {args.stop_at}"
+            return True
+        if cur.update(acc):
+            enter(f"validation {100 * acc:.1f}% >= {100 * args.advance_at:.0f}%")
+        return False
+
+    stop = check(0.0)  # step 0: where the model starts (a model that already passes moves on at once)
+    while not stop:
         now = time.time()
         if now - t0 >= args.train_until or (args.max_steps and step >= args.max_steps):
             break
@@ -296,26 +322,8 @@ def train(model, tok, args, t0: float, device: str, meta: dict, write=None) -> N
                 raise SystemExit(f"loss is {mean} at step {step}; lower --lr (now {args.lr})")
             log(f"train step {step} loss {mean:.4f} lr {lr:.2e} stage {cur.range[0]}-{cur.range[1]} records {n_rec} rows {rows} "
                 f"tokens {meta['train_tokens'] / 1e6:.1f}M elapsed {time.time() - t0:.0f}s")
-        if (step % args.val_steps == 0) if args.val_steps else (time.time() - last_val >= val_gap):
-            rng_range, was_final = cur.range, cur.final
-            v0 = time.time()
-            acc = validate(model, tok, val_set(cur.stage), device, args.eval_batch)
-            val_gap = max(args.val_every, 3 * (time.time() - v0))  # validation <= ~1/4 of the time at long stages
-            point = {"step": step, "elapsed": round(time.time() - t0, 1), "records": list(rng_range),
-                     "loss": round(float(torch.stack(since_val).mean()), 4), "accuracy": acc, "lr": lr}
-            since_val = []
-            meta["curve"].append(point)
-            if was_final:
-                meta["val"].append({"step": step, "elapsed": point["elapsed"], "accuracy": acc})
-            log(f"validation step {step} records {rng_range[0]}-{rng_range[1]}: {100 * acc:.1f}% of {len(val_set(cur.stage))}")
-            last_val = time.time()
-            if write is not None:
-                write()
-            if was_final and acc >= args.stop_at:
-                meta["stopped"] = f"validation {acc:.3f} >= {args.stop_at}"
-                break
-            if cur.update(acc):
-                enter(f"validation {100 * acc:.1f}% >= {100 * args.advance_at:.0f}%")
+        if ((step % args.val_steps == 0) if args.val_steps else (time.time() - last_val >= val_gap)) and check(lr):
+            break
     meta["train_seconds"] = round(time.time() - start, 1)
     meta["final_stage"] = list(cur.range)
     model.eval()
