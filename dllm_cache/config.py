@@ -115,7 +115,7 @@ class CacheConfig:
         in the model's dtype as a shared workspace. Lossy: attention sees K/V rounded to fp8, so logits move
         slightly from the uncached model's; for long prompts on models with many KV heads. See
         dllm_cache.engine.kv_store.""")
-    response_clock: str = _field("tokens", """
+    response_clock: str = _field("steps", """
         What response_interval (Kr; cfg_interval for CFG's unconditional pass) counts. "tokens": the response is
         refreshed once the rows have committed Kr tokens each (on average over the batch) since the last response
         refresh, or after Kr steps, whichever comes first; at one token per step that is the step clock, and
@@ -125,7 +125,9 @@ class CacheConfig:
         existing one, a replayed trace has them on the host); forwards the sampler reports nothing for (the
         fixed schedule, another sampling loop, LLaDA 2.x's in-block cache) follow the step clock. The batch mean
         gives a batch about the plan one row alone would get (dllm_cache.engine.schedule.batch_committed).
-        "steps": every Kr steps whatever was decoded, the paper's rule.""")
+        "steps" (the default): every Kr steps whatever was decoded, the paper's rule. "tokens" is opt-in: on the
+        shipped LLaDA proxy at threshold 0.9 it did not beat the step clock and cost more FLOPs
+        (eval/results/adaptive_interval_cpu.md).""")
 
     def __post_init__(self) -> None:
         required = ("response_interval", "response_min_interval")  # the rest may be None

@@ -104,7 +104,7 @@ CACHE_FIELD_VALUES = {
     "response_min_interval": ("2", {"response_drift_threshold": "0.1"}, 2),
     "layer_ratios": ("0.5:0.25:0.75", {}, (0.5, 0.25, 0.75)),  # one per layer of the tiny models (3)
     "kv_cache_dtype": ("fp8", {}, "fp8"),
-    "response_clock": ("steps", {}, "steps"),
+    "response_clock": ("tokens", {}, "tokens"),
 }
 CACHE_FIELDS = [f.name for f in dataclasses.fields(CacheConfig)]
 

@@ -180,9 +180,10 @@ def test_feature_cache_matches_reference(family, name, monkeypatch):
 # rows) on 3 rows with transfer_ratio 0 ("batch3"), where partial steps select nothing.
 THRESHOLD = 0.05
 TOKEN_CLOCK = {
-    "Kr3": (CacheConfig(response_interval=3), 1),
-    "Kr3+paper+prompt": (CacheConfig(prompt_interval=5, response_interval=3, selection="paper"), 1),
-    "batch3": (CacheConfig(response_interval=4, transfer_ratio=0.0), 3),
+    "Kr3": (CacheConfig(response_interval=3, response_clock="tokens"), 1),
+    "Kr3+paper+prompt": (CacheConfig(prompt_interval=5, response_interval=3, selection="paper",
+                                     response_clock="tokens"), 1),
+    "batch3": (CacheConfig(response_interval=4, transfer_ratio=0.0, response_clock="tokens"), 3),
 }
 
 

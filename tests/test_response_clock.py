@@ -1,4 +1,4 @@
-"""CacheConfig.response_clock="tokens" (the default): the response is refreshed once the rows have
+"""CacheConfig.response_clock="tokens" (opt-in): the response is refreshed once the rows have
 committed Kr tokens each on average since the last response refresh, or after Kr steps. The oracle cases
 (the refresh steps and every logit, with a threshold sampler) are in tests/test_oracle_cache.py; here:
 it is the step clock at one token per step, the planner (analysis.flops, the bench) plans as the engine
@@ -62,7 +62,7 @@ def _replay(model, config, rows, counter=None):
 def test_one_token_per_step_is_the_step_clock(factory):
     """At one token per step the token clock refreshes on exactly the step clock's steps: same logits."""
     model = factory()
-    config = CacheConfig(response_interval=4, prompt_interval=6)
+    config = CacheConfig(response_interval=4, prompt_interval=6, response_clock="tokens")
     out_t, logits_t, stats_t = _replay(model, config, ONE_PER_STEP)
     out_s, logits_s, stats_s = _replay(model, CacheConfig(response_interval=4, prompt_interval=6,
                                                           response_clock="steps"), ONE_PER_STEP)
@@ -79,7 +79,7 @@ def test_flops_and_kinds_are_planned_as_the_engine_runs(factory):
     rows), and FlopCounterMode over the generation equals generation_cost(committed=...)."""
     model = factory()
     dims = ModelDims.from_config(model.config)
-    config = CacheConfig(response_interval=4, prompt_interval=7)
+    config = CacheConfig(response_interval=4, prompt_interval=7, response_clock="tokens")
     counter = FlopCounterMode(display=False, custom_mapping=_extra_flop_formulas())
     _, logits, stats = _replay(model, config, ROWS, counter)
     committed = committed_per_step(ROWS, R // B)
@@ -98,7 +98,7 @@ def test_flops_and_kinds_are_planned_as_the_engine_runs(factory):
 
 
 def test_the_planner_counts_each_row_and_resets_on_refresh():
-    config = CacheConfig(response_interval=4, prompt_interval=None)
+    config = CacheConfig(response_interval=4, prompt_interval=None, response_clock="tokens")
     # committed[s]: reported after step s. The rows' mean reaches 4 after step 0 (5, 3) and after step 3
     # (1 + 0 + 2, 1 + 0 + 4 since the refresh at step 1: 3 and 5); else the step clock (step 8).
     committed = [[5, 3], [1, 1], [0, 0], [2, 4], [3, 3], [0, 0], [0, 0], [0, 0], [0, 0]]
@@ -137,7 +137,8 @@ def test_threshold_decoding_reads_the_device_no_more_than_the_step_clock(monkeyp
 
 
 def test_drift_trigger_keeps_the_token_clock_as_its_longest_interval():
-    config = CacheConfig(response_interval=8, response_drift_threshold=0.5, response_min_interval=2)
+    config = CacheConfig(response_interval=8, response_drift_threshold=0.5, response_min_interval=2,
+                         response_clock="tokens")
     plan, triggered = plan_drift_step(3, 3, 0.0, config, 8, committed=8)
     assert plan.refresh_response and not triggered
     plan, _ = plan_drift_step(3, 3, 0.0, config, 8, committed=7)
@@ -148,5 +149,6 @@ def test_config_rules():
     with pytest.raises(ValueError, match="response_clock must be one of"):
         CacheConfig(response_clock="token")
     with pytest.raises(ValueError, match="response_clock"):
-        CacheConfig(policy="block-dual", response_clock="steps")
-    assert CacheConfig().counts_tokens and not CacheConfig(policy="block-dual").counts_tokens
+        CacheConfig(policy="block-dual", response_clock="tokens")
+    assert CacheConfig(response_clock="tokens").counts_tokens and not CacheConfig().counts_tokens
+    assert not CacheConfig(policy="block-dual").counts_tokens
