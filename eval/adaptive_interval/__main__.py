@@ -1,0 +1,3 @@
+from eval.adaptive_interval.run import main
+
+raise SystemExit(main())
