@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -39,7 +37,7 @@ from dllm_cache import CacheConfig, cache_enabled, cache_stats, shipped
 from dllm_cache.analysis.flops import FEATURE_KINDS, ModelDims, feature_kinds, generation_cost
 from dllm_cache.sampling.generate import generate
 from dllm_cache.sampling.trace import DecodeTrace, committed_per_step
-from eval.block_start.run import BLOCK, GEN, load
+from eval.block_start.run import BLOCK, GEN, cpu_meta, load
 from eval.frontier.paired import correct_indices, paired_object
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -253,10 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.n, args.batch, args.extra, args.work_dir)
     report = {
         "meta": {
-            "model": str(shipped.default_model_dir()), "prompts": str(shipped.default_prompts_file()),
-            "gen_length": GEN, "block_length": BLOCK,
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
-                       f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+            **cpu_meta(),
             "command": "PYTHONPATH=. nice -n 10 python -m eval.adaptive_interval "
                        + shlex.join(argv if argv is not None else sys.argv[1:]),
             "wall_seconds": time.perf_counter() - t0,  # of this call; settings found in --work-dir are not re-run

@@ -47,6 +47,14 @@ SETTINGS = {
 }
 
 
+def cpu_meta() -> dict:
+    """The model, problems, lengths and machine a CPU quality run records (this study's and eval/adaptive_interval's)."""
+    return {"model": str(shipped.default_model_dir()), "prompts": str(shipped.default_prompts_file()),
+            "gen_length": GEN, "block_length": BLOCK,
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
+                       f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
+
+
 def load(n: int):
     from eval.tiny.evaluate import load_model
 
@@ -165,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = [c for c in old.get("meta", {}).get("commands", []) if c != command] + [command]
     report = {
         "meta": {
-            "model": str(shipped.default_model_dir()), "prompts": str(shipped.default_prompts_file()),
-            "gen_length": GEN, "block_length": BLOCK,
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
-                       f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+            **cpu_meta(),
             "commands": commands,
             "wall_seconds_last_run": time.perf_counter() - t0,
         },
