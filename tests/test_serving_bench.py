@@ -148,3 +148,13 @@ def test_engine_wave_static_and_continuous_paths_agree(tmp_path):
     args.caches = ["default"]  # the feature cache is not batched continuously: refused, not measured
     with pytest.raises(SystemExit, match="continuously"):
         engine_wave(args, rows=1, repeats=1)
+
+
+def test_percentile_interpolates_between_requests():
+    """The p50 of two requests is their mean (nearest rank rounded half to even gave the faster one)."""
+    from eval.serving.run import percentile
+
+    assert percentile([1.0, 3.0], 0.5) == 2.0
+    assert percentile([5.0, 1.0, 3.0], 0.5) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.99) == pytest.approx(4.96)
+    assert percentile([], 0.5) is None

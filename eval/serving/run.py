@@ -97,10 +97,13 @@ def drill_prompts(count: int, seed: int = 20261203) -> list[str]:
 
 
 def percentile(values: list[float], q: float) -> float | None:
+    """The q-quantile with linear interpolation between order statistics (numpy's default): the p50 of two
+    requests is their mean, not the faster one (rounded nearest rank, used before 2026-12-03, gave that)."""
     if not values:
         return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values, dtype=float), 100 * q))
 
 
 async def _one(client: httpx.AsyncClient, body: dict) -> dict:
