@@ -281,6 +281,11 @@ def test_metrics_are_prometheus_text(server):
                  'dllm_cache_steps_total{kind="partial"}', 'dllm_cache_steps_total{kind="full"}'):
         assert name in text, name
     assert metric(server.url, "dllm_completion_tokens_total") > 0
+    before = metric(server.url, "dllm_time_to_first_block_seconds_count")
+    body = {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 8, "n": 2, "stream": True}
+    r = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+    assert metric(server.url, "dllm_time_to_first_block_seconds_count") == before + 1  # one request, n = 2
 
 
 def test_dream_family_serves(tmp_path):

@@ -252,7 +252,7 @@ def build_app(engine: Engine, *, max_batch_size: int = 16, max_wait_ms: float = 
                 # client that a block is done, so the time to the first block is the time to the first chunk.
                 choice = pending.choices[index]
                 text = choice.delta()
-                if not first_sent[index]:
+                if not any(first_sent):  # once per request, whatever its n
                     metrics.first_block.observe(time.monotonic() - t0)
                 yield _sse(chunk_body(rid, engine.name, index, text, choice.reason, chat=chat, first=not first_sent[index]))
                 first_sent[index], closed[index] = True, choice.reason is not None
