@@ -669,6 +669,34 @@ def generation_cost(
     )
 
 
+class _StepTally:
+    """A generation's cost summed step by step, for schedules whose steps of one kind differ in size (block
+    policies, block diffusion): totals, counts, the mean FLOPs / bytes per kind, and the roofline summed over
+    steps when both peaks are given."""
+
+    def __init__(self, peak_tflops: float | None, peak_tbps: float | None) -> None:
+        self.peaks = (peak_tflops, peak_tbps) if peak_tflops and peak_tbps else None
+        self.counts = dict.fromkeys(STEP_KINDS, 0)
+        self.flops_k = dict.fromkeys(STEP_KINDS, 0)
+        self.bytes_k = dict.fromkeys(STEP_KINDS, 0)
+        self.roofline = 0.0
+
+    def add(self, kind: str, flops: int, nbytes: int) -> None:
+        self.counts[kind] += 1
+        self.flops_k[kind] += flops
+        self.bytes_k[kind] += nbytes
+        if self.peaks:
+            self.roofline += roofline_seconds(flops, nbytes, *self.peaks)
+
+    def cost(self) -> GenerationCost:
+        mean = {k: n or 1 for k, n in self.counts.items()}  # kinds never run keep 0
+        return GenerationCost(flops=sum(self.flops_k.values()), bytes=sum(self.bytes_k.values()),
+                              step_counts=dict(self.counts),
+                              flops_per_kind={k: v // mean[k] for k, v in self.flops_k.items()},
+                              bytes_per_kind={k: v // mean[k] for k, v in self.bytes_k.items()},
+                              roofline_s=self.roofline if self.peaks else None)
+
+
 def _block_generation_cost(dims, batch, P, R, steps, config, block_length, logits_tokens, dtype_bytes, peak_tflops,
                            peak_tbps, steps_per_block) -> GenerationCost:
     """generation_cost under a block policy: summed step by step (block steps differ by block)."""
@@ -678,28 +706,12 @@ def _block_generation_cost(dims, batch, P, R, steps, config, block_length, logit
         if steps % n_blocks:
             raise ValueError(f"steps ({steps}) must be a multiple of the number of blocks ({n_blocks})")
         steps_per_block = [steps // n_blocks] * n_blocks
-    counts = dict.fromkeys(STEP_KINDS, 0)
-    flops_k = dict.fromkeys(STEP_KINDS, 0)
-    bytes_k = dict.fromkeys(STEP_KINDS, 0)
-    total_flops = total_bytes = 0
-    roofline = 0.0
+    tally = _StepTally(peak_tflops, peak_tbps)
     for kind, rows, asked in block_schedule(config, P, R, block_length, steps_per_block, d.logit_shift):
         head = asked if logits_tokens is None else logits_tokens
-        f = step_flops(d, batch, P, R, kind, logits_tokens=head, rows=rows)
-        b = step_bytes(d, batch, P, R, kind, logits_tokens=head, dtype_bytes=dtype_bytes, rows=rows)
-        counts[kind] += 1
-        flops_k[kind] += f
-        bytes_k[kind] += b
-        total_flops += f
-        total_bytes += b
-        if peak_tflops and peak_tbps:
-            roofline += roofline_seconds(f, b, peak_tflops, peak_tbps)
-    for kind, n in counts.items():
-        if n:
-            flops_k[kind] //= n
-            bytes_k[kind] //= n
-    return GenerationCost(flops=total_flops, bytes=total_bytes, step_counts=counts, flops_per_kind=flops_k,
-                          bytes_per_kind=bytes_k, roofline_s=roofline if peak_tflops and peak_tbps else None)
+        tally.add(kind, step_flops(d, batch, P, R, kind, logits_tokens=head, rows=rows),
+                  step_bytes(d, batch, P, R, kind, logits_tokens=head, dtype_bytes=dtype_bytes, rows=rows))
+    return tally.cost()
 
 
 def _block_causal_generation_cost(d: ModelDims, batch, P, R, steps, config, block_length, logits_tokens, dtype_bytes,
@@ -734,11 +746,7 @@ def _block_causal_generation_cost(d: ModelDims, batch, P, R, steps, config, bloc
                          f"decodes {n_blocks - first}")
     feature = config is not None and not config.is_block and config.response_interval != 1
     selected = config.layer_counts(B, d.n_layers, B) if config is not None else None
-    counts = dict.fromkeys(STEP_KINDS, 0)
-    flops_k = dict.fromkeys(STEP_KINDS, 0)
-    bytes_k = dict.fromkeys(STEP_KINDS, 0)
-    total_flops = total_bytes = 0
-    roofline = 0.0
+    tally = _StepTally(peak_tflops, peak_tbps)
     committed = 0
     for j, n in enumerate(steps_per_block):
         lo = (first + j) * B
@@ -760,19 +768,8 @@ def _block_causal_generation_cost(d: ModelDims, batch, P, R, steps, config, bloc
                     f = step_flops(d, batch, lo, B, kind, logits_tokens=head, selected=selected)
                     b = step_bytes(d, batch, lo, B, kind, logits_tokens=head, dtype_bytes=dtype_bytes,
                                    selected=selected)
-            counts[kind] += 1
-            flops_k[kind] += f
-            bytes_k[kind] += b
-            total_flops += f
-            total_bytes += b
-            if peak_tflops and peak_tbps:
-                roofline += roofline_seconds(f, b, peak_tflops, peak_tbps)
-    for kind, n in counts.items():
-        if n:
-            flops_k[kind] //= n
-            bytes_k[kind] //= n
-    return GenerationCost(flops=total_flops, bytes=total_bytes, step_counts=counts, flops_per_kind=flops_k,
-                          bytes_per_kind=bytes_k, roofline_s=roofline if peak_tflops and peak_tbps else None)
+            tally.add(kind, f, b)
+    return tally.cost()
 
 
 def generation_flops(
