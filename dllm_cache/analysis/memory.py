@@ -270,15 +270,23 @@ def check_block_causal_fits(dims: ModelDims, batch: int, prompt_len: int, gen_le
         return cache + estimate_step_bytes(dims, b, max(prompt_len, block_length), block_length, dtype_bytes)
 
     if need(batch) > free:
-        fits = largest_batch(need, free)
-        raise NotEnoughMemoryError(
-            f"dllm-cache: a cached block-diffusion generation of batch {batch} (prompt {prompt_len} + gen {gen_len}, "
-            f"blocks of {block_length}) needs about {gib(need(batch))} on {device} (K/V of every column, one block's "
-            f"features, a step's temporaries), but {gib(free)} is free. "
-            + (f"The largest batch that fits is {fits}: split the batch. " if fits else
-               "Even batch 1 does not fit: shorten the prompt or the generation. ")
-            + f"(Estimate from the shapes; set {CHECK_ENV}=0 to try anyway.)"
-        )
+        raise _not_enough(f"a cached block-diffusion generation of batch {batch} (prompt {prompt_len} + gen {gen_len}, "
+                          f"blocks of {block_length})", need, batch, free, device,
+                          "K/V of every column, one block's features, a step's temporaries",
+                          "shorten the prompt or the generation")
+
+
+def _not_enough(what: str, need: Callable[[int], int], batch: int, available: int, device: torch.device | str, parts: str,
+                shorten: str) -> NotEnoughMemoryError:
+    """The fit checks' one error: what needs how much (`parts`: of what) against what is free, and the largest
+    batch that would fit, or what to shorten when not even batch 1 does."""
+    fits = largest_batch(need, available)
+    return NotEnoughMemoryError(
+        f"dllm-cache: {what} needs about {gib(need(batch))} on {device} ({parts}), but {gib(available)} is free. "
+        + (f"The largest batch that fits is {fits}: split the batch. " if fits else
+           f"Even batch 1 does not fit: {shorten}. ")
+        + f"(Estimate from the shapes; set {CHECK_ENV}=0 to try anyway.)"
+    )
 
 
 def check_generation_fits(
@@ -326,12 +334,6 @@ def check_generation_fits(
 
         available = free + held.get(device, 0)
         if need(batch) > available:
-            fits = largest_batch(need, available)
-            raise NotEnoughMemoryError(
-                f"dllm-cache: a cached generation of batch {batch} x {seq} tokens (prompt {P}) needs about "
-                f"{gib(need(batch))} on {device} ({n_layers} layers' cache and a full step's temporaries), "
-                f"but {gib(available)} is free. "
-                + (f"The largest batch that fits is {fits}: split the batch. " if fits else
-                   "Even batch 1 does not fit: shorten the prompt. ")
-                + f"(Estimate from the shapes; set {CHECK_ENV}=0 to try anyway.)"
-            )
+            raise _not_enough(f"a cached generation of batch {batch} x {seq} tokens (prompt {P})", need, batch,
+                              available, device, f"{n_layers} layers' cache and a full step's temporaries",
+                              "shorten the prompt")
