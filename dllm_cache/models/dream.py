@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
-from .layers import RMSNorm, attend, embed_inputs, key_mask_from, positions_from_mask
+from .layers import RMSNorm, attend, embed_inputs, init_weights, key_mask_from, positions_from_mask
 from .rope import apply_rope, rope_cos_sin
 
 
@@ -137,12 +137,7 @@ class DreamPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, RMSNorm):
-            nn.init.ones_(module.weight)
+        init_weights(module)
 
 
 class DreamBaseModel(nn.Module):

@@ -21,6 +21,17 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """The `_init_weights` of every family here (transformers calls it on each module of a fresh model):
+    linear and embedding weights ~ N(0, std) with zero biases, RMS norms at one."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=std)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, RMSNorm):
+        nn.init.ones_(module.weight)
+
+
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None
 ) -> torch.Tensor:

@@ -35,7 +35,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
-from .layers import RMSNorm, embed_inputs, positions_from_mask
+from .layers import RMSNorm, embed_inputs, init_weights, positions_from_mask
 from .rope import apply_rope, rope_cos_sin
 
 LLADA2_MASK_ID = 156895
@@ -304,13 +304,8 @@ class LLaDA2MoePreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, RMSNorm):
-            nn.init.ones_(module.weight)
-        elif isinstance(module, LLaDA2MoeGate):
+        init_weights(module)
+        if isinstance(module, LLaDA2MoeGate):
             nn.init.normal_(module.weight, std=0.02)
             nn.init.zeros_(module.expert_bias)
 
