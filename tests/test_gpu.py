@@ -38,7 +38,7 @@ from dllm_cache.models.tiny import tiny_dream, tiny_llada
 from dllm_cache.sampling.generate import generate
 from tests.conftest import FACTORIES
 from tests.test_kv_fp8 import MAX_REL, MIN_ARGMAX
-from tests.trajectory import logit_deviation, trajectory
+from tests.trajectory import logit_deviation, step_logits, trajectory
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -65,20 +65,6 @@ def _on_cuda(model, dtype=torch.float32):
 def _traj(model, batch=3, steps=6, resp_len=R, **kw):
     seqs, mask = trajectory(model, batch, P, resp_len, steps, **kw)
     return [s.to(CUDA) for s in seqs], mask.to(CUDA)
-
-
-def _logits(model, seqs, mask, config, prompt_len=P):
-    """Float32 copies of each step's logits, uncached (config None) or cached. Copied at once: a replayed
-    graph's logits live in a buffer the next step overwrites, and .float() of float32 logits is no copy."""
-    def run() -> list[torch.Tensor]:
-        return [model(s, attention_mask=mask).logits.float().clone() for s in seqs]
-
-    with torch.no_grad():
-        if config is None:
-            return run()
-        with cache_enabled(model, config):
-            reset_cache(model, prompt_length=prompt_len)
-            return run()
 
 
 def _max_err(a, b) -> float:
@@ -134,7 +120,7 @@ def test_graph_replay_equals_eager_step_by_step(factory, name, dtype):
     model = _on_cuda(factory(), dtype)
     seqs, mask = _traj(model, steps=14, resp_len=32)  # 2 tokens unmasked per step
     config = GRAPH_CONFIGS[name]
-    eager = _logits(model, seqs, mask, replace(config, cuda_graphs=False))
+    eager = step_logits(model, seqs, mask, replace(config, cuda_graphs=False), P)
     with _no_fallback():
         with torch.no_grad(), cache_enabled(model, config):
             reset_cache(model, prompt_length=P)
@@ -178,10 +164,10 @@ def test_compiled_layer_equals_eager_on_cuda():
     torch._dynamo.reset()  # compile afresh: the counter below then proves this test traced the layer
     model = _on_cuda(tiny_llada(n_layers=2))
     seqs, mask = _traj(model, steps=10, resp_len=32)
-    eager = _logits(model, seqs, mask, CacheConfig(100, 4, 0.25, cuda_graphs=False))
+    eager = step_logits(model, seqs, mask, CacheConfig(100, 4, 0.25, cuda_graphs=False), P)
     before = counters["stats"]["calls_captured"]
     with _no_fallback():
-        out = _logits(model, seqs, mask, CacheConfig(100, 4, 0.25, compile=True, cuda_graphs=True))
+        out = step_logits(model, seqs, mask, CacheConfig(100, 4, 0.25, compile=True, cuda_graphs=True), P)
     assert counters["stats"]["calls_captured"] > before
     assert _max_err(out, eager) <= ATOL_FP32
 
@@ -192,9 +178,9 @@ def test_compiled_layer_reproduces_uncached_on_cuda():
     model = _on_cuda(tiny_llada(n_layers=2))
     seqs, mask = trajectory(model, 2, 0, 16, 6, padded=False)
     seqs, mask = [s.to(CUDA) for s in seqs], mask.to(CUDA)
-    ref = _logits(model, seqs, mask, None, 0)
+    ref = step_logits(model, seqs, mask, None, 0)
     with _no_fallback():
-        out = _logits(model, seqs, mask, CacheConfig(100, 8, 1.0, compile=True), 0)
+        out = step_logits(model, seqs, mask, CacheConfig(100, 8, 1.0, compile=True), 0)
     assert _max_err(out, ref) <= ATOL_FP32
 
 
@@ -303,8 +289,8 @@ def test_fp8_refresh_every_step_is_close_to_uncached_on_cuda(family):
     """Nothing stale: what remains is fp8's rounding of K/V, within test_kv_fp8's bound (float32 model)."""
     model = _on_cuda(FACTORIES[family](std=0.02).eval())
     seqs, mask = _traj(model)
-    ref = _logits(model, seqs, mask, None)
-    out = _logits(model, seqs, mask, CacheConfig(1, 1, kv_cache_dtype="fp8"))
+    ref = step_logits(model, seqs, mask, None, P)
+    out = step_logits(model, seqs, mask, CacheConfig(1, 1, kv_cache_dtype="fp8"), P)
     d = logit_deviation(out, ref, *_response_rows(model))
     assert 0 < d["max_rel"] <= MAX_REL, d
     assert d["argmax_agreement"] >= MIN_ARGMAX, d
@@ -322,8 +308,8 @@ def test_refresh_every_step_equals_uncached_fp32_on_cuda(family, every):
     """float32, padded batch: nothing stale, so the cached logits are the uncached ones within ATOL_FP32."""
     model = _on_cuda(FACTORIES[family]())
     seqs, mask = _traj(model)
-    ref = _logits(model, seqs, mask, None)
-    out = _logits(model, seqs, mask, EVERY_STEP[every])
+    ref = step_logits(model, seqs, mask, None, P)
+    out = step_logits(model, seqs, mask, EVERY_STEP[every], P)
     assert _max_err(out, ref) <= ATOL_FP32
 
 
@@ -333,8 +319,8 @@ def test_refresh_every_step_equals_uncached_bf16_on_cuda(family, every):
     """bfloat16 on calm models: cached within BF16_REL of uncached, both in bf16 on the GPU."""
     model = _on_cuda(FACTORIES[family](std=0.02), torch.bfloat16)
     seqs, mask = _traj(model)
-    ref = _logits(model, seqs, mask, None)
-    out = _logits(model, seqs, mask, EVERY_STEP[every])
+    ref = step_logits(model, seqs, mask, None, P)
+    out = step_logits(model, seqs, mask, EVERY_STEP[every], P)
     scale = max(r.abs().max().item() for r in ref)
     assert _max_err(out, ref) <= BF16_REL * scale
 
@@ -344,9 +330,9 @@ def test_bf16_cached_stays_near_fp32_uncached(family):
     """What a bf16 deployment costs against the float32 model, cache included (refresh every step)."""
     ref_model = _on_cuda(FACTORIES[family](std=0.02))
     seqs, mask = _traj(ref_model)
-    ref = _logits(ref_model, seqs, mask, None)
+    ref = step_logits(ref_model, seqs, mask, None, P)
     model = _on_cuda(FACTORIES[family](std=0.02), torch.bfloat16)  # the same weights, built afresh
-    out = _logits(model, seqs, mask, CacheConfig(1, 8, 1.0))
+    out = step_logits(model, seqs, mask, CacheConfig(1, 8, 1.0), P)
     d = logit_deviation(out, ref, *_response_rows(model))
     assert 0 < d["max_rel"] <= BF16_VS_FP32_REL, d  # > 0: the model really ran in bf16
     assert d["argmax_agreement"] >= MIN_ARGMAX, d
