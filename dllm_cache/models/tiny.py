@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 
 from .dream import DreamConfig, DreamModel
@@ -97,22 +99,24 @@ def tiny_dream(seed: int = 0, std: float = 0.15, **overrides) -> DreamModel:
     return _seeded(DreamModel, tiny_dream_config(**overrides), seed, std)
 
 
-def tiny_llada_moe(seed: int = 0, std: float = 0.15, **overrides) -> LLaDAMoEModelLM:
-    model = _seeded(LLaDAMoEModelLM, tiny_llada_moe_config(**overrides), seed, std)
-    with torch.no_grad():  # a nonzero expert bias, so routing depends on it as in a trained checkpoint
+_M = TypeVar("_M", bound=torch.nn.Module)
+
+
+def _with_expert_bias(model: _M) -> _M:
+    """A nonzero expert bias (MoE routers), so routing depends on it as in a trained checkpoint."""
+    with torch.no_grad():
         for name, buf in model.named_buffers():
             if name.endswith("expert_bias"):
                 buf.normal_(0.0, 0.05)
     return model
+
+
+def tiny_llada_moe(seed: int = 0, std: float = 0.15, **overrides) -> LLaDAMoEModelLM:
+    return _with_expert_bias(_seeded(LLaDAMoEModelLM, tiny_llada_moe_config(**overrides), seed, std))
 
 
 def tiny_llada2(seed: int = 0, std: float = 0.15, **overrides) -> LLaDA2MoeModelLM:
-    model = _seeded(LLaDA2MoeModelLM, tiny_llada2_config(**overrides), seed, std)
-    with torch.no_grad():  # a nonzero expert bias, so routing depends on it as in a trained checkpoint
-        for name, buf in model.named_buffers():
-            if name.endswith("expert_bias"):
-                buf.normal_(0.0, 0.05)
-    return model
+    return _with_expert_bias(_seeded(LLaDA2MoeModelLM, tiny_llada2_config(**overrides), seed, std))
 
 
 def tiny_mmada(seed: int = 0, std: float = 0.15, **overrides) -> MMadaModelLM:
