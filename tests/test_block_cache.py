@@ -120,15 +120,21 @@ def test_what_each_policy_recomputes(monkeypatch, policy, factory):
     assert memory["response_deltas"] == 0 and memory["prompt_deltas"] == 0  # K/V only
 
 
+def _padded_prompts(model):
+    """3 prompts of P tokens (ids (3, P), mask (3, P)); row 0 left-padded by 3."""
+    ids = torch.randint(0, 200, (3, P), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    ids[0, :3] = model.config.pad_token_id
+    return ids, mask
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("factory", [tiny_llada, tiny_dream], ids=["llada", "dream"])
 @pytest.mark.parametrize("sampler", [dict(), dict(threshold=0.05), dict(factor=3.0)], ids=["fixed", "thr", "factor"])
 def test_sampler_refreshed_every_step_equals_uncached(policy, factory, sampler):
     model = factory()
-    ids = torch.randint(0, 200, (3, P), generator=torch.Generator().manual_seed(4))
-    mask = torch.ones_like(ids)
-    mask[0, :3] = 0
-    ids[0, :3] = model.config.pad_token_id
+    ids, mask = _padded_prompts(model)
     ref = generate(model, ids, mask, gen_length=R, steps=R, block_length=B, **sampler)
     with cache_enabled(model, CacheConfig(policy=policy, block_refresh=1)):
         out = generate(model, ids, mask, gen_length=R, steps=R, block_length=B, **sampler)
@@ -217,10 +223,7 @@ def test_incremental_sampler_full_every_step_equals_uncached(policy, factory, sa
     """Our samplers, batch 3 with left padding: prompt_interval=1 gives the uncached tokens; the default
     Kp (100, past the 16 steps) runs block steps after step 0 and still decodes (a different answer is allowed)."""
     model = factory()
-    ids = torch.randint(0, 200, (3, P), generator=torch.Generator().manual_seed(4))
-    mask = torch.ones_like(ids)
-    mask[0, :3] = 0
-    ids[0, :3] = model.config.pad_token_id
+    ids, mask = _padded_prompts(model)
     ref = generate(model, ids, mask, gen_length=R, steps=R, block_length=B, **sampler)
     with cache_enabled(model, CacheConfig(policy=policy, block_start="incremental", prompt_interval=1)):
         out = generate(model, ids, mask, gen_length=R, steps=R, block_length=B, **sampler)
