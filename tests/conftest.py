@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from dllm_cache.models.tiny import tiny_dream, tiny_llada, tiny_llada_moe, tiny_mmada
+from tests.helpers import torch_threads
 
 torch.set_num_threads(2)
 
@@ -30,3 +31,10 @@ def only_local_tasks(monkeypatch):
             super().__init__(*args, **{**kwargs, "include_defaults": False})
 
     monkeypatch.setattr(lm_eval_tasks, "TaskManager", OnlyIncluded)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for a test (modules use it with `pytest.mark.usefixtures("one_thread")`)."""
+    with torch_threads(1):
+        yield

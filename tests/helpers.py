@@ -1,6 +1,9 @@
 """Shared test inputs: a denoising trajectory with left-padded prompts of different lengths, and a byte-level
 tokenizer for random-weight checkpoints (also eval/random_checkpoint.py's)."""
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from tests.trajectory import trajectory  # noqa: F401  (re-exported: the tests import it from here)
@@ -71,3 +74,15 @@ def byte_tokenizer():
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, mask_token="<|mask|>", eos_token="<|eos|>", pad_token="<|pad|>"
     )
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Intra-op threads for the block: tiny models gain nothing from a second thread, and on a shared 2-core
+    runner threads oversubscribe (a server's batcher thread and pytest's own, or two busy processes)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -9,14 +9,7 @@ import torch
 
 from dllm_cache.bench.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls gain nothing from threads, and on a busy 2-core box threads spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread
 
 SMALL = ["--prompt-len", "16", "--gen-len", "16", "--steps", "16", "--block-length", "8",
          "--batch-size", "1", "2", "--warmup-steps", "2", "--no-progress", "--repeats", "1"]

@@ -30,6 +30,7 @@ from transformers import AutoModel, AutoTokenizer
 from dllm_cache import CacheConfig, cache_enabled
 from dllm_cache.sampling.generate import generate
 from dllm_cache.shipped import arith_prompt, default_prompts_file, ready_model_dir
+from tests.helpers import torch_threads
 from tests.reference_samplers import dream_reference, llada_reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,10 +105,8 @@ def golden() -> dict:
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One intra-op thread: small tensors, and a busy 2-core machine makes two threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -17,6 +17,7 @@ import dllm_cache
 from dllm_cache import CacheConfig, DecodeTrace, ReplaySchedule, cache_enabled, enable_cache, generate
 from dllm_cache.models import LLaDA2MoeConfig, LLaDA2MoeModelLM
 from dllm_cache.models.tiny import TINY_VOCAB, tiny_llada2
+from tests.helpers import torch_threads
 from tests.reference_llada2 import joint_threshold_reference, llada2_reference
 
 MASK = TINY_VOCAB - 1
@@ -26,10 +27,8 @@ EXACT = (CacheConfig(policy="block-dual"), CacheConfig(response_interval=1))
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Tiny models run faster on one thread (a second one only adds contention on a shared CI machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ from dllm_cache.analysis import flops
 from dllm_cache.models.tiny import tiny_llada2
 from tests.helpers import byte_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread
 
 
 def test_generate_on_a_llada2_folder(tmp_path, monkeypatch, capsys):

@@ -14,15 +14,10 @@ from eval.llada2 import bench
 from eval.llada2.deviation import teacher_forced
 from eval.llada2.grouped_moe import GroupedMoeBlock, swap_in_grouped
 
-pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+# lab: imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+pytestmark = [pytest.mark.lab, pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_grouped_moe_equals_per_expert_moe():

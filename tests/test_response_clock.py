@@ -31,12 +31,7 @@ STAT = {"full": "full_steps", "response": "response_refresh_steps", "prompt": "p
         "partial": "partial_steps"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread
 
 
 def _prompt(model) -> torch.Tensor:

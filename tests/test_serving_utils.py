@@ -20,6 +20,7 @@ import torch
 
 from dllm_cache import shipped
 from dllm_cache.models.tiny import tiny_dream, tiny_llada
+from tests.helpers import torch_threads  # noqa: F401  (re-exported: the serving tests import it from here)
 
 # A minimal Jinja chat template (the shipped tokenizer has none): enough to test the chat route.
 CHAT_TEMPLATE = (
@@ -84,13 +85,3 @@ def live(app, **kw) -> Iterator[LiveServer]:
         server.stop()
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Intra-op threads for the block: one thread per generation keeps a shared 2-core runner from
-    oversubscribing (the batcher's worker thread and pytest's own)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
