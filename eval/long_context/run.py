@@ -54,8 +54,9 @@ def log(text: str) -> None:
 def settings(arch: str) -> list[tuple[str, object, float | None]]:
     """(name, CacheConfig or None, sampler threshold or None), most wanted first (the sweep stops at its
     deadline): uncached; the library default and the paper default; the same under threshold decoding,
-    with the default adapted to parallel decoding (Kr 2: several tokens commit per step); block-prefix and
-    block-dual; Kp x Kr for the frontier selection, then for the paper's; transfer ratios."""
+    with the default adapted to parallel decoding (Kr 2, or the token clock: several tokens commit per step); block-prefix and
+    block-dual; Kp {10, 100} x Kr for the frontier selection, then for the paper's; transfer ratios; Kp 50 and
+    none last."""
     from dllm_cache import CacheConfig
 
     paper = CacheConfig(prompt_interval=100, response_interval=8, transfer_ratio=0.25, selection="paper", cuda_graphs=False)
@@ -64,18 +65,22 @@ def settings(arch: str) -> list[tuple[str, object, float | None]]:
                                                      ("paper-default", paper, None)]
     rows += [(f"uncached thr={THRESHOLD}", None, THRESHOLD), (f"default thr={THRESHOLD}", default, THRESHOLD),
              (f"paper-default thr={THRESHOLD}", paper, THRESHOLD),
-             (f"default Kr=2 thr={THRESHOLD}", replace(default, response_interval=2), THRESHOLD)]
+             (f"default Kr=2 thr={THRESHOLD}", replace(default, response_interval=2), THRESHOLD),
+             (f"default tokens-clock thr={THRESHOLD}", replace(default, response_clock="tokens"), THRESHOLD)]
     rows += [("block-prefix", replace(default, policy="block-prefix"), None),
              ("block-dual", replace(default, policy="block-dual"), None),
              (f"block-dual thr={THRESHOLD}", replace(default, policy="block-dual"), THRESHOLD)]
-    for sel in ("frontier", "paper"):
-        for kp in (10, 50, 100, None):
-            for kr in (2, 4, 8, 16):
-                rows.append((f"{sel} Kp={kp or 'none'} Kr={kr}", replace(paper, selection=sel, prompt_interval=kp,
-                                                                         response_interval=kr), None))
+    def grid(kps):
+        return [(f"{sel} Kp={kp or 'none'} Kr={kr}", replace(paper, selection=sel, prompt_interval=kp, response_interval=kr),
+                 None) for sel in ("frontier", "paper") for kp in kps for kr in (2, 4, 8, 16)]
+
+    rows += grid((10, 100))
     for r in (0.0, 0.1, 0.5, 1.0):
         rows += [(f"frontier ratio={r:g}", replace(paper, selection="frontier", transfer_ratio=r), None),
                  (f"paper ratio={r:g}", replace(paper, transfer_ratio=r), None)]
+    # last: at the task's 16 steps Kp 50, 100 and none all refresh the prompt at step 0 only (one schedule),
+    # so these rows repeat Kp=100's measurement under other names
+    rows += grid((50, None))
     out, seen = [], set()
     for name, cfg, thr in rows:  # one measurement per distinct (config, threshold); the first name wins
         if (cfg, thr) in seen:
