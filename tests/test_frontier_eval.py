@@ -138,6 +138,34 @@ def test_run_and_report(micro_model, tmp_path):
     assert (tmp_path / "frontier.png").stat().st_size > 0
 
 
+def test_threshold_rows_pair_with_their_own_uncached_row(micro_model, tmp_path):
+    """`run --threshold` adds the threshold-decoding rows: each carries its threshold, its FLOPs count the
+    steps it ran, and its paired object is against the uncached row of the same decoding."""
+    thr_rows = ["default thr=0.9", "default tokens-clock thr=0.9"]
+    frontier.main(["run", "--model", str(micro_model), "--name", "llada", "--n", "3", "--device", "cpu",
+                   "--families", "arith", "--only", ",".join(["Kr=2", *thr_rows]), "--threshold", "--arith-gen", "16,16,8",
+                   "--arith-batch", "3", "--out-dir", str(tmp_path), "--no-progress"])
+    rows = {r["name"]: r for r in json.loads((tmp_path / "frontier_llada.json").read_text())["rows"]}
+    assert list(rows) == ["uncached", "Kr=2", "uncached thr=0.9", *thr_rows]
+    base, step_base = rows["uncached thr=0.9"], rows["uncached"]
+    assert base["threshold"] == 0.9 and base["generation"]["threshold"] == 0.9 and step_base["threshold"] is None
+    assert 1 <= base["steps_run"] <= 16 and base["flops"] == pytest.approx(step_base["flops"] * base["steps_run"] / 16)
+    assert base["flops_vs_uncached"] == 1 and base["paired"] is None
+    for name in thr_rows:
+        r = rows[name]
+        assert r["threshold"] == 0.9 and r["paired"]["against"] == "uncached thr=0.9"
+        b, c = r["paired"]["cached_right_uncached_wrong"], r["paired"]["cached_wrong_uncached_right"]
+        assert (b, c) == (len(set(r["correct_ids"]) - set(base["correct_ids"])),
+                          len(set(base["correct_ids"]) - set(r["correct_ids"])))
+        assert r["flops_vs_uncached"] == pytest.approx(r["flops"] / base["flops"]) and r["cache_stats"]["steps"] > 0
+    assert rows["default tokens-clock thr=0.9"]["config"]["response_clock"] == "tokens"
+    assert rows["Kr=2"]["paired"]["against"] == "uncached"
+    frontier.main(["report", "--out-dir", str(tmp_path)])
+    settings = {s["name"]: s for s in json.loads((tmp_path / "frontier.json").read_text())["llada"]["arith"]["settings"]}
+    assert settings["default thr=0.9"]["threshold"] == 0.9 and settings["Kr=2"]["threshold"] is None
+    assert "default" not in settings  # the default config ran under a threshold only: not the default row
+
+
 def test_tasks_run_as_separate_commands_merge_per_model(micro_model, tmp_path):
     """`run --families arith` then `--families hotpot` leave one file with both tasks; running a
     task again replaces its rows; another model's file is refused."""

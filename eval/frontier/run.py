@@ -21,7 +21,6 @@ so speedups compare the same execution mode; the LLaDA-8B / Dream-7B-shaped benc
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import json
 import math
@@ -48,6 +47,7 @@ Z95 = 1.959964
 # they refresh the response about every 4, 8 and 12 steps (8: the paper's Kr, placed by the drift; multihop's
 # 32 steps allow 32 / k only). The earlier guesses, 0.02 and 0.1, were above every arith step's batch drift.
 DRIFT_THRESHOLDS = {"arith": (0.00245, 0.00345, 0.00411), "hotpot": (0.0101, 0.0257, 0.0304)}
+THRESHOLD = 0.9  # parallel decoding's confidence threshold for `run --threshold` (Fast-dLLM's value)
 
 
 def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -107,6 +107,41 @@ def settings_for(family: str, arch: str, n_layers: int | None = None) -> list[tu
     return rows
 
 
+def threshold_settings(family: str, threshold: float) -> list[tuple[str, object]]:
+    """(name, CacheConfig or None) under threshold decoding (every masked token whose confidence reaches
+    `threshold` commits, several per step): uncached, the library default, the paper default, and the
+    default adapted to parallel decoding, by a shorter response interval (Kr 2) or by the token clock
+    (`response_clock="tokens"`: refresh once the rows committed Kr tokens); block-dual, Fast-dLLM's
+    pairing. Each name ends in " thr=<threshold>", and the rows are paired with their own uncached one."""
+    from dllm_cache import CacheConfig
+
+    paper = CacheConfig(prompt_interval=100, response_interval=8, transfer_ratio=0.25, selection="paper", cuda_graphs=False)
+    default = replace(CacheConfig(), cuda_graphs=False)
+    rows = [("uncached", None), ("default", default), ("paper-default", paper),
+            ("default Kr=2", replace(default, response_interval=2)),
+            ("default tokens-clock", replace(default, response_clock="tokens")),
+            ("block-dual", replace(default, policy="block-dual"))]
+    return [(f"{name} thr={threshold:g}", cfg) for name, cfg in rows]
+
+
+class ForwardCounter:
+    """Counts the model's forward calls inside a `with` block: an uncached step is one forward, so under
+    threshold decoding (fewer steps than scheduled) this is the steps a batch ran."""
+
+    def __init__(self, model):
+        self.model, self.n = model, 0
+
+    def _count(self, *_) -> None:
+        self.n += 1
+
+    def __enter__(self) -> ForwardCounter:
+        self.hook = self.model.register_forward_pre_hook(self._count)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.hook.remove()
+
+
 def realized_flops(model, lengths, settings: dict, config, stats: dict) -> float:
     """mean_flops of a drift-refreshed setting, whose step kinds follow the data: the steps of each
     kind cache_stats counted per generation (every row of a batch shares them), at each prompt length."""
@@ -129,11 +164,13 @@ def _config_fields(cfg) -> dict | None:
 
 
 def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpot"), only: list[str] | None = None,
-        batch: dict | None = None, gen: dict | None = None, progress: bool = True, part: tuple[int, int] | None = None) -> dict:
+        batch: dict | None = None, gen: dict | None = None, progress: bool = True, part: tuple[int, int] | None = None,
+        threshold: float | None = None) -> dict:
     """Every setting on every family -> report dict with one row per (setting, family).
 
     `gen` overrides a family's generation settings (tests use short generations on CPU); `part`
-    (i, k) runs every k-th setting from the i-th (1-based), plus uncached, so k GPUs share a task."""
+    (i, k) runs every k-th setting from the i-th (1-based), plus uncached, so k GPUs share a task;
+    `threshold` also runs `threshold_settings` under threshold decoding, against their own uncached row."""
     from dllm_cache import cache_enabled, cache_stats
     from dllm_cache.hooks import adapter_for, family_of
 
@@ -146,71 +183,97 @@ def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpo
         lengths = prompt_lengths(tok, family, examples)
         # warm-up: CUDA context, kernels and allocator, so the first timed row pays none of it
         accuracy_of(model, tok, family, examples[:2], device=device, settings=settings, batch_size=2)
-        base_texts: list[str] | None = None
-        base_ok: list[int] = []
-        base_seconds = None
         mean_prompt = sum(P * k for P, k in lengths.items()) / max(1, sum(lengths.values()))
-        done: dict = {}
-        todo = settings_for(family, arch, len(adapter_for(model).blocks(model)))
-        if only:
-            todo = [(s, c) for s, c in todo if s in only or s == "uncached"]
-        if part:
-            i, k = part
-            todo = [todo[0]] + [sc for j, sc in enumerate(todo[1:]) if j % k == i - 1]
-        for setting, cfg in tqdm(todo, desc=f"{name}/{TASK_NAMES[family]}", disable=not progress):
-            if cfg is not None and cfg in done:  # same configuration under another name
-                rows.append({**done[cfg], "name": setting})
-                continue
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            stats = None
-            with cache_enabled(model, cfg) if cfg is not None else contextlib.nullcontext():
-                acc, texts = accuracy_of(model, tok, family, examples, device=device, settings=settings,
-                                         batch_size=batch[family])
+        decodings = [(None, settings_for(family, arch, len(adapter_for(model).blocks(model))))]
+        if threshold is not None:
+            decodings.append((threshold, threshold_settings(family, threshold)))
+        for thr, todo in decodings:
+            base_texts: list[str] | None = None
+            base_ok: list[int] = []
+            base_seconds = base_name = None
+            decoding = settings if thr is None else {**settings, "threshold": thr}
+            done: dict = {}
+            if only:  # the step decoding's uncached row always runs; a threshold's only for its named rows
+                todo = [(s, c) for s, c in todo if s in only or c is None]
+                if thr is not None and len(todo) == 1:
+                    continue
+            if part:
+                i, k = part
+                todo = [todo[0]] + [sc for j, sc in enumerate(todo[1:]) if j % k == i - 1]
+            for setting, cfg in tqdm(todo, desc=f"{name}/{TASK_NAMES[family]}", disable=not progress):
+                if cfg is not None and cfg in done:  # same configuration under another name
+                    rows.append({**done[cfg], "name": setting})
+                    continue
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                stats = None
+                # uncached: count the forwards (= steps run; fewer than scheduled under a threshold)
+                with cache_enabled(model, cfg) if cfg is not None else ForwardCounter(model) as calls:
+                    acc, texts = accuracy_of(model, tok, family, examples, device=device, settings=decoding,
+                                             batch_size=batch[family])
+                    if cfg is not None:
+                        stats = cache_stats(model)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - t0
+                ok = correct_indices(tasks.is_correct(family, t, ex["answer"]) for t, ex in zip(texts, examples))
+                if cfg is None:
+                    base_texts, base_seconds, base_ok, base_name = texts, seconds, ok, setting
+                rows.append(_row(model, name, family, setting, cfg, thr, decoding, examples, texts, ok, base_texts,
+                                 base_ok, base_name, seconds, base_seconds, stats, lengths, mean_prompt, batch[family],
+                                 calls.n / math.ceil(len(examples) / batch[family]) if cfg is None else None))
                 if cfg is not None:
-                    stats = cache_stats(model)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
-            ok = correct_indices(tasks.is_correct(family, t, ex["answer"]) for t, ex in zip(texts, examples))
-            if cfg is None:
-                base_texts, base_seconds, base_ok = texts, seconds, ok
-            correct = len(ok)
-            keys = [tasks.answer_key(family, t) for t in texts]
-            row = {
-                "name": setting,
-                "model": name,
-                "task": TASK_NAMES[family],
-                "config": _config_fields(cfg),
-                "n": len(examples),
-                "correct": correct,
-                "accuracy": correct / len(examples),
-                "ci95": list(wilson_interval(correct, len(examples))),
-                "agreement_with_uncached": None if base_texts is None else
-                sum(a == tasks.answer_key(family, b) for a, b in zip(keys, base_texts)) / len(texts),
-                # exact McNemar against uncached on the same problems (eval/frontier/paired.py)
-                "paired": None if cfg is None else paired_object(ok, base_ok, len(examples)),
-                "correct_ids": ok,  # indices of the problems answered right: what later pairings need
-                "mean_prompt_tokens": mean_prompt,
-                "flops": mean_flops(model, lengths, settings, cfg) if cfg is None or not cfg.drift_triggered
-                else realized_flops(model, lengths, settings, cfg, stats),
-                "gpu_seconds": seconds / len(examples),
-                "speedup": None if base_seconds is None else base_seconds / seconds,
-                "recompute_fraction": None if stats is None else stats.get("recompute_fraction"),
-                "cache_stats": stats,
-                "batch_size": batch[family],
-                "generation": settings,
-                "samples": [{"generated": t, "answer": ex["answer"]} for t, ex in zip(texts[:2], examples[:2])],
-            }
-            rows.append(row)
-            if cfg is not None:
-                done[cfg] = {k: v for k, v in row.items() if k != "name"}
-        uncached = next(r for r in rows if r["task"] == TASK_NAMES[family] and r["name"] == "uncached")
-        for r in rows:
-            if r["task"] == TASK_NAMES[family]:
-                r["flops_vs_uncached"] = r["flops"] / uncached["flops"]
+                    done[cfg] = {k: v for k, v in rows[-1].items() if k != "name"}
+        for thr in {r.get("threshold") for r in rows if r["task"] == TASK_NAMES[family]}:
+            uncached = next(r for r in rows if r["task"] == TASK_NAMES[family] and r["config"] is None
+                            and r.get("threshold") == thr)
+            for r in rows:
+                if r["task"] == TASK_NAMES[family] and r.get("threshold") == thr:
+                    r["flops_vs_uncached"] = r["flops"] / uncached["flops"]
     return {"model": name, "arch": arch, "n": n, "rows": rows}
+
+
+def _row(model, name: str, family: str, setting: str, cfg, thr, settings: dict, examples: list[dict], texts: list[str],
+         ok: list[int], base_texts, base_ok: list[int], base_name, seconds: float, base_seconds, stats, lengths,
+         mean_prompt: float, batch_size: int, steps_run: float | None) -> dict:
+    """One frontier row. FLOPs: analytic at batch 1 and each prompt's own length, over the scheduled steps;
+    a drift- or threshold-run cached row counts the step kinds the cache ran (cache_stats), and an uncached
+    row under a threshold the steps its batches ran (`steps_run`, forwards per batch)."""
+    if cfg is None:
+        flops = mean_flops(model, lengths, settings, None) * (1.0 if thr is None else steps_run / settings["steps"])
+    elif thr is not None or cfg.drift_triggered:
+        flops = realized_flops(model, lengths, settings, cfg, stats)
+    else:
+        flops = mean_flops(model, lengths, settings, cfg)
+    keys = [tasks.answer_key(family, t) for t in texts]
+    correct = len(ok)
+    return {
+        "name": setting,
+        "model": name,
+        "task": TASK_NAMES[family],
+        "config": _config_fields(cfg),
+        "threshold": thr,
+        "n": len(examples),
+        "correct": correct,
+        "accuracy": correct / len(examples),
+        "ci95": list(wilson_interval(correct, len(examples))),
+        "agreement_with_uncached": None if base_texts is None else
+        sum(a == tasks.answer_key(family, b) for a, b in zip(keys, base_texts)) / len(texts),
+        # exact McNemar against uncached on the same problems (eval/frontier/paired.py)
+        "paired": None if cfg is None else paired_object(ok, base_ok, len(examples), against=base_name),
+        "correct_ids": ok,  # indices of the problems answered right: what later pairings need
+        "mean_prompt_tokens": mean_prompt,
+        "flops": flops,
+        "gpu_seconds": seconds / len(examples),
+        "speedup": None if base_seconds is None else base_seconds / seconds,
+        "recompute_fraction": None if stats is None else stats.get("recompute_fraction"),
+        "cache_stats": stats,
+        "batch_size": batch_size,
+        "generation": settings,
+        "samples": [{"generated": t, "answer": ex["answer"]} for t, ex in zip(texts[:2], examples[:2])],
+        "steps_run": steps_run,
+    }
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -266,7 +329,7 @@ def in_setting_order(rows: list[dict], arch: str) -> list[dict]:
     tasks_seen = list(dict.fromkeys(r["task"] for r in rows))
     rank = {}
     for family, task in TASK_NAMES.items():
-        names = [name for name, _ in settings_for(family, arch, n_layers=2)]
+        names = [name for name, _ in settings_for(family, arch, n_layers=2) + threshold_settings(family, THRESHOLD)]
         rank[task] = {name: i for i, name in enumerate(names)}
     return sorted(rows, key=lambda r: (tasks_seen.index(r["task"]), rank.get(r["task"], {}).get(r["name"], 1 << 30)))
 
@@ -493,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--only", default=None, help="comma-separated setting names (uncached always runs)")
     r.add_argument("--part", default=None, metavar="I/K",
                    help="run the I-th of K interleaved shares of the settings (plus uncached), e.g. one per GPU")
+    r.add_argument("--threshold", type=float, nargs="?", const=THRESHOLD, default=None,
+                   help=f"also run the threshold-decoding rows (`threshold_settings`) at this confidence (bare: {THRESHOLD})")
     r.add_argument("--arith-batch", type=int, default=BATCH["arith"])
     r.add_argument("--hotpot-batch", type=int, default=BATCH["hotpot"])
     for fam in ("arith", "hotpot"):
@@ -525,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         path = model_file(args.out_dir, args.name)
         command = "PYTHONPATH=. python -m eval.frontier " + shlex.join(argv if argv is not None else sys.argv[1:])
         options = dict(name=args.name, n=args.n, device=args.device, only=args.only.split(",") if args.only else None,
-                       part=part,
+                       part=part, threshold=args.threshold,
                        batch={"arith": args.arith_batch, "hotpot": args.hotpot_batch}, progress=not args.no_progress,
                        gen={f: parse_gen(v, f"{f}-gen")
                             for f, v in (("arith", args.arith_gen), ("hotpot", args.hotpot_gen)) if v})

@@ -335,26 +335,9 @@ def train(model, tok, args, t0: float, device: str, meta: dict, write=None) -> N
 
 
 # ----------------------------------------------------------------------------- sweep
-class ForwardCounter:
-    """Counts the model's forward calls inside a `with` block (uncached steps: one forward each)."""
-
-    def __init__(self, model):
-        self.model, self.n = model, 0
-
-    def _count(self, *_) -> None:
-        self.n += 1
-
-    def __enter__(self) -> ForwardCounter:
-        self.hook = self.model.register_forward_pre_hook(self._count)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.hook.remove()
-
-
 def sweep(model, tok, args, t0: float, device: str, report: dict, write) -> None:
     from dllm_cache import cache_enabled, cache_stats
-    from eval.frontier.run import realized_flops, wilson_interval
+    from eval.frontier.run import ForwardCounter, realized_flops, wilson_interval
     from eval.tiny.evaluate import generate_texts, mean_flops
 
     examples = task.test_examples(args.n) if not args.toy else \
