@@ -166,6 +166,18 @@ def test_threshold_rows_pair_with_their_own_uncached_row(micro_model, tmp_path):
     assert "default" not in settings  # the default config ran under a threshold only: not the default row
 
 
+def test_merged_rows_keep_the_machine_they_ran_on(tmp_path):
+    row = {"task": "arith", "n": 1, "generation": {}, "batch_size": 1, "accuracy": 1.0, "agreement_with_uncached": 1.0}
+    path = tmp_path / "frontier_llada.json"
+    frontier.write_json(path, {"model": "llada", "gpu": "H100", "rows": [{**row, "name": "uncached", "config": None},
+                                                                          {**row, "name": "Kr=2", "config": {}}]})
+    new = {"model": "llada", "gpu": "H200", "rows": [{**row, "name": "uncached thr=0.9", "config": None, "gpu": "H200"}]}
+    merged = frontier.merge_into(path, new)
+    assert {r["name"]: r["gpu"] for r in merged["rows"]} == {"uncached": "H100", "Kr=2": "H100", "uncached thr=0.9": "H200"}
+    entry = frontier.summarise([merged])["llada"]["arith"]
+    assert entry["device"] == "H100 + H200" and [s["device"] for s in entry["settings"]] == ["H100", "H100", "H200"]
+
+
 def test_tasks_run_as_separate_commands_merge_per_model(micro_model, tmp_path):
     """`run --families arith` then `--families hotpot` leave one file with both tasks; running a
     task again replaces its rows; another model's file is refused."""

@@ -193,9 +193,9 @@ def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpo
             base_seconds = base_name = None
             decoding = settings if thr is None else {**settings, "threshold": thr}
             done: dict = {}
-            if only:  # the step decoding's uncached row always runs; a threshold's only for its named rows
+            if only:  # a decoding runs its uncached row and the named ones; none named: it does not run
                 todo = [(s, c) for s, c in todo if s in only or c is None]
-                if thr is not None and len(todo) == 1:
+                if len(todo) == 1 and todo[0][0] not in only:
                     continue
             if part:
                 i, k = part
@@ -319,7 +319,8 @@ def merge_into(path: Path, report: dict) -> dict:
     if old.get("model") != report["model"]:
         raise SystemExit(f"{path} holds model {old.get('model')!r}, not {report['model']!r}")
     redone = {(r["task"], r["name"]) for r in report["rows"]}
-    kept = [r for r in old["rows"] if (r["task"], r["name"]) not in redone]
+    # a kept row keeps the machine it ran on (the merged file's top-level "gpu" is the newest run's)
+    kept = [{"gpu": old.get("gpu") or old.get("device"), **r} for r in old["rows"] if (r["task"], r["name"]) not in redone]
     return {**report, "rows": in_setting_order(kept + report["rows"], report.get("arch", "llada"))}
 
 
@@ -428,12 +429,12 @@ def summarise(reports: list[dict]) -> dict:
     for rep in sorted(reports, key=report_order):
         tasks = dict.fromkeys(r["task"] for r in rep["rows"])
         for task in sorted(tasks, key=lambda t: task_order.index(t) if t in task_order else len(task_order)):
-            rows = [dict(r, device=rep.get("gpu") or rep.get("device")) for r in rep["rows"] if r["task"] == task]
+            rows = [dict(r, device=r.get("gpu") or rep.get("gpu") or rep.get("device")) for r in rep["rows"] if r["task"] == task]
             rows = with_paired(with_current_default(rows))
             out.setdefault(rep["model"], {})[task] = {
                 "n": rows[0]["n"],
                 "mean_prompt_tokens": mean_prompt_tokens(task, rows[0]["n"], rows),
-                "device": rep.get("gpu") or rep.get("device"),
+                "device": " + ".join(dict.fromkeys(str(r["device"]) for r in rows)),  # rows merged from several runs
                 "generation": rows[0]["generation"],
                 "batch_size": rows[0]["batch_size"],
                 "settings": [{k: r.get(k) for k in SUMMARY_KEYS} for r in rows],
@@ -597,10 +598,11 @@ def main(argv: list[str] | None = None) -> int:
         for family in args.families.split(","):  # one family at a time, each written when done
             t0 = time.time()
             report = run(model, tok, families=(family,), **options)
+            gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
             for row in report["rows"]:
-                row["command"], row["seconds"] = command, round(time.time() - t0, 1)
+                row["command"], row["seconds"], row["gpu"] = command, round(time.time() - t0, 1), gpu or args.device
             report.update(model_path=args.model, device=args.device, dtype=str(dtype).removeprefix("torch."),
-                          gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+                          gpu=gpu,
                           torch=torch.__version__, command=command)
             report = merge_into(path, report)
             write_json(path, report)
