@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -164,6 +165,44 @@ def test_threshold_rows_pair_with_their_own_uncached_row(micro_model, tmp_path):
     settings = {s["name"]: s for s in json.loads((tmp_path / "frontier.json").read_text())["llada"]["arith"]["settings"]}
     assert settings["default thr=0.9"]["threshold"] == 0.9 and settings["Kr=2"]["threshold"] is None
     assert "default" not in settings  # the default config ran under a threshold only: not the default row
+
+
+def test_block_policy_flops_follow_the_steps_run(micro_model):
+    """Under a threshold a block policy runs fewer steps than scheduled: realized_flops spreads the steps the
+    cache counted over the blocks (at the full schedule it equals the analytic cost), and `recost` rewrites a
+    file's rows costed the old way (every scheduled step)."""
+    from collections import Counter
+    from dataclasses import replace
+
+    from dllm_cache import CacheConfig
+    from eval.tiny.evaluate import load_model, mean_flops
+
+    model, _ = load_model(str(micro_model), "cpu", torch.float32)
+    lengths, gen = Counter({40: 2, 60: 1}), {"gen_length": 32, "steps": 32, "block_length": 8}
+    for policy in ("block-dual", "block-prefix"):
+        cfg = replace(CacheConfig(), policy=policy, cuda_graphs=False)
+        full = frontier.realized_flops(model, lengths, gen, cfg, {"steps": 32, "generations": 1})
+        assert full == pytest.approx(mean_flops(model, lengths, gen, cfg))
+        fewer = frontier.realized_flops(model, lengths, gen, cfg, {"steps": 10, "generations": 2})  # 5 per generation
+        first = frontier.realized_flops(model, lengths, gen, cfg, {"steps": 4, "generations": 1})  # one step a block
+        assert first < fewer < full
+
+
+def test_recost_rewrites_rows_costed_at_every_scheduled_step(micro_model, tmp_path):
+    frontier.main(["run", "--model", str(micro_model), "--name", "llada", "--n", "2", "--device", "cpu", "--families",
+                   "arith", "--only", "block-dual thr=0.9,default thr=0.9", "--threshold", "--arith-gen", "16,16,8",
+                   "--arith-batch", "2", "--out-dir", str(tmp_path), "--no-progress"])
+    path = tmp_path / "frontier_llada.json"
+    report = json.loads(path.read_text())
+    good = {r["name"]: r["flops"] for r in report["rows"]}
+    (row,) = [r for r in report["rows"] if r["name"] == "block-dual thr=0.9"]
+    row["flops"] *= 3  # as the old cost model had it
+    path.write_text(json.dumps(report))
+    assert frontier.main(["recost", "--model", str(micro_model), str(path)]) == 0
+    fixed = {r["name"]: r for r in json.loads(path.read_text())["rows"]}
+    assert {n: r["flops"] for n, r in fixed.items()} == pytest.approx(good)
+    base = fixed["uncached thr=0.9"]["flops"]
+    assert fixed["block-dual thr=0.9"]["flops_vs_uncached"] == pytest.approx(good["block-dual thr=0.9"] / base)
 
 
 def test_merged_rows_keep_the_machine_they_ran_on(tmp_path):

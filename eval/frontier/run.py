@@ -27,6 +27,7 @@ import math
 import shlex
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -143,18 +144,72 @@ class ForwardCounter:
 
 
 def realized_flops(model, lengths, settings: dict, config, stats: dict) -> float:
-    """mean_flops of a drift-refreshed setting, whose step kinds follow the data: the steps of each
-    kind cache_stats counted per generation (every row of a batch shares them), at each prompt length."""
+    """mean_flops of a setting whose steps follow the data (a drift-triggered refresh, threshold decoding): the
+    steps of each kind cache_stats counted per generation (every row of a batch shares them), at each prompt
+    length. Block policies: their steps differ by block, and the stats do not say which block each ran in, so
+    the steps run are spread evenly over the blocks (linear in the steps past each block's first)."""
     from dllm_cache.analysis import flops
 
     dims = flops.ModelDims.from_config(model.config)
     block = sampler_settings(model, settings).get("block_length")
     per_gen = max(1, stats["generations"])
-    counts = {kind: stats[key] / per_gen for kind, key in (("full", "full_steps"), ("response", "response_refresh_steps"),
-                                                           ("prompt", "prompt_refresh_steps"), ("partial", "partial_steps"))}
-    total = sum(n * flops.generation_cost(dims, 1, P, settings["gen_length"], settings["steps"], config, block,
-                                          step_counts=counts).flops for P, n in lengths.items())
+    R = settings["gen_length"]
+    if config.is_block:
+        n_blocks, ran = R // (block or R), stats["steps"] / per_gen
+
+        def cost(P: int, per_block: int) -> int:
+            return flops.generation_cost(dims, 1, P, R, n_blocks * per_block, config, block,
+                                         steps_per_block=[per_block] * n_blocks).flops
+
+        def one(P: int) -> float:  # the blocks' first steps, then each further step at the mean extra-step cost
+            first = cost(P, 1)
+            return first + (ran - n_blocks) * (cost(P, 2) - first) / n_blocks
+
+        total = sum(n * one(P) for P, n in lengths.items())
+    else:
+        counts = {kind: stats[key] / per_gen for kind, key in (
+            ("full", "full_steps"), ("response", "response_refresh_steps"), ("prompt", "prompt_refresh_steps"),
+            ("partial", "partial_steps"))}
+        total = sum(n * flops.generation_cost(dims, 1, P, R, settings["steps"], config, block, step_counts=counts).flops
+                    for P, n in lengths.items())
     return total / max(1, sum(lengths.values()))
+
+
+def recost(path: Path, model_dir: str) -> int:
+    """Recompute, with today's cost model, the analytic FLOPs of the rows of a frontier file whose steps followed
+    the data (threshold decoding, a drift-triggered refresh), from the cache_stats and steps they recorded, and
+    each row's flops_vs_uncached against the uncached row of its decoding. Why: a fix to how such rows are
+    costed (block policies under a threshold were costed at every scheduled step) needs no GPU re-run. The
+    model folder gives the shape and the tokenizer (the prompt lengths); returns the rows changed."""
+    from dllm_cache import CacheConfig
+
+    report = read_json(path)
+    model, tok = load_model(model_dir, "cpu", torch.float32)
+    changed, lengths = 0, {}
+    for r in report["rows"]:
+        cfg = r.get("config")
+        if not cfg or not (r.get("threshold") is not None or cfg.get("response_drift_threshold")):
+            continue
+        key = (r["task"], r["n"])
+        if key not in lengths:
+            if r["task"] == "kv-retrieval":
+                from eval.long_context import task as kv
+
+                prompts = [kv.prompt_of(e) for e in kv.test_examples(r["n"])]
+                lengths[key] = Counter(len(x) for x in tok(prompts, add_special_tokens=False)["input_ids"])
+            else:
+                family = next(f for f, t in TASK_NAMES.items() if t == r["task"])
+                lengths[key] = prompt_lengths(tok, family, tasks.test_examples(family, r["n"]))
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in CacheConfig.__dataclass_fields__}
+        flops = realized_flops(model, lengths[key], r["generation"], CacheConfig(**fields, cuda_graphs=False), r["cache_stats"])
+        if not math.isclose(flops, r["flops"], rel_tol=1e-9):  # summation order alone is no change
+            changed, r["flops"] = changed + 1, flops
+    for r in report["rows"]:
+        base = next(u for u in report["rows"] if u["task"] == r["task"] and u["config"] is None
+                    and u.get("threshold") == r.get("threshold"))
+        r["flops_vs_uncached"] = r["flops"] / base["flops"]
+    write_json(path, report)
+    return changed
 
 
 def _config_fields(cfg) -> dict | None:
@@ -571,11 +626,18 @@ def main(argv: list[str] | None = None) -> int:
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     rep.add_argument("--out-dir", type=Path, default=RESULTS)
     rep.add_argument("--inputs", nargs="*", default=None, help="default: <out-dir>/frontier_*.json and frontier_*.json.gz")
+    rc = sub.add_parser("recost", help="recompute the FLOPs of data-dependent rows (threshold, drift) from their stats")
+    rc.add_argument("--model", required=True, help="a model folder of the file's shape (config and tokenizer)")
+    rc.add_argument("files", nargs="+", type=Path)
     mer = sub.add_parser("merge", help="merge frontier_<name>.json files of one model (e.g. --part runs) into one")
     mer.add_argument("--into", type=Path, required=True, help="the model's frontier_<name>.json (created if missing)")
     mer.add_argument("parts", nargs="+", type=Path)
     args = p.parse_args(argv)
 
+    if args.cmd == "recost":
+        for path in args.files:
+            print(f"[frontier] {path}: {recost(path, args.model)} row(s) recosted")
+        return 0
     if args.cmd == "merge":
         for part in args.parts:
             merged = merge_into(args.into, read_json(part))
