@@ -226,6 +226,21 @@ def test_add_rows_keeps_a_later_runs_policy_after_the_main_file(raw, tmp_path):
         real_rate.add_rows(later / "ours_gen32_b1.json", ["nope"], "x", "", merged)
 
 
+def test_logged_rows_join_their_group_with_their_source_in_the_notes(raw, tmp_path):
+    """Rows transcribed from a printed report (logged_gen<G>_b<B>.json) join the report as given, in their
+    (gen, batch) group, and their source sentence is printed under the table."""
+    import shutil
+
+    merged = tmp_path / "raw"
+    shutil.copytree(raw, merged)
+    row = {k: None for k in real_rate.FIELDS} | {"impl": "ours", "setting": "paper, compiled", "workload": "gsm8k",
+                                                 "batch": 1, "gen_length": 32, "seconds": 0.5, "speedup": 3.0}
+    (merged / "logged_gen32_b1.json").write_text(json.dumps({"source": "printed on the device", "rows": [row]}))
+    rows = real_rate.report(merged, merged / "real_rate.json")
+    assert row in rows and {r["gen_length"] for r in rows} == {32}
+    assert "logged_gen32_b1.json: printed on the device" in (merged / "real_rate.md").read_text()
+
+
 def test_peers_run_fast_dllm_first_and_keep_its_rows_when_the_original_is_cut(tmp_path, monkeypatch):
     """The peers stage writes after each implementation: a time limit hit by the slow original (one token per step)
     leaves Fast-dLLM's rows, which run first, on disk."""

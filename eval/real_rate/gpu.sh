@@ -25,9 +25,13 @@ PEERS="--dllm-cache-repo peers/dLLM-cache --fast-dllm-repo peers/Fast-dLLM"
 save() {  # everything this work wrote so far, as one archive in $OUT (the call's file count stays low)
   python -m eval.real_rate report > /dev/null 2>&1 || true
   if [ -n "${OUT:-}" ]; then
-    tar -czf "$OUT/real_rate_results.tgz" $R/real_rate.* $RAW $R/profile_real_rate_* $R/block_start_raw 2>/dev/null || true
+    tar -czf "$OUT/real_rate_results.tgz" $R/real_rate.* $RAW $R/real_rate_more $R/profile_real_rate_* $R/block_start_raw \
+      2>/dev/null || true
   fi
 }
+# and once more at the end: a stage's add-rows / cp after its last step must come back too (on 2026-12-03 the b16
+# rows and the original's gen-1024 file did not: each stage had saved only inside its steps)
+trap save EXIT
 step() {  # step SECONDS CMD...: one measurement, bounded, logged; a failure does not stop the stage
   local limit=$1; shift
   echo "[real_rate.sh] $(date +%T) $*" >&2
@@ -57,9 +61,9 @@ if [[ $stage == long ]]; then
   step 175 python -m eval.real_rate peers --gen 1024 --batch 1 $PEERS --repeats 1 --skip dllm-cache-original
 fi
 
-# Still to run (issue 25): the original dLLM-Cache code at gen 512 / 1024 (one token per step: 512 / 1024 steps of its
-# step, twice with the warm-up), and the
-# paper and block-prefix policies at batch 16.
+# Run on 2026-12-03 (session 10): the original dLLM-Cache code at gen 512 / 1024 (one token per step: 512 / 1024 steps
+# of its step, twice with the warm-up; the gen-1024 file was lost, see the trap above), and the paper and
+# block-prefix policies at batch 16 (rows transcribed from the printed report: real_rate_raw/logged_gen256_b16.json).
 if [[ $stage == rest ]]; then
   for g in 512 1024; do  # peers_gen<G>_b1_original.json sits beside the Fast-dLLM file (the report reads both)
     step $((g == 512 ? 200 : 330)) python -m eval.real_rate peers --gen $g --batch 1 $PEERS --repeats 1 --skip fast-dllm \

@@ -199,6 +199,10 @@ def collect(raw: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list
             rows.append(r)
             if r["setting"] == "uncached, 1 token/step":
                 baselines[(r["gen_length"], r["batch"])] = r["seconds"]
+    for path in sorted(raw.glob("logged_gen*_b*.json")):  # rows transcribed from a printed report whose JSON was lost
+        data = json.loads(path.read_text())
+        rows += [{k: r[k] for k in FIELDS} for r in data["rows"]]
+        notes.append(f"{path.name}: {data['source']}")
     for path in sorted(raw.glob("peers_gen*_b*.json"), key=_order):
         data = json.loads(path.read_text())
         rows += rows_from_peers(data, baselines.get((data["gen_length"], data["batch"])))
@@ -295,7 +299,7 @@ def markdown(rows: list[dict[str, Any]], metas: list[dict[str, Any]], notes: lis
                      f"{r['device']} |")
     lines += ["", "Targets (issue 25; why each is missed, with the step times: docs/speed.md):", *verdicts(rows)]
     if notes:
-        lines += ["", "Errors:", *(f"- {n}" for n in notes)]
+        lines += ["", "Notes (peers' errors, transcribed rows):", *(f"- {n}" for n in notes)]
     lines += ["", "Commands (one H200, `bash eval/real_rate/gpu.sh <stage>`; the peers' code from clones in `peers/`, "
               "see eval/peers/run.py):", "", "```", *STAGE_COMMANDS, "```", ""]
     return "\n".join(lines)
@@ -306,6 +310,8 @@ STAGE_COMMANDS = [
     "bash eval/real_rate/gpu.sh gen256    # ours b1 (CUDA graphs and compiled); its peers and b16 steps timed out",
     "bash eval/real_rate/gpu.sh final     # Fast-dLLM b1; ours b16 gen 256, b1 gen 512 / 1024 (frontier, block-dual)",
     "bash eval/real_rate/gpu.sh long      # profile; paper + block-prefix at gen 512 / 1024 (add-rows); Fast-dLLM 512 / 1024",
+    "bash eval/real_rate/gpu.sh b16       # paper + block-prefix at batch 16 (rows transcribed from the printed report)",
+    "bash eval/real_rate/gpu.sh rest      # the original dLLM-Cache at gen 512 / 1024 (the gen-1024 file was not packed)",
     "PYTHONPATH=. python -m eval.real_rate report",
 ]
 
