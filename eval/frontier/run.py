@@ -519,8 +519,9 @@ def markdown(summary: dict, commands: list[str]) -> str:
         for task, entry in per_task.items():
             gen = entry["generation"]
             tokens = entry.get("mean_prompt_tokens")
+            blocks = f"block {gen['block_length']}" if gen.get("block_length") else "no blocks"  # Dream: none
             lines += [f"### {model} / {task} (n = {entry['n']}, {entry['device']}; gen {gen['gen_length']}, "
-                      f"steps {gen['steps']}, block {gen.get('block_length')}, batch {entry['batch_size']}"
+                      f"steps {gen['steps']}, {blocks}, batch {entry['batch_size']}"
                       + ("" if tokens is None else f"; mean prompt {tokens:.0f} tokens") + ")", "",
                       *([f"> {entry['note']}", ""] if entry.get("note") else []),
                       "| setting | Kp | Kr | ratio | selection | accuracy % | 95% CI | agree % | TFLOPs/gen | FLOPs vs uncached "
