@@ -136,3 +136,23 @@ def test_kv_loss_is_the_sft_loss_with_the_value_digits_weighted(tok, shifted):
     torch.testing.assert_close(one, ref)
     assert float(two - one) > 0  # some digit was masked in 6 rows
     torch.testing.assert_close(four - one, 3 * (two - one))
+
+
+def test_training_curves_of_the_committed_runs_draw(tmp_path):
+    """eval.long_context.curve reads each committed run's learning curve (the curriculum reached the held-out
+    range, 185-300 records) and draws it; a report without one is refused with a clear message."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    from eval.long_context import curve
+
+    files = [Path(f"eval/results/frontier_{m}-kv.json.gz") for m in ("llada", "dream")]
+    by_model = curve.curves(files)
+    assert list(by_model) == ["llada-kv", "dream-kv"]
+    assert all(points[-1]["records"] == [185, 300] and points[-1]["accuracy"] >= 0.9 for points in by_model.values())
+    assert curve.main([*map(str, files), "--out", str(tmp_path / "c.png")]) == 0 and (tmp_path / "c.png").stat().st_size > 0
+    bare = tmp_path / "frontier_x.json.gz"
+    bare.write_bytes(gzip.compress(json.dumps({"model": "x", "rows": []}).encode()))
+    with pytest.raises(SystemExit, match="no training.curve"):
+        curve.curves([bare])
