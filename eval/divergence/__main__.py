@@ -1,0 +1,3 @@
+from eval.divergence.run import main
+
+raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""eval/divergence: the first step whose commits differ between two recorded runs, and where it falls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dllm_cache import CacheConfig
+from eval.divergence import run as divergence
+
+pytestmark = pytest.mark.lab  # imports the lab (eval/)
+
+M = 9  # the mask id of these synthetic runs
+
+
+def _run(commits: list[tuple[int, int]], P: int = 2, R: int = 16) -> list[torch.Tensor]:
+    """Ids read at each step of a one-row run that commits (position, token) once per step, then the final ids."""
+    x = torch.tensor([[5] * P + [M] * R], dtype=torch.int32)
+    out = [x.clone()]
+    for pos, tok in commits:
+        x[0, P + pos] = tok
+        out.append(x.clone())
+    return out  # the last entry doubles as the final sequence
+
+
+def test_first_divergence_is_the_step_whose_commit_differs():
+    u = _run([(0, 1), (1, 2), (2, 3), (3, 4)])
+    assert divergence.first_divergence(u, u, 0) is None
+    c = _run([(0, 1), (1, 2), (2, 7), (3, 4)])
+    assert divergence.first_divergence(u, c, 0) == (2, 2 + 2)  # step 2 committed another token at offset 2
+    moved = _run([(0, 1), (4, 2), (2, 3), (3, 4)])  # step 1 committed another position
+    assert divergence.first_divergence(u, moved, 0) == (1, 2 + 1)
+    shorter = _run([(0, 1), (1, 2)])  # a run that stopped sooner and ends different
+    assert divergence.first_divergence(u, shorter, 0) == (2, 2 + 2)
+
+
+def test_locate_reports_kind_staleness_and_block():
+    P, B = 2, divergence.BLOCK
+    commits = [(i, 1) for i in range(2 * B)]  # one token per step: block 1 starts at step B
+    u = _run(commits, P=P)
+    c = _run(commits[:B + 3] + [(B + 3, 7)] + commits[B + 4:], P=P)
+    (where,) = divergence.locate(u, c, P, CacheConfig(response_interval=4), mask_id=M)
+    assert where == {"step": B + 3, "kind": "partial", "since_refresh": (B + 3) % 4, "block": 1, "offset_in_block": 3,
+                     "steps_into_block": 3}
