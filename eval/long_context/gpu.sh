@@ -9,7 +9,7 @@
 #   frontier_llada-kv.json, frontier_dream-kv.json, llada.log, dream.log, models.tar.part-aa.. (the
 #   fine-tuned bf16 weights + tokenizers, split; keep them out of the repository: build/ is ignored).
 #
-#   run(command="bash eval/long_context/gpu.sh", timeout_s=560)
+#   run(command="bash eval/long_context/gpu.sh", timeout_s=598)   # the 2026-12-03 run: 570 s, both proxies learnt it
 # Toy check on CPU (short contexts, 6 training steps through two curriculum stages, a few rows):
 #   TOY=1 OUT=/tmp/toy bash eval/long_context/gpu.sh
 set -u
@@ -21,9 +21,9 @@ echo "[gpu.sh] install took $(python3 -c "print(round($START - $T_CALL, 1))") s"
 OUT=${OUT:-build/long_context/out}
 WORK=build/long_context
 mkdir -p "$WORK" "$OUT"
-TRAIN_UNTIL=${TRAIN_UNTIL:-300}
-SWEEP_UNTIL=${SWEEP_UNTIL:-515}
-HARD=${HARD:-530}  # kill a process still running then: its JSON holds every finished row (install + 530 + packing < 560)
+TRAIN_UNTIL=${TRAIN_UNTIL:-340}
+SWEEP_UNTIL=${SWEEP_UNTIL:-552}
+HARD=${HARD:-562}  # kill a process still running then: its JSON holds every finished row (install ~25 + 562 + packing < 598)
 EXTRA=()
 if [ -n "${TOY:-}" ]; then
   # --advance-at 0: every validation passes, so the toy walks the curriculum's stages (2-3, then 4-8)
