@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from dllm_cache.analysis.paired import mcnemar_exact  # noqa: E402
 from eval.frontier import run as frontier  # noqa: E402
-from eval.frontier.paired import mcnemar_exact  # noqa: E402
 
 pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
 

@@ -1,4 +1,5 @@
-"""The exact McNemar test and the "paired" objects of frontier rows (eval/frontier/paired.py)."""
+"""The exact McNemar test and the "paired" objects (dllm_cache/analysis/paired.py) that frontier rows and
+`dllm-cache eval --compare` carry."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ from fractions import Fraction
 
 import pytest
 
-from eval.frontier.paired import correct_indices, discordant, mcnemar_exact, paired_bounds, paired_object
-
-pytestmark = pytest.mark.lab  # imports the lab (eval/): `pytest -m lab` runs these, `-m "not lab"` the product's tests
+from dllm_cache.analysis.paired import correct_indices, discordant, mcnemar_exact, paired_bounds, paired_object
 
 
 def _two_sided_by_enumeration(b: int, c: int) -> Fraction:

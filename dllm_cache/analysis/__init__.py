@@ -2,6 +2,7 @@
 
     flops.py   analytic FLOPs and bytes of one denoising step and of a whole generation (ModelDims)
     memory.py  bytes the cache holds (measured or from the shapes), peak estimates and the fits-in-memory check
+    paired.py  the exact McNemar test of a cached run against uncached on the same problems
 
 The names below load on first use.
 """
@@ -23,6 +24,8 @@ _LAZY = {
     "estimate_cache_bytes": "memory",
     "bytes_per_token_layer": "memory",
     "check_generation_fits": "memory",
+    "mcnemar_exact": "paired",
+    "paired_object": "paired",
 }
 
 __all__ = list(_LAZY)

@@ -13,7 +13,7 @@ left-padded prompts, stop at end-of-text as eval/block_start does):
 - the paper default: Kp 100, Kr 8 steps, ratio 0.25, selection "paper" (the FLOPs budget issue 28 names);
 - (--extra) Kr 2 steps with the frontier selection, the fixed interval that kept accuracy.
 
-Per row: accuracy, agreement with uncached, exact McNemar p against uncached (eval/frontier/paired.py),
+Per row: accuracy, agreement with uncached, exact McNemar p against uncached (dllm_cache/analysis/paired.py),
 analytic FLOPs per problem two ways: as run (the batch's own plan: each step's kind as the engine planned it
 for the whole batch, from the batch's trace; checked against the engine's cache_stats) and at batch 1 (each
 problem's own trace through the same planner: the plan a lone row would get if it decoded the same tokens),
@@ -35,10 +35,10 @@ import torch
 
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, shipped
 from dllm_cache.analysis.flops import FEATURE_KINDS, ModelDims, feature_kinds, generation_cost
+from dllm_cache.analysis.paired import correct_indices, paired_object
 from dllm_cache.sampling.generate import generate
 from dllm_cache.sampling.trace import DecodeTrace, committed_per_step
 from eval.block_start.run import BLOCK, GEN, cpu_meta, load
-from eval.frontier.paired import correct_indices, paired_object
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 THRESHOLD = 0.9

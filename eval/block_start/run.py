@@ -5,7 +5,7 @@ The shipped LLaDA proxy (dllm_cache.shipped.default_model_dir()) on its held-out
 fixed schedule of one token per step (256 steps) and confidence threshold 0.9. Per decoding: uncached,
 block-dual (a full forward at every block start) and block-dual with block_start="incremental" (Kp 100:
 full forwards on steps 0, 100 and 200 of a generation; and Kp 32). Every row: accuracy, agreement of the final
-number with uncached, the exact McNemar p on the same problems (eval/frontier/paired.py), analytic FLOPs
+number with uncached, the exact McNemar p on the same problems (dllm_cache/analysis/paired.py), analytic FLOPs
 per problem (dllm_cache.analysis.flops at batch 1, the problem's own prompt length, the steps its batch
 took per block) and the CPU wall clock.
 
@@ -31,9 +31,9 @@ import torch
 
 from dllm_cache import CacheConfig, cache_enabled, cache_stats, shipped
 from dllm_cache.analysis.flops import ModelDims, generation_cost
+from dllm_cache.analysis.paired import correct_indices, paired_object
 from dllm_cache.sampling.generate import generate
 from dllm_cache.sampling.trace import DecodeTrace, steps_per_block
-from eval.frontier.paired import correct_indices, paired_object
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 GEN, BLOCK = 256, 8

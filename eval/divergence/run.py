@@ -36,9 +36,9 @@ import torch
 
 from dllm_cache import CacheConfig, cache_enabled, shipped
 from dllm_cache.analysis.flops import step_kind
+from dllm_cache.analysis.paired import correct_indices, paired_object
 from dllm_cache.sampling.generate import generate
 from eval.block_start.run import BLOCK, GEN, cpu_meta
-from eval.frontier.paired import correct_indices, paired_object
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 THRESHOLD = 0.9

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from eval.frontier.paired import correct_indices, paired_bounds, paired_object
+from dllm_cache.analysis.paired import correct_indices, paired_bounds, paired_object
 from eval.tiny import tasks
 from eval.tiny.evaluate import GEN_SETTINGS, accuracy_of, load_model, mean_flops, parse_gen, prompt_lengths, sampler_settings
 
@@ -315,7 +315,7 @@ def _row(model, name: str, family: str, setting: str, cfg, thr, settings: dict, 
         "ci95": list(wilson_interval(correct, len(examples))),
         "agreement_with_uncached": None if base_texts is None else
         sum(a == tasks.answer_key(family, b) for a, b in zip(keys, base_texts)) / len(texts),
-        # exact McNemar against uncached on the same problems (eval/frontier/paired.py)
+        # exact McNemar against uncached on the same problems (dllm_cache/analysis/paired.py)
         "paired": None if cfg is None else paired_object(ok, base_ok, len(examples), against=base_name),
         "correct_ids": ok,  # indices of the problems answered right: what later pairings need
         "mean_prompt_tokens": mean_prompt,

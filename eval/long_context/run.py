@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from eval.frontier.paired import correct_indices, paired_object
+from dllm_cache.analysis.paired import correct_indices, paired_object
 from eval.long_context import task
 
 VAL_SEED = 777  # validation set for early stopping: never the held-out seed

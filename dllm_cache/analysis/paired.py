@@ -12,9 +12,9 @@ two-sided exact binomial test of that: p = min(1, 2 * P(X <= min(b, c))), X ~ Bi
 and p = 1 when there is no discordant problem. It is computed with integer binomial coefficients
 (no scipy, no normal approximation), so it is exact for any n.
 
-`paired_object` is what a frontier row carries under "paired" (eval/frontier/run.py); rows measured before per-problem
-correctness was kept carry `paired_bounds` instead: from the row's agreement with uncached
-(identical answers imply identical correctness) and the two correct counts, only a range of
+`paired_object` is what a frontier row (the lab's eval/frontier) and `dllm-cache eval --compare` carry under
+"paired"; rows measured before per-problem correctness was kept carry `paired_bounds` instead: from the row's
+agreement with uncached (identical answers imply identical correctness) and the two correct counts, only a range of
 discordant counts, and so a range of p-values, is known.
 """
 
