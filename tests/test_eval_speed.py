@@ -114,6 +114,31 @@ def test_compare_end_to_end(llada_dir, tmp_path, capsys, only_local_tasks):
     assert results["config"]["model"] == "dllm_cache" and results["config"]["dllm_cache"]["cache"] is True
     assert results["results"]["arith_synth"]["forwards,speed"] == 8
     assert "exact_match,none" in results["dllm_cache_compare"]["uncached_results"]["arith_synth"]
+    # paired per example: the same 2 examples, exact McNemar; samples kept out of the file (not asked for)
+    paired = entry["paired"]["exact_match,none"]
+    assert paired["n"] == 2 and paired["exact"] and 0 <= paired["p_value"] <= 1
+    right = {label: round(entry["scores"]["exact_match,none"][label] * 2) for label in ("uncached", "cached")}
+    assert paired["cached_right_uncached_wrong"] - paired["cached_wrong_uncached_right"] == right["cached"] - right["uncached"]
+    assert "exact McNemar p (n = 2)" in printed and "samples" not in results
+
+
+def test_paired_scores_pair_right_or_wrong_scores_by_example():
+    """Only scores that are 0/1 on every example are paired, on the examples both runs logged."""
+    from dllm_cache.analysis.paired import mcnemar_exact
+    from dllm_cache.integrations.lm_eval.compare import paired_scores
+
+    def records(rights, extra=None):
+        return [{"doc_id": d, "filter": "strict", "metrics": ["exact_match", "f1"], "exact_match": float(r),
+                 "f1": 0.5 if d == 0 else float(r)} for d, r in rights.items()] + (extra or [])
+
+    uncached = records({0: 1, 1: 1, 2: 0, 3: 0, 4: 1})
+    cached = records({0: 1, 1: 0, 2: 1, 3: 1, 5: 0})  # doc 4 only uncached, doc 5 only cached: not paired
+    out = paired_scores(uncached, cached)
+    assert set(out) == {"exact_match,strict"}  # f1 takes 0.5 somewhere: graded, not paired
+    p = out["exact_match,strict"]
+    assert (p["n"], p["cached_right_uncached_wrong"], p["cached_wrong_uncached_right"]) == (4, 2, 1)
+    assert p["p_value"] == mcnemar_exact(2, 1)
+    assert paired_scores([], cached) == {}
 
 
 def test_compare_refuses_other_models_and_request_caching(only_local_tasks, capsys):

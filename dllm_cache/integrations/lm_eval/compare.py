@@ -7,7 +7,10 @@ table show wall time, tokens/s, forwards by step kind, fraction recomputed and G
 next to the accuracy of the same task. With `compare=True` the model is loaded once and the same
 examples run uncached, then cached; the cached run's results are returned (lm-eval saves and
 prints them as usual) with the uncached one and the side-by-side summary under
-results["dllm_cache_compare"].
+results["dllm_cache_compare"]. The summary pairs the two runs example by example: for every score
+that is right-or-wrong per example (exact_match, acc, ...), the examples right only cached, right only
+uncached, and the exact McNemar p (`dllm_cache.analysis.paired`): two runs over the same examples are
+strongly correlated, so two scores with their stderr cannot say whether a small difference is real.
 """
 
 from __future__ import annotations
@@ -53,10 +56,41 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator and denominator else None
 
 
+def _right_per_example(samples: list[dict[str, Any]]) -> dict[str, dict[int, bool]]:
+    """"metric,filter" -> {doc_id: right?} for the scores that are 0 or 1 on every logged example
+    (lm-eval's samples: one record per example and filter, each metric's value under its name)."""
+    out: dict[str, dict[int, bool]] = {}
+    graded: set[str] = set()  # scores seen with another value: not right-or-wrong, not paired
+    for record in samples:
+        for metric in record.get("metrics", []):
+            key, value = f"{metric},{record.get('filter', 'none')}", record.get(metric)
+            if isinstance(value, (bool, int, float)) and value in (0, 1):
+                out.setdefault(key, {})[record["doc_id"]] = bool(value)
+            else:
+                graded.add(key)
+    return {k: v for k, v in out.items() if k not in graded}
+
+
+def paired_scores(uncached: list[dict[str, Any]], cached: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per right-or-wrong score: the exact McNemar test of the cached run against the uncached one on the
+    examples both logged (by doc_id): `dllm_cache.analysis.paired.paired_object`."""
+    from dllm_cache.analysis.paired import paired_object
+
+    right_u, right_c = _right_per_example(uncached), _right_per_example(cached)
+    out = {}
+    for key in right_c.keys() & right_u.keys():
+        docs = sorted(right_c[key].keys() & right_u[key].keys())
+        out[key] = paired_object([i for i, d in enumerate(docs) if right_c[key][d]],
+                                 [i for i, d in enumerate(docs) if right_u[key][d]], len(docs))
+    return out
+
+
 def comparison(uncached: dict[str, Any], cached: dict[str, Any]) -> dict[str, Any]:
-    """Per task: each score uncached / cached, both speed records, wall-clock speedup, FLOP cut."""
+    """Per task: each score uncached / cached, both speed records, wall-clock speedup, FLOP cut, and (when both
+    runs logged their samples) the paired test of each right-or-wrong score."""
     speed_u = uncached["config"].get("dllm_cache_speed", {})
     speed_c = cached["config"].get("dllm_cache_speed", {})
+    samples_u, samples_c = uncached.get("samples") or {}, cached.get("samples") or {}
     out = {}
     for task in cached["results"]:
         if task not in uncached["results"]:
@@ -65,6 +99,7 @@ def comparison(uncached: dict[str, Any], cached: dict[str, Any]) -> dict[str, An
         su, sc = speed_u.get(task, {}), speed_c.get(task, {})
         out[task] = {
             "scores": {m: {"uncached": scores_u.get(m), "cached": scores_c[m]} for m in scores_c},
+            "paired": paired_scores(samples_u.get(task, []), samples_c.get(task, [])),
             "speed": {"uncached": su, "cached": sc},
             "speedup": _ratio(su.get("wall_s"), sc.get("wall_s")),
             "flop_cut": _ratio(su.get("flops"), sc.get("flops")),
@@ -83,6 +118,11 @@ def format_comparison(summary: dict[str, Any]) -> str:
     for task, entry in summary.items():
         for metric, pair in entry["scores"].items():
             lines.append(f"| {task} | {metric} | {_fmt(pair['uncached'])} | {_fmt(pair['cached'])} |")
+            p = entry.get("paired", {}).get(metric)
+            if p is not None:
+                lines.append(f"| {task} | {metric}: right only cached / only uncached, exact McNemar p (n = {p['n']}) | | "
+                             f"{p['cached_right_uncached_wrong']} / {p['cached_wrong_uncached_right']}, "
+                             f"p {p['p_value']:.3g} |")
         su, sc = entry["speed"]["uncached"], entry["speed"]["cached"]
         gflops = [s.get("flops_per_request") and s["flops_per_request"] / 1e9 for s in (su, sc)]
         lines += [
@@ -110,10 +150,11 @@ def _run_compare(simple_evaluate: Callable[..., Any], kwargs: dict[str, Any], re
         {k: kwargs.get(k) for k in ("batch_size", "max_batch_size", "device")},
     )
     runs = {}
+    wants_samples = bool(kwargs.get("log_samples"))  # the pairing needs them; kept in the output only if asked
     for label, on in (("uncached", False), ("cached", True)):
         lm.set_cache(on)
         lm.reset_speed()
-        results = simple_evaluate(**{**kwargs, "model": lm})
+        results = simple_evaluate(**{**kwargs, "model": lm, "log_samples": True})
         if results is not None:  # None on ranks other than 0
             results["config"]["model"] = "dllm_cache"
             results["config"]["model_args"] = kwargs.get("model_args")
@@ -123,6 +164,9 @@ def _run_compare(simple_evaluate: Callable[..., Any], kwargs: dict[str, Any], re
         return None
     cached = runs["cached"]
     summary = comparison(runs["uncached"], cached)
+    if not wants_samples:
+        for results in runs.values():
+            results.pop("samples", None)
     cached["dllm_cache_compare"] = {"uncached_results": runs["uncached"]["results"], "tasks": summary}
     report["compare"] = format_comparison(summary)
     return cached
