@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 pytest.importorskip("lm_eval")
@@ -139,6 +140,8 @@ def test_paired_scores_pair_right_or_wrong_scores_by_example():
     assert (p["n"], p["cached_right_uncached_wrong"], p["cached_wrong_uncached_right"]) == (4, 2, 1)
     assert p["p_value"] == mcnemar_exact(2, 1)
     assert paired_scores([], cached) == {}
+    as_numpy = [{**r, "exact_match": np.float64(r["exact_match"])} for r in cached]  # lm-eval's metrics may be numpy
+    assert paired_scores(uncached, as_numpy) == out
 
 
 def test_compare_refuses_other_models_and_request_caching(only_local_tasks, capsys):

@@ -16,6 +16,7 @@ strongly correlated, so two scores with their stderr cannot say whether a small 
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -64,7 +65,7 @@ def _right_per_example(samples: list[dict[str, Any]]) -> dict[str, dict[int, boo
     for record in samples:
         for metric in record.get("metrics", []):
             key, value = f"{metric},{record.get('filter', 'none')}", record.get(metric)
-            if isinstance(value, (bool, int, float)) and value in (0, 1):
+            if isinstance(value, numbers.Real) and value in (0, 1):  # numpy scalars included
                 out.setdefault(key, {})[record["doc_id"]] = bool(value)
             else:
                 graded.add(key)
