@@ -53,7 +53,7 @@ def discordant(cached: Iterable[int], uncached: Iterable[int]) -> tuple[int, int
 
 
 def paired_object(cached: Sequence[int], uncached: Sequence[int], n: int, against: str = "uncached") -> dict:
-    """The "paired" object of a frontier row.
+    """The "paired" object of a frontier row or of a `dllm-cache eval --compare` score.
 
     cached, uncached: indices (0..n-1) of the problems each run got right, on the same n problems.
     Returns {"against": the baseline row's name, "n", "cached_right_uncached_wrong": b,
