@@ -27,7 +27,6 @@ import math
 import shlex
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -36,7 +35,16 @@ from tqdm.auto import tqdm
 
 from dllm_cache.analysis.paired import correct_indices, paired_bounds, paired_object
 from eval.tiny import tasks
-from eval.tiny.evaluate import GEN_SETTINGS, accuracy_of, load_model, mean_flops, parse_gen, prompt_lengths, sampler_settings
+from eval.tiny.evaluate import (
+    GEN_SETTINGS,
+    accuracy_of,
+    load_model,
+    mean_flops,
+    parse_gen,
+    prompt_lengths,
+    sampler_settings,
+    token_lengths,
+)
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 TASK_NAMES = {"arith": "arith", "hotpot": "multihop"}  # family -> name in the reports
@@ -175,6 +183,18 @@ def realized_flops(model, lengths, settings: dict, config, stats: dict) -> float
     return total / max(1, sum(lengths.values()))
 
 
+def row_flops(model, lengths, settings: dict, config, stats: dict | None, steps_run: float | None) -> float:
+    """Mean FLOPs per generation of a row: analytic at batch 1 and each prompt's own length, over the scheduled
+    steps; a drift- or threshold-run cached row counts the step kinds the cache ran (`realized_flops`), and an
+    uncached row under a threshold the steps its batches ran (`steps_run`, forwards per batch)."""
+    threshold = settings.get("threshold") is not None
+    if config is None:
+        return mean_flops(model, lengths, settings, None) * (steps_run / settings["steps"] if threshold else 1.0)
+    if threshold or config.drift_triggered:
+        return realized_flops(model, lengths, settings, config, stats)
+    return mean_flops(model, lengths, settings, config)
+
+
 def recost(path: Path, model_dir: str) -> int:
     """Recompute, with today's cost model, the analytic FLOPs of the rows of a frontier file whose steps followed
     the data (threshold decoding, a drift-triggered refresh), from the cache_stats and steps they recorded, and
@@ -195,8 +215,7 @@ def recost(path: Path, model_dir: str) -> int:
             if r["task"] == "kv-retrieval":
                 from eval.long_context import task as kv
 
-                prompts = [kv.prompt_of(e) for e in kv.test_examples(r["n"])]
-                lengths[key] = Counter(len(x) for x in tok(prompts, add_special_tokens=False)["input_ids"])
+                lengths[key] = token_lengths(tok, [kv.prompt_of(e) for e in kv.test_examples(r["n"])])
             else:
                 family = next(f for f, t in TASK_NAMES.items() if t == r["task"])
                 lengths[key] = prompt_lengths(tok, family, tasks.test_examples(family, r["n"]))
@@ -292,15 +311,8 @@ def run(model, tok, *, name: str, n: int, device: str, families=("arith", "hotpo
 def _row(model, name: str, family: str, setting: str, cfg, thr, settings: dict, examples: list[dict], texts: list[str],
          ok: list[int], base_texts, base_ok: list[int], base_name, seconds: float, base_seconds, stats, lengths,
          mean_prompt: float, batch_size: int, steps_run: float | None) -> dict:
-    """One frontier row. FLOPs: analytic at batch 1 and each prompt's own length, over the scheduled steps;
-    a drift- or threshold-run cached row counts the step kinds the cache ran (cache_stats), and an uncached
-    row under a threshold the steps its batches ran (`steps_run`, forwards per batch)."""
-    if cfg is None:
-        flops = mean_flops(model, lengths, settings, None) * (1.0 if thr is None else steps_run / settings["steps"])
-    elif thr is not None or cfg.drift_triggered:
-        flops = realized_flops(model, lengths, settings, cfg, stats)
-    else:
-        flops = mean_flops(model, lengths, settings, cfg)
+    """One frontier row (FLOPs: `row_flops`)."""
+    flops = row_flops(model, lengths, settings, cfg, stats, steps_run)
     keys = [tasks.answer_key(family, t) for t in texts]
     correct = len(ok)
     return {

@@ -33,7 +33,6 @@ import random
 import sys
 import time
 import traceback
-from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -337,15 +336,14 @@ def train(model, tok, args, t0: float, device: str, meta: dict, write=None) -> N
 # ----------------------------------------------------------------------------- sweep
 def sweep(model, tok, args, t0: float, device: str, report: dict, write) -> None:
     from dllm_cache import cache_enabled, cache_stats
-    from eval.frontier.run import ForwardCounter, realized_flops, wilson_interval
-    from eval.tiny.evaluate import generate_texts, mean_flops
+    from eval.frontier.run import ForwardCounter, row_flops, wilson_interval
+    from eval.tiny.evaluate import generate_texts, token_lengths
 
     examples = task.test_examples(args.n) if not args.toy else \
         [task.make_example(random.Random(f"toy/{i}"), args.records[1]) for i in range(args.n)]
     prompts = [task.prompt_of(e) for e in examples]
-    lens = [len(x) for x in tok(prompts, add_special_tokens=False)["input_ids"]]
-    lengths = Counter(lens)
-    report["mean_prompt_tokens"] = sum(lens) / len(lens)
+    lengths = token_lengths(tok, prompts)
+    report["mean_prompt_tokens"] = sum(P * k for P, k in lengths.items()) / len(prompts)
     base_gen = gen_for(model)
     base: dict = {}  # threshold -> (texts, correct_ids, seconds, flops)
     est = None  # seconds of the last uncached row: an upper bound for a cached one
@@ -386,14 +384,7 @@ def sweep(model, tok, args, t0: float, device: str, report: dict, write) -> None
         if cfg is None:
             est = seconds
         ok = correct_indices(task.is_correct(t, e["answer"]) for t, e in zip(texts, examples))
-        # FLOPs: analytic at batch 1 and each prompt's own length; a drift- or threshold-run row counts
-        # the steps it actually ran where the cache counted them (cache_stats), else every scheduled step
-        if cfg is None:  # uncached cost is linear in the steps run (fewer than scheduled under a threshold)
-            flops = mean_flops(model, lengths, gen, None) * steps_run / gen["steps"]
-        elif thr is not None or cfg.drift_triggered:
-            flops = realized_flops(model, lengths, gen, cfg, stats)
-        else:
-            flops = mean_flops(model, lengths, gen, cfg)
+        flops = row_flops(model, lengths, gen, cfg, stats, steps_run if cfg is None else None)
         if cfg is None:
             base[thr] = (texts, ok, seconds, flops)
         b_texts, b_ok, b_seconds, b_flops = base[thr]

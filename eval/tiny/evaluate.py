@@ -138,10 +138,14 @@ def cache_configs(sweep: bool = True, thresholds: tuple[float, ...] = ()) -> lis
     return configs
 
 
-def prompt_lengths(tok, family: str, examples: list[dict]) -> Counter:
-    """How many examples have each prompt length (tokens, unpadded)."""
-    prompts = [tasks.prompt_and_target(family, ex)[0] for ex in examples]
+def token_lengths(tok, prompts: list[str]) -> Counter:
+    """How many prompts have each length (tokens, unpadded): what the per-length FLOPs are summed over."""
     return Counter(len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"])
+
+
+def prompt_lengths(tok, family: str, examples: list[dict]) -> Counter:
+    """token_lengths of a proxy task's examples."""
+    return token_lengths(tok, [tasks.prompt_and_target(family, ex)[0] for ex in examples])
 
 
 def mean_flops(model, lengths: Counter, settings: dict, config) -> float:
