@@ -153,16 +153,17 @@ def steps_per_block(rows: list[dict[str, Any]], num_blocks: int) -> list[int]:
     return [max((len(r["blocks"][b]) for r in rows if b < len(r["blocks"])), default=0) for b in range(num_blocks)]
 
 
+def committed_at(rows: list[dict[str, Any]], block: int, step: int) -> list[int]:
+    """Tokens each row unmasked at step `step` of block `block` (host ints): 0 once the row's block is full
+    (it waits) or its trace ended. What a replay reports to the cache after that step
+    (CacheConfig.response_clock "tokens")."""
+    return [r["blocks"][block][step] if block < len(r["blocks"]) and step < len(r["blocks"][block]) else 0 for r in rows]
+
+
 def committed_per_step(rows: list[dict[str, Any]], num_blocks: int) -> list[list[int]]:
-    """Tokens each row unmasked at each step of a batch made of these rows, (steps, batch) as host ints:
-    block by block, `steps_per_block` steps each, 0 once a row's block is full (it waits) or its trace
-    ended. What a replay reports to the cache after each step (CacheConfig.response_clock "tokens"), and
-    what `analysis.flops.generation_cost(committed=...)` plans with."""
-    out: list[list[int]] = []
-    for b, n in enumerate(steps_per_block(rows, num_blocks)):
-        for i in range(n):
-            out.append([r["blocks"][b][i] if b < len(r["blocks"]) and i < len(r["blocks"][b]) else 0 for r in rows])
-    return out
+    """`committed_at` for every step of a batch made of these rows, (steps, batch): block by block,
+    `steps_per_block` steps each. What `analysis.flops.generation_cost(committed=...)` plans with."""
+    return [committed_at(rows, b, i) for b, n in enumerate(steps_per_block(rows, num_blocks)) for i in range(n)]
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .trace import DecodeTrace, ReplaySchedule
+from .trace import DecodeTrace, ReplaySchedule, committed_at
 
 
 def tokens_per_step(masked: torch.Tensor, steps: int) -> torch.Tensor:
@@ -190,8 +190,7 @@ class Unmasker:
             self.stopped |= self.stop.apply(response, self.mask_id)
         self.committed = None
         if self.schedule is not None and step is not None:
-            self.committed = [blocks[block][step] if block < len(blocks) and step < len(blocks[block]) else 0
-                              for blocks in (row["blocks"] for row in self.schedule.rows)]
+            self.committed = committed_at(self.schedule.rows, block, step)
         if not (self.dynamic or self.stop is not None):
             return False, False
         read = torch.stack([(window == self.mask_id).any(), (response == self.mask_id).any()]).long()
