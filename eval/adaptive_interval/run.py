@@ -38,7 +38,7 @@ from dllm_cache.analysis.flops import FEATURE_KINDS, ModelDims, feature_kinds, g
 from dllm_cache.analysis.paired import correct_indices, paired_object
 from dllm_cache.sampling.generate import generate
 from dllm_cache.sampling.trace import DecodeTrace, committed_per_step
-from eval.block_start.run import BLOCK, GEN, cpu_meta, load
+from eval.block_start.run import BLOCK, GEN, add_stats, cpu_meta, load, sorted_batches
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 THRESHOLD = 0.9
@@ -62,16 +62,13 @@ def run_setting(model, tok, problems: list[dict], config, batch: int) -> dict:
     """Generate every problem (batches sorted by prompt length, left padded) under `config`."""
     prompts = [shipped.arith_prompt(p["question"]) for p in problems]
     lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     texts = [""] * len(prompts)
     as_run, alone = [0.0] * len(prompts), [0.0] * len(prompts)
     dims = ModelDims.from_config(model.config)
     stats: dict = {}
     steps = 0
     t0 = time.perf_counter()
-    for start in range(0, len(order), batch):
-        idx = order[start : start + batch]
-        enc = tok([prompts[i] for i in idx], padding=True, return_tensors="pt", add_special_tokens=False)
+    for idx, enc in sorted_batches(tok, prompts, batch):
         trace = DecodeTrace()
         opts = dict(gen_length=GEN, block_length=BLOCK, temperature=0.0, stop_at_eos=True, trace=trace,
                     steps=GEN, threshold=THRESHOLD)
@@ -81,9 +78,7 @@ def run_setting(model, tok, problems: list[dict], config, batch: int) -> dict:
             with cache_enabled(model, config):
                 out = generate(model, enc["input_ids"], enc["attention_mask"], **opts)
                 got = cache_stats(model)
-            for k, v in got.items():
-                if isinstance(v, int):
-                    stats[k] = stats.get(k, 0) + v
+            add_stats(stats, got)
         rows = trace.rows()
         committed = committed_per_step(rows, GEN // BLOCK)  # (steps, batch): what the sampler reported
         steps += len(committed)

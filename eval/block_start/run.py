@@ -64,18 +64,32 @@ def load(n: int):
     return model, tok, problems
 
 
+def sorted_batches(tok, prompts: list[str], batch: int):
+    """The CPU studies' batching (this one, eval/adaptive_interval, eval/divergence): prompts sorted by token
+    length, `batch` at a time, left padded. Yields (the batch's indices into `prompts`, its encoding)."""
+    lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    for start in range(0, len(order), batch):
+        idx = order[start : start + batch]
+        yield idx, tok([prompts[i] for i in idx], padding=True, return_tensors="pt", add_special_tokens=False)
+
+
+def add_stats(total: dict, stats: dict) -> None:
+    """Sum one generate() call's cache_stats counters into `total` (the study's whole run)."""
+    for k, v in stats.items():
+        if isinstance(v, int):
+            total[k] = total.get(k, 0) + v
+
+
 def run_setting(model, tok, problems: list[dict], config, decoding: dict, batch: int) -> dict:
     """Generate every problem (batches sorted by prompt length, left padded) under `config`."""
     prompts = [shipped.arith_prompt(p["question"]) for p in problems]
     lengths = [len(ids) for ids in tok(prompts, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     texts, flops, steps = [""] * len(prompts), [0.0] * len(prompts), 0
     dims = ModelDims.from_config(model.config)
     stats: dict = {}
     t0 = time.perf_counter()
-    for start in range(0, len(order), batch):
-        idx = order[start : start + batch]
-        enc = tok([prompts[i] for i in idx], padding=True, return_tensors="pt", add_special_tokens=False)
+    for idx, enc in sorted_batches(tok, prompts, batch):
         trace = DecodeTrace()
         opts = dict(gen_length=GEN, block_length=BLOCK, temperature=0.0, stop_at_eos=True, trace=trace, **decoding)
         if config is None:
@@ -83,9 +97,7 @@ def run_setting(model, tok, problems: list[dict], config, decoding: dict, batch:
         else:
             with cache_enabled(model, config):
                 out = generate(model, enc["input_ids"], enc["attention_mask"], **opts)
-                for k, v in cache_stats(model).items():
-                    if isinstance(v, int):
-                        stats[k] = stats.get(k, 0) + v
+                add_stats(stats, cache_stats(model))
         per_block = steps_per_block(trace.rows(), GEN // BLOCK)  # the batch's steps in each block
         steps += sum(per_block)
         for row, i in enumerate(idx):

@@ -38,7 +38,7 @@ from dllm_cache import CacheConfig, cache_enabled, shipped
 from dllm_cache.analysis.flops import step_kind
 from dllm_cache.analysis.paired import correct_indices, paired_object
 from dllm_cache.sampling.generate import generate
-from eval.block_start.run import BLOCK, GEN, cpu_meta
+from eval.block_start.run import BLOCK, GEN, cpu_meta, sorted_batches
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 THRESHOLD = 0.9
@@ -70,8 +70,7 @@ class StepInputs:
 def decode(model, tok, prompts: list[str], config, device: str) -> tuple[list[torch.Tensor], torch.Tensor, int, list[int]]:
     """One batch, uncached (config None) or cached: (the ids each step read, then the final sequences appended;
     the final sequences; the padded prompt length; the batch order: row r is prompts[order[r]])."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    enc = tok([prompts[i] for i in order], padding=True, return_tensors="pt", add_special_tokens=False)
+    ((order, enc),) = sorted_batches(tok, prompts, len(prompts))  # one batch, ordered as eval/adaptive_interval's
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     opts = dict(gen_length=GEN, block_length=BLOCK, steps=GEN, threshold=THRESHOLD, temperature=0.0, stop_at_eos=True)
     with StepInputs(model) as rec:
