@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -42,3 +44,38 @@ def test_locate_reports_kind_staleness_and_block():
     (where,) = divergence.locate(u, c, P, CacheConfig(response_interval=4), mask_id=M)
     assert where == {"step": B + 3, "kind": "partial", "since_refresh": (B + 3) % 4, "block": 1, "offset_in_block": 3,
                      "steps_into_block": 3}
+
+
+@pytest.fixture(scope="module")
+def random_proxy(tmp_path_factory):
+    """An untrained tiny-config LLaDA proxy: decodes fast, and its near-uniform confidences make the cache's
+    small perturbations change tokens, so the divergence bookkeeping has something to find."""
+    from eval.tiny import train
+    from eval.tiny.tokenizer import build_tokenizer
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    out = tmp_path_factory.mktemp("divergence") / "model"
+    train.model_class("llada")(train.model_config(tok, "llada", tiny=True)).eval().save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_step_decoding_commits_one_token_per_step_and_reports(random_proxy, tmp_path, monkeypatch):
+    """`--threshold 0`: one token per step (the frontier's step-decoding rows), every recorded step commits exactly
+    one token in every row still masked, and the report says which decoding it ran."""
+    from eval.tiny.evaluate import load_model
+
+    monkeypatch.setattr(divergence, "GEN", 16)
+    model, tok = load_model(str(random_proxy), "cpu", torch.float32)
+    steps, out, P, _ = divergence.decode(model, tok, ["1+1=", "12+30="], None, "cpu", threshold=None)
+    for before, after in zip(steps[:-1], steps[1:]):
+        masked = (before[:, P:] == tok.mask_token_id).any(dim=1)
+        assert ((after != before).sum(dim=1) == masked.int()).all()
+    assert len(steps) - 1 <= 16 and torch.equal(steps[-1], out.to(torch.int32))
+    base = tmp_path / "div"
+    assert divergence.main(["--model", str(random_proxy), "--n", "3", "--threshold", "0", "--out", str(base)]) == 0
+    report = json.loads(base.with_suffix(".json").read_text())
+    assert report["threshold"] is None and "one token per step" in base.with_suffix(".md").read_text()
+    for row in report["rows"]:
+        assert row["response_interval"] == 8 and row["paired"]["n"] == 3 and row["steps_uncached"] <= 16

@@ -19,7 +19,12 @@ perturbation that a near-tie in the model's confidences turns into a different t
     PYTHONPATH=. python -m eval.divergence --model <folder> --device cuda --n 500 --out eval/results/divergence_<name>
 
 Decoding as `eval/adaptive_interval` runs it (gen 256, block 8, greedy, threshold 0.9, one batch of prompts
-sorted by length, left padded, stop at end-of-text), so its rows pair with that study's.
+sorted by length, left padded, stop at end-of-text), so its rows pair with that study's; `--threshold 0`
+decodes one token per step instead, as the frontier's step-decoding rows do (where the larger proxy's
+2-point loss was seen).
+
+    PYTHONPATH=. python -m eval.divergence --model <folder> --device cuda --n 500 --threshold 0 \
+        --out eval/results/divergence_<name>_steps
 """
 
 from __future__ import annotations
@@ -67,12 +72,14 @@ class StepInputs:
         self.handle.remove()
 
 
-def decode(model, tok, prompts: list[str], config, device: str) -> tuple[list[torch.Tensor], torch.Tensor, int, list[int]]:
-    """One batch, uncached (config None) or cached: (the ids each step read, then the final sequences appended;
-    the final sequences; the padded prompt length; the batch order: row r is prompts[order[r]])."""
+def decode(model, tok, prompts: list[str], config, device: str, threshold: float | None = THRESHOLD
+           ) -> tuple[list[torch.Tensor], torch.Tensor, int, list[int]]:
+    """One batch, uncached (config None) or cached, at `threshold` (None: one token per step): (the ids each step
+    read, then the final sequences appended; the final sequences; the padded prompt length; the batch order: row r
+    is prompts[order[r]])."""
     ((order, enc),) = sorted_batches(tok, prompts, len(prompts))  # one batch, ordered as eval/adaptive_interval's
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-    opts = dict(gen_length=GEN, block_length=BLOCK, steps=GEN, threshold=THRESHOLD, temperature=0.0, stop_at_eos=True)
+    opts = dict(gen_length=GEN, block_length=BLOCK, steps=GEN, threshold=threshold, temperature=0.0, stop_at_eos=True)
     with StepInputs(model) as rec:
         if config is None:
             out = generate(model, ids, mask, **opts)
@@ -116,7 +123,7 @@ def locate(u: list[torch.Tensor], c: list[torch.Tensor], P: int, config: CacheCo
     return out
 
 
-def study(model, tok, problems: list[dict], device: str) -> dict:
+def study(model, tok, problems: list[dict], device: str, threshold: float | None = THRESHOLD) -> dict:
     prompts = [shipped.arith_prompt(p["question"]) for p in problems]
     answers = [shipped.final_number(p["answer"]) for p in problems]
     n = len(problems)
@@ -129,12 +136,12 @@ def study(model, tok, problems: list[dict], device: str) -> dict:
         return correct_indices(k is not None and k == a for k, a in zip(keys, answers)), keys
 
     t0 = time.perf_counter()
-    u, u_out, P, order = decode(model, tok, prompts, None, device)
+    u, u_out, P, order = decode(model, tok, prompts, None, device, threshold)
     u_ok, u_keys = right(u_out, P, order)
     rows, seconds = [], {"uncached": round(time.perf_counter() - t0, 1)}
     for name, config in SETTINGS.items():
         t0 = time.perf_counter()
-        c, c_out, _, _ = decode(model, tok, prompts, config, device)
+        c, c_out, _, _ = decode(model, tok, prompts, config, device, threshold)
         seconds[name] = round(time.perf_counter() - t0, 1)
         c_ok, c_keys = right(c_out, P, order)
         where = locate(u, c, P, config, tok.mask_token_id)
@@ -146,13 +153,14 @@ def study(model, tok, problems: list[dict], device: str) -> dict:
                                      "right_uncached": i in u_set, "right_cached": i in c_set})
         steps_u = len(u) - 1
         kinds_all = Counter(step_kind(s, config) for s in range(steps_u))
-        rows.append({"setting": name, "config": repr(config), "n": n, "correct_uncached": len(u_ok),
+        rows.append({"setting": name, "config": repr(config), "response_interval": config.response_interval,
+                     "n": n, "correct_uncached": len(u_ok),
                      "correct_cached": len(c_ok), "paired": paired_object(c_ok, u_ok, n),
                      "diverged": len(problems_out), "answers_changed": sum(p["answer_changed"] for p in problems_out),
                      "steps_uncached": steps_u, "steps_cached": len(c) - 1,
                      "step_kind_share": {k: v / steps_u for k, v in kinds_all.items()},
                      "problems": problems_out})
-    return {"n": n, "threshold": THRESHOLD, "seconds": seconds, "rows": rows}
+    return {"n": n, "threshold": threshold, "seconds": seconds, "rows": rows}
 
 
 def _hist(items, key, keys) -> str:
@@ -161,15 +169,16 @@ def _hist(items, key, keys) -> str:
 
 
 def markdown(report: dict) -> str:
+    decoding = "one token per step" if report["threshold"] is None else f"threshold {report['threshold']}"
     lines = ["# Where cached generations first leave the uncached ones", "",
              f"{report['meta']['machine']}; model {report['meta']['model']}; the first {report['n']} held-out arith "
-             f"problems; gen {GEN}, block {BLOCK}, greedy, threshold {report['threshold']}, one sorted batch, stop at "
+             f"problems; gen {GEN}, block {BLOCK}, greedy, {decoding}, one sorted batch, stop at "
              f"end-of-text. Command: `{report['command']}`. Seconds: {report['seconds']}.", ""]
     for r in report["rows"]:
         p = r["paired"]
         items = r["problems"]
         flips = [x for x in items if x["right_uncached"] != x["right_cached"]]
-        kr = 8
+        kr = r.get("response_interval", 8)  # rows written before the field: both settings' Kr 8
         lines += [f"## {r['setting']}", "",
                   f"- correct: uncached {r['correct_uncached']}/{r['n']}, cached {r['correct_cached']}/{r['n']} "
                   f"(right only cached / only uncached {p['cached_right_uncached_wrong']} / "
@@ -195,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=96)
     ap.add_argument("--model", default=None, help="a LLaDA proxy folder (default: the shipped model)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threshold", type=float, default=THRESHOLD,
+                    help="confidence at which a masked token commits (several per step); 0: one token per step")
     ap.add_argument("--out", type=Path, default=RESULTS / "divergence_cpu")
     args = ap.parse_args(argv)
     from eval.tiny.evaluate import load_model
@@ -204,8 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = load_model(args.model or str(shipped.default_model_dir()), args.device, dtype)
     with open(shipped.default_prompts_file()) as f:
         problems = [json.loads(line) for _, line in zip(range(args.n), f)]
-    report = study(model, tok, problems, args.device)
+    report = study(model, tok, problems, args.device, args.threshold or None)
     report["meta"] = {**cpu_meta(), "model": args.model or str(shipped.default_model_dir()), "device": args.device}
+    if args.device.startswith("cuda"):
+        report["meta"]["machine"] = f"{torch.cuda.get_device_name()}, bf16 (host: {report['meta']['machine']})"
     report["command"] = "PYTHONPATH=. python -m eval.divergence " + shlex.join(argv if argv is not None else sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")

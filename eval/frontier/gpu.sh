@@ -7,6 +7,7 @@
 # Packs eval/results/frontier* into $OUT/frontier_results.tgz after each step.
 #
 #   run(command="bash eval/frontier/gpu.sh", timeout_s=590)
+#   run(command="THR_ROWS=0 ALL=1 bash eval/frontier/gpu.sh", timeout_s=590)   # the step rows alone
 #   PYTHONPATH=. python -m eval.frontier report       # after untarring: frontier.json/.md
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,6 +22,7 @@ save() {
   return 0
 }
 for spec in "llada eval/tiny/model" "dream eval/tiny/dream_model"; do
+  [ "${THR_ROWS:-1}" = 0 ] && break
   set -- $spec
   echo "[frontier gpu.sh] $(date +%T) $1 threshold rows" >&2
   timeout 150 python -m eval.frontier run --model "$2" --name "$1" --families arith --threshold --only "$THR" \

@@ -10,6 +10,17 @@
 #   bash eval/tiny/large_proxy.sh train 9.0 17     # call 2, same machine: resumes, then exports
 #   bash eval/tiny/large_proxy.sh frontier         # every frontier setting at n=500, all GPUs in parallel
 #
+# On one GPU (issue 28, item 4: a larger proxy rebuilt where only one H200 is lent; ~1/5 of the tokens):
+#
+#   NAME=llada-large-h200 bash eval/tiny/large_proxy.sh train 8.0 8.0   # call 1: grow, train, export
+#   NAME=llada-large-h200 PARTS="aa ab ac" bash eval/tiny/large_proxy.sh paired   # call 2, same machine
+#   NAME=llada-large-h200 PARTS="ad ae" bash eval/tiny/large_proxy.sh parts       # the rest of the weights
+#
+# `paired`: the arith rows that carry the cache's loss (uncached, default, paper default, official, frontier,
+# Kr 2 / 4) and the threshold rows, each with per-problem correctness (exact McNemar), then eval.divergence
+# at one token per step and at threshold 0.9 (which steps, positions and refreshes the answers change at).
+# `parts`: the exported model as a tar split in 16 MB parts; PARTS names those to return (<= 8 files per call).
+#
 # (env: GPUS, default every visible GPU; HOTPOT_FRAC share of multi-hop batches, default 0.6;
 #  TRAIN_ARGS extra eval.tiny.train arguments; DEPTH / FFN growth factors, default 2 / 2;
 #  ARCH=dream grows eval/tiny/dream_model instead of eval/tiny/model.)
@@ -21,7 +32,7 @@ STAGE_NAME=${1:?stage: train or frontier}
 OUT=${OUT:-/tmp/large_out}
 ARCH=${ARCH:-llada}
 case $ARCH in llada) SRC=eval/tiny/model ;; dream) SRC=eval/tiny/dream_model ;; *) echo "ARCH is llada or dream"; exit 2 ;; esac
-NAME=$ARCH-large
+NAME=${NAME:-$ARCH-large}
 RUN=/tmp/proxy_${ARCH}_large
 STAGE=/tmp/large_stage
 MODEL=$STAGE/${ARCH}_large
@@ -69,7 +80,27 @@ elif [ "$STAGE_NAME" = frontier ]; then
       --out-dir "$STAGE/frontier_${ARCH}_hotpot" --no-progress >"$STAGE/frontier_${ARCH}_hotpot.log" 2>&1
   tail -n 4 "$STAGE"/frontier_${ARCH}_*.log
   python -m eval.frontier merge --into "$OUT/frontier_$NAME.json" "$STAGE"/frontier_${ARCH}_*/frontier_$NAME.json
-else
-  echo "unknown stage $STAGE_NAME (train or frontier)"; exit 2
+elif [ "$STAGE_NAME" = paired ]; then
+  [ -f "$MODEL/config.json" ] || { echo "no trained model at $MODEL: run the train stage first"; exit 1; }
+  STEP="uncached,default,paper-default,official,frontier,Kr=2,Kr=4"
+  THR="uncached thr=0.9,default thr=0.9,paper-default thr=0.9,default Kr=2 thr=0.9,default tokens-clock thr=0.9,block-dual thr=0.9"
+  python -m eval.frontier run --model "$MODEL" --name "$NAME" --families arith --threshold --only "$STEP,$THR" \
+    --out-dir "$STAGE/paired_$NAME" --no-progress >"$STAGE/paired_$NAME.log" 2>&1
+  echo "[large] paired rows rc=$?"; tail -n 3 "$STAGE/paired_$NAME.log"
+  cp "$STAGE/paired_$NAME/frontier_$NAME.json" "$STAGE/paired_$NAME.log" "$OUT/"
+  for thr in 0 0.9; do
+    python -m eval.divergence --model "$MODEL" --device cuda --n 500 --threshold $thr \
+      --out "$STAGE/divergence/divergence_${NAME}_thr$thr" >"$STAGE/divergence_$thr.log" 2>&1
+    echo "[large] divergence threshold $thr rc=$?"; grep -E "^- correct|^- sequences|^- first" "$STAGE/divergence_$thr.log"
+    tar -czf "$OUT/divergence_$NAME.tgz" -C "$STAGE" divergence 2>/dev/null
+  done
+elif [ "$STAGE_NAME" != parts ]; then
+  echo "unknown stage $STAGE_NAME (train, frontier, paired or parts)"; exit 2
+fi
+if [ -n "${PARTS:-}" ] && [ -f "$MODEL/config.json" ]; then  # the exported weights, in parts of 16 MB
+  [ -f "$STAGE/parts/model.tar.part-aa" ] || { mkdir -p "$STAGE/parts" && tar -C "$STAGE" -cf - "${ARCH}_large" |
+    split -b 16000000 - "$STAGE/parts/model.tar.part-"; }
+  ls "$STAGE/parts"
+  for p in $PARTS; do cp "$STAGE/parts/model.tar.part-$p" "$OUT/"; done
 fi
 ls -la "$OUT"
