@@ -38,7 +38,7 @@ from dllm_cache.analysis.flops import FEATURE_KINDS, ModelDims, feature_kinds, g
 from dllm_cache.analysis.paired import correct_indices, paired_object
 from dllm_cache.sampling.generate import generate
 from dllm_cache.sampling.trace import DecodeTrace, committed_per_step
-from eval.block_start.run import BLOCK, GEN, add_stats, cpu_meta, load, sorted_batches
+from eval.block_start.run import BLOCK, GEN, add_stats, cpu_meta, load, result_path, sorted_batches
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 THRESHOLD = 0.9
@@ -235,11 +235,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="only add the analytic FLOPs at LLaDA-8B's real rate to an existing result (no generation)")
     args = ap.parse_args(argv)
     if args.real_rate_flops:
-        report = json.loads(args.out.with_suffix(".json").read_text())
+        report = json.loads(result_path(args.out, ".json").read_text())
         report["real_rate_flops"] = real_rate_flops()
         report["meta"]["real_rate_command"] = "PYTHONPATH=. python -m eval.adaptive_interval --real-rate-flops"
-        args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(report))
+        result_path(args.out, ".json").write_text(json.dumps(report, indent=1) + "\n")
+        result_path(args.out, ".md").write_text(markdown(report))
         print(markdown(report))
         return 0
     t0 = time.perf_counter()
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "result": result,
     }
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
+    result_path(args.out, ".json").write_text(json.dumps(report, indent=1) + "\n")
+    result_path(args.out, ".md").write_text(markdown(report))
     print(markdown(report))
     return 0

@@ -47,6 +47,16 @@ SETTINGS = {
 }
 
 
+def result_path(base: Path, suffix: str) -> Path:
+    """`base` + `suffix` (".json", ".md"): the CPU studies' `--out` names a pair of files without their extension,
+    and `Path.with_suffix` would take a dot in that name for one (`..._thr0.9` -> `..._thr0.json`); an extension
+    given anyway is dropped first."""
+    name = base.name
+    for ext in (".json", ".md"):
+        name = name.removesuffix(ext)
+    return base.with_name(name + suffix)
+
+
 def cpu_meta() -> dict:
     """The model, problems, lengths and machine a CPU quality run records (this study's and eval/adaptive_interval's)."""
     return {"model": str(shipped.default_model_dir()), "prompts": str(shipped.default_prompts_file()),
@@ -178,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     decodings = run(args.n, args.batch, args.decoding)
-    path = args.out.with_suffix(".json")
+    path = result_path(args.out, ".json")
     old = json.loads(path.read_text()) if path.exists() else {}
     decodings = {**old.get("decodings", {}), **decodings}  # one decoding per call: keep the others' rows
     command = "PYTHONPATH=. python -m eval.block_start " + shlex.join(argv if argv is not None else sys.argv[1:])
@@ -192,6 +202,6 @@ def main(argv: list[str] | None = None) -> int:
         "decodings": decodings,
     }
     path.write_text(json.dumps(report, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report) + "\n")
+    result_path(args.out, ".md").write_text(markdown(report) + "\n")
     print(markdown(report))
     return 0

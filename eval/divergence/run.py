@@ -43,7 +43,7 @@ from dllm_cache import CacheConfig, cache_enabled, shipped
 from dllm_cache.analysis.flops import step_kind
 from dllm_cache.analysis.paired import correct_indices, paired_object
 from dllm_cache.sampling.generate import generate
-from eval.block_start.run import BLOCK, GEN, cpu_meta, sorted_batches
+from eval.block_start.run import BLOCK, GEN, cpu_meta, result_path, sorted_batches
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 THRESHOLD = 0.9
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         report["meta"]["machine"] = f"{torch.cuda.get_device_name()}, bf16 (host: {report['meta']['machine']})"
     report["command"] = "PYTHONPATH=. python -m eval.divergence " + shlex.join(argv if argv is not None else sys.argv[1:])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
+    result_path(args.out, ".json").write_text(json.dumps(report, indent=1) + "\n")
+    result_path(args.out, ".md").write_text(markdown(report))
     print(markdown(report))
     return 0
