@@ -46,6 +46,18 @@ def test_locate_reports_kind_staleness_and_block():
                      "steps_into_block": 3}
 
 
+def test_row_steps_counts_each_rows_own_steps():
+    """A batch runs until its slowest row is done; each row's own count is the first step after which it holds
+    no mask, and a row still masked at the end counts the whole run."""
+    fast = _run([(0, 1), (1, 2)], R=2)  # done after step 2, then waits two steps for the batch
+    fast += [fast[-1]] * 2
+    slow = _run([(0, 1), (0, 1), (0, 1), (1, 2)], R=2)  # done after step 4
+    stuck = _run([(0, 1)] * 4, R=2)  # position 1 never committed
+    batch = [torch.cat(rows) for rows in zip(fast, slow, stuck)]
+    assert divergence.row_steps(batch, 2, M) == [2, 4, 4]
+    assert divergence.row_steps([x[:, :3] for x in batch], 2, M) == [1, 1, 1]  # position 0 alone: done after step 1
+
+
 @pytest.fixture(scope="module")
 def random_proxy(tmp_path_factory):
     """An untrained tiny-config LLaDA proxy: decodes fast, and its near-uniform confidences make the cache's
@@ -80,3 +92,4 @@ def test_step_decoding_commits_one_token_per_step_and_reports(random_proxy, tmp_
     assert report["threshold"] is None and "one token per step" in (tmp_path / "div_thr0.9.md").read_text()
     for row in report["rows"]:
         assert row["response_interval"] == 8 and row["paired"]["n"] == 3 and row["steps_uncached"] <= 16
+        assert row["row_steps_uncached"]["max"] <= row["steps_uncached"] and row["row_steps_cached"]["max"] <= 16

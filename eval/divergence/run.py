@@ -103,6 +103,20 @@ def first_divergence(u: list[torch.Tensor], c: list[torch.Tensor], row: int) -> 
     return n, int((u[-1][row] != c[-1][row]).nonzero()[0, 0])
 
 
+def row_steps(recorded: list[torch.Tensor], P: int, mask_id: int) -> list[int]:
+    """Per batch row: the steps it needed, the first s whose ids after step s hold no mask in the response (the
+    whole run's steps if none). A batch runs until its slowest row is done, so under a threshold the batch's steps
+    (what the FLOPs follow) can grow with one row while the others are unchanged."""
+    done = [(ids[:, P:] != mask_id).all(dim=1) for ids in recorded[1:]]
+    n = len(done)
+    return [next((s + 1 for s in range(n) if bool(done[s][row])), n) for row in range(recorded[0].shape[0])]
+
+
+def _spread(steps: list[int]) -> dict:
+    ordered = sorted(steps)
+    return {"mean": sum(steps) / len(steps), "median": ordered[len(ordered) // 2], "max": ordered[-1]}
+
+
 def locate(u: list[torch.Tensor], c: list[torch.Tensor], P: int, config: CacheConfig, mask_id: int) -> list[dict | None]:
     """Per batch row: where the cached run first left the uncached one (module docstring), or None."""
     out = []
@@ -138,6 +152,7 @@ def study(model, tok, problems: list[dict], device: str, threshold: float | None
     t0 = time.perf_counter()
     u, u_out, P, order = decode(model, tok, prompts, None, device, threshold)
     u_ok, u_keys = right(u_out, P, order)
+    u_rows = row_steps(u, P, tok.mask_token_id)
     rows, seconds = [], {"uncached": round(time.perf_counter() - t0, 1)}
     for name, config in SETTINGS.items():
         t0 = time.perf_counter()
@@ -158,6 +173,7 @@ def study(model, tok, problems: list[dict], device: str, threshold: float | None
                      "correct_cached": len(c_ok), "paired": paired_object(c_ok, u_ok, n),
                      "diverged": len(problems_out), "answers_changed": sum(p["answer_changed"] for p in problems_out),
                      "steps_uncached": steps_u, "steps_cached": len(c) - 1,
+                     "row_steps_uncached": _spread(u_rows), "row_steps_cached": _spread(row_steps(c, P, tok.mask_token_id)),
                      "step_kind_share": {k: v / steps_u for k, v in kinds_all.items()},
                      "problems": problems_out})
     return {"n": n, "threshold": threshold, "seconds": seconds, "rows": rows}
@@ -184,7 +200,10 @@ def markdown(report: dict) -> str:
                   f"(right only cached / only uncached {p['cached_right_uncached_wrong']} / "
                   f"{p['cached_wrong_uncached_right']}, exact McNemar p {p['p_value']:.3g})",
                   f"- sequences that differ anywhere: {r['diverged']}/{r['n']}; final answers that differ: "
-                  f"{r['answers_changed']}; steps per batch: uncached {r['steps_uncached']}, cached {r['steps_cached']}",
+                  f"{r['answers_changed']}; steps per batch: uncached {r['steps_uncached']}, cached {r['steps_cached']}"
+                  + ("" if "row_steps_cached" not in r else "; steps per row (mean / median / max): uncached "
+                     + " / ".join(f"{v:g}" for v in r["row_steps_uncached"].values()) + ", cached "
+                     + " / ".join(f"{v:g}" for v in r["row_steps_cached"].values())),
                   "- first divergence, by step kind: " + _hist(items, "kind", ("full", "response", "prompt", "partial"))
                   + "; the kinds' share of the uncached run's steps: "
                   + ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["step_kind_share"].items())),
@@ -202,7 +221,7 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=96)
-    ap.add_argument("--model", default=None, help="a LLaDA proxy folder (default: the shipped model)")
+    ap.add_argument("--model", default=None, help="a LLaDA or Dream proxy folder (default: the shipped LLaDA proxy)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threshold", type=float, default=THRESHOLD,
                     help="confidence at which a masked token commits (several per step); 0: one token per step")
