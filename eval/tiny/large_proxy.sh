@@ -10,7 +10,7 @@
 #   bash eval/tiny/large_proxy.sh train 9.0 17     # call 2, same machine: resumes, then exports
 #   bash eval/tiny/large_proxy.sh frontier         # every frontier setting at n=500, all GPUs in parallel
 #
-# On one GPU (issue 28, item 4: a larger proxy rebuilt where only one H200 is lent; ~1/5 of the tokens):
+# On one GPU (issue 28, item 4: a larger proxy rebuilt where only one H200 is lent; ~1/6 of the tokens):
 #
 #   NAME=llada-large-h200 bash eval/tiny/large_proxy.sh train 8.0 8.0   # call 1: grow, train, export
 #   NAME=llada-large-h200 PARTS="aa ab ac" bash eval/tiny/large_proxy.sh paired   # call 2, same machine
@@ -28,7 +28,7 @@
 # kept on the machine (/tmp/large_stage/<arch>_large) for the frontier stage; frontier_<arch>-large.json
 # holds every row (copy it to eval/results, then `python -m eval.frontier report`).
 set -u
-STAGE_NAME=${1:?stage: train or frontier}
+STAGE_NAME=${1:?stage: train, frontier, paired or parts}
 OUT=${OUT:-/tmp/large_out}
 ARCH=${ARCH:-llada}
 case $ARCH in llada) SRC=eval/tiny/model ;; dream) SRC=eval/tiny/dream_model ;; *) echo "ARCH is llada or dream"; exit 2 ;; esac
